@@ -1,0 +1,5 @@
+//! kubedirector-rs: a KubeDirector-compatible operator built for scale.
+//!
+//! `api` holds the KubeDirector v1beta1 types; the pure decision logic lives in `model`.
+
+pub mod api;

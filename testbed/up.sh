@@ -1,0 +1,51 @@
+#!/usr/bin/env bash
+# Starts N local clusters (kwokctl, binary runtime) named kd-1..kd-N, with fake nodes, and writes one
+# kubeconfig with contexts kwok-kd-1..kwok-kd-N to $TESTBED_DIR/kubeconfig.
+# Usage: up.sh [N]   env: NODES (fake nodes per cluster, default 10), NODE_PODS (pods per node, default 1000)
+set -euo pipefail
+# shellcheck source=testbed/env.sh
+. "$(dirname "$0")/env.sh"
+# shellcheck source=/dev/null
+. "$testbed_root/versions.env"
+n="${1:-1}"
+case "$n" in ''|*[!0-9]*) echo "up.sh: CLUSTERS must be a positive number, got '$n'" >&2; exit 2 ;; esac
+[ "$n" -ge 1 ] || { echo "up.sh: CLUSTERS must be at least 1" >&2; exit 2; }
+nodes="${NODES:-10}"; node_pods="${NODE_PODS:-1000}"
+for b in etcd kube-apiserver kube-controller-manager kube-scheduler kubectl kwok kwokctl; do
+  [ -x "$TOOLS_DIR/$b" ] || { echo "up.sh: $TOOLS_DIR/$b is missing: run 'make tools' first" >&2; exit 1; }
+done
+mkdir -p "$TESTBED_DIR/kubeconfigs" "$KWOK_WORKDIR"
+config="$TESTBED_DIR/kwokctl-config.yaml"
+sed -e "s|@TOOLS_DIR@|$TOOLS_DIR|g" -e "s|@KUBE_VERSION@|$KUBE_VERSION|g" \
+    -e "s|@ETCD_VERSION@|${ETCD_VERSION#v}|g" -e "s|@KWOK_VERSION@|$KWOK_VERSION|g" \
+    "$testbed_root/kwokctl-config.yaml.tmpl" > "$config"
+
+create() {
+  local name="kd-$1" kc="$TESTBED_DIR/kubeconfigs/kd-$1"
+  if kwokctl get clusters 2>/dev/null | grep -qx "$name"; then
+    echo "[testbed] $name already exists"
+  else
+    echo "[testbed] creating $name"
+    kwokctl --kubeconfig "$kc" create cluster --name "$name" --config "$config" --wait 2m --quiet-pull \
+      > "$TESTBED_DIR/create-$name.log" 2>&1 || { cat "$TESTBED_DIR/create-$name.log" >&2; return 1; }
+  fi
+  kwokctl --name "$name" scale node --replicas "$nodes" \
+    --param ".allocatable.pods=$node_pods" --param '.allocatable.cpu="1000"' --param '.allocatable.memory="4Ti"' \
+    > "$TESTBED_DIR/scale-$name.log" 2>&1 || { cat "$TESTBED_DIR/scale-$name.log" >&2; return 1; }
+}
+
+# Clusters start in parallel: each waits for its own API server, so N clusters take about as long as one.
+pids=()
+for i in $(seq 1 "$n"); do create "$i" & pids+=("$!"); done
+failed=0
+for p in "${pids[@]}"; do wait "$p" || failed=1; done
+[ "$failed" = 0 ] || { echo "up.sh: a cluster failed to start; see $TESTBED_DIR/*.log" >&2; exit 1; }
+
+kcs=$(ls "$TESTBED_DIR"/kubeconfigs/kd-* | tr '\n' ':')
+KUBECONFIG="$kcs" kubectl config view --flatten > "$TESTBED_KUBECONFIG.tmp"
+mv "$TESTBED_KUBECONFIG.tmp" "$TESTBED_KUBECONFIG"
+KUBECONFIG="$TESTBED_KUBECONFIG" kubectl config use-context kwok-kd-1 >/dev/null
+for i in $(seq 1 "$n"); do
+  KUBECONFIG="$TESTBED_KUBECONFIG" kubectl --context "kwok-kd-$i" wait --for=condition=Ready node --all --timeout=120s >/dev/null
+done
+echo "[testbed] $n cluster(s) ready; export KUBECONFIG=$TESTBED_KUBECONFIG (contexts: $(KUBECONFIG="$TESTBED_KUBECONFIG" kubectl config get-contexts -o name | tr '\n' ' '))"
