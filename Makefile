@@ -31,8 +31,8 @@ lint: ## rustfmt check and clippy with warnings denied
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --all-targets -- -D warnings
 
-unit: ## unit tests and the CRD drift check (no cluster needed)
-	$(CARGO) test --lib --bins --test crd_drift
+unit: ## unit tests, API type round-trips and the CRD drift check (no cluster needed)
+	$(CARGO) test --lib --bins --test crd_drift --test api_types
 
 # Integration tests need the test bed: it is started here and always torn down, also on failure.
 integration: tools ## integration tests against a fresh test bed of 3 clusters
@@ -40,6 +40,6 @@ integration: tools ## integration tests against a fresh test bed of 3 clusters
 	@testbed/down.sh >/dev/null; \
 	trap 'testbed/down.sh' EXIT; \
 	testbed/up.sh 3 && \
-	KD_TESTBED_KUBECONFIG=$(TESTBED_DIR)/kubeconfig $(CARGO) test --test integration -- --include-ignored --test-threads 4
+	KD_TESTBED_CLUSTERS=3 KD_TESTBED_KUBECONFIG=$(TESTBED_DIR)/kubeconfig $(CARGO) test --test integration -- --include-ignored --test-threads 4
 
 test: lint unit integration ## every test: lint, unit, then integration on a fresh test bed

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Starts N local clusters (kwokctl, binary runtime) named kd-1..kd-N, with fake nodes, and writes one
 # kubeconfig with contexts kwok-kd-1..kwok-kd-N to $TESTBED_DIR/kubeconfig.
-# Usage: up.sh [N]   env: NODES (fake nodes per cluster, default 10), NODE_PODS (pods per node, default 1000)
+# Usage: up.sh [N]   env: NODES (fake nodes per cluster, default 10), NODE_PODS (pods per node, default 1000),
+#                         TESTBED_PORT_BASE (cluster i uses ports base+10*(i-1) .. +5, default 32100)
 set -euo pipefail
 # shellcheck source=testbed/env.sh
 . "$(dirname "$0")/env.sh"
@@ -15,18 +16,21 @@ for b in etcd kube-apiserver kube-controller-manager kube-scheduler kubectl kwok
   [ -x "$TOOLS_DIR/$b" ] || { echo "up.sh: $TOOLS_DIR/$b is missing: run 'make tools' first" >&2; exit 1; }
 done
 mkdir -p "$TESTBED_DIR/kubeconfigs" "$KWOK_WORKDIR"
-config="$TESTBED_DIR/kwokctl-config.yaml"
-sed -e "s|@TOOLS_DIR@|$TOOLS_DIR|g" -e "s|@KUBE_VERSION@|$KUBE_VERSION|g" \
-    -e "s|@ETCD_VERSION@|${ETCD_VERSION#v}|g" -e "s|@KWOK_VERSION@|$KWOK_VERSION|g" \
-    "$testbed_root/kwokctl-config.yaml.tmpl" > "$config"
+port_base="${TESTBED_PORT_BASE:-32100}"
 
 create() {
-  local name="kd-$1" kc="$TESTBED_DIR/kubeconfigs/kd-$1"
+  local name="kd-$1" kc="$TESTBED_DIR/kubeconfigs/kd-$1" config="$TESTBED_DIR/kwokctl-kd-$1.yaml"
+  local p=$((port_base + 10 * ($1 - 1)))
+  sed -e "s|@TOOLS_DIR@|$TOOLS_DIR|g" -e "s|@KUBE_VERSION@|$KUBE_VERSION|g" \
+      -e "s|@ETCD_VERSION@|${ETCD_VERSION#v}|g" -e "s|@KWOK_VERSION@|$KWOK_VERSION|g" \
+      -e "s|@PORT_APISERVER@|$p|" -e "s|@PORT_ETCD@|$((p + 1))|" -e "s|@PORT_ETCD_PEER@|$((p + 2))|" \
+      -e "s|@PORT_KCM@|$((p + 3))|" -e "s|@PORT_SCHEDULER@|$((p + 4))|" -e "s|@PORT_KWOK@|$((p + 5))|" \
+      "$testbed_root/kwokctl-config.yaml.tmpl" > "$config"
   if kwokctl get clusters 2>/dev/null | grep -qx "$name"; then
     echo "[testbed] $name already exists"
   else
     echo "[testbed] creating $name"
-    kwokctl --kubeconfig "$kc" create cluster --name "$name" --config "$config" --wait 2m --quiet-pull \
+    kwokctl create cluster --name "$name" --config "$config" --kubeconfig "$kc" --wait 2m --quiet-pull \
       > "$TESTBED_DIR/create-$name.log" 2>&1 || { cat "$TESTBED_DIR/create-$name.log" >&2; return 1; }
   fi
   kwokctl --name "$name" scale node --replicas "$nodes" \

@@ -95,8 +95,10 @@ pub struct Service {
     pub id: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub label: Option<Label>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub endpoint: Option<ServiceEndpoint>,
+    /// Nullable in KubeDirector; `null` and absent both mean "no endpoint", kept apart only so that
+    /// re-serialising an app gives back what the user wrote.
+    #[serde(default, skip_serializing_if = "Tristate::is_absent")]
+    pub endpoint: Tristate<ServiceEndpoint>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub exported_service: Option<String>,
     #[serde(flatten)]

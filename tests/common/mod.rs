@@ -1,0 +1,72 @@
+//! Helpers shared by test binaries: fixtures and JSON comparison.
+#![allow(dead_code)] // each test binary uses a different subset
+
+use std::path::{Path, PathBuf};
+
+use serde_json::Value;
+
+pub fn fixtures_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
+}
+
+/// Reads a JSON or YAML fixture (by extension) into a JSON value.
+pub fn load_fixture(path: &Path) -> Value {
+    let text =
+        std::fs::read_to_string(path).unwrap_or_else(|e| panic!("read {}: {e}", path.display()));
+    match path.extension().and_then(|e| e.to_str()) {
+        Some("json") => {
+            serde_json::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+        }
+        Some("yaml") | Some("yml") => {
+            serde_yaml::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+        }
+        other => panic!("{}: unknown fixture extension {other:?}", path.display()),
+    }
+}
+
+/// Every valid fixture, sorted by file name.
+pub fn valid_fixtures() -> Vec<(String, Value)> {
+    let mut out: Vec<(String, Value)> = std::fs::read_dir(fixtures_dir().join("valid"))
+        .expect("tests/fixtures/valid exists")
+        .map(|e| e.expect("dir entry").path())
+        .map(|p| {
+            (
+                p.file_name()
+                    .expect("file name")
+                    .to_string_lossy()
+                    .into_owned(),
+                load_fixture(&p),
+            )
+        })
+        .collect();
+    out.sort_by(|a, b| a.0.cmp(&b.0));
+    out
+}
+
+/// Paths in `want` whose value is missing or different in `got`. Numbers and their decimal string
+/// form are equal (a Quantity written as `1` comes back as `"1"` from typed code).
+pub fn lost_fields(want: &Value, got: &Value, path: &str, out: &mut Vec<String>) {
+    match (want, got) {
+        (Value::Object(w), Value::Object(g)) => {
+            for (k, wv) in w {
+                let p = format!("{path}.{k}");
+                match g.get(k) {
+                    Some(gv) => lost_fields(wv, gv, &p, out),
+                    None => out.push(format!("{p}: missing")),
+                }
+            }
+        }
+        (Value::Array(w), Value::Array(g)) => {
+            if w.len() != g.len() {
+                out.push(format!("{path}: {} items became {}", w.len(), g.len()));
+            }
+            for (i, (wv, gv)) in w.iter().zip(g).enumerate() {
+                lost_fields(wv, gv, &format!("{path}[{i}]"), out);
+            }
+        }
+        (Value::Number(n), Value::String(s)) | (Value::String(s), Value::Number(n))
+            if n.to_string() == *s => {}
+        (w, g) if w == g => {}
+        (w, g) => out.push(format!("{path}: {w} became {g}")),
+    }
+}

@@ -1,0 +1,10 @@
+//! Integration tests against the real local control plane (make integration / make test start it).
+//! Each test is `#[ignore]`d so that a bare `cargo test` without a test bed reports them as skipped
+//! rather than failing; `make test` runs them with `--include-ignored` on a fresh test bed.
+
+#[path = "../common/mod.rs"]
+mod common;
+
+mod crds;
+mod health;
+mod testbed;

@@ -1,0 +1,113 @@
+//! Access to the test bed: clients per kubeconfig context, throw-away namespaces, CRD installation.
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::Namespace;
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kube::api::{ObjectMeta, Patch, PatchParams, PostParams};
+use kube::config::{KubeConfigOptions, Kubeconfig};
+use kube::runtime::wait::{await_condition, conditions};
+use kube::{Api, Client, Config};
+
+/// The test bed's kubeconfig: `KD_TESTBED_KUBECONFIG`, else the default of `make testbed`.
+pub fn kubeconfig_path() -> PathBuf {
+    std::env::var_os("KD_TESTBED_KUBECONFIG")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/testbed/kubeconfig")
+        })
+}
+
+pub fn kubeconfig() -> Kubeconfig {
+    let path = kubeconfig_path();
+    Kubeconfig::read_from(&path).unwrap_or_else(|e| {
+        panic!(
+            "no test bed at {} ({e}): start one with `make testbed` or run `make test`",
+            path.display()
+        )
+    })
+}
+
+/// Contexts of the test bed, sorted (kwok-kd-1, kwok-kd-2, ...).
+pub fn contexts() -> Vec<String> {
+    let mut names: Vec<String> = kubeconfig().contexts.into_iter().map(|c| c.name).collect();
+    names.sort();
+    names
+}
+
+pub async fn client_for(context: &str) -> Client {
+    let options = KubeConfigOptions {
+        context: Some(context.to_string()),
+        ..Default::default()
+    };
+    let config = Config::from_custom_kubeconfig(kubeconfig(), &options)
+        .await
+        .unwrap_or_else(|e| panic!("kubeconfig context {context}: {e}"));
+    Client::try_from(config).expect("client from test-bed kubeconfig")
+}
+
+/// Client for the first cluster, kwok-kd-1.
+pub async fn client() -> Client {
+    client_for("kwok-kd-1").await
+}
+
+/// Creates a namespace unique to this test run and returns its name.
+pub async fn namespace(client: &Client, purpose: &str) -> String {
+    static SEQ: AtomicU32 = AtomicU32::new(0);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or(0);
+    let name = format!(
+        "it-{purpose}-{}-{:x}",
+        SEQ.fetch_add(1, Ordering::Relaxed),
+        nanos
+    );
+    let ns = Namespace {
+        metadata: ObjectMeta {
+            name: Some(name.clone()),
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    Api::<Namespace>::all(client.clone())
+        .create(&PostParams::default(), &ns)
+        .await
+        .unwrap_or_else(|e| panic!("create namespace {name}: {e}"));
+    name
+}
+
+/// Installs the committed CRDs (crds/*.yaml, what users apply) and waits until each is established.
+pub async fn install_crds(client: &Client) {
+    let api = Api::<CustomResourceDefinition>::all(client.clone());
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("crds");
+    let params = PatchParams::apply("kubedirector-tests").force();
+    for (file, _) in kubedirector::api::crds() {
+        let text = std::fs::read_to_string(dir.join(file)).expect("committed CRD file");
+        let crd: CustomResourceDefinition = serde_yaml::from_str(&text).expect("CRD YAML");
+        let name = crd.metadata.name.clone().expect("CRD name");
+        api.patch(&name, &params, &Patch::Apply(&crd))
+            .await
+            .unwrap_or_else(|e| panic!("API server refused CRD {file}: {e}"));
+        wait_for(
+            &format!("CRD {name} established"),
+            Duration::from_secs(30),
+            async { await_condition(api.clone(), &name, conditions::is_crd_established()).await },
+        )
+        .await
+        .expect("watch on CRD");
+    }
+}
+
+/// Awaits `fut`, failing the test with `what` if it takes longer than `limit`.
+pub async fn wait_for<T>(
+    what: &str,
+    limit: Duration,
+    fut: impl std::future::Future<Output = T>,
+) -> T {
+    tokio::time::timeout(limit, fut)
+        .await
+        .unwrap_or_else(|_| panic!("timed out after {limit:?} waiting for {what}"))
+}
