@@ -11,3 +11,5 @@ export TOOLS_DIR TESTBED_DIR TESTBED_KUBECONFIG
 # kwokctl keeps each cluster's pid files, certificates and logs under its work dir.
 export KWOK_WORKDIR="$TESTBED_DIR/kwok"
 export PATH="$TOOLS_DIR:$PATH"
+# `source testbed/env.sh` in a shell gives kubectl, kwokctl and the test bed's kubeconfig.
+export KUBECONFIG="$TESTBED_KUBECONFIG"
