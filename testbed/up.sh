@@ -12,8 +12,8 @@ n="${1:-1}"
 case "$n" in ''|*[!0-9]*) echo "up.sh: CLUSTERS must be a positive number, got '$n'" >&2; exit 2 ;; esac
 [ "$n" -ge 1 ] || { echo "up.sh: CLUSTERS must be at least 1" >&2; exit 2; }
 nodes="${NODES:-10}"; node_pods="${NODE_PODS:-1000}"
-for b in etcd kube-apiserver kube-controller-manager kube-scheduler kubectl kwok kwokctl; do
-  [ -x "$TOOLS_DIR/$b" ] || { echo "up.sh: $TOOLS_DIR/$b is missing: run 'make tools' first" >&2; exit 1; }
+for b in etcd kube-apiserver kube-controller-manager kube-scheduler kubectl kwok kwokctl kwok-stages.yaml; do
+  [ -e "$TOOLS_DIR/$b" ] || { echo "up.sh: $TOOLS_DIR/$b is missing: run 'make tools' first" >&2; exit 1; }
 done
 mkdir -p "$TESTBED_DIR/kubeconfigs" "$KWOK_WORKDIR"
 port_base="${TESTBED_PORT_BASE:-32100}"
@@ -30,7 +30,7 @@ create() {
     echo "[testbed] $name already exists"
   else
     echo "[testbed] creating $name"
-    kwokctl create cluster --name "$name" --config "$config" --kubeconfig "$kc" --wait 2m --quiet-pull \
+    kwokctl create cluster --name "$name" --config "$config" --config "$TOOLS_DIR/kwok-stages.yaml" --kubeconfig "$kc" --wait 2m --quiet-pull \
       > "$TESTBED_DIR/create-$name.log" 2>&1 || { cat "$TESTBED_DIR/create-$name.log" >&2; return 1; }
   fi
   kwokctl --name "$name" scale node --replicas "$nodes" \

@@ -35,10 +35,28 @@ build_kube() {
 }
 
 build_kwok() {
-  have kwok kwokctl && return 0
+  have kwok kwokctl && [ -s "$bin/kwok-stages.yaml" ] && return 0
   log "building kwok, kwokctl $KWOK_VERSION"
   (cd "$here/kwok" && go build -trimpath -ldflags "-s -w -X 'sigs.k8s.io/kwok/pkg/consts.Version=${KWOK_VERSION#v}'" -o "$bin/" \
     sigs.k8s.io/kwok/cmd/kwok sigs.k8s.io/kwok/cmd/kwokctl)
+  kwok_stages > "$bin/kwok-stages.yaml.tmp" && mv "$bin/kwok-stages.yaml.tmp" "$bin/kwok-stages.yaml"
+}
+
+# kwokctl's default stages, taken from the pinned kwok module, with one change: running containers get a
+# containerID, as a kubelet reports it. The operator keys a member's setup on its container ID, which the
+# stock stages leave empty. (kwokctl uses its defaults only when no stage is given, so all are listed.)
+kwok_stages() {
+  local src
+  src="$(cd "$here/kwok" && go list -m -f '{{.Dir}}' sigs.k8s.io/kwok)/kustomize/stage"
+  for f in node/fast/node-initialize.yaml node/heartbeat-with-lease/node-heartbeat-with-lease.yaml \
+           pod/fast/pod-ready.yaml pod/fast/pod-complete.yaml pod/fast/pod-delete.yaml; do
+    echo "---"
+    case "$f" in
+      pod/fast/pod-ready.yaml)
+        sed 's/^\( *\)- image: {{ .image | Quote }}$/&\n\1  containerID: {{ printf "kwok:\/\/%s-%s" $.metadata.uid .name | Quote }}/' "$src/$f" ;;
+      *) cat "$src/$f" ;;
+    esac
+  done
 }
 
 targets=("$@"); [ ${#targets[@]} -gt 0 ] || targets=(etcd kube kwok)
