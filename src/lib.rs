@@ -3,3 +3,4 @@
 //! `api` holds the KubeDirector v1beta1 types; the pure decision logic lives in `model`.
 
 pub mod api;
+pub mod model;

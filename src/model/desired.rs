@@ -1,0 +1,485 @@
+//! Desired child objects of a KubeDirectorCluster: the headless Service, one StatefulSet per role and
+//! one Service per member. Every object carries a digest of its own desired state (SPEC_HASH), so the
+//! apply step writes only what changed.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::apps::v1::{
+    StatefulSet, StatefulSetPersistentVolumeClaimRetentionPolicy, StatefulSetSpec,
+};
+use k8s_openapi::api::core::v1::{
+    Capabilities, Container, ContainerPort, EmptyDirVolumeSource, EnvVar, HostPathVolumeSource,
+    PersistentVolumeClaim, PersistentVolumeClaimSpec, PersistentVolumeClaimVolumeSource, PodSpec,
+    PodTemplateSpec, SecretVolumeSource, SecurityContext, Service, ServicePort, ServiceSpec,
+    Volume, VolumeDevice, VolumeMount, VolumeResourceRequirements,
+};
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta, OwnerReference};
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use serde::Serialize;
+
+use crate::api::cluster::RoleSpec;
+use crate::api::common::ServiceType;
+
+use super::catalog::{ResolvedApp, ResolvedRole};
+use super::labels::{self, cluster_labels, merged};
+use super::names;
+use super::settings::Settings;
+use super::validate::parse_quantity;
+
+/// Directories persisted when a role asks for storage but its app names none (KubeDirector's choice).
+pub const FALLBACK_PERSIST_DIRS: [&str; 4] = ["/usr", "/opt", "/var", "/data"];
+/// Where the storage volume is mounted in the init container that seeds it.
+const SEED_MOUNT: &str = "/mnt/kd-persist";
+/// Written once the persisted directories were copied into the volume, so restarts never overwrite data.
+const SEED_MARKER: &str = ".kd-persist-seeded";
+pub const GPU_RESOURCE: &str = "nvidia.com/gpu";
+const DEFAULT_BLOCK_PREFIX: &str = "/dev/kdblock";
+
+/// Facts about the cluster shared by every child.
+#[derive(Clone, Debug)]
+pub struct ClusterFacts<'a> {
+    pub name: &'a str,
+    pub namespace: &'a str,
+    pub uid: &'a str,
+    pub app: &'a ResolvedApp,
+    pub settings: &'a Settings,
+    pub headless_name: String,
+    pub service_type: ServiceType,
+}
+
+impl ClusterFacts<'_> {
+    fn owner(&self) -> OwnerReference {
+        OwnerReference {
+            api_version: format!("{}/{}", crate::api::GROUP, crate::api::VERSION),
+            kind: "KubeDirectorCluster".to_string(),
+            name: self.name.to_string(),
+            uid: self.uid.to_string(),
+            controller: Some(true),
+            block_owner_deletion: Some(true),
+        }
+    }
+
+    fn meta(
+        &self,
+        name: &str,
+        labels: BTreeMap<String, String>,
+        annotations: BTreeMap<String, String>,
+    ) -> ObjectMeta {
+        ObjectMeta {
+            name: Some(name.to_string()),
+            namespace: Some(self.namespace.to_string()),
+            labels: Some(labels),
+            annotations: Some(annotations),
+            owner_references: Some(vec![self.owner()]),
+            ..Default::default()
+        }
+    }
+}
+
+/// Digest of an object's desired state, stored in its SPEC_HASH annotation.
+pub fn spec_hash<T: Serialize>(value: &T) -> String {
+    let text = serde_json::to_string(value).unwrap_or_default();
+    format!("{:016x}", names::fnv1a64(text.as_bytes()))
+}
+
+fn stamp(meta: &mut ObjectMeta, hash: String) {
+    meta.annotations
+        .get_or_insert_with(BTreeMap::new)
+        .insert(labels::SPEC_HASH.to_string(), hash);
+}
+
+/// The cluster's headless Service: DNS for every member, ready or not.
+pub fn headless_service(c: &ClusterFacts) -> Service {
+    let labels = merged(
+        &cluster_labels(c.name, c.app, None),
+        &[&c.settings.service_labels],
+    );
+    let annotations = merged(
+        &labels::app_annotations(c.app),
+        &[&c.settings.service_annotations],
+    );
+    let mut svc = Service {
+        metadata: c.meta(&c.headless_name, labels, annotations),
+        spec: Some(ServiceSpec {
+            cluster_ip: Some("None".to_string()),
+            publish_not_ready_addresses: Some(true),
+            selector: Some(BTreeMap::from([(
+                labels::HEADLESS.to_string(),
+                c.name.to_string(),
+            )])),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    let hash = spec_hash(&(&svc.metadata.labels, &svc.metadata.annotations, &svc.spec));
+    stamp(&mut svc.metadata, hash);
+    svc
+}
+
+/// One member's Service, or `None` when its role opens no port (status says "n/a").
+pub fn member_service(
+    c: &ClusterFacts,
+    role_spec: &RoleSpec,
+    role: &ResolvedRole,
+    pod: &str,
+) -> Option<Service> {
+    let ports: Vec<ServicePort> = role
+        .ported_services()
+        .map(|(svc, port)| ServicePort {
+            name: Some(svc.id.clone()),
+            port,
+            target_port: Some(IntOrString::Int(port)),
+            protocol: Some("TCP".to_string()),
+            ..Default::default()
+        })
+        .collect();
+    if ports.is_empty() {
+        return None;
+    }
+    let empty = BTreeMap::new();
+    let labels = merged(
+        &cluster_labels(c.name, c.app, Some(&role.id)),
+        &[
+            &c.settings.service_labels,
+            role_spec.service_labels.as_ref().unwrap_or(&empty),
+        ],
+    );
+    let annotations = merged(
+        &labels::app_annotations(c.app),
+        &[
+            &c.settings.service_annotations,
+            role_spec.service_annotations.as_ref().unwrap_or(&empty),
+        ],
+    );
+    let mut svc = Service {
+        metadata: c.meta(&names::member_service(pod), labels, annotations),
+        spec: Some(ServiceSpec {
+            type_: Some(c.service_type.as_str().to_string()),
+            selector: Some(BTreeMap::from([(
+                labels::POD_NAME.to_string(),
+                pod.to_string(),
+            )])),
+            ports: Some(ports),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    let hash = spec_hash(&(&svc.metadata.labels, &svc.metadata.annotations, &svc.spec));
+    stamp(&mut svc.metadata, hash);
+    Some(svc)
+}
+
+/// Inputs of one role's StatefulSet beyond the shared cluster facts.
+pub struct RoleInput<'a> {
+    pub spec: &'a RoleSpec,
+    pub role: &'a ResolvedRole,
+    pub statefulset_name: &'a str,
+    pub replicas: i32,
+    /// Storage class for `storage` (resolved against kd-global-config and the cluster default).
+    pub storage_class: Option<String>,
+    pub block_storage_class: Option<String>,
+}
+
+pub fn gpu_requested(spec: &RoleSpec) -> bool {
+    let amount = |m: &Option<BTreeMap<String, Quantity>>| {
+        m.as_ref()
+            .and_then(|m| m.get(GPU_RESOURCE))
+            .and_then(parse_quantity)
+            .unwrap_or(0.0)
+    };
+    amount(&spec.resources.limits) > 0.0 || amount(&spec.resources.requests) > 0.0
+}
+
+pub fn block_device_paths(spec: &RoleSpec) -> Vec<String> {
+    let Some(block) = &spec.block_storage else {
+        return Vec::new();
+    };
+    let prefix = block.path_prefix.as_deref().unwrap_or(DEFAULT_BLOCK_PREFIX);
+    (0..block.num_devices.unwrap_or(1).max(0))
+        .map(|i| format!("{prefix}{i}"))
+        .collect()
+}
+
+fn persist_dirs(role: &ResolvedRole) -> Vec<String> {
+    if role.persist_dirs.is_empty() {
+        FALLBACK_PERSIST_DIRS
+            .iter()
+            .map(|d| d.to_string())
+            .collect()
+    } else {
+        role.persist_dirs.clone()
+    }
+}
+
+fn memory_dir(name: &str, size: Option<Quantity>) -> Volume {
+    Volume {
+        name: name.to_string(),
+        empty_dir: Some(EmptyDirVolumeSource {
+            medium: Some("Memory".to_string()),
+            size_limit: size,
+        }),
+        ..Default::default()
+    }
+}
+
+fn mount(name: &str, path: &str, sub_path: Option<String>, read_only: bool) -> VolumeMount {
+    VolumeMount {
+        name: name.to_string(),
+        mount_path: path.to_string(),
+        sub_path,
+        read_only: read_only.then_some(true),
+        ..Default::default()
+    }
+}
+
+fn claim_template(
+    c: &ClusterFacts,
+    role: &ResolvedRole,
+    name: &str,
+    class: Option<String>,
+    size: &Quantity,
+    block: bool,
+) -> PersistentVolumeClaim {
+    PersistentVolumeClaim {
+        metadata: ObjectMeta {
+            name: Some(name.to_string()),
+            labels: Some(cluster_labels(c.name, c.app, Some(&role.id))),
+            ..Default::default()
+        },
+        spec: Some(PersistentVolumeClaimSpec {
+            access_modes: Some(vec!["ReadWriteOnce".to_string()]),
+            storage_class_name: class,
+            volume_mode: block.then(|| "Block".to_string()),
+            resources: Some(VolumeResourceRequirements {
+                requests: Some(BTreeMap::from([("storage".to_string(), size.clone())])),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+/// A role's StatefulSet. Changes to the pod template are rolled out (KubeDirector never updated
+/// templates, so a changed image or env had no effect on running clusters).
+pub fn statefulset(c: &ClusterFacts, r: &RoleInput) -> StatefulSet {
+    let (spec, role) = (r.spec, r.role);
+    let empty = BTreeMap::new();
+    let role_labels = cluster_labels(c.name, c.app, Some(&role.id));
+    let pod_labels = merged(
+        &role_labels,
+        &[
+            &c.settings.pod_labels,
+            spec.pod_labels.as_ref().unwrap_or(&empty),
+        ],
+    );
+    let pod_annotations = merged(
+        &labels::app_annotations(c.app),
+        &[
+            &c.settings.pod_annotations,
+            spec.pod_annotations.as_ref().unwrap_or(&empty),
+        ],
+    );
+
+    let mut env: Vec<EnvVar> = spec.env.clone();
+    // Without this, a GPU-less member on a GPU node would see every GPU of the node.
+    if !gpu_requested(spec) && !env.iter().any(|e| e.name == "NVIDIA_VISIBLE_DEVICES") {
+        env.push(EnvVar {
+            name: "NVIDIA_VISIBLE_DEVICES".to_string(),
+            value: Some("void".to_string()),
+            ..Default::default()
+        });
+    }
+
+    let mut volumes = vec![
+        memory_dir("kd-tmp", None),
+        memory_dir("kd-run", None),
+        memory_dir("kd-run-lock", None),
+    ];
+    let mut mounts = vec![
+        mount("kd-tmp", "/tmp", None, false),
+        mount("kd-run", "/run", None, false),
+        mount("kd-run-lock", "/run/lock", None, false),
+    ];
+    if c.app.systemd_required {
+        volumes.push(Volume {
+            name: "kd-cgroup".to_string(),
+            host_path: Some(HostPathVolumeSource {
+                path: "/sys/fs/cgroup".to_string(),
+                type_: None,
+            }),
+            ..Default::default()
+        });
+        mounts.push(mount("kd-cgroup", "/sys/fs/cgroup", None, true));
+    }
+    if let Some(secret) = &spec.secret {
+        volumes.push(Volume {
+            name: "kd-secret".to_string(),
+            secret: Some(SecretVolumeSource {
+                secret_name: Some(secret.name.clone()),
+                default_mode: secret.default_mode,
+                ..Default::default()
+            }),
+            ..Default::default()
+        });
+        mounts.push(mount("kd-secret", &secret.mount_path, None, true));
+    }
+    if let Some(size) = &spec.shared_memory {
+        volumes.push(memory_dir("kd-shm", Some(size.clone())));
+        mounts.push(mount("kd-shm", "/dev/shm", None, false));
+    }
+    for (i, projection) in spec.volume_projections.iter().enumerate() {
+        let name = format!("kd-proj-{i}");
+        let read_only = projection.read_only.unwrap_or(false);
+        volumes.push(Volume {
+            name: name.clone(),
+            persistent_volume_claim: Some(PersistentVolumeClaimVolumeSource {
+                claim_name: projection.pvc_name.clone(),
+                read_only: read_only.then_some(true),
+            }),
+            ..Default::default()
+        });
+        mounts.push(mount(&name, &projection.mount_path, None, read_only));
+    }
+
+    let image = role.image.clone();
+    let mut claims = Vec::new();
+    let mut init_containers = Vec::new();
+    if let Some(storage) = &spec.storage {
+        claims.push(claim_template(
+            c,
+            role,
+            names::STORAGE_CLAIM,
+            r.storage_class.clone(),
+            &storage.size,
+            false,
+        ));
+        let dirs = persist_dirs(role);
+        // Copy each directory's image content into the volume once; the marker keeps restarts from
+        // overwriting what the app wrote since.
+        let copies: Vec<String> = dirs
+            .iter()
+            .map(|d| format!("mkdir -p '{SEED_MOUNT}{d}' && if [ -d '{d}' ]; then cp -a '{d}/.' '{SEED_MOUNT}{d}/'; fi"))
+            .collect();
+        let script = format!(
+            "set -e; if [ ! -f '{SEED_MOUNT}/{SEED_MARKER}' ]; then {}; touch '{SEED_MOUNT}/{SEED_MARKER}'; fi",
+            copies.join("; ")
+        );
+        init_containers.push(Container {
+            name: "init-persist".to_string(),
+            image: image.clone(),
+            command: Some(vec!["/bin/sh".to_string(), "-c".to_string(), script]),
+            volume_mounts: Some(vec![mount(names::STORAGE_CLAIM, SEED_MOUNT, None, false)]),
+            ..Default::default()
+        });
+        for d in &dirs {
+            mounts.push(mount(
+                names::STORAGE_CLAIM,
+                d,
+                Some(d.trim_start_matches('/').to_string()),
+                false,
+            ));
+        }
+    }
+    let mut devices = Vec::new();
+    if let Some(block) = &spec.block_storage {
+        let size = block
+            .size
+            .clone()
+            .unwrap_or_else(|| Quantity("10Gi".to_string()));
+        for (i, path) in block_device_paths(spec).into_iter().enumerate() {
+            let claim = names::block_claim(i);
+            claims.push(claim_template(
+                c,
+                role,
+                &claim,
+                r.block_storage_class.clone(),
+                &size,
+                true,
+            ));
+            devices.push(VolumeDevice {
+                name: claim,
+                device_path: path,
+            });
+        }
+    }
+
+    let ports: Vec<ContainerPort> = role
+        .ported_services()
+        .map(|(svc, port)| ContainerPort {
+            name: Some(svc.id.clone()),
+            container_port: port,
+            protocol: Some("TCP".to_string()),
+            ..Default::default()
+        })
+        .collect();
+    let app_container = Container {
+        name: "app".to_string(),
+        image,
+        resources: Some(spec.resources.clone()),
+        ports: (!ports.is_empty()).then_some(ports),
+        env: (!env.is_empty()).then_some(env),
+        stdin: role.container_spec.stdin,
+        tty: role.container_spec.tty,
+        security_context: (!c.app.capabilities.is_empty()).then(|| SecurityContext {
+            capabilities: Some(Capabilities {
+                add: Some(c.app.capabilities.clone()),
+                drop: None,
+            }),
+            ..Default::default()
+        }),
+        volume_mounts: Some(mounts),
+        volume_devices: (!devices.is_empty()).then_some(devices),
+        ..Default::default()
+    };
+
+    let selector = BTreeMap::from([
+        (labels::CLUSTER.to_string(), c.name.to_string()),
+        (labels::ROLE.to_string(), role.id.clone()),
+    ]);
+    let mut sts = StatefulSet {
+        metadata: c.meta(
+            r.statefulset_name,
+            role_labels,
+            labels::app_annotations(c.app),
+        ),
+        spec: Some(StatefulSetSpec {
+            replicas: Some(r.replicas),
+            selector: LabelSelector {
+                match_labels: Some(selector),
+                ..Default::default()
+            },
+            service_name: Some(c.headless_name.clone()),
+            pod_management_policy: Some("Parallel".to_string()),
+            // PVCs follow their pods: deleted on scale-down and garbage-collected with the StatefulSet.
+            persistent_volume_claim_retention_policy: Some(
+                StatefulSetPersistentVolumeClaimRetentionPolicy {
+                    when_deleted: Some("Delete".to_string()),
+                    when_scaled: Some("Delete".to_string()),
+                },
+            ),
+            template: PodTemplateSpec {
+                metadata: Some(ObjectMeta {
+                    labels: Some(pod_labels),
+                    annotations: Some(pod_annotations),
+                    ..Default::default()
+                }),
+                spec: Some(PodSpec {
+                    containers: vec![app_container],
+                    init_containers: (!init_containers.is_empty()).then_some(init_containers),
+                    volumes: Some(volumes),
+                    affinity: spec.affinity.clone(),
+                    service_account_name: spec.service_account_name.clone(),
+                    ..Default::default()
+                }),
+            },
+            volume_claim_templates: (!claims.is_empty()).then_some(claims),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    let hash = spec_hash(&(&sts.metadata.labels, &sts.metadata.annotations, &sts.spec));
+    stamp(&mut sts.metadata, hash);
+    sts
+}

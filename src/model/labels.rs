@@ -1,0 +1,52 @@
+//! Label and annotation keys KubeDirector puts on every child, and the label sets built from them.
+
+use std::collections::BTreeMap;
+
+use super::catalog::ResolvedApp;
+
+pub const CLUSTER: &str = "kubedirector.hpe.com/kdcluster";
+pub const APP: &str = "kubedirector.hpe.com/kdapp";
+pub const APP_CATALOG: &str = "kubedirector.hpe.com/appCatalog";
+pub const ROLE: &str = "kubedirector.hpe.com/role";
+pub const HEADLESS: &str = "kubedirector.hpe.com/headless";
+pub const PRETTY_NAME: &str = "kubedirector.hpe.com/kdapp-prettyName";
+/// Digest of the desired spec of a child: equal digest = nothing to write.
+pub const SPEC_HASH: &str = "kubedirector.hpe.com/spec-hash";
+/// Set by the StatefulSet controller on every pod.
+pub const POD_NAME: &str = "statefulset.kubernetes.io/pod-name";
+pub const FINALIZER: &str = "kubedirector.hpe.com/cleanup";
+
+/// Labels of everything belonging to a cluster; `role` is left out for the headless Service.
+pub fn cluster_labels(
+    cr_name: &str,
+    app: &ResolvedApp,
+    role: Option<&str>,
+) -> BTreeMap<String, String> {
+    let mut labels = BTreeMap::from([
+        (CLUSTER.to_string(), cr_name.to_string()),
+        (APP.to_string(), app.name.clone()),
+        (APP_CATALOG.to_string(), app.catalog.as_str().to_string()),
+        (HEADLESS.to_string(), cr_name.to_string()),
+    ]);
+    if let Some(role) = role {
+        labels.insert(ROLE.to_string(), role.to_string());
+    }
+    labels
+}
+
+pub fn app_annotations(app: &ResolvedApp) -> BTreeMap<String, String> {
+    BTreeMap::from([(PRETTY_NAME.to_string(), app.pretty_name.clone())])
+}
+
+/// `base` with `extra` added; keys of `base` (KubeDirector's own) are never overridden by users.
+pub fn merged(
+    base: &BTreeMap<String, String>,
+    extras: &[&BTreeMap<String, String>],
+) -> BTreeMap<String, String> {
+    let mut out = BTreeMap::new();
+    for extra in extras {
+        out.extend(extra.iter().map(|(k, v)| (k.clone(), v.clone())));
+    }
+    out.extend(base.iter().map(|(k, v)| (k.clone(), v.clone())));
+    out
+}

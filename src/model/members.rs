@@ -1,0 +1,200 @@
+//! The member state machine of one role, with KubeDirector's state names:
+//! `create pending` → `creating` (pod running with a container id) → `configured` (setup done, or at
+//! once without setup) | `config error`; `configured`/`config error` → `create pending` when the
+//! container id changes; shrink: `delete pending` → `deleting` → gone once its pod, Service and PVCs are.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use crate::api::cluster::{MemberState, MemberStateDetail, MemberStatus, RoleStatus};
+
+use super::names;
+
+/// What the cache says about one member's pod.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct PodFacts {
+    pub running: bool,
+    pub ready: bool,
+    pub container_id: Option<String>,
+    /// PodScheduled is False: no node could take it.
+    pub unschedulable: bool,
+    pub terminating: bool,
+}
+
+/// What the cache holds for a cluster: pods by name, and names of Services and PVCs.
+#[derive(Clone, Debug, Default)]
+pub struct Observed {
+    pub pods: BTreeMap<String, PodFacts>,
+    pub services: BTreeSet<String>,
+    pub pvcs: BTreeSet<String>,
+}
+
+/// How a role's members are laid out, from the spec and the app.
+#[derive(Clone, Debug)]
+pub struct RoleShape<'a> {
+    pub id: &'a str,
+    pub statefulset: &'a str,
+    /// 0 when the role was removed from the spec.
+    pub desired: usize,
+    pub opens_ports: bool,
+    pub has_setup: bool,
+    /// volumeClaimTemplate names (`p`, `b0`, …): a member's PVCs are `<claim>-<pod>`.
+    pub claims: &'a [String],
+    pub block_device_paths: &'a [String],
+}
+
+/// The next status of a role, and what must be deleted for members on their way out.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct RoleStep {
+    pub status: RoleStatus,
+    pub delete_services: Vec<String>,
+    pub delete_pvcs: Vec<String>,
+}
+
+fn new_member(shape: &RoleShape, pod: String, node_id: i64) -> MemberStatus {
+    MemberStatus {
+        service: if shape.opens_ports {
+            names::member_service(&pod)
+        } else {
+            "n/a".to_string()
+        },
+        pvc: shape
+            .claims
+            .iter()
+            .any(|c| c == names::STORAGE_CLAIM)
+            .then(|| names::pvc(names::STORAGE_CLAIM, &pod)),
+        pod,
+        auth_token: None,
+        state: MemberState::CreatePending,
+        state_detail: MemberStateDetail::default(),
+        node_id,
+        block_device_paths: shape.block_device_paths.to_vec(),
+    }
+}
+
+/// Advances one role. `last_node_id` is the cluster's counter; new members take the next ids.
+pub fn step_role(
+    prev: Option<&RoleStatus>,
+    shape: &RoleShape,
+    observed: &Observed,
+    last_node_id: &mut i64,
+) -> RoleStep {
+    let mut members: Vec<MemberStatus> = prev.map(|r| r.members.clone()).unwrap_or_default();
+    members.sort_by_key(|m| names::ordinal_of(shape.statefulset, &m.pod).unwrap_or(usize::MAX));
+
+    // Membership: ordinals 0..desired are wanted, higher ones leave (highest first, as the
+    // StatefulSet removes them).
+    for ordinal in 0..shape.desired {
+        let pod = names::pod(shape.statefulset, ordinal);
+        match members.iter_mut().find(|m| m.pod == pod) {
+            // Expanded again while it was leaving: start over as a new member.
+            Some(m) if matches!(m.state, MemberState::DeletePending | MemberState::Deleting) => {
+                *last_node_id += 1;
+                *m = new_member(shape, pod, *last_node_id);
+            }
+            Some(_) => {}
+            None => {
+                *last_node_id += 1;
+                members.push(new_member(shape, pod, *last_node_id));
+            }
+        }
+    }
+    for m in &mut members {
+        let wanted =
+            names::ordinal_of(shape.statefulset, &m.pod).is_some_and(|o| o < shape.desired);
+        if !wanted && !matches!(m.state, MemberState::DeletePending | MemberState::Deleting) {
+            m.state = MemberState::DeletePending;
+        }
+    }
+
+    let mut step = RoleStep::default();
+    members.retain_mut(|m| advance(m, shape, observed, &mut step));
+    members.sort_by_key(|m| names::ordinal_of(shape.statefulset, &m.pod).unwrap_or(usize::MAX));
+    step.status = RoleStatus {
+        id: shape.id.to_string(),
+        stateful_set: shape.statefulset.to_string(),
+        members,
+        encrypted_secret_keys: prev.and_then(|r| r.encrypted_secret_keys.clone()),
+    };
+    step
+}
+
+/// One member's transition. Returns false when the member is gone for good.
+fn advance(
+    m: &mut MemberStatus,
+    shape: &RoleShape,
+    observed: &Observed,
+    step: &mut RoleStep,
+) -> bool {
+    let pod = observed.pods.get(&m.pod).filter(|p| !p.terminating);
+    let container = pod
+        .filter(|p| p.running)
+        .and_then(|p| p.container_id.clone());
+    // Run the transitions to a fixed point, so one reconcile takes a member as far as the facts allow.
+    loop {
+        let before = m.state;
+        transition(m, shape, container.as_ref());
+        if m.state == before {
+            break;
+        }
+    }
+    if m.state != MemberState::Deleting {
+        return true;
+    }
+    // Leaving: once the pod is gone, remove its Service and PVCs; drop the member when all are gone.
+    if observed.pods.contains_key(&m.pod) {
+        return true;
+    }
+    let service = names::member_service(&m.pod);
+    let pvcs: Vec<String> = shape
+        .claims
+        .iter()
+        .map(|c| names::pvc(c, &m.pod))
+        .filter(|p| observed.pvcs.contains(p))
+        .collect();
+    let service_left = observed.services.contains(&service);
+    if service_left {
+        step.delete_services.push(service);
+    }
+    let done = !service_left && pvcs.is_empty();
+    step.delete_pvcs.extend(pvcs);
+    !done
+}
+
+fn transition(m: &mut MemberStatus, shape: &RoleShape, container: Option<&String>) {
+    match m.state {
+        MemberState::CreatePending => {
+            if let Some(id) = container {
+                m.state = MemberState::Creating;
+                m.state_detail.configuring_container = Some(id.clone());
+            }
+        }
+        MemberState::Creating => match container {
+            Some(id) => {
+                m.state_detail.configuring_container = Some(id.clone());
+                advance_creating(m, shape);
+            }
+            None => m.state = MemberState::CreatePending,
+        },
+        MemberState::Configured | MemberState::ConfigError => {
+            // A new container (restart, rescheduled pod) must be set up again.
+            if container
+                .is_some_and(|id| m.state_detail.last_configured_container.as_ref() != Some(id))
+            {
+                m.state = MemberState::CreatePending;
+                m.state_detail.configuring_container = None;
+            }
+        }
+        MemberState::DeletePending => m.state = MemberState::Deleting,
+        MemberState::Deleting => {}
+    }
+}
+
+/// `creating` → `configured` at once when the role runs no setup package. Roles with a package stay
+/// `creating` until the setup runner (issue 9) reports; nothing here blocks on it.
+fn advance_creating(m: &mut MemberStatus, shape: &RoleShape) {
+    if !shape.has_setup {
+        m.state = MemberState::Configured;
+        m.state_detail.last_configured_container = m.state_detail.configuring_container.take();
+        m.state_detail.config_error_detail = None;
+    }
+}

@@ -1,0 +1,16 @@
+//! The pure core: every decision of the operator as functions of plain data, no API client.
+//! `plan::plan_cluster` is the entry point of a reconcile's decision.
+
+pub mod cardinality;
+pub mod catalog;
+pub mod desired;
+pub mod labels;
+pub mod members;
+pub mod names;
+pub mod plan;
+pub mod settings;
+pub mod status;
+pub mod validate;
+
+#[cfg(test)]
+mod tests;

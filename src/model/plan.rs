@@ -1,0 +1,249 @@
+//! The whole decision for one KubeDirectorCluster: from the spec, its app, the settings, the previous
+//! status and what the cache observed, to the desired children, what to delete, and the next status.
+//! Pure: the reconcile applies the result.
+
+use k8s_openapi::api::apps::v1::StatefulSet;
+use k8s_openapi::api::core::v1::Service;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+
+use crate::api::cluster::{
+    ClusterState, KubeDirectorClusterSpec, KubeDirectorClusterStatus, MemberState,
+};
+
+use super::catalog::{self, ResolvedApp};
+use super::desired::{self, ClusterFacts, RoleInput};
+use super::members::{self, Observed, RoleShape};
+use super::names;
+use super::settings::Settings;
+use super::status;
+use super::validate::{self, FieldError, StorageClasses};
+
+pub struct ClusterInput<'a> {
+    pub name: &'a str,
+    pub namespace: &'a str,
+    pub uid: &'a str,
+    pub generation: Option<i64>,
+    pub spec: &'a KubeDirectorClusterSpec,
+    pub prev: Option<&'a KubeDirectorClusterStatus>,
+    pub app: &'a ResolvedApp,
+    pub settings: &'a Settings,
+    pub classes: &'a StorageClasses,
+    pub observed: &'a Observed,
+    pub now: Time,
+}
+
+#[derive(Clone, Debug, Default)]
+pub struct ClusterPlan {
+    pub headless: Option<Service>,
+    pub statefulsets: Vec<StatefulSet>,
+    pub member_services: Vec<Service>,
+    pub delete_statefulsets: Vec<String>,
+    pub delete_services: Vec<String>,
+    pub delete_pvcs: Vec<String>,
+    pub status: KubeDirectorClusterStatus,
+    /// Spec errors: nothing is created or changed, the status says why.
+    pub errors: Vec<FieldError>,
+}
+
+/// The status to write when the cluster cannot be planned (missing app, invalid spec, unreadable
+/// object): everything recorded so far is kept, the conditions say what is wrong.
+pub fn blocked_status(
+    prev: Option<&KubeDirectorClusterStatus>,
+    message: &str,
+    generation: Option<i64>,
+    now: &Time,
+) -> KubeDirectorClusterStatus {
+    let mut status = prev.cloned().unwrap_or_default();
+    let state = status.state.or(Some(ClusterState::Creating));
+    status.state = state;
+    status.conditions = status::conditions(
+        &status.conditions,
+        state,
+        &status.member_state_rollup,
+        Some(message),
+        generation,
+        now,
+    );
+    status.observed_generation = generation;
+    status
+}
+
+pub fn plan_cluster(input: &ClusterInput) -> ClusterPlan {
+    let settings = input.settings;
+    let defaulted =
+        catalog::apply_cluster_defaults(input.spec, input.app, settings.default_naming_scheme);
+    let spec = &defaulted;
+    let errors = validate::validate_cluster(
+        spec,
+        input.app,
+        settings.default_storage_class.as_deref(),
+        input.classes,
+    );
+    if !errors.is_empty() {
+        let message = validate::describe(&errors);
+        return ClusterPlan {
+            status: blocked_status(input.prev, &message, input.generation, &input.now),
+            errors,
+            ..Default::default()
+        };
+    }
+
+    let scheme = spec.naming_scheme.unwrap_or(settings.default_naming_scheme);
+    let recorded_headless = input.prev.map(|s| s.cluster_service.as_str());
+    let facts = ClusterFacts {
+        name: input.name,
+        namespace: input.namespace,
+        uid: input.uid,
+        app: input.app,
+        settings,
+        headless_name: names::headless_service(scheme, input.name, input.uid, recorded_headless),
+        service_type: spec.service_type.unwrap_or(settings.default_service_type),
+    };
+    let prev_roles = input.prev.map(|s| s.roles.as_slice()).unwrap_or_default();
+    let mut last_node_id = input.prev.map(|s| s.last_node_id).unwrap_or(0);
+    let mut plan = ClusterPlan {
+        headless: Some(desired::headless_service(&facts)),
+        ..Default::default()
+    };
+    let mut roles = Vec::new();
+
+    for role_spec in &spec.roles {
+        // Validation guarantees the role exists in the app.
+        let Some(role) = input.app.role(&role_spec.id) else {
+            continue;
+        };
+        let prev = prev_roles.iter().find(|r| r.id == role_spec.id);
+        let sts_name = names::statefulset(
+            scheme,
+            input.name,
+            input.uid,
+            &role.id,
+            prev.map(|r| r.stateful_set.as_str()),
+        );
+        let desired_members = role_spec
+            .members
+            .map(|m| m.max(0) as usize)
+            .unwrap_or(role.cardinality.default_members() as usize);
+        let mut claims = Vec::new();
+        if role_spec.storage.is_some() {
+            claims.push(names::STORAGE_CLAIM.to_string());
+        }
+        let block_paths = desired::block_device_paths(role_spec);
+        claims.extend((0..block_paths.len()).map(names::block_claim));
+        let shape = RoleShape {
+            id: &role.id,
+            statefulset: &sts_name,
+            desired: desired_members,
+            opens_ports: role.opens_ports(),
+            has_setup: role.setup_package.is_some(),
+            claims: &claims,
+            block_device_paths: &block_paths,
+        };
+        let step = members::step_role(prev, &shape, input.observed, &mut last_node_id);
+        let class_of = |requested: Option<&str>| {
+            validate::effective_storage_class(
+                requested,
+                settings.default_storage_class.as_deref(),
+                input.classes,
+            )
+        };
+        plan.statefulsets.push(desired::statefulset(
+            &facts,
+            &RoleInput {
+                spec: role_spec,
+                role,
+                statefulset_name: &sts_name,
+                replicas: desired_members as i32,
+                storage_class: role_spec
+                    .storage
+                    .as_ref()
+                    .and_then(|s| class_of(s.storage_class_name.as_deref())),
+                block_storage_class: role_spec
+                    .block_storage
+                    .as_ref()
+                    .and_then(|b| class_of(b.storage_class_name.as_deref())),
+            },
+        ));
+        for m in &step.status.members {
+            if !matches!(m.state, MemberState::DeletePending | MemberState::Deleting) {
+                plan.member_services
+                    .extend(desired::member_service(&facts, role_spec, role, &m.pod));
+            }
+        }
+        plan.delete_services.extend(step.delete_services);
+        plan.delete_pvcs.extend(step.delete_pvcs);
+        roles.push(step.status);
+    }
+
+    // Roles removed from the spec: their StatefulSet goes now; members leave as on a shrink.
+    for prev in prev_roles
+        .iter()
+        .filter(|r| !spec.roles.iter().any(|s| s.id == r.id))
+    {
+        let claims: Vec<String> = prev
+            .members
+            .iter()
+            .flat_map(|m| {
+                let mut c: Vec<String> = m
+                    .pvc
+                    .iter()
+                    .map(|_| names::STORAGE_CLAIM.to_string())
+                    .collect();
+                c.extend((0..m.block_device_paths.len()).map(names::block_claim));
+                c
+            })
+            .collect();
+        let shape = RoleShape {
+            id: &prev.id,
+            statefulset: &prev.stateful_set,
+            desired: 0,
+            opens_ports: false,
+            has_setup: false,
+            claims: &claims,
+            block_device_paths: &[],
+        };
+        let step = members::step_role(Some(prev), &shape, input.observed, &mut last_node_id);
+        plan.delete_statefulsets.push(prev.stateful_set.clone());
+        plan.delete_services.extend(step.delete_services);
+        plan.delete_pvcs.extend(step.delete_pvcs);
+        if !step.status.members.is_empty() {
+            roles.push(step.status);
+        }
+    }
+
+    let prev_state = input.prev.and_then(|s| s.state);
+    let state = status::cluster_state(prev_state, &roles);
+    let rollup = status::rollup(&roles, input.observed);
+    let prev_conditions = input
+        .prev
+        .map(|s| s.conditions.as_slice())
+        .unwrap_or_default();
+    plan.status = KubeDirectorClusterStatus {
+        state: Some(state),
+        conditions: status::conditions(
+            prev_conditions,
+            Some(state),
+            &rollup,
+            None,
+            input.generation,
+            &input.now,
+        ),
+        member_state_rollup: rollup,
+        generation_uid: input
+            .prev
+            .map(|s| s.generation_uid.clone())
+            .filter(|g| !g.is_empty())
+            .unwrap_or_else(|| input.uid.to_string()),
+        spec_generation_to_process: None,
+        cluster_service: facts.headless_name.clone(),
+        last_node_id,
+        roles,
+        last_connection_hash: input
+            .prev
+            .map(|s| s.last_connection_hash.clone())
+            .unwrap_or_default(),
+        restore_progress: input.prev.and_then(|s| s.restore_progress.clone()),
+        observed_generation: input.generation,
+    };
+    plan
+}

@@ -1,0 +1,183 @@
+//! Cluster state, member rollup and standard conditions, computed from member states.
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+
+use crate::api::cluster::{ClusterState, MemberState, MemberStatus, RoleStatus, StateRollup};
+
+use super::members::Observed;
+
+fn all_members(roles: &[RoleStatus]) -> impl Iterator<Item = &MemberStatus> {
+    roles.iter().flat_map(|r| r.members.iter())
+}
+
+/// A member that was never configured yet (as opposed to one restarting).
+fn is_new(m: &MemberStatus) -> bool {
+    matches!(m.state, MemberState::CreatePending | MemberState::Creating)
+        && m.state_detail.last_configured_container.is_none()
+}
+
+fn is_leaving(m: &MemberStatus) -> bool {
+    matches!(m.state, MemberState::DeletePending | MemberState::Deleting)
+}
+
+/// `creating` until every member has been set up once, then `configured`; `updating` while members
+/// join or leave.
+pub fn cluster_state(prev: Option<ClusterState>, roles: &[RoleStatus]) -> ClusterState {
+    let settled = all_members(roles)
+        .all(|m| matches!(m.state, MemberState::Configured | MemberState::ConfigError));
+    let changing = all_members(roles).any(|m| is_new(m) || is_leaving(m));
+    match prev {
+        None | Some(ClusterState::Creating) => {
+            if settled {
+                ClusterState::Configured
+            } else {
+                ClusterState::Creating
+            }
+        }
+        Some(ClusterState::Deleting) => ClusterState::Deleting,
+        Some(ClusterState::Configured | ClusterState::Updating) => {
+            if changing {
+                ClusterState::Updating
+            } else {
+                ClusterState::Configured
+            }
+        }
+    }
+}
+
+pub fn rollup(roles: &[RoleStatus], observed: &Observed) -> StateRollup {
+    let mut r = StateRollup::default();
+    for m in all_members(roles) {
+        let pod = observed.pods.get(&m.pod);
+        r.membership_changing |= is_new(m) || is_leaving(m);
+        r.members_initializing |= m.state == MemberState::Creating;
+        r.members_waiting |= m.state == MemberState::CreatePending && is_new(m);
+        r.members_restarting |= m.state == MemberState::CreatePending && !is_new(m);
+        r.config_errors |= m.state == MemberState::ConfigError;
+        r.members_down |= m.state == MemberState::Configured && !pod.is_some_and(|p| p.ready);
+        r.members_not_scheduled |= pod.is_some_and(|p| p.unschedulable);
+    }
+    r
+}
+
+/// Standard conditions. `invalid` is the message of a spec error, which overrides everything else.
+pub fn conditions(
+    prev: &[Condition],
+    state: Option<ClusterState>,
+    rollup: &StateRollup,
+    invalid: Option<&str>,
+    generation: Option<i64>,
+    now: &Time,
+) -> Vec<Condition> {
+    let (ready, ready_reason, ready_msg) = match (invalid, state) {
+        (Some(msg), _) => (false, "InvalidSpec", msg.to_string()),
+        (None, Some(ClusterState::Configured)) if rollup.members_down => (
+            false,
+            "MembersDown",
+            "some configured members are not ready".to_string(),
+        ),
+        (None, Some(ClusterState::Configured)) if rollup.config_errors => (
+            false,
+            "ConfigError",
+            "some members failed their setup".to_string(),
+        ),
+        (None, Some(ClusterState::Configured)) => {
+            (true, "Configured", "every member is configured".to_string())
+        }
+        (None, Some(ClusterState::Updating)) => (
+            false,
+            "Updating",
+            "members are joining or leaving".to_string(),
+        ),
+        (None, Some(ClusterState::Deleting)) => (
+            false,
+            "Deleting",
+            "the cluster is being deleted".to_string(),
+        ),
+        (None, Some(ClusterState::Creating) | None) => {
+            (false, "Creating", "members are being created".to_string())
+        }
+    };
+    let progressing = invalid.is_none()
+        && matches!(
+            state,
+            Some(ClusterState::Creating | ClusterState::Updating) | None
+        );
+    let (degraded, degraded_reason, degraded_msg) = if let Some(msg) = invalid {
+        (true, "InvalidSpec", msg.to_string())
+    } else if rollup.config_errors {
+        (
+            true,
+            "ConfigError",
+            "some members failed their setup".to_string(),
+        )
+    } else if rollup.members_down && state == Some(ClusterState::Configured) {
+        (
+            true,
+            "MembersDown",
+            "some configured members are not ready".to_string(),
+        )
+    } else {
+        (false, "AsExpected", "no problem found".to_string())
+    };
+    let progressing_reason = if progressing { ready_reason } else { "Settled" };
+    vec![
+        condition(
+            prev,
+            "Ready",
+            ready,
+            ready_reason,
+            &ready_msg,
+            generation,
+            now,
+        ),
+        condition(
+            prev,
+            "Progressing",
+            progressing,
+            progressing_reason,
+            if progressing {
+                &ready_msg
+            } else {
+                "nothing in progress"
+            },
+            generation,
+            now,
+        ),
+        condition(
+            prev,
+            "Degraded",
+            degraded,
+            degraded_reason,
+            &degraded_msg,
+            generation,
+            now,
+        ),
+    ]
+}
+
+/// A condition whose lastTransitionTime moves only when its status flips.
+fn condition(
+    prev: &[Condition],
+    type_: &str,
+    status: bool,
+    reason: &str,
+    message: &str,
+    generation: Option<i64>,
+    now: &Time,
+) -> Condition {
+    let status = if status { "True" } else { "False" }.to_string();
+    let since = prev
+        .iter()
+        .find(|c| c.type_ == type_ && c.status == status)
+        .map(|c| c.last_transition_time.clone())
+        .unwrap_or_else(|| now.clone());
+    Condition {
+        type_: type_.to_string(),
+        status,
+        reason: reason.to_string(),
+        message: message.to_string(),
+        observed_generation: generation,
+        last_transition_time: since,
+    }
+}

@@ -1,0 +1,753 @@
+//! Unit tests of the pure plan over the app shapes of the contract: null/absent/set packages, roles
+//! without ports, services shared by roles, `.`/`_`/upper case in role ids, GPU and non-GPU roles,
+//! storage and block storage, expand/shrink and the member state machine.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::apps::v1::StatefulSet;
+use k8s_openapi::api::core::v1::Container;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+
+use crate::api::cluster::{AppCatalog, ClusterState, KubeDirectorClusterStatus, MemberState};
+use crate::api::{KubeDirectorApp, KubeDirectorCluster, Tristate};
+
+use super::catalog::{ResolvedApp, apply_app_defaults, choose_catalog, resolve_app};
+use super::members::{Observed, PodFacts};
+use super::plan::{ClusterInput, ClusterPlan, plan_cluster};
+use super::settings::Settings;
+use super::validate::StorageClasses;
+use super::{labels, names};
+
+fn fixture<T: serde::de::DeserializeOwned>(text: &str, yaml: bool) -> T {
+    if yaml {
+        serde_yaml::from_str(text).expect("fixture YAML")
+    } else {
+        serde_json::from_str(text).expect("fixture JSON")
+    }
+}
+
+fn spark_app() -> ResolvedApp {
+    let app: KubeDirectorApp = fixture(
+        include_str!("../../tests/fixtures/valid/app-spark-like.json"),
+        false,
+    );
+    resolve_app("spark-like", AppCatalog::Local, &app.spec).expect("resolves")
+}
+
+fn centos_app() -> ResolvedApp {
+    let app: KubeDirectorApp = fixture(
+        include_str!("../../tests/fixtures/valid/app-centos-like.yaml"),
+        true,
+    );
+    resolve_app("centos-like", AppCatalog::System, &app.spec).expect("resolves")
+}
+
+fn spark_cluster() -> KubeDirectorCluster {
+    fixture(
+        include_str!("../../tests/fixtures/valid/cluster-spark-like.yaml"),
+        true,
+    )
+}
+
+fn centos_cluster() -> KubeDirectorCluster {
+    fixture(
+        include_str!("../../tests/fixtures/valid/cluster-centos-like.json"),
+        false,
+    )
+}
+
+fn classes() -> StorageClasses {
+    StorageClasses {
+        names: vec!["fast".into(), "block".into(), "standard".into()],
+        cluster_default: Some("standard".into()),
+    }
+}
+
+fn now() -> Time {
+    Time(jiff::Timestamp::UNIX_EPOCH)
+}
+
+fn plan(
+    cluster: &KubeDirectorCluster,
+    app: &ResolvedApp,
+    prev: Option<&KubeDirectorClusterStatus>,
+    observed: &Observed,
+) -> ClusterPlan {
+    plan_cluster(&ClusterInput {
+        name: cluster.metadata.name.as_deref().expect("name"),
+        namespace: "ns",
+        uid: "uid-1",
+        generation: Some(1),
+        spec: &cluster.spec,
+        prev,
+        app,
+        settings: &Settings::default(),
+        classes: &classes(),
+        observed,
+        now: now(),
+    })
+}
+
+fn sts<'a>(plan: &'a ClusterPlan, name: &str) -> &'a StatefulSet {
+    plan.statefulsets
+        .iter()
+        .find(|s| s.metadata.name.as_deref() == Some(name))
+        .unwrap_or_else(|| panic!("no StatefulSet {name}"))
+}
+
+fn app_container(s: &StatefulSet) -> &Container {
+    let pod = s
+        .spec
+        .as_ref()
+        .and_then(|s| s.template.spec.as_ref())
+        .expect("pod spec");
+    pod.containers
+        .iter()
+        .find(|c| c.name == "app")
+        .expect("container app")
+}
+
+fn env_value(c: &Container, name: &str) -> Option<String> {
+    c.env
+        .as_ref()?
+        .iter()
+        .find(|e| e.name == name)
+        .and_then(|e| e.value.clone())
+}
+
+fn port_names(c: &Container) -> Vec<String> {
+    c.ports
+        .iter()
+        .flatten()
+        .filter_map(|p| p.name.clone())
+        .collect()
+}
+
+/// Every pod of the plan's members is running with the given container id suffix.
+fn all_running(plan: &ClusterPlan, suffix: &str) -> Observed {
+    let mut observed = Observed::default();
+    for m in plan.status.roles.iter().flat_map(|r| &r.members) {
+        let facts = PodFacts {
+            running: true,
+            ready: true,
+            container_id: Some(format!("kwok://{}-{suffix}", m.pod)),
+            ..Default::default()
+        };
+        observed.pods.insert(m.pod.clone(), facts);
+    }
+    observed
+}
+
+#[test]
+fn app_defaults_fill_roles_and_keep_explicit_null() {
+    let app: KubeDirectorApp = fixture(
+        include_str!("../../tests/fixtures/valid/app-spark-like.json"),
+        false,
+    );
+    let spec = apply_app_defaults(&app.spec);
+    assert!(spec.default_config_package.is_absent() && spec.default_image_repo_tag.is_none());
+    let role = |id: &str| spec.roles.iter().find(|r| r.id == id).expect("role");
+    assert!(
+        matches!(role("controller").config_package, Tristate::Set(_)),
+        "absent inherits the default package"
+    );
+    assert_eq!(
+        role("jupyter").config_package,
+        Tristate::Null,
+        "explicit null means no setup"
+    );
+    assert_eq!(
+        role("controller").image_repo_tag.as_deref(),
+        Some("example/spark:2.1")
+    );
+    assert_eq!(
+        role("jupyter").image_repo_tag.as_deref(),
+        Some("example/notebook:2.1")
+    );
+    assert_eq!(
+        role("worker").persist_dirs.as_deref(),
+        Some(&["/home".to_string()][..]),
+        "own value wins"
+    );
+    assert_eq!(role("controller").max_log_size_dump, Some(512));
+}
+
+#[test]
+fn catalog_prefers_local_then_system() {
+    assert_eq!(choose_catalog(None, true, true), Some(AppCatalog::Local));
+    assert_eq!(choose_catalog(None, false, true), Some(AppCatalog::System));
+    assert_eq!(choose_catalog(Some(AppCatalog::System), true, false), None);
+    assert_eq!(choose_catalog(Some(AppCatalog::Local), false, true), None);
+}
+
+#[test]
+fn crnamerole_cluster_gets_contract_children() {
+    let cluster = spark_cluster();
+    let p = plan(&cluster, &spark_app(), None, &Observed::default());
+    assert!(p.errors.is_empty(), "{:?}", p.errors);
+
+    let headless = p.headless.as_ref().expect("headless");
+    assert_eq!(headless.metadata.name.as_deref(), Some("spark-one"));
+    let hspec = headless.spec.as_ref().expect("spec");
+    assert_eq!(hspec.cluster_ip.as_deref(), Some("None"));
+    assert_eq!(hspec.publish_not_ready_addresses, Some(true));
+    assert_eq!(
+        hspec
+            .selector
+            .as_ref()
+            .and_then(|s| s.get(labels::HEADLESS))
+            .map(String::as_str),
+        Some("spark-one")
+    );
+    assert!(
+        !headless
+            .metadata
+            .labels
+            .as_ref()
+            .expect("labels")
+            .contains_key(labels::ROLE),
+        "no role label on the headless Service"
+    );
+
+    let controller = sts(&p, "spark-one-controller");
+    let meta_labels = controller.metadata.labels.as_ref().expect("labels");
+    for (k, v) in [
+        (labels::CLUSTER, "spark-one"),
+        (labels::APP, "spark-like"),
+        (labels::APP_CATALOG, "local"),
+        (labels::ROLE, "controller"),
+        (labels::HEADLESS, "spark-one"),
+    ] {
+        assert_eq!(meta_labels.get(k).map(String::as_str), Some(v), "label {k}");
+    }
+    let owner = &controller
+        .metadata
+        .owner_references
+        .as_ref()
+        .expect("owner")[0];
+    assert_eq!(
+        (owner.kind.as_str(), owner.uid.as_str(), owner.controller),
+        ("KubeDirectorCluster", "uid-1", Some(true))
+    );
+    let s = controller.spec.as_ref().expect("spec");
+    assert_eq!(s.pod_management_policy.as_deref(), Some("Parallel"));
+    assert_eq!(s.service_name.as_deref(), Some("spark-one"));
+    assert_eq!(s.replicas, Some(1));
+    let c = app_container(controller);
+    assert_eq!(c.image.as_deref(), Some("example/spark:2.1"));
+    // Only services with a port become container ports; the port-less "agent" does not.
+    assert_eq!(port_names(c), vec!["spark-web", "spark-master", "ssh"]);
+    assert_eq!(env_value(c, "SPARK_MODE").as_deref(), Some("master"));
+    assert_eq!(
+        env_value(c, "NVIDIA_VISIBLE_DEVICES"),
+        None,
+        "the controller requests a GPU"
+    );
+    let caps = c
+        .security_context
+        .as_ref()
+        .and_then(|s| s.capabilities.as_ref())
+        .and_then(|c| c.add.clone());
+    assert_eq!(
+        caps,
+        Some(vec!["SYS_ADMIN".to_string(), "NET_ADMIN".to_string()])
+    );
+    let mounts: BTreeMap<String, Option<String>> = c
+        .volume_mounts
+        .iter()
+        .flatten()
+        .map(|m| (m.mount_path.clone(), m.sub_path.clone()))
+        .collect();
+    for tmpfs in [
+        "/tmp",
+        "/run",
+        "/run/lock",
+        "/dev/shm",
+        "/etc/creds",
+        "/data",
+    ] {
+        assert!(
+            mounts.contains_key(tmpfs),
+            "mount {tmpfs} missing: {mounts:?}"
+        );
+    }
+    assert_eq!(
+        mounts.get("/etc/spark"),
+        Some(&Some("etc/spark".to_string())),
+        "persist dir by subPath"
+    );
+    assert_eq!(mounts.get("/home"), Some(&Some("home".to_string())));
+    let claims = s.volume_claim_templates.as_ref().expect("claims");
+    assert_eq!(claims[0].metadata.name.as_deref(), Some("p"));
+    assert_eq!(
+        claims[0]
+            .spec
+            .as_ref()
+            .and_then(|s| s.storage_class_name.as_deref()),
+        Some("fast")
+    );
+    let pod_spec = s.template.spec.as_ref().expect("pod spec");
+    assert_eq!(
+        pod_spec
+            .init_containers
+            .as_ref()
+            .map(|i| i[0].name.as_str()),
+        Some("init-persist")
+    );
+    assert_eq!(
+        pod_spec.service_account_name.as_deref(),
+        Some("spark-runner")
+    );
+    assert!(pod_spec.affinity.is_some());
+    let pod_labels = s
+        .template
+        .metadata
+        .as_ref()
+        .and_then(|m| m.labels.as_ref())
+        .expect("pod labels");
+    assert_eq!(pod_labels.get("team").map(String::as_str), Some("data"));
+    assert_eq!(
+        pod_labels.get(labels::HEADLESS).map(String::as_str),
+        Some("spark-one")
+    );
+
+    let worker = sts(&p, "spark-one-worker");
+    let wc = app_container(worker);
+    assert_eq!(
+        env_value(wc, "NVIDIA_VISIBLE_DEVICES").as_deref(),
+        Some("void"),
+        "no GPU requested"
+    );
+    assert_eq!(
+        port_names(wc),
+        vec!["ssh"],
+        "a service shared by two roles opens on both"
+    );
+    let devices: Vec<String> = wc
+        .volume_devices
+        .iter()
+        .flatten()
+        .map(|d| d.device_path.clone())
+        .collect();
+    assert_eq!(devices, vec!["/dev/xvd0", "/dev/xvd1"]);
+    assert_eq!(
+        sts(&p, "spark-one-jupyter")
+            .spec
+            .as_ref()
+            .and_then(|s| s.replicas),
+        Some(0)
+    );
+
+    // Members: 1 controller + 3 workers, node ids 1..4, all waiting for their pods.
+    let members: Vec<_> = p.status.roles.iter().flat_map(|r| &r.members).collect();
+    assert_eq!(members.len(), 4);
+    assert_eq!(
+        members.iter().map(|m| m.node_id).collect::<Vec<_>>(),
+        vec![1, 2, 3, 4]
+    );
+    assert!(
+        members
+            .iter()
+            .all(|m| m.state == MemberState::CreatePending)
+    );
+    assert_eq!(members[0].pvc.as_deref(), Some("p-spark-one-controller-0"));
+    assert_eq!(p.status.last_node_id, 4);
+    assert_eq!(p.status.state, Some(ClusterState::Creating));
+    let svc_names: Vec<&str> = p
+        .member_services
+        .iter()
+        .filter_map(|s| s.metadata.name.as_deref())
+        .collect();
+    assert_eq!(
+        svc_names,
+        vec![
+            "s-spark-one-controller-0",
+            "s-spark-one-worker-0",
+            "s-spark-one-worker-1",
+            "s-spark-one-worker-2"
+        ]
+    );
+    let svc = &p.member_services[0];
+    assert_eq!(
+        svc.spec.as_ref().and_then(|s| s.type_.as_deref()),
+        Some("ClusterIP")
+    );
+    assert_eq!(
+        svc.spec
+            .as_ref()
+            .and_then(|s| s.selector.as_ref())
+            .and_then(|s| s.get(labels::POD_NAME))
+            .map(String::as_str),
+        Some("spark-one-controller-0")
+    );
+}
+
+#[test]
+fn uid_naming_odd_role_ids_and_roles_without_ports() {
+    let cluster = centos_cluster();
+    let p = plan(&cluster, &centos_app(), None, &Observed::default());
+    assert!(p.errors.is_empty(), "{:?}", p.errors);
+    let names: Vec<&str> = p
+        .statefulsets
+        .iter()
+        .filter_map(|s| s.metadata.name.as_deref())
+        .collect();
+    assert_eq!(names.len(), 3);
+    assert!(
+        names
+            .iter()
+            .all(|n| n.starts_with("kdss-") && n.len() == 10),
+        "{names:?}"
+    );
+    assert!(
+        p.headless
+            .as_ref()
+            .and_then(|h| h.metadata.name.as_deref())
+            .is_some_and(|n| n.starts_with("kdhs-"))
+    );
+    let role = |id: &str| {
+        p.status
+            .roles
+            .iter()
+            .find(|r| r.id == id)
+            .expect("role status")
+    };
+    // v1.node only runs "noport" (endpoint: null): no Service, recorded as n/a.
+    assert!(role("v1.node").members.iter().all(|m| m.service == "n/a"));
+    assert_eq!(role("v1.node").members.len(), 3);
+    assert_eq!(
+        role("LoadBalancer").members.len(),
+        1,
+        "members default to the cardinality"
+    );
+    let lb = p
+        .statefulsets
+        .iter()
+        .find(|s| {
+            s.metadata
+                .labels
+                .as_ref()
+                .and_then(|l| l.get(labels::ROLE))
+                .map(String::as_str)
+                == Some("LoadBalancer")
+        })
+        .expect("LB sts");
+    assert_eq!(
+        lb.metadata
+            .labels
+            .as_ref()
+            .and_then(|l| l.get(labels::APP_CATALOG))
+            .map(String::as_str),
+        Some("system")
+    );
+    assert_eq!(
+        p.member_services.len(),
+        3,
+        "2 vanilla_centos + 1 LoadBalancer members open ssh"
+    );
+    assert_eq!(
+        p.member_services[0]
+            .spec
+            .as_ref()
+            .and_then(|s| s.type_.as_deref()),
+        Some("LoadBalancer"),
+        "KubeDirector's default type"
+    );
+}
+
+#[test]
+fn spec_errors_name_the_field_and_the_allowed_values() {
+    let mut cluster = spark_cluster();
+    cluster.spec.roles[0].members = Some(2); // controller is "1"
+    cluster.spec.roles[1].id = "wrker".into();
+    cluster.spec.roles[2].storage = Some(crate::api::cluster::ClusterStorage {
+        size: k8s_openapi::apimachinery::pkg::api::resource::Quantity("1Gi".into()),
+        storage_class_name: Some("gold".into()),
+    });
+    let p = plan(&cluster, &spark_app(), None, &Observed::default());
+    let text: Vec<String> = p.errors.iter().map(ToString::to_string).collect();
+    assert!(
+        p.statefulsets.is_empty() && p.headless.is_none(),
+        "nothing is created for an invalid spec"
+    );
+    assert!(
+        text.iter().any(
+            |e| e.starts_with("spec.roles[0].members: 2 is outside") && e.contains("exactly 1")
+        ),
+        "{text:?}"
+    );
+    assert!(
+        text.iter().any(
+            |e| e.starts_with("spec.roles[1].id: \"wrker\" is not a role")
+                && e.contains("controller, worker, jupyter")
+        ),
+        "{text:?}"
+    );
+    assert!(
+        text.iter()
+            .any(|e| e.starts_with("spec.roles: role \"worker\"") && e.contains("at least 2")),
+        "{text:?}"
+    );
+    assert!(
+        text.iter().any(|e| e.starts_with(
+            "spec.roles[2].storage.storageClassName: storage class \"gold\" does not exist"
+        )),
+        "{text:?}"
+    );
+    let ready = p
+        .status
+        .conditions
+        .iter()
+        .find(|c| c.type_ == "Ready")
+        .expect("Ready");
+    assert_eq!(
+        (ready.status.as_str(), ready.reason.as_str()),
+        ("False", "InvalidSpec")
+    );
+    assert!(ready.message.contains("spec.roles[0].members"));
+}
+
+#[test]
+fn members_configure_without_setup_and_wait_with_setup() {
+    let cluster = spark_cluster();
+    let app = spark_app();
+    let first = plan(&cluster, &app, None, &Observed::default());
+    let running = all_running(&first, "a");
+    let second = plan(&cluster, &app, Some(&first.status), &running);
+    // spark roles inherit a setup package: they stay `creating` (setup runs asynchronously, issue 9).
+    assert!(
+        second
+            .status
+            .roles
+            .iter()
+            .flat_map(|r| &r.members)
+            .all(|m| m.state == MemberState::Creating)
+    );
+    assert_eq!(second.status.state, Some(ClusterState::Creating));
+    assert!(second.status.member_state_rollup.members_initializing);
+
+    let cluster = centos_cluster();
+    let app = centos_app();
+    let first = plan(&cluster, &app, None, &Observed::default());
+    assert!(first.status.member_state_rollup.members_waiting);
+    let running = all_running(&first, "a");
+    let second = plan(&cluster, &app, Some(&first.status), &running);
+    let lb = second
+        .status
+        .roles
+        .iter()
+        .find(|r| r.id == "LoadBalancer")
+        .expect("LB");
+    // LoadBalancer has its own package; the others have none (default package is null).
+    assert!(lb.members.iter().all(|m| m.state == MemberState::Creating));
+    let others = second
+        .status
+        .roles
+        .iter()
+        .filter(|r| r.id != "LoadBalancer")
+        .flat_map(|r| &r.members);
+    assert!(
+        others.clone().all(|m| m.state == MemberState::Configured),
+        "{:?}",
+        second.status.roles
+    );
+    assert!(
+        others
+            .clone()
+            .all(|m| m.state_detail.last_configured_container.is_some())
+    );
+}
+
+fn without_setup_app() -> ResolvedApp {
+    let mut app = centos_app();
+    for r in &mut app.roles {
+        r.setup_package = None;
+    }
+    app
+}
+
+#[test]
+fn expand_shrink_and_restart() {
+    let mut cluster = centos_cluster();
+    let app = without_setup_app();
+    let p1 = plan(&cluster, &app, None, &Observed::default());
+    let p2 = plan(&cluster, &app, Some(&p1.status), &all_running(&p1, "a"));
+    assert_eq!(p2.status.state, Some(ClusterState::Configured));
+    assert_eq!(
+        p2.status
+            .conditions
+            .iter()
+            .find(|c| c.type_ == "Ready")
+            .map(|c| c.status.as_str()),
+        Some("True")
+    );
+
+    // Expand vanilla_centos 2 → 5: three new members, cluster updating, then configured.
+    cluster.spec.roles[0].members = Some(5);
+    let p3 = plan(&cluster, &app, Some(&p2.status), &all_running(&p1, "a"));
+    assert_eq!(p3.status.state, Some(ClusterState::Updating));
+    assert!(p3.status.member_state_rollup.membership_changing);
+    let vc = |p: &ClusterPlan| {
+        p.status
+            .roles
+            .iter()
+            .find(|r| r.id == "vanilla_centos")
+            .expect("role")
+            .members
+            .clone()
+    };
+    assert_eq!(vc(&p3).len(), 5);
+    assert_eq!(
+        vc(&p3).iter().map(|m| m.node_id).max(),
+        Some(9),
+        "ids continue from lastNodeID 6"
+    );
+    let p4 = plan(&cluster, &app, Some(&p3.status), &all_running(&p3, "a"));
+    assert_eq!(p4.status.state, Some(ClusterState::Configured));
+
+    // Shrink 5 → 2: the highest ordinals leave; their Service and PVC go once the pod is gone.
+    cluster.spec.roles[0].members = Some(2);
+    let observed = all_running(&p4, "a");
+    let p5 = plan(&cluster, &app, Some(&p4.status), &observed);
+    let leaving: Vec<_> = vc(&p5)
+        .into_iter()
+        .filter(|m| m.state == MemberState::Deleting)
+        .collect();
+    assert_eq!(leaving.len(), 3);
+    let sts_name = &p5.status.roles[0].stateful_set;
+    assert!(
+        leaving
+            .iter()
+            .all(|m| names::ordinal_of(sts_name, &m.pod).is_some_and(|o| o >= 2))
+    );
+    assert_eq!(p5.status.state, Some(ClusterState::Updating));
+    assert_eq!(
+        p5.statefulsets[0].spec.as_ref().and_then(|s| s.replicas),
+        Some(2)
+    );
+    assert!(p5.delete_services.is_empty(), "pods still exist");
+    let mut gone = observed.clone();
+    for m in &leaving {
+        gone.pods.remove(&m.pod);
+        gone.services.insert(names::member_service(&m.pod));
+    }
+    let p6 = plan(&cluster, &app, Some(&p5.status), &gone);
+    assert_eq!(p6.delete_services.len(), 3);
+    for m in &leaving {
+        gone.services.remove(&names::member_service(&m.pod));
+    }
+    let p7 = plan(&cluster, &app, Some(&p6.status), &gone);
+    assert_eq!(vc(&p7).len(), 2);
+    assert_eq!(p7.status.state, Some(ClusterState::Configured));
+
+    // A new container id on a configured member: set up again.
+    let mut restarted = gone.clone();
+    let first_pod = vc(&p7)[0].pod.clone();
+    restarted.pods.insert(
+        first_pod.clone(),
+        PodFacts {
+            running: true,
+            ready: true,
+            container_id: Some("kwok://new".into()),
+            ..Default::default()
+        },
+    );
+    let p8 = plan(&cluster, &app, Some(&p7.status), &restarted);
+    let m = vc(&p8)
+        .into_iter()
+        .find(|m| m.pod == first_pod)
+        .expect("member");
+    assert_eq!(
+        m.state,
+        MemberState::Configured,
+        "without setup it is configured again at once"
+    );
+    assert_eq!(
+        m.state_detail.last_configured_container.as_deref(),
+        Some("kwok://new")
+    );
+}
+
+#[test]
+fn removed_role_is_torn_down() {
+    let mut cluster = centos_cluster();
+    let app = without_setup_app();
+    let p1 = plan(&cluster, &app, None, &Observed::default());
+    let p2 = plan(&cluster, &app, Some(&p1.status), &all_running(&p1, "a"));
+    let removed = cluster.spec.roles.remove(2); // v1.node has cardinality 3 and no ports
+    assert_eq!(removed.id, "v1.node");
+    let mut app_optional = app.clone();
+    if let Some(r) = app_optional.roles.iter_mut().find(|r| r.id == "v1.node") {
+        r.cardinality = super::cardinality::Cardinality {
+            min: 0,
+            scalable: true,
+        };
+    }
+    let p3 = plan(
+        &cluster,
+        &app_optional,
+        Some(&p2.status),
+        &all_running(&p1, "a"),
+    );
+    let sts_name = p2
+        .status
+        .roles
+        .iter()
+        .find(|r| r.id == "v1.node")
+        .map(|r| r.stateful_set.clone())
+        .expect("sts");
+    assert_eq!(p3.delete_statefulsets, vec![sts_name]);
+    let p4 = plan(
+        &cluster,
+        &app_optional,
+        Some(&p3.status),
+        &Observed::default(),
+    );
+    assert!(
+        p4.status.roles.iter().all(|r| r.id != "v1.node"),
+        "role dropped once its pods are gone"
+    );
+}
+
+#[test]
+fn unchanged_input_gives_identical_children() {
+    let cluster = spark_cluster();
+    let a = plan(&cluster, &spark_app(), None, &Observed::default());
+    let b = plan(
+        &cluster,
+        &spark_app(),
+        Some(&a.status),
+        &Observed::default(),
+    );
+    let hash = |s: &StatefulSet| {
+        s.metadata
+            .annotations
+            .as_ref()
+            .and_then(|a| a.get(labels::SPEC_HASH))
+            .cloned()
+    };
+    for (x, y) in a.statefulsets.iter().zip(&b.statefulsets) {
+        assert_eq!(hash(x), hash(y));
+        assert!(hash(x).is_some());
+    }
+    let mut changed = cluster.clone();
+    changed.spec.roles[1]
+        .env
+        .push(k8s_openapi::api::core::v1::EnvVar {
+            name: "X".into(),
+            value: Some("1".into()),
+            ..Default::default()
+        });
+    let c = plan(
+        &changed,
+        &spark_app(),
+        Some(&a.status),
+        &Observed::default(),
+    );
+    assert_ne!(
+        hash(&a.statefulsets[1]),
+        hash(&c.statefulsets[1]),
+        "a template change is rolled out"
+    );
+    assert_eq!(hash(&a.statefulsets[0]), hash(&c.statefulsets[0]));
+}
