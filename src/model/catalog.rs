@@ -196,11 +196,9 @@ pub fn apply_cluster_defaults(
     out.app_catalog.get_or_insert(app.catalog);
     out.naming_scheme.get_or_insert(default_scheme);
     for role in &mut out.roles {
-        if role.members.is_none() {
-            if let Some(app_role) = app.role(&role.id) {
-                role.members =
-                    Some(i32::try_from(app_role.cardinality.default_members()).unwrap_or(i32::MAX));
-            }
+        if let (None, Some(app_role)) = (role.members, app.role(&role.id)) {
+            role.members =
+                Some(i32::try_from(app_role.cardinality.default_members()).unwrap_or(i32::MAX));
         }
         if role.secret.is_none() {
             role.secret = spec.default_secret.clone();

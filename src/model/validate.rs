@@ -171,13 +171,15 @@ pub fn validate_cluster(
                 }),
             }
         }
-        if let Some(storage) = &role.storage {
-            if parse_quantity(&storage.size).is_none() {
-                errors.push(FieldError {
-                    field: at(".storage.size"),
-                    message: format!("{:?} is not a quantity (e.g. \"20Gi\")", storage.size.0),
-                });
-            }
+        if let Some(storage) = role
+            .storage
+            .as_ref()
+            .filter(|s| parse_quantity(&s.size).is_none())
+        {
+            errors.push(FieldError {
+                field: at(".storage.size"),
+                message: format!("{:?} is not a quantity (e.g. \"20Gi\")", storage.size.0),
+            });
         }
     }
     for app_role in &app.roles {
