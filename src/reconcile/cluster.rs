@@ -1,0 +1,153 @@
+//! One reconcile of one KubeDirectorCluster: observe (caches) → plan (pure, `model::plan`) → apply.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use kube::api::DynamicObject;
+use kube::runtime::controller::Action;
+use kube::runtime::events::{Event, EventType};
+use kube::{Resource, ResourceExt};
+use tracing::{debug, info, warn};
+
+use crate::api::cluster::{ClusterState, KubeDirectorClusterStatus};
+use crate::api::KubeDirectorCluster;
+use crate::model::labels::FINALIZER;
+use crate::model::plan::{self, ClusterInput};
+use crate::model::validate;
+
+use super::apply::{self, Writes};
+use super::context::Ctx;
+use super::error::Error;
+use super::observe;
+
+/// Safety-net resync: every change of a cluster or its children triggers a reconcile by watch; this
+/// only catches what a watch could have missed.
+const RESYNC: Duration = Duration::from_secs(600);
+
+fn now() -> Time {
+    Time(jiff::Timestamp::now())
+}
+
+fn previous_status(obj: &DynamicObject) -> Option<KubeDirectorClusterStatus> {
+    obj.data.get("status").cloned().and_then(|s| serde_json::from_value(s).ok())
+}
+
+async fn publish(ctx: &Ctx, obj: &DynamicObject, type_: EventType, reason: &str, note: String) {
+    let reference = obj.object_ref(&ctx.cluster_resource);
+    let event = Event { type_, reason: reason.to_string(), note: Some(note), action: "Reconcile".to_string(), secondary: None };
+    if let Err(e) = ctx.recorder.publish(&event, &reference).await {
+        warn!(error = %e, "could not publish event");
+    }
+}
+
+/// Writes a status that says why the cluster cannot proceed, with an Event when the reason is new.
+async fn block(ctx: &Ctx, obj: &DynamicObject, reason: &str, message: String) -> Result<Action, Error> {
+    let prev = previous_status(obj);
+    let prev_message = prev.as_ref().and_then(|s| s.conditions.iter().find(|c| c.type_ == "Degraded")).map(|c| c.message.clone());
+    let status = plan::blocked_status(prev.as_ref(), &message, obj.meta().generation, &now());
+    if prev.as_ref() != Some(&status) {
+        apply::replace_status(ctx, obj, &status).await?;
+    }
+    if prev_message.as_deref() != Some(message.as_str()) {
+        warn!(cluster = %obj.name_any(), %message, "cluster blocked");
+        publish(ctx, obj, EventType::Warning, reason, message).await;
+    }
+    // A fix arrives as a change of the cluster, its app, the config or a StorageClass: all watched.
+    Ok(Action::requeue(RESYNC))
+}
+
+pub async fn reconcile(obj: Arc<DynamicObject>, ctx: Arc<Ctx>) -> Result<Action, Error> {
+    ctx.stores.ready().await?;
+    let ns = obj.namespace().ok_or(Error::MissingNamespace)?;
+    let name = obj.name_any();
+    let finalizers = obj.finalizers().to_vec();
+
+    if obj.meta().deletion_timestamp.is_some() {
+        // Children are owned by the cluster: the garbage collector removes them once it is gone.
+        if finalizers.iter().any(|f| f == FINALIZER) {
+            apply::set_finalizers(&ctx, &obj, finalizers.into_iter().filter(|f| f != FINALIZER).collect()).await?;
+            info!(cluster = %name, namespace = %ns, "finalizer removed");
+        }
+        return Ok(Action::await_change());
+    }
+    if !finalizers.iter().any(|f| f == FINALIZER) {
+        let mut with_ours = finalizers;
+        with_ours.push(FINALIZER.to_string());
+        apply::set_finalizers(&ctx, &obj, with_ours).await?;
+        return Ok(Action::await_change()); // the patch comes back as a watch event
+    }
+
+    let cluster: KubeDirectorCluster = match observe::parse(&obj) {
+        Ok(c) => c,
+        Err(e) => return block(&ctx, &obj, "InvalidObject", format!("the object cannot be read: {e}")).await,
+    };
+    let settings = observe::settings(&ctx);
+    let app = match observe::find_app(&ctx, &ns, &cluster.spec.app, cluster.spec.app_catalog) {
+        Ok(app) => app,
+        Err(message) => return block(&ctx, &obj, "AppNotFound", message).await,
+    };
+    let classes = observe::storage_classes(&ctx);
+    let (observed, children) = observe::observe(&ctx, &ns, &name);
+    let prev = cluster.status.clone();
+    let uid = obj.uid().unwrap_or_default();
+    let plan = plan::plan_cluster(&ClusterInput {
+        name: &name,
+        namespace: &ns,
+        uid: &uid,
+        generation: obj.meta().generation,
+        spec: &cluster.spec,
+        prev: prev.as_ref(),
+        app: &app,
+        settings: &settings,
+        classes: &classes,
+        observed: &observed,
+        now: now(),
+    });
+    if !plan.errors.is_empty() {
+        return block(&ctx, &obj, "InvalidSpec", validate::describe(&plan.errors)).await;
+    }
+
+    let mut writes = Writes::default();
+    if let Some(headless) = &plan.headless {
+        apply::ensure(&ctx, &ns, headless, children.services.get(&headless.name_any()), &uid, &mut writes).await?;
+    }
+    for sts in &plan.statefulsets {
+        apply::ensure(&ctx, &ns, sts, children.statefulsets.get(&sts.name_any()), &uid, &mut writes).await?;
+    }
+    for svc in &plan.member_services {
+        apply::ensure(&ctx, &ns, svc, children.services.get(&svc.name_any()), &uid, &mut writes).await?;
+    }
+    for sts in &plan.delete_statefulsets {
+        if children.statefulsets.contains_key(sts) {
+            apply::delete_statefulset(&ctx, &ns, sts, &mut writes).await?;
+        }
+    }
+    for svc in &plan.delete_services {
+        apply::delete_service(&ctx, &ns, svc, &mut writes).await?;
+    }
+    for pvc in &plan.delete_pvcs {
+        apply::delete_pvc(&ctx, &ns, pvc, &mut writes).await?;
+    }
+
+    if prev.as_ref() != Some(&plan.status) {
+        apply::replace_status(&ctx, &obj, &plan.status).await?;
+        let (before, after) = (prev.as_ref().and_then(|s| s.state), plan.status.state);
+        if before != after {
+            let show = |s: Option<ClusterState>| s.map(|s| format!("{s:?}").to_lowercase()).unwrap_or_else(|| "new".to_string());
+            info!(cluster = %name, namespace = %ns, from = %show(before), to = %show(after), "cluster state changed");
+            publish(&ctx, &obj, EventType::Normal, "StateChanged", format!("cluster state {} → {}", show(before), show(after))).await;
+        }
+    }
+    debug!(cluster = %name, namespace = %ns, applied = writes.applied, skipped = writes.skipped, deleted = writes.deleted, "reconciled");
+    Ok(Action::requeue(RESYNC))
+}
+
+pub fn error_policy(obj: Arc<DynamicObject>, error: &Error, _ctx: Arc<Ctx>) -> Action {
+    if error.is_conflict() {
+        debug!(cluster = %obj.name_any(), "stale view, retrying");
+        return Action::requeue(Duration::from_millis(200));
+    }
+    warn!(cluster = %obj.name_any(), namespace = ?obj.namespace(), error = %error, "reconcile failed");
+    Action::requeue(Duration::from_secs(5))
+}

@@ -1,0 +1,8 @@
+//! The I/O edge around the pure core: observe (caches) → plan (`model`) → apply (API writes).
+
+pub mod apply;
+pub mod cluster;
+pub mod context;
+pub mod error;
+pub mod observe;
+pub mod run;
