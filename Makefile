@@ -7,7 +7,7 @@ CARGO ?= cargo
 TESTBED_DIR ?= $(CURDIR)/target/testbed
 export TESTBED_DIR
 
-.PHONY: help tools testbed testbed-down crds build lint unit integration test
+.PHONY: help tools testbed testbed-down crds build lint unit integration test demo demo-down
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -20,6 +20,12 @@ testbed: tools ## start CLUSTERS local clusters (contexts kwok-kd-1..N) in $(TES
 
 testbed-down: ## delete every test-bed cluster and check that no process is left
 	@testbed/down.sh
+
+demo: tools ## the main job: local cluster, operator, example app and cluster up to `configured` (KEEP=1 keeps it)
+	@testbed/demo.sh
+
+demo-down: ## stop what KEEP=1 make demo left running
+	@testbed/demo-down.sh
 
 crds: ## write crds/*.yaml from the Rust types
 	$(CARGO) run --quiet --bin crdgen -- crds

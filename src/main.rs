@@ -9,7 +9,11 @@ use kube::{Client, Config};
 use tracing_subscriber::EnvFilter;
 
 #[derive(Parser)]
-#[command(name = "kubedirector", version, about = "KubeDirector-compatible operator for complex stateful applications")]
+#[command(
+    name = "kubedirector",
+    version,
+    about = "KubeDirector-compatible operator for complex stateful applications"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -55,7 +59,8 @@ struct RunArgs {
 }
 
 fn init_logging(format: LogFormat) {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info,kube=warn"));
+    let filter =
+        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info,kube=warn"));
     let builder = tracing_subscriber::fmt().with_env_filter(filter);
     match format {
         LogFormat::Text => builder.init(),
@@ -64,16 +69,30 @@ fn init_logging(format: LogFormat) {
 }
 
 async fn client(args: &RunArgs) -> anyhow::Result<Client> {
-    let options = KubeConfigOptions { context: args.context.clone(), ..Default::default() };
+    let options = KubeConfigOptions {
+        context: args.context.clone(),
+        ..Default::default()
+    };
     let config = match (&args.kubeconfig, &args.context) {
         (Some(path), _) => {
-            let kubeconfig = Kubeconfig::read_from(path).with_context(|| format!("--kubeconfig {}: cannot read it", path.display()))?;
+            let kubeconfig = Kubeconfig::read_from(path)
+                .with_context(|| format!("--kubeconfig {}: cannot read it", path.display()))?;
             Config::from_custom_kubeconfig(kubeconfig, &options)
                 .await
-                .with_context(|| format!("--kubeconfig {}: context {:?} is not usable", path.display(), args.context))?
+                .with_context(|| {
+                    format!(
+                        "--kubeconfig {}: context {:?} is not usable",
+                        path.display(),
+                        args.context
+                    )
+                })?
         }
-        (None, Some(context)) => Config::from_kubeconfig(&options).await.with_context(|| format!("--context {context}: not in the kubeconfig, or not usable"))?,
-        (None, None) => Config::infer().await.context("no kubeconfig found and not running in a cluster (set --kubeconfig or KUBECONFIG)")?,
+        (None, Some(context)) => Config::from_kubeconfig(&options).await.with_context(|| {
+            format!("--context {context}: not in the kubeconfig, or not usable")
+        })?,
+        (None, None) => Config::infer().await.context(
+            "no kubeconfig found and not running in a cluster (set --kubeconfig or KUBECONFIG)",
+        )?,
     };
     Client::try_from(config).context("cannot build a Kubernetes client from the kubeconfig")
 }

@@ -10,8 +10,8 @@ use kube::runtime::events::{Event, EventType};
 use kube::{Resource, ResourceExt};
 use tracing::{debug, info, warn};
 
-use crate::api::cluster::{ClusterState, KubeDirectorClusterStatus};
 use crate::api::KubeDirectorCluster;
+use crate::api::cluster::{ClusterState, KubeDirectorClusterStatus};
 use crate::model::labels::FINALIZER;
 use crate::model::plan::{self, ClusterInput};
 use crate::model::validate;
@@ -30,21 +30,38 @@ fn now() -> Time {
 }
 
 fn previous_status(obj: &DynamicObject) -> Option<KubeDirectorClusterStatus> {
-    obj.data.get("status").cloned().and_then(|s| serde_json::from_value(s).ok())
+    obj.data
+        .get("status")
+        .cloned()
+        .and_then(|s| serde_json::from_value(s).ok())
 }
 
 async fn publish(ctx: &Ctx, obj: &DynamicObject, type_: EventType, reason: &str, note: String) {
     let reference = obj.object_ref(&ctx.cluster_resource);
-    let event = Event { type_, reason: reason.to_string(), note: Some(note), action: "Reconcile".to_string(), secondary: None };
+    let event = Event {
+        type_,
+        reason: reason.to_string(),
+        note: Some(note),
+        action: "Reconcile".to_string(),
+        secondary: None,
+    };
     if let Err(e) = ctx.recorder.publish(&event, &reference).await {
         warn!(error = %e, "could not publish event");
     }
 }
 
 /// Writes a status that says why the cluster cannot proceed, with an Event when the reason is new.
-async fn block(ctx: &Ctx, obj: &DynamicObject, reason: &str, message: String) -> Result<Action, Error> {
+async fn block(
+    ctx: &Ctx,
+    obj: &DynamicObject,
+    reason: &str,
+    message: String,
+) -> Result<Action, Error> {
     let prev = previous_status(obj);
-    let prev_message = prev.as_ref().and_then(|s| s.conditions.iter().find(|c| c.type_ == "Degraded")).map(|c| c.message.clone());
+    let prev_message = prev
+        .as_ref()
+        .and_then(|s| s.conditions.iter().find(|c| c.type_ == "Degraded"))
+        .map(|c| c.message.clone());
     let status = plan::blocked_status(prev.as_ref(), &message, obj.meta().generation, &now());
     if prev.as_ref() != Some(&status) {
         apply::replace_status(ctx, obj, &status).await?;
@@ -58,7 +75,9 @@ async fn block(ctx: &Ctx, obj: &DynamicObject, reason: &str, message: String) ->
 }
 
 pub async fn reconcile(obj: Arc<DynamicObject>, ctx: Arc<Ctx>) -> Result<Action, Error> {
-    ctx.stores.ready().await?;
+    if !ctx.stores.ready()? {
+        return Ok(Action::requeue(Duration::from_millis(250)));
+    }
     let ns = obj.namespace().ok_or(Error::MissingNamespace)?;
     let name = obj.name_any();
     let finalizers = obj.finalizers().to_vec();
@@ -66,7 +85,12 @@ pub async fn reconcile(obj: Arc<DynamicObject>, ctx: Arc<Ctx>) -> Result<Action,
     if obj.meta().deletion_timestamp.is_some() {
         // Children are owned by the cluster: the garbage collector removes them once it is gone.
         if finalizers.iter().any(|f| f == FINALIZER) {
-            apply::set_finalizers(&ctx, &obj, finalizers.into_iter().filter(|f| f != FINALIZER).collect()).await?;
+            apply::set_finalizers(
+                &ctx,
+                &obj,
+                finalizers.into_iter().filter(|f| f != FINALIZER).collect(),
+            )
+            .await?;
             info!(cluster = %name, namespace = %ns, "finalizer removed");
         }
         return Ok(Action::await_change());
@@ -80,7 +104,15 @@ pub async fn reconcile(obj: Arc<DynamicObject>, ctx: Arc<Ctx>) -> Result<Action,
 
     let cluster: KubeDirectorCluster = match observe::parse(&obj) {
         Ok(c) => c,
-        Err(e) => return block(&ctx, &obj, "InvalidObject", format!("the object cannot be read: {e}")).await,
+        Err(e) => {
+            return block(
+                &ctx,
+                &obj,
+                "InvalidObject",
+                format!("the object cannot be read: {e}"),
+            )
+            .await;
+        }
     };
     let settings = observe::settings(&ctx);
     let app = match observe::find_app(&ctx, &ns, &cluster.spec.app, cluster.spec.app_catalog) {
@@ -110,13 +142,37 @@ pub async fn reconcile(obj: Arc<DynamicObject>, ctx: Arc<Ctx>) -> Result<Action,
 
     let mut writes = Writes::default();
     if let Some(headless) = &plan.headless {
-        apply::ensure(&ctx, &ns, headless, children.services.get(&headless.name_any()), &uid, &mut writes).await?;
+        apply::ensure(
+            &ctx,
+            &ns,
+            headless,
+            children.services.get(&headless.name_any()),
+            &uid,
+            &mut writes,
+        )
+        .await?;
     }
     for sts in &plan.statefulsets {
-        apply::ensure(&ctx, &ns, sts, children.statefulsets.get(&sts.name_any()), &uid, &mut writes).await?;
+        apply::ensure(
+            &ctx,
+            &ns,
+            sts,
+            children.statefulsets.get(&sts.name_any()),
+            &uid,
+            &mut writes,
+        )
+        .await?;
     }
     for svc in &plan.member_services {
-        apply::ensure(&ctx, &ns, svc, children.services.get(&svc.name_any()), &uid, &mut writes).await?;
+        apply::ensure(
+            &ctx,
+            &ns,
+            svc,
+            children.services.get(&svc.name_any()),
+            &uid,
+            &mut writes,
+        )
+        .await?;
     }
     for sts in &plan.delete_statefulsets {
         if children.statefulsets.contains_key(sts) {
@@ -134,9 +190,24 @@ pub async fn reconcile(obj: Arc<DynamicObject>, ctx: Arc<Ctx>) -> Result<Action,
         apply::replace_status(&ctx, &obj, &plan.status).await?;
         let (before, after) = (prev.as_ref().and_then(|s| s.state), plan.status.state);
         if before != after {
-            let show = |s: Option<ClusterState>| s.map(|s| format!("{s:?}").to_lowercase()).unwrap_or_else(|| "new".to_string());
+            let show = |s: Option<ClusterState>| {
+                s.map(|s| format!("{s:?}").to_lowercase())
+                    .unwrap_or_else(|| "new".to_string())
+            };
             info!(cluster = %name, namespace = %ns, from = %show(before), to = %show(after), "cluster state changed");
-            publish(&ctx, &obj, EventType::Normal, "StateChanged", format!("cluster state {} → {}", show(before), show(after))).await;
+            // The reason is the new state: the event recorder folds events of one reason into a series,
+            // which would hide every transition after the first.
+            let reason = after
+                .map(|s| format!("{s:?}"))
+                .unwrap_or_else(|| "StateChanged".to_string());
+            publish(
+                &ctx,
+                &obj,
+                EventType::Normal,
+                &reason,
+                format!("cluster state {} → {}", show(before), show(after)),
+            )
+            .await;
         }
     }
     debug!(cluster = %name, namespace = %ns, applied = writes.applied, skipped = writes.skipped, deleted = writes.deleted, "reconciled");

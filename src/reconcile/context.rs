@@ -1,13 +1,14 @@
 //! What a reconcile needs: the API client of its Kubernetes cluster and the caches (reflector stores)
 //! of everything it reads. Reconciles read only from these caches; they never list from the API.
 
+use futures::FutureExt;
 use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod, Service};
 use k8s_openapi::api::storage::v1::StorageClass;
+use kube::Client;
 use kube::api::{ApiResource, DynamicObject};
 use kube::runtime::events::Recorder;
 use kube::runtime::reflector::Store;
-use kube::Client;
 
 use super::error::Error;
 
@@ -22,19 +23,27 @@ pub struct Stores {
 }
 
 impl Stores {
-    /// Waits for the first full list of every cache: deciding on a half-filled cache would, for
-    /// example, see a member's pod as missing.
-    pub async fn ready(&self) -> Result<(), Error> {
-        let r = tokio::try_join!(
-            self.apps.wait_until_ready(),
-            self.configs.wait_until_ready(),
-            self.statefulsets.wait_until_ready(),
-            self.services.wait_until_ready(),
-            self.pods.wait_until_ready(),
-            self.pvcs.wait_until_ready(),
-            self.storage_classes.wait_until_ready(),
-        );
-        r.map(|_| ()).map_err(|_| Error::CacheGone)
+    /// Whether every cache holds its first full list: deciding on a half-filled cache would, for
+    /// example, see a member's pod as missing. This never waits: a reconcile parked on
+    /// `wait_until_ready` was seen never to wake (kube-runtime 4.2), so the caller requeues instead.
+    pub fn ready(&self) -> Result<bool, Error> {
+        fn one<K: kube::Resource + Clone>(store: &Store<K>) -> Result<bool, Error>
+        where
+            K::DynamicType: Eq + std::hash::Hash + Clone,
+        {
+            match store.wait_until_ready().now_or_never() {
+                None => Ok(false),
+                Some(Ok(())) => Ok(true),
+                Some(Err(_)) => Err(Error::CacheGone),
+            }
+        }
+        Ok(one(&self.apps)?
+            && one(&self.configs)?
+            && one(&self.statefulsets)?
+            && one(&self.services)?
+            && one(&self.pods)?
+            && one(&self.pvcs)?
+            && one(&self.storage_classes)?)
     }
 }
 

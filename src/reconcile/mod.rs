@@ -3,6 +3,7 @@
 pub mod apply;
 pub mod cluster;
 pub mod context;
+pub mod crashpoint;
 pub mod error;
 pub mod observe;
 pub mod run;

@@ -3,8 +3,8 @@
 use std::collections::BTreeMap;
 
 use k8s_openapi::api::core::v1::Pod;
-use kube::api::DynamicObject;
 use kube::ResourceExt;
+use kube::api::DynamicObject;
 use serde::de::DeserializeOwned;
 
 use crate::api::cluster::AppCatalog;
@@ -34,18 +34,42 @@ pub struct Children {
 
 fn child_state(meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta) -> ChildState {
     ChildState {
-        spec_hash: meta.annotations.as_ref().and_then(|a| a.get(labels::SPEC_HASH)).cloned(),
-        owner_uid: meta.owner_references.iter().flatten().find(|o| o.controller == Some(true)).map(|o| o.uid.clone()),
+        spec_hash: meta
+            .annotations
+            .as_ref()
+            .and_then(|a| a.get(labels::SPEC_HASH))
+            .cloned(),
+        owner_uid: meta
+            .owner_references
+            .iter()
+            .flatten()
+            .find(|o| o.controller == Some(true))
+            .map(|o| o.uid.clone()),
     }
 }
 
-fn belongs(meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta, ns: &str, cluster: &str) -> bool {
-    meta.namespace.as_deref() == Some(ns) && meta.labels.as_ref().and_then(|l| l.get(labels::CLUSTER)).map(String::as_str) == Some(cluster)
+fn belongs(
+    meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta,
+    ns: &str,
+    cluster: &str,
+) -> bool {
+    meta.namespace.as_deref() == Some(ns)
+        && meta
+            .labels
+            .as_ref()
+            .and_then(|l| l.get(labels::CLUSTER))
+            .map(String::as_str)
+            == Some(cluster)
 }
 
 pub fn pod_facts(pod: &Pod) -> PodFacts {
     let status = pod.status.as_ref();
-    let condition = |t: &str| status.and_then(|s| s.conditions.as_ref()).and_then(|cs| cs.iter().find(|c| c.type_ == t)).map(|c| c.status.as_str());
+    let condition = |t: &str| {
+        status
+            .and_then(|s| s.conditions.as_ref())
+            .and_then(|cs| cs.iter().find(|c| c.type_ == t))
+            .map(|c| c.status.as_str())
+    };
     PodFacts {
         running: status.and_then(|s| s.phase.as_deref()) == Some("Running"),
         ready: condition("Ready") == Some("True"),
@@ -70,7 +94,9 @@ pub fn observe(ctx: &Ctx, ns: &str, cluster: &str) -> (Observed, Children) {
     for svc in ctx.stores.services.state() {
         if belongs(&svc.metadata, ns, cluster) {
             observed.services.insert(svc.name_any());
-            children.services.insert(svc.name_any(), child_state(&svc.metadata));
+            children
+                .services
+                .insert(svc.name_any(), child_state(&svc.metadata));
         }
     }
     for pvc in ctx.stores.pvcs.state() {
@@ -80,7 +106,9 @@ pub fn observe(ctx: &Ctx, ns: &str, cluster: &str) -> (Observed, Children) {
     }
     for sts in ctx.stores.statefulsets.state() {
         if belongs(&sts.metadata, ns, cluster) {
-            children.statefulsets.insert(sts.name_any(), child_state(&sts.metadata));
+            children
+                .statefulsets
+                .insert(sts.name_any(), child_state(&sts.metadata));
         }
     }
     (observed, children)
@@ -92,26 +120,34 @@ pub fn parse<T: DeserializeOwned>(obj: &DynamicObject) -> Result<T, String> {
     serde_path_to_error::deserialize(value).map_err(|e| {
         let path = e.path().to_string();
         let inner = e.into_inner();
-        if path == "." { inner.to_string() } else { format!("{path}: {inner}") }
+        if path == "." {
+            inner.to_string()
+        } else {
+            format!("{path}: {inner}")
+        }
     })
 }
 
 pub fn settings(ctx: &Ctx) -> Settings {
-    let global = ctx
-        .stores
-        .configs
-        .state()
-        .into_iter()
-        .find(|c| c.metadata.name.as_deref() == Some(GLOBAL_CONFIG_NAME) && c.metadata.namespace.as_deref() == Some(&ctx.operator_namespace));
+    let global = ctx.stores.configs.state().into_iter().find(|c| {
+        c.metadata.name.as_deref() == Some(GLOBAL_CONFIG_NAME)
+            && c.metadata.namespace.as_deref() == Some(&ctx.operator_namespace)
+    });
     // An unreadable kd-global-config falls back to the defaults rather than stopping every cluster.
-    let spec = global.and_then(|c| parse::<KubeDirectorConfig>(&c).ok()).map(|c| c.spec);
+    let spec = global
+        .and_then(|c| parse::<KubeDirectorConfig>(&c).ok())
+        .map(|c| c.spec);
     Settings::from_config(spec.as_ref())
 }
 
 pub fn storage_classes(ctx: &Ctx) -> StorageClasses {
     let mut classes = StorageClasses::default();
     for sc in ctx.stores.storage_classes.state() {
-        let is_default = sc.annotations().get("storageclass.kubernetes.io/is-default-class").map(String::as_str) == Some("true");
+        let is_default = sc
+            .annotations()
+            .get("storageclass.kubernetes.io/is-default-class")
+            .map(String::as_str)
+            == Some("true");
         if is_default {
             classes.cluster_default = Some(sc.name_any());
         }
@@ -122,25 +158,39 @@ pub fn storage_classes(ctx: &Ctx) -> StorageClasses {
 }
 
 /// The app of a cluster: local catalog (the cluster's namespace), then the system catalog.
-pub fn find_app(ctx: &Ctx, ns: &str, app: &str, requested: Option<AppCatalog>) -> Result<ResolvedApp, String> {
+pub fn find_app(
+    ctx: &Ctx,
+    ns: &str,
+    app: &str,
+    requested: Option<AppCatalog>,
+) -> Result<ResolvedApp, String> {
     let find = |catalog_ns: &str| {
-        ctx.stores.apps.state().into_iter().find(|a| a.metadata.namespace.as_deref() == Some(catalog_ns) && a.metadata.name.as_deref() == Some(app))
+        ctx.stores.apps.state().into_iter().find(|a| {
+            a.metadata.namespace.as_deref() == Some(catalog_ns)
+                && a.metadata.name.as_deref() == Some(app)
+        })
     };
     let local = find(ns);
     let system = find(&ctx.operator_namespace);
-    let catalog = catalog::choose_catalog(requested, local.is_some(), system.is_some()).ok_or_else(|| {
-        let where_ = match requested {
-            Some(AppCatalog::Local) => format!("namespace {ns:?} (appCatalog: local)"),
-            Some(AppCatalog::System) => format!("namespace {:?} (appCatalog: system)", ctx.operator_namespace),
-            None => format!("namespace {ns:?} or {:?}", ctx.operator_namespace),
-        };
-        format!("spec.app: KubeDirectorApp {app:?} not found in {where_}")
-    })?;
+    let catalog = catalog::choose_catalog(requested, local.is_some(), system.is_some())
+        .ok_or_else(|| {
+            let where_ = match requested {
+                Some(AppCatalog::Local) => format!("namespace {ns:?} (appCatalog: local)"),
+                Some(AppCatalog::System) => format!(
+                    "namespace {:?} (appCatalog: system)",
+                    ctx.operator_namespace
+                ),
+                None => format!("namespace {ns:?} or {:?}", ctx.operator_namespace),
+            };
+            format!("spec.app: KubeDirectorApp {app:?} not found in {where_}")
+        })?;
     let obj = match catalog {
         AppCatalog::Local => local,
         AppCatalog::System => system,
     }
     .ok_or_else(|| format!("spec.app: KubeDirectorApp {app:?} vanished"))?;
-    let parsed: KubeDirectorApp = parse(&obj).map_err(|e| format!("spec.app: KubeDirectorApp {app:?} cannot be read: {e}"))?;
-    catalog::resolve_app(app, catalog, &parsed.spec).map_err(|e| format!("spec.app: KubeDirectorApp {app:?} is invalid: {e}"))
+    let parsed: KubeDirectorApp = parse(&obj)
+        .map_err(|e| format!("spec.app: KubeDirectorApp {app:?} cannot be read: {e}"))?;
+    catalog::resolve_app(app, catalog, &parsed.spec)
+        .map_err(|e| format!("spec.app: KubeDirectorApp {app:?} is invalid: {e}"))
 }

@@ -7,4 +7,6 @@ mod common;
 
 mod crds;
 mod health;
+mod operator;
+mod reconcile;
 mod testbed;
