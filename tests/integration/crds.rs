@@ -1,17 +1,11 @@
 //! The generated CRDs on the real API server: KubeDirector-shaped objects round-trip without losing a
 //! field, and invalid objects are rejected with the field named.
 
-use kube::api::{ApiResource, DynamicObject, GroupVersionKind, PostParams};
-use kube::{Api, Client};
+use kube::api::{DynamicObject, PostParams};
 use serde::Deserialize;
 use serde_json::Value;
 
 use crate::{common, testbed};
-
-fn api_for(client: &Client, ns: &str, kind: &str) -> Api<DynamicObject> {
-    let gvk = GroupVersionKind::gvk(kubedirector::api::GROUP, kubedirector::api::VERSION, kind);
-    Api::namespaced_with(client.clone(), ns, &ApiResource::from_gvk(&gvk))
-}
 
 fn dynamic(obj: &Value) -> DynamicObject {
     serde_json::from_value(obj.clone()).expect("fixture is a Kubernetes object")
@@ -27,7 +21,7 @@ async fn kubedirector_shaped_objects_round_trip_without_losing_a_field() {
     assert!(fixtures.len() >= 6);
     for (name, obj) in fixtures {
         let kind = obj["kind"].as_str().expect("kind");
-        let api = api_for(&client, &ns, kind);
+        let api = testbed::kd_api(&client, &ns, kind);
         let created = api
             .create(&PostParams::default(), &dynamic(&obj))
             .await
@@ -65,7 +59,7 @@ async fn invalid_objects_are_rejected_naming_the_field() {
     let mut failures = Vec::new();
     for case in index {
         let obj = common::load_fixture(&dir.join(&case.file));
-        let api = api_for(&client, &ns, obj["kind"].as_str().expect("kind"));
+        let api = testbed::kd_api(&client, &ns, obj["kind"].as_str().expect("kind"));
         match api.create(&PostParams::default(), &dynamic(&obj)).await {
             Ok(_) => failures.push(format!("{}: accepted", case.file)),
             Err(kube::Error::Api(status)) => {

@@ -30,15 +30,10 @@ fn example(path: &str) -> Value {
     common::load_fixture(&std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(path))
 }
 
-fn dynamic_api(client: &Client, ns: &str, kind: &str) -> Api<DynamicObject> {
-    let gvk = GroupVersionKind::gvk(kubedirector::api::GROUP, kubedirector::api::VERSION, kind);
-    Api::namespaced_with(client.clone(), ns, &ApiResource::from_gvk(&gvk))
-}
-
 async fn create(client: &Client, ns: &str, obj: &Value) {
     let kind = obj["kind"].as_str().expect("kind");
     let dynamic: DynamicObject = serde_json::from_value(obj.clone()).expect("object");
-    dynamic_api(client, ns, kind)
+    testbed::kd_api(client, ns, kind)
         .create(&PostParams::default(), &dynamic)
         .await
         .unwrap_or_else(|e| panic!("create {kind}: {e}"));
@@ -706,7 +701,7 @@ async fn an_unreadable_cluster_object_does_not_break_the_watch() {
     };
     wait_configured(&env, "cass", Duration::from_secs(60)).await;
     // The broken object is reported on itself, naming the field (read untyped: it does not fit the type).
-    let api = dynamic_api(&env.client, &env.ns, "KubeDirectorCluster");
+    let api = testbed::kd_api(&env.client, &env.ns, "KubeDirectorCluster");
     let reported = |o: Option<&DynamicObject>| {
         o.and_then(|o| o.data["status"]["conditions"].as_array().cloned())
             .is_some_and(|cs| {
