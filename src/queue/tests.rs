@@ -1,0 +1,203 @@
+//! Queue behaviour on tokio's paused clock: time only moves when every task is idle, so delays are
+//! measured exactly and no test sleeps for real.
+
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use super::backoff::Backoff;
+use super::coalesce::StatusCoalescer;
+use super::{Outcome, WorkQueue};
+
+fn queue() -> WorkQueue<String> {
+    WorkQueue::new(
+        Backoff {
+            base: Duration::from_millis(100),
+            max: Duration::from_secs(10),
+            jitter: 0.0,
+        },
+        1,
+    )
+}
+
+fn k(s: &str) -> String {
+    s.to_string()
+}
+
+/// `next` with a deadline: `None` if nothing becomes ready within `limit` of (fake) time.
+async fn next_within(q: &WorkQueue<String>, limit: Duration) -> Option<String> {
+    tokio::time::timeout(limit, q.next())
+        .await
+        .ok()
+        .flatten()
+        .map(|(key, _)| key)
+}
+
+#[tokio::test(start_paused = true)]
+async fn adds_of_a_queued_key_are_deduplicated() {
+    let q = queue();
+    for _ in 0..5 {
+        q.add(k("a"));
+    }
+    q.add(k("b"));
+    assert_eq!(q.depth(), 2);
+    assert_eq!(next_within(&q, Duration::from_secs(1)).await, Some(k("a")));
+    assert_eq!(next_within(&q, Duration::from_secs(1)).await, Some(k("b")));
+    assert_eq!(
+        next_within(&q, Duration::from_secs(60)).await,
+        None,
+        "a was handed out once"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_running_key_is_never_handed_out_twice() {
+    let q = queue();
+    q.add(k("a"));
+    assert_eq!(next_within(&q, Duration::from_secs(1)).await, Some(k("a")));
+    q.add(k("a")); // a change while it runs
+    q.add(k("a"));
+    assert_eq!(
+        next_within(&q, Duration::from_secs(60)).await,
+        None,
+        "single flight"
+    );
+    q.done(&k("a"), Outcome::Done);
+    assert_eq!(
+        next_within(&q, Duration::from_secs(1)).await,
+        Some(k("a")),
+        "the change is not lost"
+    );
+    q.done(&k("a"), Outcome::Done);
+    assert_eq!(
+        next_within(&q, Duration::from_secs(60)).await,
+        None,
+        "and runs once for both adds"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn backoff_grows_on_failures_and_resets_on_success() {
+    let q = queue();
+    q.add(k("a"));
+    let mut delays = Vec::new();
+    let mut last = Instant::now();
+    for _ in 0..5 {
+        let got = next_within(&q, Duration::from_secs(60)).await;
+        assert_eq!(got, Some(k("a")));
+        delays.push(last.elapsed().as_millis());
+        q.done(&k("a"), Outcome::Failed { retry_after: None });
+        last = Instant::now();
+    }
+    assert_eq!(delays, vec![0, 100, 200, 400, 800]);
+    assert_eq!(q.failures(&k("a")), 5);
+    assert_eq!(next_within(&q, Duration::from_secs(60)).await, Some(k("a")));
+    q.done(&k("a"), Outcome::Done);
+    assert_eq!(q.failures(&k("a")), 0, "success resets");
+    q.add(k("a"));
+    assert_eq!(next_within(&q, Duration::from_secs(1)).await, Some(k("a")));
+    let t = Instant::now();
+    q.done(&k("a"), Outcome::Failed { retry_after: None });
+    assert_eq!(next_within(&q, Duration::from_secs(60)).await, Some(k("a")));
+    assert_eq!(
+        t.elapsed().as_millis(),
+        100,
+        "first failure after a success waits the base again"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn retry_after_from_the_server_is_honoured() {
+    let q = queue();
+    q.add(k("a"));
+    assert!(next_within(&q, Duration::from_secs(1)).await.is_some());
+    let t = Instant::now();
+    q.done(
+        &k("a"),
+        Outcome::Failed {
+            retry_after: Some(Duration::from_secs(7)),
+        },
+    );
+    q.add(k("a")); // an event during the wait does not cut it short
+    assert_eq!(next_within(&q, Duration::from_secs(60)).await, Some(k("a")));
+    assert_eq!(t.elapsed(), Duration::from_secs(7));
+}
+
+#[tokio::test(start_paused = true)]
+async fn throttled_keys_wait_without_backoff_and_resyncs_yield_to_events() {
+    let q = queue();
+    q.add(k("a"));
+    assert!(next_within(&q, Duration::from_secs(1)).await.is_some());
+    let t = Instant::now();
+    q.done(&k("a"), Outcome::Throttled(Duration::from_millis(250)));
+    q.add(k("a"));
+    assert_eq!(next_within(&q, Duration::from_secs(60)).await, Some(k("a")));
+    assert_eq!(
+        t.elapsed(),
+        Duration::from_millis(250),
+        "waits for the write budget, not less"
+    );
+    assert_eq!(q.failures(&k("a")), 0, "throttling is not a failure");
+
+    q.done(&k("a"), Outcome::RequeueAfter(Duration::from_secs(600)));
+    let t = Instant::now();
+    q.add(k("a"));
+    assert_eq!(next_within(&q, Duration::from_secs(1)).await, Some(k("a")));
+    assert_eq!(
+        t.elapsed(),
+        Duration::ZERO,
+        "an event runs a resync-delayed key at once"
+    );
+    q.done(&k("a"), Outcome::RequeueAfter(Duration::from_secs(600)));
+    let t = Instant::now();
+    assert_eq!(
+        next_within(&q, Duration::from_secs(700)).await,
+        Some(k("a"))
+    );
+    assert_eq!(
+        t.elapsed(),
+        Duration::from_secs(600),
+        "and the resync fires on its own"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn queue_wait_is_reported() {
+    let q = queue();
+    q.add(k("a"));
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let (key, waited) = q.next().await.expect("key");
+    assert_eq!((key.as_str(), waited), ("a", Duration::from_millis(1500)));
+}
+
+#[tokio::test(start_paused = true)]
+async fn closing_releases_workers() {
+    let q = queue();
+    let worker = tokio::spawn({
+        let q = q.clone();
+        async move { q.next().await }
+    });
+    tokio::task::yield_now().await;
+    q.close();
+    assert!(worker.await.expect("worker").is_none());
+}
+
+#[tokio::test(start_paused = true)]
+async fn status_writes_within_the_window_are_coalesced() {
+    let c = StatusCoalescer::new(Duration::from_millis(200));
+    let t0 = Instant::now();
+    assert!(c.admit(&k("a"), t0).is_ok());
+    c.wrote(&k("a"), t0);
+    // Three more changes inside the window: held back, each told when the window closes.
+    for ms in [10, 50, 150] {
+        assert_eq!(
+            c.admit(&k("a"), t0 + Duration::from_millis(ms)),
+            Err(Duration::from_millis(200 - ms))
+        );
+    }
+    assert!(c.admit(&k("b"), t0).is_ok(), "per key");
+    assert!(
+        c.admit(&k("a"), t0 + Duration::from_millis(200)).is_ok(),
+        "one write once the window closes"
+    );
+}
