@@ -159,11 +159,11 @@ impl<K: Clone + Eq + Hash + Ord + Send + Sync + 'static> WorkQueue<K> {
             let notified = self.inner.ready_signal.notified();
             while let Some(key) = lock(&self.inner.ready).pop_front() {
                 let mut waited = None;
-                if let Some(mut e) = self.inner.entries.get_mut(&key) {
-                    if let Phase::Queued { since } = e.phase {
-                        e.phase = Phase::Running { dirty: false };
-                        waited = Some(since.elapsed());
-                    }
+                if let Some(mut e) = self.inner.entries.get_mut(&key)
+                    && let Phase::Queued { since } = e.phase
+                {
+                    e.phase = Phase::Running { dirty: false };
+                    waited = Some(since.elapsed());
                 }
                 // Stale ready entries (a key that moved on) are skipped.
                 if let Some(w) = waited {
@@ -286,13 +286,12 @@ impl<K: Clone + Eq + Hash + Ord + Send + Sync + 'static> WorkQueue<K> {
     fn fire(&self, key: K) {
         let now = Instant::now();
         let mut ready = false;
-        if let Some(mut e) = self.inner.entries.get_mut(&key) {
-            if let Phase::Delayed { until, .. } = e.phase {
-                if until <= now {
-                    e.phase = Phase::Queued { since: now };
-                    ready = true;
-                }
-            }
+        if let Some(mut e) = self.inner.entries.get_mut(&key)
+            && let Phase::Delayed { until, .. } = e.phase
+            && until <= now
+        {
+            e.phase = Phase::Queued { since: now };
+            ready = true;
         }
         if ready {
             self.push_ready(key);
