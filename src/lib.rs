@@ -3,6 +3,8 @@
 //! `api` holds the KubeDirector v1beta1 types; the pure decision logic lives in `model`.
 
 pub mod api;
+pub mod fleet;
 pub mod model;
 pub mod queue;
 pub mod reconcile;
+pub mod telemetry;

@@ -2,10 +2,15 @@
 
 use std::path::PathBuf;
 
-use anyhow::Context;
+use std::sync::Arc;
+use std::time::Duration;
+
 use clap::{Parser, Subcommand, ValueEnum};
-use kube::config::{KubeConfigOptions, Kubeconfig};
-use kube::{Client, Config};
+use kubedirector::fleet::{FleetOptions, Members};
+use kubedirector::queue::backoff::Backoff;
+use kubedirector::reconcile::driver;
+use kubedirector::telemetry::http::{self, Readiness};
+use kubedirector::telemetry::metrics::Metrics;
 use tracing_subscriber::EnvFilter;
 
 #[derive(Parser)]
@@ -21,8 +26,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Reconcile every KubeDirectorCluster of the selected Kubernetes cluster until SIGTERM/SIGINT.
-    Run(RunArgs),
+    /// Reconcile every KubeDirectorCluster of the selected member clusters until SIGTERM/SIGINT.
+    Run(Box<RunArgs>),
     /// Print the CustomResourceDefinitions this version serves (YAML), e.g. for `kubectl apply -f -`.
     Crds,
 }
@@ -38,18 +43,45 @@ struct RunArgs {
     /// Kubeconfig file. Default: $KUBECONFIG, then ~/.kube/config, then the in-cluster service account.
     #[arg(long)]
     kubeconfig: Option<PathBuf>,
-    /// Kubeconfig context to use. Default: the kubeconfig's current context.
-    #[arg(long, env = "KD_CONTEXT")]
-    context: Option<String>,
-    /// Namespace of the system app catalog and of kd-global-config.
+    /// Member cluster to manage, by kubeconfig context (repeatable). Default: the current context.
+    #[arg(
+        long = "context",
+        env = "KD_CONTEXTS",
+        value_delimiter = ',',
+        conflicts_with = "all_contexts"
+    )]
+    contexts: Vec<String>,
+    /// Manage every context of the kubeconfig, including contexts added later.
+    #[arg(long, env = "KD_ALL_CONTEXTS")]
+    all_contexts: bool,
+    /// Context of the home cluster (holds the shard Leases). Default: the first member.
+    #[arg(long, env = "KD_HOME_CONTEXT")]
+    home_context: Option<String>,
+    /// Seconds between kubeconfig re-reads (added, removed and edited contexts apply without a restart).
+    #[arg(long, env = "KD_KUBECONFIG_RELOAD_SECONDS", default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..))]
+    kubeconfig_reload_seconds: u64,
+    /// Namespace of the system app catalog and of kd-global-config (in every member cluster).
     #[arg(long, env = "KD_NAMESPACE", default_value = "kubedirector")]
     namespace: String,
     /// Reconcile only the KubeDirectorClusters of this namespace. Default: every namespace.
     #[arg(long, env = "KD_WATCH_NAMESPACE")]
     watch_namespace: Option<String>,
-    /// KubeDirectorClusters reconciled at the same time.
+    /// Workers per member cluster (KubeDirectorClusters reconciled at the same time).
     #[arg(long, env = "KD_CONCURRENCY", default_value_t = 16, value_parser = clap::value_parser!(u16).range(1..))]
     concurrency: u16,
+    /// Mutating API requests per second to each member cluster.
+    #[arg(long, env = "KD_WRITE_QPS", default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..))]
+    write_qps: u32,
+    /// Mutating API requests allowed at once above the rate (token bucket size).
+    #[arg(long, env = "KD_WRITE_BURST", default_value_t = 200, value_parser = clap::value_parser!(u32).range(1..))]
+    write_burst: u32,
+    /// Status changes of one cluster within this many milliseconds of its last status write are merged
+    /// into one write.
+    #[arg(long, env = "KD_STATUS_WINDOW_MS", default_value_t = 100)]
+    status_window_ms: u64,
+    /// Address of /metrics, /healthz and /readyz.
+    #[arg(long, env = "KD_METRICS_ADDR", default_value = "0.0.0.0:8080")]
+    metrics_addr: std::net::SocketAddr,
     /// Field manager name of the operator's server-side apply writes.
     #[arg(long, env = "KD_FIELD_MANAGER", default_value = "kubedirector")]
     field_manager: String,
@@ -59,42 +91,12 @@ struct RunArgs {
 }
 
 fn init_logging(format: LogFormat) {
-    let filter =
-        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info,kube=warn"));
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info,kube=warn"));
     let builder = tracing_subscriber::fmt().with_env_filter(filter);
     match format {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().init(),
     }
-}
-
-async fn client(args: &RunArgs) -> anyhow::Result<Client> {
-    let options = KubeConfigOptions {
-        context: args.context.clone(),
-        ..Default::default()
-    };
-    let config = match (&args.kubeconfig, &args.context) {
-        (Some(path), _) => {
-            let kubeconfig = Kubeconfig::read_from(path)
-                .with_context(|| format!("--kubeconfig {}: cannot read it", path.display()))?;
-            Config::from_custom_kubeconfig(kubeconfig, &options)
-                .await
-                .with_context(|| {
-                    format!(
-                        "--kubeconfig {}: context {:?} is not usable",
-                        path.display(),
-                        args.context
-                    )
-                })?
-        }
-        (None, Some(context)) => Config::from_kubeconfig(&options).await.with_context(|| {
-            format!("--context {context}: not in the kubeconfig, or not usable")
-        })?,
-        (None, None) => Config::infer().await.context(
-            "no kubeconfig found and not running in a cluster (set --kubeconfig or KUBECONFIG)",
-        )?,
-    };
-    Client::try_from(config).context("cannot build a Kubernetes client from the kubeconfig")
 }
 
 async fn shutdown_signal() {
@@ -124,14 +126,43 @@ async fn main() -> anyhow::Result<()> {
         }
         Command::Run(args) => {
             init_logging(args.log_format);
-            let client = client(&args).await?;
-            let options = kubedirector::reconcile::run::Options {
-                operator_namespace: args.namespace.clone(),
-                watch_namespace: args.watch_namespace.clone(),
-                concurrency: args.concurrency,
-                field_manager: args.field_manager.clone(),
-            };
-            kubedirector::reconcile::run::run(client, options, shutdown_signal()).await
+            run(*args).await
         }
     }
+}
+
+async fn run(args: RunArgs) -> anyhow::Result<()> {
+    let metrics = Arc::new(Metrics::new());
+    let members: Members = Arc::default();
+    let readiness: Readiness = {
+        let members = members.clone();
+        Arc::new(move || match members.lock() {
+            Ok(m) if m.is_empty() => vec!["(no member cluster yet)".to_string()],
+            Ok(m) => m
+                .values()
+                .filter(|h| !(h.stores_ready)())
+                .map(|h| h.context.clone())
+                .collect(),
+            Err(_) => vec!["(state unavailable)".to_string()],
+        })
+    };
+    http::serve(args.metrics_addr, metrics.clone(), readiness).await?;
+    let fleet = FleetOptions {
+        kubeconfig: args.kubeconfig,
+        contexts: args.contexts,
+        all_contexts: args.all_contexts,
+        home_context: args.home_context,
+        reload_every: Duration::from_secs(args.kubeconfig_reload_seconds),
+    };
+    let member = driver::Options {
+        operator_namespace: args.namespace,
+        watch_namespace: args.watch_namespace,
+        concurrency: args.concurrency,
+        field_manager: args.field_manager,
+        write_qps: args.write_qps,
+        write_burst: args.write_burst,
+        status_window: Duration::from_millis(args.status_window_ms),
+        backoff: Backoff::default(),
+    };
+    kubedirector::fleet::run(fleet, member, metrics, members, shutdown_signal()).await
 }

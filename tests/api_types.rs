@@ -7,8 +7,7 @@ use kubedirector::api::{KubeDirectorApp, KubeDirectorCluster, KubeDirectorConfig
 use serde_json::Value;
 
 fn round_trip<T: serde::de::DeserializeOwned + serde::Serialize>(name: &str, obj: &Value) -> Value {
-    let typed: T = serde_json::from_value(obj.clone())
-        .unwrap_or_else(|e| panic!("{name}: does not deserialise: {e}"));
+    let typed: T = serde_json::from_value(obj.clone()).unwrap_or_else(|e| panic!("{name}: does not deserialise: {e}"));
     serde_json::to_value(&typed).unwrap_or_else(|e| panic!("{name}: does not serialise: {e}"))
 }
 
@@ -29,10 +28,7 @@ fn every_valid_fixture_round_trips_through_the_types() {
         };
         let mut lost = Vec::new();
         common::lost_fields(&obj["spec"], &back["spec"], "spec", &mut lost);
-        assert!(
-            lost.is_empty(),
-            "{name}: fields lost by the Rust types: {lost:#?}"
-        );
+        assert!(lost.is_empty(), "{name}: fields lost by the Rust types: {lost:#?}");
     }
 }
 
@@ -40,12 +36,8 @@ fn every_valid_fixture_round_trips_through_the_types() {
 fn config_package_absent_null_and_set_stay_distinct() {
     let dir = common::fixtures_dir().join("valid");
     let spark: KubeDirectorApp =
-        serde_json::from_value(common::load_fixture(&dir.join("app-spark-like.json")))
-            .expect("spark app");
-    assert!(matches!(
-        spark.spec.default_config_package,
-        Tristate::Set(_)
-    ));
+        serde_json::from_value(common::load_fixture(&dir.join("app-spark-like.json"))).expect("spark app");
+    assert!(matches!(spark.spec.default_config_package, Tristate::Set(_)));
     let by_id = |id: &str| {
         spark
             .spec
@@ -60,17 +52,12 @@ fn config_package_absent_null_and_set_stay_distinct() {
     assert_eq!(by_id("jupyter"), Tristate::Null);
 
     let centos: KubeDirectorApp =
-        serde_json::from_value(common::load_fixture(&dir.join("app-centos-like.yaml")))
-            .expect("centos app");
+        serde_json::from_value(common::load_fixture(&dir.join("app-centos-like.yaml"))).expect("centos app");
     assert_eq!(centos.spec.default_config_package, Tristate::Null);
-    assert!(matches!(
-        centos.spec.roles[1].config_package,
-        Tristate::Set(_)
-    ));
+    assert!(matches!(centos.spec.roles[1].config_package, Tristate::Set(_)));
 
     let minimal: KubeDirectorApp =
-        serde_json::from_value(common::load_fixture(&dir.join("app-minimal.json")))
-            .expect("minimal app");
+        serde_json::from_value(common::load_fixture(&dir.join("app-minimal.json"))).expect("minimal app");
     assert_eq!(minimal.spec.default_config_package, Tristate::Absent);
 }
 
@@ -83,8 +70,5 @@ fn unknown_fields_are_kept_where_kubedirector_keeps_them() {
     assert!(app.spec.extra.contains_key("vendor_extension"));
     assert!(app.spec.label.extra.contains_key("icon_hint"));
     assert!(app.spec.services[2].extra.contains_key("monitoring"));
-    assert_eq!(
-        app.spec.services[1].exported_service.as_deref(),
-        Some("spark")
-    );
+    assert_eq!(app.spec.services[1].exported_service.as_deref(), Some("spark"));
 }

@@ -88,10 +88,7 @@ pub enum LifecycleEvent {
 #[schemars(extend("x-kubernetes-preserve-unknown-fields" = true))]
 pub struct Service {
     /// Used as the container port name, hence a DNS label of at most 15 characters.
-    #[schemars(
-        length(min = 1, max = 15),
-        regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
-    )]
+    #[schemars(length(min = 1, max = 15), regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"))]
     pub id: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub label: Option<Label>,

@@ -105,10 +105,7 @@ mod tests {
     fn inherit_only_when_absent() {
         let app_default = Tristate::Set("app".to_string());
         assert_eq!(Tristate::Absent.or_inherit(&app_default), &app_default);
-        assert_eq!(
-            Tristate::<String>::Null.or_inherit(&app_default),
-            &Tristate::Null
-        );
+        assert_eq!(Tristate::<String>::Null.or_inherit(&app_default), &Tristate::Null);
         let own = Tristate::Set("role".to_string());
         assert_eq!(own.or_inherit(&app_default), &own);
     }

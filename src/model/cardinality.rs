@@ -22,9 +22,7 @@ impl Cardinality {
         if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
             return Err(CardinalityError(text.to_string()));
         }
-        let min = digits
-            .parse()
-            .map_err(|_| CardinalityError(text.to_string()))?;
+        let min = digits.parse().map_err(|_| CardinalityError(text.to_string()))?;
         Ok(Cardinality { min, scalable })
     }
 
@@ -62,13 +60,7 @@ mod tests {
                 scalable: false
             })
         );
-        assert_eq!(
-            Cardinality::parse("0+"),
-            Ok(Cardinality {
-                min: 0,
-                scalable: true
-            })
-        );
+        assert_eq!(Cardinality::parse("0+"), Ok(Cardinality { min: 0, scalable: true }));
         for bad in ["", "+", "two", "1++", "-1", "1.5", " 1"] {
             assert!(Cardinality::parse(bad).is_err(), "{bad:?} accepted");
         }

@@ -7,9 +7,7 @@ use std::collections::BTreeMap;
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 
 use crate::api::Tristate;
-use crate::api::app::{
-    AppRole, ContainerSpec, KubeDirectorAppSpec, LifecycleEvent, Service, SetupPackage,
-};
+use crate::api::app::{AppRole, ContainerSpec, KubeDirectorAppSpec, LifecycleEvent, Service, SetupPackage};
 use crate::api::cluster::{AppCatalog, KubeDirectorClusterSpec};
 use crate::api::common::NamingScheme;
 
@@ -20,11 +18,7 @@ pub const DEFAULT_MAX_LOG_SIZE_DUMP: i32 = 256;
 
 /// Which catalog supplied the app, given the cluster's `appCatalog` and what each catalog holds.
 /// Unset = the cluster's own namespace first, then the operator's.
-pub fn choose_catalog(
-    requested: Option<AppCatalog>,
-    in_local: bool,
-    in_system: bool,
-) -> Option<AppCatalog> {
+pub fn choose_catalog(requested: Option<AppCatalog>, in_local: bool, in_system: bool) -> Option<AppCatalog> {
     match requested {
         Some(AppCatalog::Local) => in_local.then_some(AppCatalog::Local),
         Some(AppCatalog::System) => in_system.then_some(AppCatalog::System),
@@ -41,10 +35,7 @@ pub fn apply_app_defaults(spec: &KubeDirectorAppSpec) -> KubeDirectorAppSpec {
         if role.image_repo_tag.is_none() {
             role.image_repo_tag = spec.default_image_repo_tag.clone();
         }
-        role.config_package = role
-            .config_package
-            .or_inherit(&spec.default_config_package)
-            .clone();
+        role.config_package = role.config_package.or_inherit(&spec.default_config_package).clone();
         if role.persist_dirs.is_none() {
             role.persist_dirs = spec.default_persist_dirs.clone();
         }
@@ -126,19 +117,13 @@ pub enum AppError {
 
 /// Resolves an app: defaults applied, services attached to roles. Fails only on what the CRD schema
 /// cannot rule out for objects stored before it (a malformed cardinality).
-pub fn resolve_app(
-    name: &str,
-    catalog: AppCatalog,
-    spec: &KubeDirectorAppSpec,
-) -> Result<ResolvedApp, AppError> {
+pub fn resolve_app(name: &str, catalog: AppCatalog, spec: &KubeDirectorAppSpec) -> Result<ResolvedApp, AppError> {
     let spec = apply_app_defaults(spec);
     let roles = spec
         .roles
         .iter()
         .enumerate()
-        .map(|(index, role)| {
-            resolve_role(&spec, role).map_err(|source| AppError::Cardinality { index, source })
-        })
+        .map(|(index, role)| resolve_role(&spec, role).map_err(|source| AppError::Cardinality { index, source }))
         .collect::<Result<Vec<_>, _>>()?;
     Ok(ResolvedApp {
         name: name.to_string(),
@@ -153,10 +138,7 @@ pub fn resolve_app(
     })
 }
 
-fn resolve_role(
-    spec: &KubeDirectorAppSpec,
-    role: &AppRole,
-) -> Result<ResolvedRole, CardinalityError> {
+fn resolve_role(spec: &KubeDirectorAppSpec, role: &AppRole) -> Result<ResolvedRole, CardinalityError> {
     let service_ids: Vec<&String> = spec
         .config
         .role_services
@@ -197,8 +179,7 @@ pub fn apply_cluster_defaults(
     out.naming_scheme.get_or_insert(default_scheme);
     for role in &mut out.roles {
         if let (None, Some(app_role)) = (role.members, app.role(&role.id)) {
-            role.members =
-                Some(i32::try_from(app_role.cardinality.default_members()).unwrap_or(i32::MAX));
+            role.members = Some(i32::try_from(app_role.cardinality.default_members()).unwrap_or(i32::MAX));
         }
         if role.secret.is_none() {
             role.secret = spec.default_secret.clone();

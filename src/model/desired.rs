@@ -4,14 +4,11 @@
 
 use std::collections::BTreeMap;
 
-use k8s_openapi::api::apps::v1::{
-    StatefulSet, StatefulSetPersistentVolumeClaimRetentionPolicy, StatefulSetSpec,
-};
+use k8s_openapi::api::apps::v1::{StatefulSet, StatefulSetPersistentVolumeClaimRetentionPolicy, StatefulSetSpec};
 use k8s_openapi::api::core::v1::{
-    Capabilities, Container, ContainerPort, EmptyDirVolumeSource, EnvVar, HostPathVolumeSource,
-    PersistentVolumeClaim, PersistentVolumeClaimSpec, PersistentVolumeClaimVolumeSource, PodSpec,
-    PodTemplateSpec, SecretVolumeSource, SecurityContext, Service, ServicePort, ServiceSpec,
-    Volume, VolumeDevice, VolumeMount, VolumeResourceRequirements,
+    Capabilities, Container, ContainerPort, EmptyDirVolumeSource, EnvVar, HostPathVolumeSource, PersistentVolumeClaim,
+    PersistentVolumeClaimSpec, PersistentVolumeClaimVolumeSource, PodSpec, PodTemplateSpec, SecretVolumeSource,
+    SecurityContext, Service, ServicePort, ServiceSpec, Volume, VolumeDevice, VolumeMount, VolumeResourceRequirements,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta, OwnerReference};
@@ -60,12 +57,7 @@ impl ClusterFacts<'_> {
         }
     }
 
-    fn meta(
-        &self,
-        name: &str,
-        labels: BTreeMap<String, String>,
-        annotations: BTreeMap<String, String>,
-    ) -> ObjectMeta {
+    fn meta(&self, name: &str, labels: BTreeMap<String, String>, annotations: BTreeMap<String, String>) -> ObjectMeta {
         ObjectMeta {
             name: Some(name.to_string()),
             namespace: Some(self.namespace.to_string()),
@@ -91,23 +83,14 @@ fn stamp(meta: &mut ObjectMeta, hash: String) {
 
 /// The cluster's headless Service: DNS for every member, ready or not.
 pub fn headless_service(c: &ClusterFacts) -> Service {
-    let labels = merged(
-        &cluster_labels(c.name, c.app, None),
-        &[&c.settings.service_labels],
-    );
-    let annotations = merged(
-        &labels::app_annotations(c.app),
-        &[&c.settings.service_annotations],
-    );
+    let labels = merged(&cluster_labels(c.name, c.app, None), &[&c.settings.service_labels]);
+    let annotations = merged(&labels::app_annotations(c.app), &[&c.settings.service_annotations]);
     let mut svc = Service {
         metadata: c.meta(&c.headless_name, labels, annotations),
         spec: Some(ServiceSpec {
             cluster_ip: Some("None".to_string()),
             publish_not_ready_addresses: Some(true),
-            selector: Some(BTreeMap::from([(
-                labels::HEADLESS.to_string(),
-                c.name.to_string(),
-            )])),
+            selector: Some(BTreeMap::from([(labels::HEADLESS.to_string(), c.name.to_string())])),
             ..Default::default()
         }),
         ..Default::default()
@@ -118,12 +101,7 @@ pub fn headless_service(c: &ClusterFacts) -> Service {
 }
 
 /// One member's Service, or `None` when its role opens no port (status says "n/a").
-pub fn member_service(
-    c: &ClusterFacts,
-    role_spec: &RoleSpec,
-    role: &ResolvedRole,
-    pod: &str,
-) -> Option<Service> {
+pub fn member_service(c: &ClusterFacts, role_spec: &RoleSpec, role: &ResolvedRole, pod: &str) -> Option<Service> {
     let ports: Vec<ServicePort> = role
         .ported_services()
         .map(|(svc, port)| ServicePort {
@@ -156,10 +134,7 @@ pub fn member_service(
         metadata: c.meta(&names::member_service(pod), labels, annotations),
         spec: Some(ServiceSpec {
             type_: Some(c.service_type.as_str().to_string()),
-            selector: Some(BTreeMap::from([(
-                labels::POD_NAME.to_string(),
-                pod.to_string(),
-            )])),
+            selector: Some(BTreeMap::from([(labels::POD_NAME.to_string(), pod.to_string())])),
             ports: Some(ports),
             ..Default::default()
         }),
@@ -203,10 +178,7 @@ pub fn block_device_paths(spec: &RoleSpec) -> Vec<String> {
 
 fn persist_dirs(role: &ResolvedRole) -> Vec<String> {
     if role.persist_dirs.is_empty() {
-        FALLBACK_PERSIST_DIRS
-            .iter()
-            .map(|d| d.to_string())
-            .collect()
+        FALLBACK_PERSIST_DIRS.iter().map(|d| d.to_string()).collect()
     } else {
         role.persist_dirs.clone()
     }
@@ -269,10 +241,7 @@ pub fn statefulset(c: &ClusterFacts, r: &RoleInput) -> StatefulSet {
     let role_labels = cluster_labels(c.name, c.app, Some(&role.id));
     let pod_labels = merged(
         &role_labels,
-        &[
-            &c.settings.pod_labels,
-            spec.pod_labels.as_ref().unwrap_or(&empty),
-        ],
+        &[&c.settings.pod_labels, spec.pod_labels.as_ref().unwrap_or(&empty)],
     );
     let pod_annotations = merged(
         &labels::app_annotations(c.app),
@@ -360,7 +329,9 @@ pub fn statefulset(c: &ClusterFacts, r: &RoleInput) -> StatefulSet {
         // overwriting what the app wrote since.
         let copies: Vec<String> = dirs
             .iter()
-            .map(|d| format!("mkdir -p '{SEED_MOUNT}{d}' && if [ -d '{d}' ]; then cp -a '{d}/.' '{SEED_MOUNT}{d}/'; fi"))
+            .map(|d| {
+                format!("mkdir -p '{SEED_MOUNT}{d}' && if [ -d '{d}' ]; then cp -a '{d}/.' '{SEED_MOUNT}{d}/'; fi")
+            })
             .collect();
         let script = format!(
             "set -e; if [ ! -f '{SEED_MOUNT}/{SEED_MARKER}' ]; then {}; touch '{SEED_MOUNT}/{SEED_MARKER}'; fi",
@@ -384,10 +355,7 @@ pub fn statefulset(c: &ClusterFacts, r: &RoleInput) -> StatefulSet {
     }
     let mut devices = Vec::new();
     if let Some(block) = &spec.block_storage {
-        let size = block
-            .size
-            .clone()
-            .unwrap_or_else(|| Quantity("10Gi".to_string()));
+        let size = block.size.clone().unwrap_or_else(|| Quantity("10Gi".to_string()));
         for (i, path) in block_device_paths(spec).into_iter().enumerate() {
             let claim = names::block_claim(i);
             claims.push(claim_template(
@@ -439,11 +407,7 @@ pub fn statefulset(c: &ClusterFacts, r: &RoleInput) -> StatefulSet {
         (labels::ROLE.to_string(), role.id.clone()),
     ]);
     let mut sts = StatefulSet {
-        metadata: c.meta(
-            r.statefulset_name,
-            role_labels,
-            labels::app_annotations(c.app),
-        ),
+        metadata: c.meta(r.statefulset_name, role_labels, labels::app_annotations(c.app)),
         spec: Some(StatefulSetSpec {
             replicas: Some(r.replicas),
             selector: LabelSelector {
@@ -453,12 +417,10 @@ pub fn statefulset(c: &ClusterFacts, r: &RoleInput) -> StatefulSet {
             service_name: Some(c.headless_name.clone()),
             pod_management_policy: Some("Parallel".to_string()),
             // PVCs follow their pods: deleted on scale-down and garbage-collected with the StatefulSet.
-            persistent_volume_claim_retention_policy: Some(
-                StatefulSetPersistentVolumeClaimRetentionPolicy {
-                    when_deleted: Some("Delete".to_string()),
-                    when_scaled: Some("Delete".to_string()),
-                },
-            ),
+            persistent_volume_claim_retention_policy: Some(StatefulSetPersistentVolumeClaimRetentionPolicy {
+                when_deleted: Some("Delete".to_string()),
+                when_scaled: Some("Delete".to_string()),
+            }),
             template: PodTemplateSpec {
                 metadata: Some(ObjectMeta {
                     labels: Some(pod_labels),

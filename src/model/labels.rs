@@ -17,11 +17,7 @@ pub const POD_NAME: &str = "statefulset.kubernetes.io/pod-name";
 pub const FINALIZER: &str = "kubedirector.hpe.com/cleanup";
 
 /// Labels of everything belonging to a cluster; `role` is left out for the headless Service.
-pub fn cluster_labels(
-    cr_name: &str,
-    app: &ResolvedApp,
-    role: Option<&str>,
-) -> BTreeMap<String, String> {
+pub fn cluster_labels(cr_name: &str, app: &ResolvedApp, role: Option<&str>) -> BTreeMap<String, String> {
     let mut labels = BTreeMap::from([
         (CLUSTER.to_string(), cr_name.to_string()),
         (APP.to_string(), app.name.clone()),
@@ -39,10 +35,7 @@ pub fn app_annotations(app: &ResolvedApp) -> BTreeMap<String, String> {
 }
 
 /// `base` with `extra` added; keys of `base` (KubeDirector's own) are never overridden by users.
-pub fn merged(
-    base: &BTreeMap<String, String>,
-    extras: &[&BTreeMap<String, String>],
-) -> BTreeMap<String, String> {
+pub fn merged(base: &BTreeMap<String, String>, extras: &[&BTreeMap<String, String>]) -> BTreeMap<String, String> {
     let mut out = BTreeMap::new();
     for extra in extras {
         out.extend(extra.iter().map(|(k, v)| (k.clone(), v.clone())));

@@ -99,8 +99,7 @@ pub fn step_role(
         }
     }
     for m in &mut members {
-        let wanted =
-            names::ordinal_of(shape.statefulset, &m.pod).is_some_and(|o| o < shape.desired);
+        let wanted = names::ordinal_of(shape.statefulset, &m.pod).is_some_and(|o| o < shape.desired);
         if !wanted && !matches!(m.state, MemberState::DeletePending | MemberState::Deleting) {
             m.state = MemberState::DeletePending;
         }
@@ -119,16 +118,9 @@ pub fn step_role(
 }
 
 /// One member's transition. Returns false when the member is gone for good.
-fn advance(
-    m: &mut MemberStatus,
-    shape: &RoleShape,
-    observed: &Observed,
-    step: &mut RoleStep,
-) -> bool {
+fn advance(m: &mut MemberStatus, shape: &RoleShape, observed: &Observed, step: &mut RoleStep) -> bool {
     let pod = observed.pods.get(&m.pod).filter(|p| !p.terminating);
-    let container = pod
-        .filter(|p| p.running)
-        .and_then(|p| p.container_id.clone());
+    let container = pod.filter(|p| p.running).and_then(|p| p.container_id.clone());
     // Run the transitions to a fixed point, so one reconcile takes a member as far as the facts allow.
     loop {
         let before = m.state;
@@ -177,9 +169,7 @@ fn transition(m: &mut MemberStatus, shape: &RoleShape, container: Option<&String
         },
         MemberState::Configured | MemberState::ConfigError => {
             // A new container (restart, rescheduled pod) must be set up again.
-            if container
-                .is_some_and(|id| m.state_detail.last_configured_container.as_ref() != Some(id))
-            {
+            if container.is_some_and(|id| m.state_detail.last_configured_container.as_ref() != Some(id)) {
                 m.state = MemberState::CreatePending;
                 m.state_detail.configuring_container = None;
             }

@@ -53,12 +53,7 @@ pub fn mangle(raw: &str, max: usize) -> String {
 }
 
 /// Name of the cluster's headless Service.
-pub fn headless_service(
-    scheme: NamingScheme,
-    cr_name: &str,
-    cr_uid: &str,
-    recorded: Option<&str>,
-) -> String {
+pub fn headless_service(scheme: NamingScheme, cr_name: &str, cr_uid: &str, recorded: Option<&str>) -> String {
     if let Some(name) = recorded.filter(|n| !n.is_empty()) {
         return name.to_string();
     }
@@ -69,13 +64,7 @@ pub fn headless_service(
 }
 
 /// Name of a role's StatefulSet.
-pub fn statefulset(
-    scheme: NamingScheme,
-    cr_name: &str,
-    cr_uid: &str,
-    role_id: &str,
-    recorded: Option<&str>,
-) -> String {
+pub fn statefulset(scheme: NamingScheme, cr_name: &str, cr_uid: &str, role_id: &str, recorded: Option<&str>) -> String {
     if let Some(name) = recorded.filter(|n| !n.is_empty()) {
         return name.to_string();
     }
@@ -91,10 +80,7 @@ pub fn pod(statefulset: &str, ordinal: usize) -> String {
 
 /// Ordinal of a pod of `statefulset`, if `pod` is one.
 pub fn ordinal_of(statefulset: &str, pod: &str) -> Option<usize> {
-    pod.strip_prefix(statefulset)?
-        .strip_prefix('-')?
-        .parse()
-        .ok()
+    pod.strip_prefix(statefulset)?.strip_prefix('-')?.parse().ok()
 }
 
 pub fn member_service(pod: &str) -> String {
@@ -120,18 +106,9 @@ mod tests {
     #[test]
     fn uid_names_are_deterministic_and_short() {
         let a = statefulset(NamingScheme::Uid, "c", "0f1e-uid", "worker", None);
-        assert_eq!(
-            a,
-            statefulset(NamingScheme::Uid, "c", "0f1e-uid", "worker", None)
-        );
-        assert_ne!(
-            a,
-            statefulset(NamingScheme::Uid, "c", "0f1e-uid", "controller", None)
-        );
-        assert_ne!(
-            a,
-            statefulset(NamingScheme::Uid, "c", "other-uid", "worker", None)
-        );
+        assert_eq!(a, statefulset(NamingScheme::Uid, "c", "0f1e-uid", "worker", None));
+        assert_ne!(a, statefulset(NamingScheme::Uid, "c", "0f1e-uid", "controller", None));
+        assert_ne!(a, statefulset(NamingScheme::Uid, "c", "other-uid", "worker", None));
         assert!(a.starts_with("kdss-") && a.len() == 10, "{a}");
         assert!(headless_service(NamingScheme::Uid, "c", "u", None).starts_with("kdhs-"));
     }
@@ -151,13 +128,7 @@ mod tests {
     #[test]
     fn crnamerole_mangles_upper_case_dots_and_underscores() {
         assert_eq!(
-            statefulset(
-                NamingScheme::CrNameRole,
-                "Spark",
-                "u",
-                "vanilla_centos",
-                None
-            ),
+            statefulset(NamingScheme::CrNameRole, "Spark", "u", "vanilla_centos", None),
             "spark-vanilla-centos"
         );
         assert_eq!(
@@ -173,20 +144,8 @@ mod tests {
     #[test]
     fn long_names_are_cut_with_a_distinguishing_suffix() {
         let cr = "a-really-long-cluster-name-for-analytics";
-        let one = statefulset(
-            NamingScheme::CrNameRole,
-            cr,
-            "u",
-            "worker_role_number_one",
-            None,
-        );
-        let two = statefulset(
-            NamingScheme::CrNameRole,
-            cr,
-            "u",
-            "worker_role_number_two",
-            None,
-        );
+        let one = statefulset(NamingScheme::CrNameRole, cr, "u", "worker_role_number_one", None);
+        let two = statefulset(NamingScheme::CrNameRole, cr, "u", "worker_role_number_two", None);
         assert!(one.len() <= MAX_CRNAMEROLE_LEN && two.len() <= MAX_CRNAMEROLE_LEN);
         assert_ne!(one, two);
         assert!(!one.ends_with('-') && !one.starts_with('-'));

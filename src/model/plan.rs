@@ -6,9 +6,7 @@ use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 
-use crate::api::cluster::{
-    ClusterState, KubeDirectorClusterSpec, KubeDirectorClusterStatus, MemberState,
-};
+use crate::api::cluster::{ClusterState, KubeDirectorClusterSpec, KubeDirectorClusterStatus, MemberState};
 
 use super::catalog::{self, ResolvedApp};
 use super::desired::{self, ClusterFacts, RoleInput};
@@ -70,8 +68,7 @@ pub fn blocked_status(
 
 pub fn plan_cluster(input: &ClusterInput) -> ClusterPlan {
     let settings = input.settings;
-    let defaulted =
-        catalog::apply_cluster_defaults(input.spec, input.app, settings.default_naming_scheme);
+    let defaulted = catalog::apply_cluster_defaults(input.spec, input.app, settings.default_naming_scheme);
     let spec = &defaulted;
     let errors = validate::validate_cluster(
         spec,
@@ -141,11 +138,7 @@ pub fn plan_cluster(input: &ClusterInput) -> ClusterPlan {
         };
         let step = members::step_role(prev, &shape, input.observed, &mut last_node_id);
         let class_of = |requested: Option<&str>| {
-            validate::effective_storage_class(
-                requested,
-                settings.default_storage_class.as_deref(),
-                input.classes,
-            )
+            validate::effective_storage_class(requested, settings.default_storage_class.as_deref(), input.classes)
         };
         plan.statefulsets.push(desired::statefulset(
             &facts,
@@ -176,19 +169,12 @@ pub fn plan_cluster(input: &ClusterInput) -> ClusterPlan {
     }
 
     // Roles removed from the spec: their StatefulSet goes now; members leave as on a shrink.
-    for prev in prev_roles
-        .iter()
-        .filter(|r| !spec.roles.iter().any(|s| s.id == r.id))
-    {
+    for prev in prev_roles.iter().filter(|r| !spec.roles.iter().any(|s| s.id == r.id)) {
         let claims: Vec<String> = prev
             .members
             .iter()
             .flat_map(|m| {
-                let mut c: Vec<String> = m
-                    .pvc
-                    .iter()
-                    .map(|_| names::STORAGE_CLAIM.to_string())
-                    .collect();
+                let mut c: Vec<String> = m.pvc.iter().map(|_| names::STORAGE_CLAIM.to_string()).collect();
                 c.extend((0..m.block_device_paths.len()).map(names::block_claim));
                 c
             })
@@ -214,10 +200,7 @@ pub fn plan_cluster(input: &ClusterInput) -> ClusterPlan {
     let prev_state = input.prev.and_then(|s| s.state);
     let state = status::cluster_state(prev_state, &roles);
     let rollup = status::rollup(&roles, input.observed);
-    let prev_conditions = input
-        .prev
-        .map(|s| s.conditions.as_slice())
-        .unwrap_or_default();
+    let prev_conditions = input.prev.map(|s| s.conditions.as_slice()).unwrap_or_default();
     plan.status = KubeDirectorClusterStatus {
         state: Some(state),
         conditions: status::conditions(
@@ -238,10 +221,7 @@ pub fn plan_cluster(input: &ClusterInput) -> ClusterPlan {
         cluster_service: facts.headless_name.clone(),
         last_node_id,
         roles,
-        last_connection_hash: input
-            .prev
-            .map(|s| s.last_connection_hash.clone())
-            .unwrap_or_default(),
+        last_connection_hash: input.prev.map(|s| s.last_connection_hash.clone()).unwrap_or_default(),
         restore_progress: input.prev.and_then(|s| s.restore_progress.clone()),
         observed_generation: input.generation,
     };

@@ -23,8 +23,7 @@ fn is_leaving(m: &MemberStatus) -> bool {
 /// `creating` until every member has been set up once, then `configured`; `updating` while members
 /// join or leave.
 pub fn cluster_state(prev: Option<ClusterState>, roles: &[RoleStatus]) -> ClusterState {
-    let settled = all_members(roles)
-        .all(|m| matches!(m.state, MemberState::Configured | MemberState::ConfigError));
+    let settled = all_members(roles).all(|m| matches!(m.state, MemberState::Configured | MemberState::ConfigError));
     let changing = all_members(roles).any(|m| is_new(m) || is_leaving(m));
     match prev {
         None | Some(ClusterState::Creating) => {
@@ -76,71 +75,34 @@ pub fn conditions(
             "MembersDown",
             "some configured members are not ready".to_string(),
         ),
-        (None, Some(ClusterState::Configured)) if rollup.config_errors => (
-            false,
-            "ConfigError",
-            "some members failed their setup".to_string(),
-        ),
-        (None, Some(ClusterState::Configured)) => {
-            (true, "Configured", "every member is configured".to_string())
+        (None, Some(ClusterState::Configured)) if rollup.config_errors => {
+            (false, "ConfigError", "some members failed their setup".to_string())
         }
-        (None, Some(ClusterState::Updating)) => (
-            false,
-            "Updating",
-            "members are joining or leaving".to_string(),
-        ),
-        (None, Some(ClusterState::Deleting)) => (
-            false,
-            "Deleting",
-            "the cluster is being deleted".to_string(),
-        ),
-        (None, Some(ClusterState::Creating) | None) => {
-            (false, "Creating", "members are being created".to_string())
-        }
+        (None, Some(ClusterState::Configured)) => (true, "Configured", "every member is configured".to_string()),
+        (None, Some(ClusterState::Updating)) => (false, "Updating", "members are joining or leaving".to_string()),
+        (None, Some(ClusterState::Deleting)) => (false, "Deleting", "the cluster is being deleted".to_string()),
+        (None, Some(ClusterState::Creating) | None) => (false, "Creating", "members are being created".to_string()),
     };
-    let progressing = invalid.is_none()
-        && matches!(
-            state,
-            Some(ClusterState::Creating | ClusterState::Updating) | None
-        );
+    let progressing =
+        invalid.is_none() && matches!(state, Some(ClusterState::Creating | ClusterState::Updating) | None);
     let (degraded, degraded_reason, degraded_msg) = if let Some(msg) = invalid {
         (true, "InvalidSpec", msg.to_string())
     } else if rollup.config_errors {
-        (
-            true,
-            "ConfigError",
-            "some members failed their setup".to_string(),
-        )
+        (true, "ConfigError", "some members failed their setup".to_string())
     } else if rollup.members_down && state == Some(ClusterState::Configured) {
-        (
-            true,
-            "MembersDown",
-            "some configured members are not ready".to_string(),
-        )
+        (true, "MembersDown", "some configured members are not ready".to_string())
     } else {
         (false, "AsExpected", "no problem found".to_string())
     };
     let progressing_reason = if progressing { ready_reason } else { "Settled" };
     vec![
-        condition(
-            prev,
-            "Ready",
-            ready,
-            ready_reason,
-            &ready_msg,
-            generation,
-            now,
-        ),
+        condition(prev, "Ready", ready, ready_reason, &ready_msg, generation, now),
         condition(
             prev,
             "Progressing",
             progressing,
             progressing_reason,
-            if progressing {
-                &ready_msg
-            } else {
-                "nothing in progress"
-            },
+            if progressing { &ready_msg } else { "nothing in progress" },
             generation,
             now,
         ),

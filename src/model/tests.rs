@@ -27,26 +27,17 @@ fn fixture<T: serde::de::DeserializeOwned>(text: &str, yaml: bool) -> T {
 }
 
 fn spark_app() -> ResolvedApp {
-    let app: KubeDirectorApp = fixture(
-        include_str!("../../tests/fixtures/valid/app-spark-like.json"),
-        false,
-    );
+    let app: KubeDirectorApp = fixture(include_str!("../../tests/fixtures/valid/app-spark-like.json"), false);
     resolve_app("spark-like", AppCatalog::Local, &app.spec).expect("resolves")
 }
 
 fn centos_app() -> ResolvedApp {
-    let app: KubeDirectorApp = fixture(
-        include_str!("../../tests/fixtures/valid/app-centos-like.yaml"),
-        true,
-    );
+    let app: KubeDirectorApp = fixture(include_str!("../../tests/fixtures/valid/app-centos-like.yaml"), true);
     resolve_app("centos-like", AppCatalog::System, &app.spec).expect("resolves")
 }
 
 fn spark_cluster() -> KubeDirectorCluster {
-    fixture(
-        include_str!("../../tests/fixtures/valid/cluster-spark-like.yaml"),
-        true,
-    )
+    fixture(include_str!("../../tests/fixtures/valid/cluster-spark-like.yaml"), true)
 }
 
 fn centos_cluster() -> KubeDirectorCluster {
@@ -101,10 +92,7 @@ fn app_container(s: &StatefulSet) -> &Container {
         .as_ref()
         .and_then(|s| s.template.spec.as_ref())
         .expect("pod spec");
-    pod.containers
-        .iter()
-        .find(|c| c.name == "app")
-        .expect("container app")
+    pod.containers.iter().find(|c| c.name == "app").expect("container app")
 }
 
 fn env_value(c: &Container, name: &str) -> Option<String> {
@@ -116,11 +104,7 @@ fn env_value(c: &Container, name: &str) -> Option<String> {
 }
 
 fn port_names(c: &Container) -> Vec<String> {
-    c.ports
-        .iter()
-        .flatten()
-        .filter_map(|p| p.name.clone())
-        .collect()
+    c.ports.iter().flatten().filter_map(|p| p.name.clone()).collect()
 }
 
 /// Every pod of the plan's members is running with the given container id suffix.
@@ -140,10 +124,7 @@ fn all_running(plan: &ClusterPlan, suffix: &str) -> Observed {
 
 #[test]
 fn app_defaults_fill_roles_and_keep_explicit_null() {
-    let app: KubeDirectorApp = fixture(
-        include_str!("../../tests/fixtures/valid/app-spark-like.json"),
-        false,
-    );
+    let app: KubeDirectorApp = fixture(include_str!("../../tests/fixtures/valid/app-spark-like.json"), false);
     let spec = apply_app_defaults(&app.spec);
     assert!(spec.default_config_package.is_absent() && spec.default_image_repo_tag.is_none());
     let role = |id: &str| spec.roles.iter().find(|r| r.id == id).expect("role");
@@ -156,14 +137,8 @@ fn app_defaults_fill_roles_and_keep_explicit_null() {
         Tristate::Null,
         "explicit null means no setup"
     );
-    assert_eq!(
-        role("controller").image_repo_tag.as_deref(),
-        Some("example/spark:2.1")
-    );
-    assert_eq!(
-        role("jupyter").image_repo_tag.as_deref(),
-        Some("example/notebook:2.1")
-    );
+    assert_eq!(role("controller").image_repo_tag.as_deref(), Some("example/spark:2.1"));
+    assert_eq!(role("jupyter").image_repo_tag.as_deref(), Some("example/notebook:2.1"));
     assert_eq!(
         role("worker").persist_dirs.as_deref(),
         Some(&["/home".to_string()][..]),
@@ -220,11 +195,7 @@ fn crnamerole_cluster_gets_contract_children() {
     ] {
         assert_eq!(meta_labels.get(k).map(String::as_str), Some(v), "label {k}");
     }
-    let owner = &controller
-        .metadata
-        .owner_references
-        .as_ref()
-        .expect("owner")[0];
+    let owner = &controller.metadata.owner_references.as_ref().expect("owner")[0];
     assert_eq!(
         (owner.kind.as_str(), owner.uid.as_str(), owner.controller),
         ("KubeDirectorCluster", "uid-1", Some(true))
@@ -248,28 +219,15 @@ fn crnamerole_cluster_gets_contract_children() {
         .as_ref()
         .and_then(|s| s.capabilities.as_ref())
         .and_then(|c| c.add.clone());
-    assert_eq!(
-        caps,
-        Some(vec!["SYS_ADMIN".to_string(), "NET_ADMIN".to_string()])
-    );
+    assert_eq!(caps, Some(vec!["SYS_ADMIN".to_string(), "NET_ADMIN".to_string()]));
     let mounts: BTreeMap<String, Option<String>> = c
         .volume_mounts
         .iter()
         .flatten()
         .map(|m| (m.mount_path.clone(), m.sub_path.clone()))
         .collect();
-    for tmpfs in [
-        "/tmp",
-        "/run",
-        "/run/lock",
-        "/dev/shm",
-        "/etc/creds",
-        "/data",
-    ] {
-        assert!(
-            mounts.contains_key(tmpfs),
-            "mount {tmpfs} missing: {mounts:?}"
-        );
+    for tmpfs in ["/tmp", "/run", "/run/lock", "/dev/shm", "/etc/creds", "/data"] {
+        assert!(mounts.contains_key(tmpfs), "mount {tmpfs} missing: {mounts:?}");
     }
     assert_eq!(
         mounts.get("/etc/spark"),
@@ -280,24 +238,15 @@ fn crnamerole_cluster_gets_contract_children() {
     let claims = s.volume_claim_templates.as_ref().expect("claims");
     assert_eq!(claims[0].metadata.name.as_deref(), Some("p"));
     assert_eq!(
-        claims[0]
-            .spec
-            .as_ref()
-            .and_then(|s| s.storage_class_name.as_deref()),
+        claims[0].spec.as_ref().and_then(|s| s.storage_class_name.as_deref()),
         Some("fast")
     );
     let pod_spec = s.template.spec.as_ref().expect("pod spec");
     assert_eq!(
-        pod_spec
-            .init_containers
-            .as_ref()
-            .map(|i| i[0].name.as_str()),
+        pod_spec.init_containers.as_ref().map(|i| i[0].name.as_str()),
         Some("init-persist")
     );
-    assert_eq!(
-        pod_spec.service_account_name.as_deref(),
-        Some("spark-runner")
-    );
+    assert_eq!(pod_spec.service_account_name.as_deref(), Some("spark-runner"));
     assert!(pod_spec.affinity.is_some());
     let pod_labels = s
         .template
@@ -306,10 +255,7 @@ fn crnamerole_cluster_gets_contract_children() {
         .and_then(|m| m.labels.as_ref())
         .expect("pod labels");
     assert_eq!(pod_labels.get("team").map(String::as_str), Some("data"));
-    assert_eq!(
-        pod_labels.get(labels::HEADLESS).map(String::as_str),
-        Some("spark-one")
-    );
+    assert_eq!(pod_labels.get(labels::HEADLESS).map(String::as_str), Some("spark-one"));
 
     let worker = sts(&p, "spark-one-worker");
     let wc = app_container(worker);
@@ -331,25 +277,15 @@ fn crnamerole_cluster_gets_contract_children() {
         .collect();
     assert_eq!(devices, vec!["/dev/xvd0", "/dev/xvd1"]);
     assert_eq!(
-        sts(&p, "spark-one-jupyter")
-            .spec
-            .as_ref()
-            .and_then(|s| s.replicas),
+        sts(&p, "spark-one-jupyter").spec.as_ref().and_then(|s| s.replicas),
         Some(0)
     );
 
     // Members: 1 controller + 3 workers, node ids 1..4, all waiting for their pods.
     let members: Vec<_> = p.status.roles.iter().flat_map(|r| &r.members).collect();
     assert_eq!(members.len(), 4);
-    assert_eq!(
-        members.iter().map(|m| m.node_id).collect::<Vec<_>>(),
-        vec![1, 2, 3, 4]
-    );
-    assert!(
-        members
-            .iter()
-            .all(|m| m.state == MemberState::CreatePending)
-    );
+    assert_eq!(members.iter().map(|m| m.node_id).collect::<Vec<_>>(), vec![1, 2, 3, 4]);
+    assert!(members.iter().all(|m| m.state == MemberState::CreatePending));
     assert_eq!(members[0].pvc.as_deref(), Some("p-spark-one-controller-0"));
     assert_eq!(p.status.last_node_id, 4);
     assert_eq!(p.status.state, Some(ClusterState::Creating));
@@ -368,10 +304,7 @@ fn crnamerole_cluster_gets_contract_children() {
         ]
     );
     let svc = &p.member_services[0];
-    assert_eq!(
-        svc.spec.as_ref().and_then(|s| s.type_.as_deref()),
-        Some("ClusterIP")
-    );
+    assert_eq!(svc.spec.as_ref().and_then(|s| s.type_.as_deref()), Some("ClusterIP"));
     assert_eq!(
         svc.spec
             .as_ref()
@@ -394,9 +327,7 @@ fn uid_naming_odd_role_ids_and_roles_without_ports() {
         .collect();
     assert_eq!(names.len(), 3);
     assert!(
-        names
-            .iter()
-            .all(|n| n.starts_with("kdss-") && n.len() == 10),
+        names.iter().all(|n| n.starts_with("kdss-") && n.len() == 10),
         "{names:?}"
     );
     assert!(
@@ -405,13 +336,7 @@ fn uid_naming_odd_role_ids_and_roles_without_ports() {
             .and_then(|h| h.metadata.name.as_deref())
             .is_some_and(|n| n.starts_with("kdhs-"))
     );
-    let role = |id: &str| {
-        p.status
-            .roles
-            .iter()
-            .find(|r| r.id == id)
-            .expect("role status")
-    };
+    let role = |id: &str| p.status.roles.iter().find(|r| r.id == id).expect("role status");
     // v1.node only runs "noport" (endpoint: null): no Service, recorded as n/a.
     assert!(role("v1.node").members.iter().all(|m| m.service == "n/a"));
     assert_eq!(role("v1.node").members.len(), 3);
@@ -446,10 +371,7 @@ fn uid_naming_odd_role_ids_and_roles_without_ports() {
         "2 vanilla_centos + 1 LoadBalancer members open ssh"
     );
     assert_eq!(
-        p.member_services[0]
-            .spec
-            .as_ref()
-            .and_then(|s| s.type_.as_deref()),
+        p.member_services[0].spec.as_ref().and_then(|s| s.type_.as_deref()),
         Some("LoadBalancer"),
         "KubeDirector's default type"
     );
@@ -471,16 +393,14 @@ fn spec_errors_name_the_field_and_the_allowed_values() {
         "nothing is created for an invalid spec"
     );
     assert!(
-        text.iter().any(
-            |e| e.starts_with("spec.roles[0].members: 2 is outside") && e.contains("exactly 1")
-        ),
+        text.iter()
+            .any(|e| e.starts_with("spec.roles[0].members: 2 is outside") && e.contains("exactly 1")),
         "{text:?}"
     );
     assert!(
-        text.iter().any(
-            |e| e.starts_with("spec.roles[1].id: \"wrker\" is not a role")
-                && e.contains("controller, worker, jupyter")
-        ),
+        text.iter()
+            .any(|e| e.starts_with("spec.roles[1].id: \"wrker\" is not a role")
+                && e.contains("controller, worker, jupyter")),
         "{text:?}"
     );
     assert!(
@@ -489,21 +409,12 @@ fn spec_errors_name_the_field_and_the_allowed_values() {
         "{text:?}"
     );
     assert!(
-        text.iter().any(|e| e.starts_with(
-            "spec.roles[2].storage.storageClassName: storage class \"gold\" does not exist"
-        )),
+        text.iter()
+            .any(|e| e.starts_with("spec.roles[2].storage.storageClassName: storage class \"gold\" does not exist")),
         "{text:?}"
     );
-    let ready = p
-        .status
-        .conditions
-        .iter()
-        .find(|c| c.type_ == "Ready")
-        .expect("Ready");
-    assert_eq!(
-        (ready.status.as_str(), ready.reason.as_str()),
-        ("False", "InvalidSpec")
-    );
+    let ready = p.status.conditions.iter().find(|c| c.type_ == "Ready").expect("Ready");
+    assert_eq!((ready.status.as_str(), ready.reason.as_str()), ("False", "InvalidSpec"));
     assert!(ready.message.contains("spec.roles[0].members"));
 }
 
@@ -532,12 +443,7 @@ fn members_configure_without_setup_and_wait_with_setup() {
     assert!(first.status.member_state_rollup.members_waiting);
     let running = all_running(&first, "a");
     let second = plan(&cluster, &app, Some(&first.status), &running);
-    let lb = second
-        .status
-        .roles
-        .iter()
-        .find(|r| r.id == "LoadBalancer")
-        .expect("LB");
+    let lb = second.status.roles.iter().find(|r| r.id == "LoadBalancer").expect("LB");
     // LoadBalancer has its own package; the others have none (default package is null).
     assert!(lb.members.iter().all(|m| m.state == MemberState::Creating));
     let others = second
@@ -621,10 +527,7 @@ fn expand_shrink_and_restart() {
             .all(|m| names::ordinal_of(sts_name, &m.pod).is_some_and(|o| o >= 2))
     );
     assert_eq!(p5.status.state, Some(ClusterState::Updating));
-    assert_eq!(
-        p5.statefulsets[0].spec.as_ref().and_then(|s| s.replicas),
-        Some(2)
-    );
+    assert_eq!(p5.statefulsets[0].spec.as_ref().and_then(|s| s.replicas), Some(2));
     assert!(p5.delete_services.is_empty(), "pods still exist");
     let mut gone = observed.clone();
     for m in &leaving {
@@ -653,19 +556,13 @@ fn expand_shrink_and_restart() {
         },
     );
     let p8 = plan(&cluster, &app, Some(&p7.status), &restarted);
-    let m = vc(&p8)
-        .into_iter()
-        .find(|m| m.pod == first_pod)
-        .expect("member");
+    let m = vc(&p8).into_iter().find(|m| m.pod == first_pod).expect("member");
     assert_eq!(
         m.state,
         MemberState::Configured,
         "without setup it is configured again at once"
     );
-    assert_eq!(
-        m.state_detail.last_configured_container.as_deref(),
-        Some("kwok://new")
-    );
+    assert_eq!(m.state_detail.last_configured_container.as_deref(), Some("kwok://new"));
 }
 
 #[test]
@@ -678,17 +575,9 @@ fn removed_role_is_torn_down() {
     assert_eq!(removed.id, "v1.node");
     let mut app_optional = app.clone();
     if let Some(r) = app_optional.roles.iter_mut().find(|r| r.id == "v1.node") {
-        r.cardinality = super::cardinality::Cardinality {
-            min: 0,
-            scalable: true,
-        };
+        r.cardinality = super::cardinality::Cardinality { min: 0, scalable: true };
     }
-    let p3 = plan(
-        &cluster,
-        &app_optional,
-        Some(&p2.status),
-        &all_running(&p1, "a"),
-    );
+    let p3 = plan(&cluster, &app_optional, Some(&p2.status), &all_running(&p1, "a"));
     let sts_name = p2
         .status
         .roles
@@ -697,12 +586,7 @@ fn removed_role_is_torn_down() {
         .map(|r| r.stateful_set.clone())
         .expect("sts");
     assert_eq!(p3.delete_statefulsets, vec![sts_name]);
-    let p4 = plan(
-        &cluster,
-        &app_optional,
-        Some(&p3.status),
-        &Observed::default(),
-    );
+    let p4 = plan(&cluster, &app_optional, Some(&p3.status), &Observed::default());
     assert!(
         p4.status.roles.iter().all(|r| r.id != "v1.node"),
         "role dropped once its pods are gone"
@@ -713,12 +597,7 @@ fn removed_role_is_torn_down() {
 fn unchanged_input_gives_identical_children() {
     let cluster = spark_cluster();
     let a = plan(&cluster, &spark_app(), None, &Observed::default());
-    let b = plan(
-        &cluster,
-        &spark_app(),
-        Some(&a.status),
-        &Observed::default(),
-    );
+    let b = plan(&cluster, &spark_app(), Some(&a.status), &Observed::default());
     let hash = |s: &StatefulSet| {
         s.metadata
             .annotations
@@ -731,19 +610,12 @@ fn unchanged_input_gives_identical_children() {
         assert!(hash(x).is_some());
     }
     let mut changed = cluster.clone();
-    changed.spec.roles[1]
-        .env
-        .push(k8s_openapi::api::core::v1::EnvVar {
-            name: "X".into(),
-            value: Some("1".into()),
-            ..Default::default()
-        });
-    let c = plan(
-        &changed,
-        &spark_app(),
-        Some(&a.status),
-        &Observed::default(),
-    );
+    changed.spec.roles[1].env.push(k8s_openapi::api::core::v1::EnvVar {
+        name: "X".into(),
+        value: Some("1".into()),
+        ..Default::default()
+    });
+    let c = plan(&changed, &spark_app(), Some(&a.status), &Observed::default());
     assert_ne!(
         hash(&a.statefulsets[1]),
         hash(&c.statefulsets[1]),

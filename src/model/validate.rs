@@ -24,11 +24,7 @@ impl fmt::Display for FieldError {
 
 /// All errors joined for a condition message or an Event.
 pub fn describe(errors: &[FieldError]) -> String {
-    errors
-        .iter()
-        .map(ToString::to_string)
-        .collect::<Vec<_>>()
-        .join("; ")
+    errors.iter().map(ToString::to_string).collect::<Vec<_>>().join("; ")
 }
 
 /// What the environment offers for storage: existing StorageClass names and the cluster default.
@@ -65,10 +61,7 @@ pub fn validate_cluster(
         if spec.roles[..i].iter().any(|r| r.id == role.id) {
             errors.push(FieldError {
                 field: at(".id"),
-                message: format!(
-                    "{:?} appears more than once; role ids must be unique",
-                    role.id
-                ),
+                message: format!("{:?} appears more than once; role ids must be unique", role.id),
             });
         }
         let Some(app_role) = app.role(&role.id) else {
@@ -110,7 +103,10 @@ pub fn validate_cluster(
         if app_role.image.is_none() {
             errors.push(FieldError {
                 field: at(".id"),
-                message: format!("role {:?} of app {:?} has no image (set imageRepoTag or defaultImageRepoTag in the app)", role.id, app.name),
+                message: format!(
+                    "role {:?} of app {:?} has no image (set imageRepoTag or defaultImageRepoTag in the app)",
+                    role.id, app.name
+                ),
             });
         }
         let limits = role.resources.limits.as_ref();
@@ -120,11 +116,7 @@ pub fn validate_cluster(
                     field: at(&format!(".resources.limits.{resource}")),
                     message: format!(
                         "is required (e.g. {})",
-                        if resource == "cpu" {
-                            "\"2\""
-                        } else {
-                            "\"4Gi\""
-                        }
+                        if resource == "cpu" { "\"2\"" } else { "\"4Gi\"" }
                     ),
                 });
             }
@@ -137,10 +129,7 @@ pub fn validate_cluster(
             if parse_quantity(quantity).is_none() {
                 errors.push(FieldError {
                     field: at(&format!(".resources.{name}")),
-                    message: format!(
-                        "{:?} is not a quantity (e.g. \"500m\", \"2\", \"4Gi\")",
-                        quantity.0
-                    ),
+                    message: format!("{:?} is not a quantity (e.g. \"500m\", \"2\", \"4Gi\")", quantity.0),
                 });
             }
         }
@@ -148,12 +137,9 @@ pub fn validate_cluster(
             role.storage
                 .as_ref()
                 .map(|s| (".storage.storageClassName", s.storage_class_name.as_deref())),
-            role.block_storage.as_ref().map(|b| {
-                (
-                    ".blockStorage.storageClassName",
-                    b.storage_class_name.as_deref(),
-                )
-            }),
+            role.block_storage
+                .as_ref()
+                .map(|b| (".blockStorage.storageClassName", b.storage_class_name.as_deref())),
         ];
         for (field, requested) in storage_requests.into_iter().flatten() {
             match effective_storage_class(requested, config_default_class, classes) {
@@ -171,11 +157,7 @@ pub fn validate_cluster(
                 }),
             }
         }
-        if let Some(storage) = role
-            .storage
-            .as_ref()
-            .filter(|s| parse_quantity(&s.size).is_none())
-        {
+        if let Some(storage) = role.storage.as_ref().filter(|s| parse_quantity(&s.size).is_none()) {
             errors.push(FieldError {
                 field: at(".storage.size"),
                 message: format!("{:?} is not a quantity (e.g. \"20Gi\")", storage.size.0),

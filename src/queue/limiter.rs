@@ -20,6 +20,11 @@ pub struct InvalidLimit {
 pub struct WriteBudget<C: Clock = DefaultClock> {
     limiter: RateLimiter<NotKeyed, InMemoryState, C, NoOpMiddleware<C::Instant>>,
     clock: C,
+    /// One token's worth of time.
+    period: Duration,
+    /// The next free retry slot: keys that found the bucket empty line up behind each other, one
+    /// token apart, instead of all retrying at the same instant and starving each other.
+    next_slot: std::sync::Mutex<tokio::time::Instant>,
 }
 
 impl WriteBudget<DefaultClock> {
@@ -37,7 +42,19 @@ impl<C: Clock + Clone> WriteBudget<C> {
         Ok(WriteBudget {
             limiter: RateLimiter::direct_with_clock(quota, clock.clone()),
             clock,
+            period: Duration::from_secs_f64(1.0 / f64::from(qps)),
+            next_slot: std::sync::Mutex::new(tokio::time::Instant::now()),
         })
+    }
+
+    /// For a key that found the bucket empty (`wait` until the next token): how long it should wait
+    /// so that every waiting key gets its own token.
+    pub fn retry_slot(&self, wait: Duration) -> Duration {
+        let now = tokio::time::Instant::now();
+        let mut next = self.next_slot.lock().unwrap_or_else(|p| p.into_inner());
+        let slot = (*next).max(now + wait);
+        *next = slot + self.period;
+        slot - now
     }
 
     /// Takes one write token, or says how long until one is available.
@@ -94,11 +111,23 @@ mod tests {
         assert!(budget.try_take().is_ok());
     }
 
+    #[tokio::test(start_paused = true)]
+    async fn waiting_keys_get_distinct_slots_one_token_apart() {
+        let budget = WriteBudget::new(50, 1).expect("valid");
+        let slots: Vec<u128> = (0..5)
+            .map(|_| budget.retry_slot(Duration::from_millis(20)).as_millis())
+            .collect();
+        assert_eq!(slots, vec![20, 40, 60, 80, 100]);
+        tokio::time::advance(Duration::from_secs(1)).await;
+        assert_eq!(
+            budget.retry_slot(Duration::from_millis(20)).as_millis(),
+            20,
+            "the line empties with time"
+        );
+    }
+
     #[test]
     fn zero_is_a_clear_error() {
-        assert_eq!(
-            WriteBudget::new(0, 5).err(),
-            Some(InvalidLimit { qps: 0, burst: 5 })
-        );
+        assert_eq!(WriteBudget::new(0, 5).err(), Some(InvalidLimit { qps: 0, burst: 5 }));
     }
 }

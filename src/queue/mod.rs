@@ -192,14 +192,8 @@ impl<K: Clone + Eq + Hash + Ord + Send + Sync + 'static> WorkQueue<K> {
             }
             Outcome::Failed { retry_after } => {
                 e.failures = e.failures.saturating_add(1);
-                let backoff = self
-                    .inner
-                    .backoff
-                    .delay(e.failures, self.inner.jitter.unit());
-                Some((
-                    backoff.max(retry_after.unwrap_or(Duration::ZERO)),
-                    DelayKind::Backoff,
-                ))
+                let backoff = self.inner.backoff.delay(e.failures, self.inner.jitter.unit());
+                Some((backoff.max(retry_after.unwrap_or(Duration::ZERO)), DelayKind::Backoff))
             }
         };
         match delay {
@@ -214,10 +208,7 @@ impl<K: Clone + Eq + Hash + Ord + Send + Sync + 'static> WorkQueue<K> {
                 self.inner.entries.remove(key);
             }
             Some((d, kind)) => {
-                e.phase = Phase::Delayed {
-                    until: now + d,
-                    kind,
-                };
+                e.phase = Phase::Delayed { until: now + d, kind };
                 drop(e);
                 self.schedule(key.clone(), now + d);
             }

@@ -57,11 +57,7 @@ async fn a_running_key_is_never_handed_out_twice() {
     assert_eq!(next_within(&q, Duration::from_secs(1)).await, Some(k("a")));
     q.add(k("a")); // a change while it runs
     q.add(k("a"));
-    assert_eq!(
-        next_within(&q, Duration::from_secs(60)).await,
-        None,
-        "single flight"
-    );
+    assert_eq!(next_within(&q, Duration::from_secs(60)).await, None, "single flight");
     q.done(&k("a"), Outcome::Done);
     assert_eq!(
         next_within(&q, Duration::from_secs(1)).await,
@@ -150,15 +146,8 @@ async fn throttled_keys_wait_without_backoff_and_resyncs_yield_to_events() {
     );
     q.done(&k("a"), Outcome::RequeueAfter(Duration::from_secs(600)));
     let t = Instant::now();
-    assert_eq!(
-        next_within(&q, Duration::from_secs(700)).await,
-        Some(k("a"))
-    );
-    assert_eq!(
-        t.elapsed(),
-        Duration::from_secs(600),
-        "and the resync fires on its own"
-    );
+    assert_eq!(next_within(&q, Duration::from_secs(700)).await, Some(k("a")));
+    assert_eq!(t.elapsed(), Duration::from_secs(600), "and the resync fires on its own");
 }
 
 #[tokio::test(start_paused = true)]

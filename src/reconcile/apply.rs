@@ -1,6 +1,9 @@
 //! Writes the plan: children by server-side apply only when their spec digest differs from the
 //! cache, deletions that tolerate "already gone", and conditional status and finalizer writes.
+//! Every write first takes a token from the member cluster's write budget; when none is left the
+//! reconcile ends with `Error::Throttled` and the queue brings the key back when one frees up.
 
+use k8s_openapi::NamespaceResourceScope;
 use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Service};
 use kube::api::{DeleteParams, DynamicObject, Patch, PatchParams, PostParams};
@@ -24,6 +27,30 @@ pub struct Writes {
     pub deleted: u32,
 }
 
+fn take_budget(ctx: &Ctx) -> Result<(), Error> {
+    ctx.budget
+        .try_take()
+        .map_err(|wait| Error::Throttled(ctx.budget.retry_slot(wait)))
+}
+
+/// Records a write's outcome (and an API error's code) in the metrics, then marks the crash point.
+fn record<T>(ctx: &Ctx, verb: &str, result: Result<T, kube::Error>) -> Result<T, Error> {
+    let outcome = match &result {
+        Ok(_) => "ok",
+        Err(kube::Error::Api(s)) if s.code == 404 && verb == "delete" => "gone",
+        Err(e) => {
+            let code = if let kube::Error::Api(s) = e { s.code } else { 0 };
+            ctx.metrics.api_error(&ctx.context, code);
+            "error"
+        }
+    };
+    ctx.metrics.write(&ctx.context, verb, outcome);
+    if result.is_ok() {
+        crashpoint::after_write();
+    }
+    result.map_err(Error::from)
+}
+
 /// Applies `desired` unless the cache shows the same digest. Refuses to touch an object that another
 /// owner controls (a name collision must not hijack someone else's StatefulSet).
 pub async fn ensure<K>(
@@ -35,7 +62,7 @@ pub async fn ensure<K>(
     writes: &mut Writes,
 ) -> Result<(), Error>
 where
-    K: Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
+    K: Resource<DynamicType = (), Scope = NamespaceResourceScope>
         + Clone
         + Serialize
         + DeserializeOwned
@@ -43,11 +70,7 @@ where
 {
     let name = desired.name_any();
     if let Some(current) = current {
-        if current
-            .owner_uid
-            .as_deref()
-            .is_some_and(|uid| uid != owner_uid)
-        {
+        if current.owner_uid.as_deref().is_some_and(|uid| uid != owner_uid) {
             return Err(Error::NotOwned {
                 kind: kind_of::<K>(),
                 name,
@@ -60,17 +83,17 @@ where
             .and_then(|a| a.get(labels::SPEC_HASH));
         if current.spec_hash.as_ref() == want {
             writes.skipped += 1;
+            ctx.metrics
+                .writes_skipped
+                .get_or_create(&ctx.metrics.cluster(&ctx.context))
+                .inc();
             return Ok(());
         }
     }
+    take_budget(ctx)?;
     let api: Api<K> = Api::namespaced(ctx.client.clone(), ns);
-    api.patch(
-        &name,
-        &PatchParams::apply(&ctx.field_manager).force(),
-        &Patch::Apply(desired),
-    )
-    .await?;
-    crashpoint::after_write();
+    let params = PatchParams::apply(&ctx.field_manager).force();
+    record(ctx, "apply", api.patch(&name, &params, &Patch::Apply(desired)).await)?;
     writes.applied += 1;
     Ok(())
 }
@@ -85,38 +108,25 @@ fn kind_of<K: Resource<DynamicType = ()>>() -> &'static str {
 
 async fn delete<K>(ctx: &Ctx, ns: &str, name: &str, writes: &mut Writes) -> Result<(), Error>
 where
-    K: Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
-        + Clone
-        + DeserializeOwned
-        + std::fmt::Debug,
+    K: Resource<DynamicType = (), Scope = NamespaceResourceScope> + Clone + DeserializeOwned + std::fmt::Debug,
 {
+    take_budget(ctx)?;
     let api: Api<K> = Api::namespaced(ctx.client.clone(), ns);
-    match api.delete(name, &DeleteParams::background()).await {
+    match record(ctx, "delete", api.delete(name, &DeleteParams::background()).await) {
         Ok(_) => {
-            crashpoint::after_write();
             writes.deleted += 1;
             Ok(())
         }
-        Err(kube::Error::Api(s)) if s.code == 404 => Ok(()),
-        Err(e) => Err(e.into()),
+        Err(Error::Api(kube::Error::Api(s))) if s.code == 404 => Ok(()),
+        Err(e) => Err(e),
     }
 }
 
-pub async fn delete_statefulset(
-    ctx: &Ctx,
-    ns: &str,
-    name: &str,
-    writes: &mut Writes,
-) -> Result<(), Error> {
+pub async fn delete_statefulset(ctx: &Ctx, ns: &str, name: &str, writes: &mut Writes) -> Result<(), Error> {
     delete::<StatefulSet>(ctx, ns, name, writes).await
 }
 
-pub async fn delete_service(
-    ctx: &Ctx,
-    ns: &str,
-    name: &str,
-    writes: &mut Writes,
-) -> Result<(), Error> {
+pub async fn delete_service(ctx: &Ctx, ns: &str, name: &str, writes: &mut Writes) -> Result<(), Error> {
     delete::<Service>(ctx, ns, name, writes).await
 }
 
@@ -130,40 +140,25 @@ fn cluster_api(ctx: &Ctx, ns: &str) -> Api<DynamicObject> {
 
 /// Replaces the status through the status subresource. The object carries the resourceVersion we
 /// read, so a stale view fails with a conflict instead of overwriting a newer status.
-pub async fn replace_status(
-    ctx: &Ctx,
-    obj: &DynamicObject,
-    status: &impl Serialize,
-) -> Result<(), Error> {
+pub async fn replace_status(ctx: &Ctx, obj: &DynamicObject, status: &impl Serialize) -> Result<(), Error> {
     let mut updated = obj.clone();
-    updated.data["status"] = serde_json::to_value(status).map_err(|source| Error::Serialize {
-        what: "status",
-        source,
-    })?;
+    updated.data["status"] =
+        serde_json::to_value(status).map_err(|source| Error::Serialize { what: "status", source })?;
     let ns = obj.namespace().ok_or(Error::MissingNamespace)?;
-    cluster_api(ctx, &ns)
+    take_budget(ctx)?;
+    let result = cluster_api(ctx, &ns)
         .replace_status(&obj.name_any(), &PostParams::default(), &updated)
-        .await?;
-    crashpoint::after_write();
-    Ok(())
+        .await;
+    record(ctx, "update_status", result).map(|_| ())
 }
 
 /// Sets the finalizer list, conditional on the resourceVersion we read.
-pub async fn set_finalizers(
-    ctx: &Ctx,
-    obj: &DynamicObject,
-    finalizers: Vec<String>,
-) -> Result<(), Error> {
+pub async fn set_finalizers(ctx: &Ctx, obj: &DynamicObject, finalizers: Vec<String>) -> Result<(), Error> {
     let ns = obj.namespace().ok_or(Error::MissingNamespace)?;
-    let patch =
-        json!({"metadata": {"finalizers": finalizers, "resourceVersion": obj.resource_version()}});
-    cluster_api(ctx, &ns)
-        .patch(
-            &obj.name_any(),
-            &PatchParams::default(),
-            &Patch::Merge(patch),
-        )
-        .await?;
-    crashpoint::after_write();
-    Ok(())
+    let patch = json!({"metadata": {"finalizers": finalizers, "resourceVersion": obj.resource_version()}});
+    take_budget(ctx)?;
+    let result = cluster_api(ctx, &ns)
+        .patch(&obj.name_any(), &PatchParams::default(), &Patch::Merge(patch))
+        .await;
+    record(ctx, "patch", result).map(|_| ())
 }

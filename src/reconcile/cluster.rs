@@ -5,7 +5,6 @@ use std::time::Duration;
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::api::DynamicObject;
-use kube::runtime::controller::Action;
 use kube::runtime::events::{Event, EventType};
 use kube::{Resource, ResourceExt};
 use tracing::{debug, info, warn};
@@ -17,7 +16,9 @@ use crate::model::plan::{self, ClusterInput};
 use crate::model::validate;
 
 use super::apply::{self, Writes};
-use super::context::Ctx;
+use crate::queue::Outcome;
+
+use super::context::{ClusterKey, Ctx};
 use super::error::Error;
 use super::observe;
 
@@ -36,7 +37,17 @@ fn previous_status(obj: &DynamicObject) -> Option<KubeDirectorClusterStatus> {
         .and_then(|s| serde_json::from_value(s).ok())
 }
 
+/// Events are best-effort: they come out of the same write budget as everything else, and are
+/// skipped (and counted) rather than exceed it.
 async fn publish(ctx: &Ctx, obj: &DynamicObject, type_: EventType, reason: &str, note: String) {
+    if ctx.budget.try_take().is_err() {
+        ctx.metrics
+            .events_skipped
+            .get_or_create(&ctx.metrics.cluster(&ctx.context))
+            .inc();
+        debug!(context = %ctx.context, reason, "write budget spent: event skipped");
+        return;
+    }
     let reference = obj.object_ref(&ctx.cluster_resource);
     let event = Event {
         type_,
@@ -45,18 +56,17 @@ async fn publish(ctx: &Ctx, obj: &DynamicObject, type_: EventType, reason: &str,
         action: "Reconcile".to_string(),
         secondary: None,
     };
-    if let Err(e) = ctx.recorder.publish(&event, &reference).await {
-        warn!(error = %e, "could not publish event");
+    match ctx.recorder.publish(&event, &reference).await {
+        Ok(()) => ctx.metrics.write(&ctx.context, "event", "ok"),
+        Err(e) => {
+            ctx.metrics.write(&ctx.context, "event", "error");
+            warn!(context = %ctx.context, error = %e, "could not publish event");
+        }
     }
 }
 
 /// Writes a status that says why the cluster cannot proceed, with an Event when the reason is new.
-async fn block(
-    ctx: &Ctx,
-    obj: &DynamicObject,
-    reason: &str,
-    message: String,
-) -> Result<Action, Error> {
+async fn block(ctx: &Ctx, obj: &DynamicObject, reason: &str, message: String) -> Result<Outcome, Error> {
     let prev = previous_status(obj);
     let prev_message = prev
         .as_ref()
@@ -67,16 +77,18 @@ async fn block(
         apply::replace_status(ctx, obj, &status).await?;
     }
     if prev_message.as_deref() != Some(message.as_str()) {
-        warn!(cluster = %obj.name_any(), %message, "cluster blocked");
+        warn!(context = %ctx.context, cluster = %obj.name_any(), %message, "cluster blocked");
         publish(ctx, obj, EventType::Warning, reason, message).await;
     }
     // A fix arrives as a change of the cluster, its app, the config or a StorageClass: all watched.
-    Ok(Action::requeue(RESYNC))
+    Ok(Outcome::RequeueAfter(RESYNC))
 }
 
-pub async fn reconcile(obj: Arc<DynamicObject>, ctx: Arc<Ctx>) -> Result<Action, Error> {
+/// One reconcile; the outcome tells the queue when to run the key again.
+pub async fn reconcile(obj: Arc<DynamicObject>, ctx: &Ctx) -> Result<Outcome, Error> {
     if !ctx.stores.ready()? {
-        return Ok(Action::requeue(Duration::from_millis(250)));
+        debug!(context = %ctx.context, "caches not filled yet; retrying in 250 ms");
+        return Ok(Outcome::RequeueAfter(Duration::from_millis(250)));
     }
     let ns = obj.namespace().ok_or(Error::MissingNamespace)?;
     let name = obj.name_any();
@@ -85,42 +97,32 @@ pub async fn reconcile(obj: Arc<DynamicObject>, ctx: Arc<Ctx>) -> Result<Action,
     if obj.meta().deletion_timestamp.is_some() {
         // Children are owned by the cluster: the garbage collector removes them once it is gone.
         if finalizers.iter().any(|f| f == FINALIZER) {
-            apply::set_finalizers(
-                &ctx,
-                &obj,
-                finalizers.into_iter().filter(|f| f != FINALIZER).collect(),
-            )
-            .await?;
-            info!(cluster = %name, namespace = %ns, "finalizer removed");
+            apply::set_finalizers(ctx, &obj, finalizers.into_iter().filter(|f| f != FINALIZER).collect()).await?;
+            info!(context = %ctx.context, cluster = %name, namespace = %ns, "finalizer removed");
         }
-        return Ok(Action::await_change());
+        ctx.coalescer.forget(&ClusterKey { namespace: ns, name });
+        return Ok(Outcome::Done);
     }
     if !finalizers.iter().any(|f| f == FINALIZER) {
         let mut with_ours = finalizers;
         with_ours.push(FINALIZER.to_string());
-        apply::set_finalizers(&ctx, &obj, with_ours).await?;
-        return Ok(Action::await_change()); // the patch comes back as a watch event
+        apply::set_finalizers(ctx, &obj, with_ours).await?;
+        return Ok(Outcome::Done); // the patch comes back as a watch event
     }
 
     let cluster: KubeDirectorCluster = match observe::parse(&obj) {
         Ok(c) => c,
         Err(e) => {
-            return block(
-                &ctx,
-                &obj,
-                "InvalidObject",
-                format!("the object cannot be read: {e}"),
-            )
-            .await;
+            return block(ctx, &obj, "InvalidObject", format!("the object cannot be read: {e}")).await;
         }
     };
-    let settings = observe::settings(&ctx);
-    let app = match observe::find_app(&ctx, &ns, &cluster.spec.app, cluster.spec.app_catalog) {
+    let settings = observe::settings(ctx);
+    let app = match observe::find_app(ctx, &ns, &cluster.spec.app, cluster.spec.app_catalog) {
         Ok(app) => app,
-        Err(message) => return block(&ctx, &obj, "AppNotFound", message).await,
+        Err(message) => return block(ctx, &obj, "AppNotFound", message).await,
     };
-    let classes = observe::storage_classes(&ctx);
-    let (observed, children) = observe::observe(&ctx, &ns, &name);
+    let classes = observe::storage_classes(ctx);
+    let (observed, children) = observe::observe(ctx, &ns, &name);
     let prev = cluster.status.clone();
     let uid = obj.uid().unwrap_or_default();
     let plan = plan::plan_cluster(&ClusterInput {
@@ -137,13 +139,13 @@ pub async fn reconcile(obj: Arc<DynamicObject>, ctx: Arc<Ctx>) -> Result<Action,
         now: now(),
     });
     if !plan.errors.is_empty() {
-        return block(&ctx, &obj, "InvalidSpec", validate::describe(&plan.errors)).await;
+        return block(ctx, &obj, "InvalidSpec", validate::describe(&plan.errors)).await;
     }
 
     let mut writes = Writes::default();
     if let Some(headless) = &plan.headless {
         apply::ensure(
-            &ctx,
+            ctx,
             &ns,
             headless,
             children.services.get(&headless.name_any()),
@@ -154,7 +156,7 @@ pub async fn reconcile(obj: Arc<DynamicObject>, ctx: Arc<Ctx>) -> Result<Action,
     }
     for sts in &plan.statefulsets {
         apply::ensure(
-            &ctx,
+            ctx,
             &ns,
             sts,
             children.statefulsets.get(&sts.name_any()),
@@ -164,44 +166,50 @@ pub async fn reconcile(obj: Arc<DynamicObject>, ctx: Arc<Ctx>) -> Result<Action,
         .await?;
     }
     for svc in &plan.member_services {
-        apply::ensure(
-            &ctx,
-            &ns,
-            svc,
-            children.services.get(&svc.name_any()),
-            &uid,
-            &mut writes,
-        )
-        .await?;
+        apply::ensure(ctx, &ns, svc, children.services.get(&svc.name_any()), &uid, &mut writes).await?;
     }
     for sts in &plan.delete_statefulsets {
         if children.statefulsets.contains_key(sts) {
-            apply::delete_statefulset(&ctx, &ns, sts, &mut writes).await?;
+            apply::delete_statefulset(ctx, &ns, sts, &mut writes).await?;
         }
     }
     for svc in &plan.delete_services {
-        apply::delete_service(&ctx, &ns, svc, &mut writes).await?;
+        apply::delete_service(ctx, &ns, svc, &mut writes).await?;
     }
     for pvc in &plan.delete_pvcs {
-        apply::delete_pvc(&ctx, &ns, pvc, &mut writes).await?;
+        apply::delete_pvc(ctx, &ns, pvc, &mut writes).await?;
     }
 
     if prev.as_ref() != Some(&plan.status) {
-        apply::replace_status(&ctx, &obj, &plan.status).await?;
+        // Status changes within the coalescing window of the last write wait and go out as one.
+        let key = ClusterKey {
+            namespace: ns.clone(),
+            name: name.clone(),
+        };
+        let now = tokio::time::Instant::now();
+        if let Err(wait) = ctx.coalescer.admit(&key, now) {
+            ctx.metrics
+                .writes_coalesced
+                .get_or_create(&ctx.metrics.cluster(&ctx.context))
+                .inc();
+            return Ok(Outcome::Throttled(wait));
+        }
+        apply::replace_status(ctx, &obj, &plan.status).await?;
+        ctx.coalescer.wrote(&key, now);
         let (before, after) = (prev.as_ref().and_then(|s| s.state), plan.status.state);
         if before != after {
             let show = |s: Option<ClusterState>| {
                 s.map(|s| format!("{s:?}").to_lowercase())
                     .unwrap_or_else(|| "new".to_string())
             };
-            info!(cluster = %name, namespace = %ns, from = %show(before), to = %show(after), "cluster state changed");
+            info!(context = %ctx.context, cluster = %name, namespace = %ns, from = %show(before), to = %show(after), "cluster state changed");
             // The reason is the new state: the event recorder folds events of one reason into a series,
             // which would hide every transition after the first.
             let reason = after
                 .map(|s| format!("{s:?}"))
                 .unwrap_or_else(|| "StateChanged".to_string());
             publish(
-                &ctx,
+                ctx,
                 &obj,
                 EventType::Normal,
                 &reason,
@@ -210,15 +218,23 @@ pub async fn reconcile(obj: Arc<DynamicObject>, ctx: Arc<Ctx>) -> Result<Action,
             .await;
         }
     }
-    debug!(cluster = %name, namespace = %ns, applied = writes.applied, skipped = writes.skipped, deleted = writes.deleted, "reconciled");
-    Ok(Action::requeue(RESYNC))
+    debug!(context = %ctx.context, cluster = %name, namespace = %ns, applied = writes.applied, skipped = writes.skipped, deleted = writes.deleted, "reconciled");
+    Ok(Outcome::RequeueAfter(RESYNC))
 }
 
-pub fn error_policy(obj: Arc<DynamicObject>, error: &Error, _ctx: Arc<Ctx>) -> Action {
-    if error.is_conflict() {
-        debug!(cluster = %obj.name_any(), "stale view, retrying");
-        return Action::requeue(Duration::from_millis(200));
+/// What the queue does after a failed reconcile.
+pub fn outcome_of_error(key: &ClusterKey, error: &Error, ctx: &Ctx) -> Outcome {
+    match error {
+        Error::Throttled(wait) => Outcome::Throttled(*wait),
+        e if e.is_conflict() => {
+            debug!(context = %ctx.context, cluster = %key.name, namespace = %key.namespace, "stale view, retrying");
+            Outcome::Failed { retry_after: None }
+        }
+        e => {
+            warn!(context = %ctx.context, cluster = %key.name, namespace = %key.namespace, error = %e, "reconcile failed");
+            Outcome::Failed {
+                retry_after: e.retry_after(),
+            }
+        }
     }
-    warn!(cluster = %obj.name_any(), namespace = ?obj.namespace(), error = %error, "reconcile failed");
-    Action::requeue(Duration::from_secs(5))
 }

@@ -10,6 +10,12 @@ use kube::api::{ApiResource, DynamicObject};
 use kube::runtime::events::Recorder;
 use kube::runtime::reflector::Store;
 
+use std::sync::Arc;
+
+use crate::queue::coalesce::StatusCoalescer;
+use crate::queue::limiter::WriteBudget;
+use crate::telemetry::metrics::Metrics;
+
 use super::error::Error;
 
 pub struct Stores {
@@ -47,8 +53,22 @@ impl Stores {
     }
 }
 
+/// A KubeDirectorCluster within one member cluster.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct ClusterKey {
+    pub namespace: String,
+    pub name: String,
+}
+
 pub struct Ctx {
+    /// The member cluster (kubeconfig context) this context serves; part of every key's identity.
+    pub context: String,
     pub client: Client,
+    /// API writes to this member cluster: one token per write.
+    pub budget: WriteBudget,
+    /// At most one status write per cluster per window.
+    pub coalescer: StatusCoalescer<ClusterKey>,
+    pub metrics: Arc<Metrics>,
     pub stores: Stores,
     /// Holds the system app catalog and kd-global-config.
     pub operator_namespace: String,

@@ -4,6 +4,6 @@ pub mod apply;
 pub mod cluster;
 pub mod context;
 pub mod crashpoint;
+pub mod driver;
 pub mod error;
 pub mod observe;
-pub mod run;

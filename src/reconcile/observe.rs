@@ -48,11 +48,7 @@ fn child_state(meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta
     }
 }
 
-fn belongs(
-    meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta,
-    ns: &str,
-    cluster: &str,
-) -> bool {
+fn belongs(meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta, ns: &str, cluster: &str) -> bool {
     meta.namespace.as_deref() == Some(ns)
         && meta
             .labels
@@ -94,9 +90,7 @@ pub fn observe(ctx: &Ctx, ns: &str, cluster: &str) -> (Observed, Children) {
     for svc in ctx.stores.services.state() {
         if belongs(&svc.metadata, ns, cluster) {
             observed.services.insert(svc.name_any());
-            children
-                .services
-                .insert(svc.name_any(), child_state(&svc.metadata));
+            children.services.insert(svc.name_any(), child_state(&svc.metadata));
         }
     }
     for pvc in ctx.stores.pvcs.state() {
@@ -106,9 +100,7 @@ pub fn observe(ctx: &Ctx, ns: &str, cluster: &str) -> (Observed, Children) {
     }
     for sts in ctx.stores.statefulsets.state() {
         if belongs(&sts.metadata, ns, cluster) {
-            children
-                .statefulsets
-                .insert(sts.name_any(), child_state(&sts.metadata));
+            children.statefulsets.insert(sts.name_any(), child_state(&sts.metadata));
         }
     }
     (observed, children)
@@ -158,39 +150,30 @@ pub fn storage_classes(ctx: &Ctx) -> StorageClasses {
 }
 
 /// The app of a cluster: local catalog (the cluster's namespace), then the system catalog.
-pub fn find_app(
-    ctx: &Ctx,
-    ns: &str,
-    app: &str,
-    requested: Option<AppCatalog>,
-) -> Result<ResolvedApp, String> {
-    let find = |catalog_ns: &str| {
-        ctx.stores.apps.state().into_iter().find(|a| {
-            a.metadata.namespace.as_deref() == Some(catalog_ns)
-                && a.metadata.name.as_deref() == Some(app)
-        })
-    };
+pub fn find_app(ctx: &Ctx, ns: &str, app: &str, requested: Option<AppCatalog>) -> Result<ResolvedApp, String> {
+    let find =
+        |catalog_ns: &str| {
+            ctx.stores.apps.state().into_iter().find(|a| {
+                a.metadata.namespace.as_deref() == Some(catalog_ns) && a.metadata.name.as_deref() == Some(app)
+            })
+        };
     let local = find(ns);
     let system = find(&ctx.operator_namespace);
-    let catalog = catalog::choose_catalog(requested, local.is_some(), system.is_some())
-        .ok_or_else(|| {
-            let where_ = match requested {
-                Some(AppCatalog::Local) => format!("namespace {ns:?} (appCatalog: local)"),
-                Some(AppCatalog::System) => format!(
-                    "namespace {:?} (appCatalog: system)",
-                    ctx.operator_namespace
-                ),
-                None => format!("namespace {ns:?} or {:?}", ctx.operator_namespace),
-            };
-            format!("spec.app: KubeDirectorApp {app:?} not found in {where_}")
-        })?;
+    let catalog = catalog::choose_catalog(requested, local.is_some(), system.is_some()).ok_or_else(|| {
+        let where_ = match requested {
+            Some(AppCatalog::Local) => format!("namespace {ns:?} (appCatalog: local)"),
+            Some(AppCatalog::System) => format!("namespace {:?} (appCatalog: system)", ctx.operator_namespace),
+            None => format!("namespace {ns:?} or {:?}", ctx.operator_namespace),
+        };
+        format!("spec.app: KubeDirectorApp {app:?} not found in {where_}")
+    })?;
     let obj = match catalog {
         AppCatalog::Local => local,
         AppCatalog::System => system,
     }
     .ok_or_else(|| format!("spec.app: KubeDirectorApp {app:?} vanished"))?;
-    let parsed: KubeDirectorApp = parse(&obj)
-        .map_err(|e| format!("spec.app: KubeDirectorApp {app:?} cannot be read: {e}"))?;
+    let parsed: KubeDirectorApp =
+        parse(&obj).map_err(|e| format!("spec.app: KubeDirectorApp {app:?} cannot be read: {e}"))?;
     catalog::resolve_app(app, catalog, &parsed.spec)
         .map_err(|e| format!("spec.app: KubeDirectorApp {app:?} is invalid: {e}"))
 }

@@ -11,15 +11,10 @@ pub fn fixtures_dir() -> PathBuf {
 
 /// Reads a JSON or YAML fixture (by extension) into a JSON value.
 pub fn load_fixture(path: &Path) -> Value {
-    let text =
-        std::fs::read_to_string(path).unwrap_or_else(|e| panic!("read {}: {e}", path.display()));
+    let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("read {}: {e}", path.display()));
     match path.extension().and_then(|e| e.to_str()) {
-        Some("json") => {
-            serde_json::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
-        }
-        Some("yaml") | Some("yml") => {
-            serde_yaml::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
-        }
+        Some("json") => serde_json::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display())),
+        Some("yaml") | Some("yml") => serde_yaml::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display())),
         other => panic!("{}: unknown fixture extension {other:?}", path.display()),
     }
 }
@@ -31,10 +26,7 @@ pub fn valid_fixtures() -> Vec<(String, Value)> {
         .map(|e| e.expect("dir entry").path())
         .map(|p| {
             (
-                p.file_name()
-                    .expect("file name")
-                    .to_string_lossy()
-                    .into_owned(),
+                p.file_name().expect("file name").to_string_lossy().into_owned(),
                 load_fixture(&p),
             )
         })
@@ -64,8 +56,7 @@ pub fn lost_fields(want: &Value, got: &Value, path: &str, out: &mut Vec<String>)
                 lost_fields(wv, gv, &format!("{path}[{i}]"), out);
             }
         }
-        (Value::Number(n), Value::String(s)) | (Value::String(s), Value::Number(n))
-            if n.to_string() == *s => {}
+        (Value::Number(n), Value::String(s)) | (Value::String(s), Value::Number(n)) if n.to_string() == *s => {}
         (w, g) if w == g => {}
         (w, g) => out.push(format!("{path}: {w} became {g}")),
     }

@@ -32,10 +32,7 @@ async fn kubedirector_shaped_objects_round_trip_without_losing_a_field() {
             .expect("get back");
         let back = serde_json::to_value(&fetched).expect("serialise");
         // Exact comparison of the whole spec: nothing pruned, nothing defaulted behind the user's back.
-        assert_eq!(
-            back["spec"], obj["spec"],
-            "{name}: spec changed in the API server"
-        );
+        assert_eq!(back["spec"], obj["spec"], "{name}: spec changed in the API server");
     }
 }
 
@@ -53,8 +50,7 @@ async fn invalid_objects_are_rejected_naming_the_field() {
     let ns = testbed::namespace(&client, "reject").await;
     let dir = common::fixtures_dir().join("invalid");
     let index: Vec<Rejection> =
-        serde_yaml::from_str(&std::fs::read_to_string(dir.join("index.yaml")).expect("index"))
-            .expect("index.yaml");
+        serde_yaml::from_str(&std::fs::read_to_string(dir.join("index.yaml")).expect("index")).expect("index.yaml");
     assert!(index.len() >= 10);
     let mut failures = Vec::new();
     for case in index {

@@ -24,10 +24,7 @@ async fn every_context_serves_kubernetes_1_36_with_ready_fake_nodes() {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(1);
-    assert!(
-        contexts.len() >= want,
-        "expected {want} contexts, found {contexts:?}"
-    );
+    assert!(contexts.len() >= want, "expected {want} contexts, found {contexts:?}");
     for (i, context) in contexts.iter().enumerate() {
         assert_eq!(
             context,
@@ -105,9 +102,6 @@ async fn statefulset_of_three_gets_three_ready_pods() {
         ready,
         3,
         "pods: {:?}",
-        pods.items
-            .iter()
-            .map(|p| &p.metadata.name)
-            .collect::<Vec<_>>()
+        pods.items.iter().map(|p| &p.metadata.name).collect::<Vec<_>>()
     );
 }

@@ -6,6 +6,7 @@
 mod common;
 
 mod crds;
+mod fleet;
 mod health;
 mod operator;
 mod reconcile;

@@ -10,35 +10,50 @@ pub struct Operator {
     pub log: PathBuf,
     args: Vec<String>,
     starts: u32,
+    /// Where this operator serves /metrics.
+    pub metrics_port: u16,
+}
+
+/// A port that was free a moment ago (the OS picks it; the tiny race is acceptable in tests).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
 }
 
 impl Operator {
     /// Starts `kubedirector run` on `context`, reconciling only `watch_ns`, with `system_ns` as its own
     /// namespace (system catalog, kd-global-config).
     pub fn start(context: &str, watch_ns: &str, system_ns: &str) -> Operator {
-        let log = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-            .join(format!("target/test-logs/operator-{watch_ns}.log"));
+        Self::start_with(
+            &["--context", context, "--watch-namespace", watch_ns],
+            watch_ns,
+            system_ns,
+        )
+    }
+
+    /// Starts `kubedirector run` with the given member-selection arguments; `name` names the log.
+    pub fn start_with(selection: &[&str], name: &str, system_ns: &str) -> Operator {
+        let log = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(format!("target/test-logs/operator-{name}.log"));
         std::fs::create_dir_all(log.parent().expect("log dir")).expect("create target/test-logs");
         let kubeconfig = testbed::kubeconfig_path().display().to_string();
-        let args = [
-            "run",
-            "--kubeconfig",
-            &kubeconfig,
-            "--context",
-            context,
-            "--namespace",
-            system_ns,
-            "--watch-namespace",
-            watch_ns,
-        ]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
+        let metrics_port = free_port();
+        let metrics_addr = format!("127.0.0.1:{metrics_port}");
+        let mut args: Vec<String> = ["run", "--namespace", system_ns, "--metrics-addr", &metrics_addr]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        if !selection.contains(&"--kubeconfig") {
+            args.extend(["--kubeconfig".to_string(), kubeconfig]);
+        }
+        args.extend(selection.iter().map(|s| s.to_string()));
         let mut op = Operator {
             child: None,
             log,
             args,
             starts: 0,
+            metrics_port,
         };
         op.restart();
         op
@@ -68,6 +83,18 @@ impl Operator {
             .expect("start the kubedirector binary");
         self.child = Some(child);
         self.starts += 1;
+    }
+
+    /// The operator's Prometheus text from /metrics.
+    pub fn metrics(&self) -> String {
+        use std::io::{Read, Write};
+        let mut stream = std::net::TcpStream::connect(("127.0.0.1", self.metrics_port)).expect("connect to /metrics");
+        stream
+            .write_all(b"GET /metrics HTTP/1.0\r\nHost: localhost\r\n\r\n")
+            .expect("request");
+        let mut body = String::new();
+        stream.read_to_string(&mut body).expect("response");
+        body
     }
 
     /// Waits up to `limit` for the process to exit by itself; true if it did.

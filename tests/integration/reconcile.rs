@@ -59,9 +59,7 @@ async fn local_storage(client: &Client, ns: &str, n: usize) {
                      "persistentVolumeReclaimPolicy": "Retain", "hostPath": {"path": format!("/tmp/{ns}-{i}")}}
         }))
         .expect("PV");
-        pvs.create(&PostParams::default(), &pv)
-            .await
-            .expect("create PV");
+        pvs.create(&PostParams::default(), &pv).await.expect("create PV");
     }
 }
 
@@ -110,10 +108,7 @@ async fn wait_configured(env: &Env, name: &str, limit: Duration) -> KubeDirector
         })
         .unwrap_or(false)
     };
-    let what = format!(
-        "cluster {name} configured (log: {})",
-        env.operator.log.display()
-    );
+    let what = format!("cluster {name} configured (log: {})", env.operator.log.display());
     testbed::wait_for(&what, limit, await_condition(api.clone(), name, done))
         .await
         .expect("watch cluster");
@@ -195,19 +190,12 @@ async fn cluster_reaches_configured_with_contract_children() {
     }))
     .await;
     let mut cluster = example(CLUSTER);
-    cluster["spec"]
-        .as_object_mut()
-        .expect("spec")
-        .remove("serviceType");
+    cluster["spec"].as_object_mut().expect("spec").remove("serviceType");
     create(&env.client, &env.ns, &cluster).await;
     let kd = wait_configured(&env, "cass", Duration::from_secs(60)).await;
     let status = kd.status.clone().expect("status");
 
-    assert!(
-        kd.finalizers()
-            .iter()
-            .any(|f| f == "kubedirector.hpe.com/cleanup")
-    );
+    assert!(kd.finalizers().iter().any(|f| f == "kubedirector.hpe.com/cleanup"));
     let ready = status
         .conditions
         .iter()
@@ -215,9 +203,7 @@ async fn cluster_reaches_configured_with_contract_children() {
         .expect("Ready condition");
     assert_eq!(ready.status, "True");
     assert_eq!(status.observed_generation, kd.metadata.generation);
-    assert!(
-        !status.member_state_rollup.members_down && !status.member_state_rollup.membership_changing
-    );
+    assert!(!status.member_state_rollup.members_down && !status.member_state_rollup.membership_changing);
 
     // Headless Service: recorded in status, headless, selector on the headless label, no role label.
     let services = labelled::<Service>(&env, "cass").await;
@@ -248,17 +234,11 @@ async fn cluster_reaches_configured_with_contract_children() {
             .iter()
             .find(|s| s.name_any() == role.stateful_set)
             .expect("StatefulSet named in status");
-        assert!(
-            role.stateful_set.starts_with("kdss-"),
-            "UID naming by default"
-        );
+        assert!(role.stateful_set.starts_with("kdss-"), "UID naming by default");
         assert_owned(sts, &kd);
         let spec = sts.spec.as_ref().expect("sts spec");
         assert_eq!(spec.pod_management_policy.as_deref(), Some("Parallel"));
-        assert_eq!(
-            spec.service_name.as_deref(),
-            Some(status.cluster_service.as_str())
-        );
+        assert_eq!(spec.service_name.as_deref(), Some(status.cluster_service.as_str()));
         for (k, v) in [
             ("kdcluster", "cass"),
             ("kdapp", "cassandra-like"),
@@ -298,26 +278,15 @@ async fn cluster_reaches_configured_with_contract_children() {
         for m in &role.members {
             assert!(node_ids.insert(m.node_id), "node ids are unique");
             assert_eq!(m.state, MemberState::Configured);
-            let pod = pods
-                .iter()
-                .find(|p| p.name_any() == m.pod)
-                .expect("member pod");
-            for (k, v) in [
-                ("kdcluster", "cass"),
-                ("role", role.id.as_str()),
-                ("headless", "cass"),
-            ] {
+            let pod = pods.iter().find(|p| p.name_any() == m.pod).expect("member pod");
+            for (k, v) in [("kdcluster", "cass"), ("role", role.id.as_str()), ("headless", "cass")] {
                 assert_eq!(
                     label(pod, &format!("kubedirector.hpe.com/{k}")),
                     Some(v),
                     "pod label {k}"
                 );
             }
-            assert_eq!(
-                label(pod, "platform"),
-                Some("data"),
-                "pod label from kd-global-config"
-            );
+            assert_eq!(label(pod, "platform"), Some("data"), "pod label from kd-global-config");
             let svc = services
                 .iter()
                 .find(|s| s.name_any() == m.service)
@@ -336,17 +305,11 @@ async fn cluster_reaches_configured_with_contract_children() {
                     .and_then(|s| s.get("statefulset.kubernetes.io/pod-name")),
                 Some(&m.pod)
             );
-            assert_eq!(
-                svc.annotations().get("owner").map(String::as_str),
-                Some("platform")
-            );
+            assert_eq!(svc.annotations().get("owner").map(String::as_str), Some("platform"));
             let pvc_name = m.pvc.clone().expect("member with storage has a PVC");
             assert_eq!(pvc_name, format!("p-{}", m.pod));
             let pvc = pvcs.iter().find(|p| p.name_any() == pvc_name).expect("PVC");
-            assert_eq!(
-                pvc.status.as_ref().and_then(|s| s.phase.as_deref()),
-                Some("Bound")
-            );
+            assert_eq!(pvc.status.as_ref().and_then(|s| s.phase.as_deref()), Some("Bound"));
         }
     }
     assert_eq!(node_ids.len(), 3);
@@ -485,9 +448,7 @@ async fn bad_input_is_reported_on_that_cluster_and_others_keep_going() {
             "spec.app: KubeDirectorApp \"missing-app\" not found",
         ),
         (
-            variant("no-role", &|c| {
-                c["spec"]["roles"][1]["id"] = json!("worker")
-            }),
+            variant("no-role", &|c| c["spec"]["roles"][1]["id"] = json!("worker")),
             "spec.roles[1].id: \"worker\" is not a role",
         ),
         (
@@ -510,9 +471,9 @@ async fn bad_input_is_reported_on_that_cluster_and_others_keep_going() {
         let name = obj["metadata"]["name"].as_str().expect("name");
         let has_reason = |c: Option<&KubeDirectorCluster>| {
             c.and_then(|c| c.status.as_ref()).is_some_and(|s| {
-                s.conditions.iter().any(|c| {
-                    c.type_ == "Ready" && c.status == "False" && c.message.contains(fragment)
-                })
+                s.conditions
+                    .iter()
+                    .any(|c| c.type_ == "Ready" && c.status == "False" && c.message.contains(fragment))
             })
         };
         testbed::wait_for(
@@ -545,10 +506,8 @@ async fn bad_input_is_reported_on_that_cluster_and_others_keep_going() {
             "too-many",
             &PatchParams::default(),
             &Patch::<()>::Json(
-                serde_json::from_value(
-                    json!([{"op": "replace", "path": "/spec/roles/0/members", "value": 1}]),
-                )
-                .expect("patch"),
+                serde_json::from_value(json!([{"op": "replace", "path": "/spec/roles/0/members", "value": 1}]))
+                    .expect("patch"),
             ),
         )
         .await
@@ -588,11 +547,7 @@ async fn killed_at_random_points_ten_times_still_converges_without_duplicates() 
             aborted_inside += u32::from(aborted);
             eprintln!(
                 "round {round}: members={members}, abort after write {n}: {}",
-                if aborted {
-                    "aborted"
-                } else {
-                    "fewer writes needed"
-                }
+                if aborted { "aborted" } else { "fewer writes needed" }
             );
         } else {
             // SIGKILL at a random moment.
@@ -606,24 +561,12 @@ async fn killed_at_random_points_ten_times_still_converges_without_duplicates() 
         aborted_inside >= 3,
         "only {aborted_inside} rounds died inside a reconcile"
     );
-    assert_eq!(
-        env.operator.starts(),
-        11,
-        "10 crashed runs and the final one"
-    );
+    assert_eq!(env.operator.starts(), 11, "10 crashed runs and the final one");
     env.operator.restart();
     let kd = wait_configured(&env, "cass", Duration::from_secs(90)).await;
     let status = kd.status.expect("status");
-    let node = status
-        .roles
-        .iter()
-        .find(|r| r.id == "node")
-        .expect("node role");
-    assert_eq!(
-        node.members.len(),
-        members as usize,
-        "no member lost or extra"
-    );
+    let node = status.roles.iter().find(|r| r.id == "node").expect("node role");
+    assert_eq!(node.members.len(), members as usize, "no member lost or extra");
     let ids: BTreeSet<i64> = status
         .roles
         .iter()
@@ -667,12 +610,12 @@ async fn an_unreadable_cluster_object_does_not_break_the_watch() {
     let props = schema.properties.as_mut().expect("properties");
     props.insert(
         "spec".to_string(),
-        serde_json::from_value(
-            json!({"type": "object", "x-kubernetes-preserve-unknown-fields": true}),
-        )
-        .expect("schema"),
+        serde_json::from_value(json!({"type": "object", "x-kubernetes-preserve-unknown-fields": true}))
+            .expect("schema"),
     );
-    let crds = Api::<k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition>::all(client.clone());
+    let crds = Api::<k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition>::all(
+        client.clone(),
+    );
     crds.patch(
         &crd.name_any(),
         &PatchParams::apply("kubedirector-tests").force(),
@@ -705,9 +648,9 @@ async fn an_unreadable_cluster_object_does_not_break_the_watch() {
                 cs.iter().any(|c| {
                     c["type"] == "Ready"
                         && c["status"] == "False"
-                        && c["message"].as_str().is_some_and(|m| {
-                            m.contains("cannot be read") && m.contains("spec.roles")
-                        })
+                        && c["message"]
+                            .as_str()
+                            .is_some_and(|m| m.contains("cannot be read") && m.contains("spec.roles"))
                 })
             })
     };

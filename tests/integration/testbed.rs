@@ -6,9 +6,7 @@ use std::time::Duration;
 
 use k8s_openapi::api::core::v1::Namespace;
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
-use kube::api::{
-    ApiResource, DynamicObject, GroupVersionKind, ObjectMeta, Patch, PatchParams, PostParams,
-};
+use kube::api::{ApiResource, DynamicObject, GroupVersionKind, ObjectMeta, Patch, PatchParams, PostParams};
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::runtime::wait::{await_condition, conditions};
 use kube::{Api, Client, Config};
@@ -17,9 +15,7 @@ use kube::{Api, Client, Config};
 pub fn kubeconfig_path() -> PathBuf {
     std::env::var_os("KD_TESTBED_KUBECONFIG")
         .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/testbed/kubeconfig")
-        })
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/testbed/kubeconfig"))
 }
 
 pub fn kubeconfig() -> Kubeconfig {
@@ -55,6 +51,31 @@ pub async fn client() -> Client {
     client_for("kwok-kd-1").await
 }
 
+/// A name unique to this test run.
+pub fn unique(purpose: &str) -> String {
+    static SEQ: AtomicU32 = AtomicU32::new(0);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or(0);
+    format!("it-{purpose}-{}-{:x}", SEQ.fetch_add(1, Ordering::Relaxed), nanos)
+}
+
+/// Creates the namespace `name` (the same name can be created in several clusters).
+pub async fn namespace_named(client: &Client, name: &str) {
+    let ns = Namespace {
+        metadata: ObjectMeta {
+            name: Some(name.to_string()),
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    Api::<Namespace>::all(client.clone())
+        .create(&PostParams::default(), &ns)
+        .await
+        .unwrap_or_else(|e| panic!("create namespace {name}: {e}"));
+}
+
 /// Creates a namespace unique to this test run and returns its name.
 pub async fn namespace(client: &Client, purpose: &str) -> String {
     static SEQ: AtomicU32 = AtomicU32::new(0);
@@ -62,11 +83,7 @@ pub async fn namespace(client: &Client, purpose: &str) -> String {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.subsec_nanos())
         .unwrap_or(0);
-    let name = format!(
-        "it-{purpose}-{}-{:x}",
-        SEQ.fetch_add(1, Ordering::Relaxed),
-        nanos
-    );
+    let name = format!("it-{purpose}-{}-{:x}", SEQ.fetch_add(1, Ordering::Relaxed), nanos);
     let ns = Namespace {
         metadata: ObjectMeta {
             name: Some(name.clone()),
@@ -93,22 +110,16 @@ pub async fn install_crds(client: &Client) {
         api.patch(&name, &params, &Patch::Apply(&crd))
             .await
             .unwrap_or_else(|e| panic!("API server refused CRD {file}: {e}"));
-        wait_for(
-            &format!("CRD {name} established"),
-            Duration::from_secs(30),
-            async { await_condition(api.clone(), &name, conditions::is_crd_established()).await },
-        )
+        wait_for(&format!("CRD {name} established"), Duration::from_secs(30), async {
+            await_condition(api.clone(), &name, conditions::is_crd_established()).await
+        })
         .await
         .expect("watch on CRD");
     }
 }
 
 /// Awaits `fut`, failing the test with `what` if it takes longer than `limit`.
-pub async fn wait_for<T>(
-    what: &str,
-    limit: Duration,
-    fut: impl std::future::Future<Output = T>,
-) -> T {
+pub async fn wait_for<T>(what: &str, limit: Duration, fut: impl std::future::Future<Output = T>) -> T {
     tokio::time::timeout(limit, fut)
         .await
         .unwrap_or_else(|_| panic!("timed out after {limit:?} waiting for {what}"))

@@ -1,0 +1,326 @@
+//! The driver of one member cluster: caches (reflectors) of everything a reconcile reads, an event
+//! pump that turns every change into the keys of the KubeDirectorClusters it affects, the work queue,
+//! and a fixed pool of workers. Nothing polls the API; a slow resync is only a safety net.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use futures::stream::BoxStream;
+use futures::{Stream, StreamExt};
+use k8s_openapi::NamespaceResourceScope;
+use k8s_openapi::api::apps::v1::StatefulSet;
+use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod, Service};
+use k8s_openapi::api::storage::v1::StorageClass;
+use kube::api::{ApiResource, DynamicObject};
+use kube::runtime::events::{Recorder, Reporter};
+use kube::runtime::reflector::{self, ObjectRef, Store};
+use kube::runtime::{WatchStreamExt, watcher};
+use kube::{Api, Client, Resource, ResourceExt};
+use tracing::{Instrument, info, warn};
+
+use crate::api::{KubeDirectorApp, KubeDirectorCluster, KubeDirectorConfig};
+use crate::model::labels;
+use crate::queue::backoff::Backoff;
+use crate::queue::coalesce::StatusCoalescer;
+use crate::queue::limiter::WriteBudget;
+use crate::queue::{Outcome, WorkQueue};
+use crate::telemetry::metrics::{Metrics, OutcomeLabels};
+
+use super::cluster::{outcome_of_error, reconcile};
+use super::context::{ClusterKey, Ctx, Stores};
+
+/// Settings shared by every member cluster.
+#[derive(Clone, Debug)]
+pub struct Options {
+    pub operator_namespace: String,
+    /// Only clusters (and their children) in this namespace; `None` = every namespace.
+    pub watch_namespace: Option<String>,
+    /// Workers per member cluster.
+    pub concurrency: u16,
+    pub field_manager: String,
+    pub write_qps: u32,
+    pub write_burst: u32,
+    pub status_window: Duration,
+    pub backoff: Backoff,
+}
+
+/// What the fleet can see of a running member: readiness and health.
+pub struct MemberHandle {
+    pub context: String,
+    pub stores_ready: Box<dyn Fn() -> bool + Send + Sync>,
+    pub healthy: Arc<AtomicBool>,
+}
+
+type Events = BoxStream<'static, Result<Vec<ClusterKey>, watcher::Error>>;
+
+fn key_of(ns: Option<String>, name: String) -> Option<ClusterKey> {
+    Some(ClusterKey { namespace: ns?, name })
+}
+
+fn scoped<K>(client: &Client, ns: &Option<String>) -> Api<K>
+where
+    K: Resource<DynamicType = (), Scope = NamespaceResourceScope>,
+{
+    match ns {
+        Some(ns) => Api::namespaced(client.clone(), ns),
+        None => Api::all(client.clone()),
+    }
+}
+
+/// A cache of a child kind (only objects carrying our cluster label) and its events, mapped to the
+/// cluster named by the label.
+fn children<K>(api: Api<K>) -> (Store<K>, Events)
+where
+    K: Resource<DynamicType = ()> + Clone + std::fmt::Debug + serde::de::DeserializeOwned + Send + Sync + 'static,
+{
+    let (store, writer) = reflector::store();
+    let config = watcher::Config::default().any_semantic().labels(labels::CLUSTER);
+    let events = reflector::reflector(writer, watcher(api, config))
+        .default_backoff()
+        .touched_objects()
+        .map(|r| {
+            r.map(|child: K| {
+                let owner = child.labels().get(labels::CLUSTER).cloned();
+                owner
+                    .and_then(|name| key_of(child.namespace(), name))
+                    .into_iter()
+                    .collect()
+            })
+        });
+    (store, events.boxed())
+}
+
+/// A cache of one of our kinds, read untyped so that one malformed object cannot break the watch.
+fn ours(
+    api: Api<DynamicObject>,
+    ar: ApiResource,
+) -> (
+    Store<DynamicObject>,
+    impl Stream<Item = Result<DynamicObject, watcher::Error>> + Send,
+) {
+    let writer = reflector::store::Writer::new(ar);
+    let store = writer.as_reader();
+    (
+        store,
+        reflector::reflector(writer, watcher(api, watcher::Config::default().any_semantic()))
+            .default_backoff()
+            .touched_objects(),
+    )
+}
+
+fn all_keys(store: &Store<DynamicObject>) -> Vec<ClusterKey> {
+    store
+        .state()
+        .iter()
+        .filter_map(|c| key_of(c.namespace(), c.name_any()))
+        .collect()
+}
+
+/// Runs one member cluster until `shutdown` resolves; in-flight reconciles finish first.
+pub async fn run_member(
+    context: String,
+    client: Client,
+    options: Options,
+    metrics: Arc<Metrics>,
+    shutdown: impl std::future::Future<Output = ()> + Send,
+    register: impl FnOnce(MemberHandle),
+) -> anyhow::Result<()> {
+    let cluster_ar = ApiResource::erase::<KubeDirectorCluster>(&());
+    let app_ar = ApiResource::erase::<KubeDirectorApp>(&());
+    let config_ar = ApiResource::erase::<KubeDirectorConfig>(&());
+    let ns = options.watch_namespace.clone();
+
+    let cluster_api = match &ns {
+        Some(ns) => Api::<DynamicObject>::namespaced_with(client.clone(), ns, &cluster_ar),
+        None => Api::<DynamicObject>::all_with(client.clone(), &cluster_ar),
+    };
+    let (clusters, cluster_events) = ours(cluster_api, cluster_ar.clone());
+    let (apps, app_events) = ours(Api::all_with(client.clone(), &app_ar), app_ar);
+    let (configs, config_events) = ours(Api::all_with(client.clone(), &config_ar), config_ar);
+    let (statefulsets, sts_events) = children(scoped::<StatefulSet>(&client, &ns));
+    let (services, svc_events) = children(scoped::<Service>(&client, &ns));
+    let (pods, pod_events) = children(scoped::<Pod>(&client, &ns));
+    let (pvcs, pvc_events) = children(scoped::<PersistentVolumeClaim>(&client, &ns));
+    let (storage_classes, sc_writer) = reflector::store::<StorageClass>();
+    let sc_events = reflector::reflector(
+        sc_writer,
+        watcher(
+            Api::<StorageClass>::all(client.clone()),
+            watcher::Config::default().any_semantic(),
+        ),
+    )
+    .default_backoff()
+    .touched_objects();
+
+    // Fan-out: an app change concerns the clusters using it; kd-global-config and StorageClasses all.
+    let system_ns = options.operator_namespace.clone();
+    let by_app = {
+        let clusters = clusters.clone();
+        move |app: DynamicObject| {
+            let (app_ns, app_name) = (app.namespace(), app.name_any());
+            let system = app_ns.as_deref() == Some(system_ns.as_str());
+            clusters
+                .state()
+                .iter()
+                .filter(|c| {
+                    c.data["spec"]["app"].as_str() == Some(app_name.as_str()) && (system || c.namespace() == app_ns)
+                })
+                .filter_map(|c| key_of(c.namespace(), c.name_any()))
+                .collect::<Vec<_>>()
+        }
+    };
+    let (for_configs, for_classes) = (clusters.clone(), clusters.clone());
+    let streams: Vec<Events> = vec![
+        cluster_events
+            .map(|r| r.map(|c| key_of(c.namespace(), c.name_any()).into_iter().collect()))
+            .boxed(),
+        sts_events,
+        svc_events,
+        pod_events,
+        pvc_events,
+        app_events.map(move |r| r.map(&by_app)).boxed(),
+        config_events.map(move |r| r.map(|_| all_keys(&for_configs))).boxed(),
+        sc_events.map(move |r| r.map(|_| all_keys(&for_classes))).boxed(),
+    ];
+
+    let budget = WriteBudget::new(options.write_qps, options.write_burst)?;
+    let recorder = Recorder::new(
+        client.clone(),
+        Reporter {
+            controller: "kubedirector".to_string(),
+            instance: std::env::var("POD_NAME").ok(),
+        },
+    );
+    let stores = Stores {
+        apps,
+        configs,
+        statefulsets,
+        services,
+        pods,
+        pvcs,
+        storage_classes,
+    };
+    let ctx = Arc::new(Ctx {
+        context: context.clone(),
+        client,
+        budget,
+        coalescer: StatusCoalescer::new(options.status_window),
+        metrics: metrics.clone(),
+        stores,
+        operator_namespace: options.operator_namespace.clone(),
+        recorder,
+        field_manager: options.field_manager.clone(),
+        cluster_resource: cluster_ar.clone(),
+    });
+
+    let healthy = Arc::new(AtomicBool::new(false));
+    register(MemberHandle {
+        context: context.clone(),
+        stores_ready: {
+            let (ctx, clusters) = (ctx.clone(), clusters.clone());
+            Box::new(move || {
+                let main_ready =
+                    futures::FutureExt::now_or_never(clusters.wait_until_ready()).is_some_and(|r| r.is_ok());
+                main_ready && ctx.stores.ready().unwrap_or(false)
+            })
+        },
+        healthy: healthy.clone(),
+    });
+
+    let seed = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(1);
+    let queue: WorkQueue<ClusterKey> = WorkQueue::new(options.backoff, seed);
+    let labels = metrics.cluster(&context);
+
+    // The pump: every event becomes the keys it concerns. A watch error marks the member unhealthy;
+    // the watcher retries with backoff on its own.
+    let pump = {
+        let (queue, healthy, metrics, labels, context) = (
+            queue.clone(),
+            healthy.clone(),
+            metrics.clone(),
+            labels.clone(),
+            context.clone(),
+        );
+        let mut events = futures::stream::select_all(streams);
+        async move {
+            while let Some(event) = events.next().await {
+                match event {
+                    Ok(keys) => {
+                        healthy.store(true, Ordering::Relaxed);
+                        keys.into_iter().for_each(|k| queue.add(k));
+                    }
+                    Err(e) => {
+                        if healthy.swap(false, Ordering::Relaxed) {
+                            warn!(%context, error = %e, "watch failed; member cluster marked unhealthy");
+                        }
+                        metrics.api_error(&context, 0);
+                    }
+                }
+                metrics
+                    .cluster_healthy
+                    .get_or_create(&labels)
+                    .set(i64::from(healthy.load(Ordering::Relaxed)));
+            }
+        }
+    };
+    let pump = tokio::spawn(pump.instrument(tracing::info_span!("pump", %context)));
+
+    let depth = {
+        let (queue, metrics, labels) = (queue.clone(), metrics.clone(), labels.clone());
+        tokio::spawn(async move {
+            loop {
+                metrics.queue_depth.get_or_create(&labels).set(queue.depth() as i64);
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        })
+    };
+
+    info!(%context, watch = ?ns, workers = options.concurrency, qps = options.write_qps, burst = options.write_burst, "member cluster started");
+    let mut workers = Vec::new();
+    for _ in 0..options.concurrency.max(1) {
+        let (queue, ctx, clusters, cluster_ar) = (queue.clone(), ctx.clone(), clusters.clone(), cluster_ar.clone());
+        workers.push(tokio::spawn(async move {
+            while let Some((key, waited)) = queue.next().await {
+                let m = &ctx.metrics;
+                m.queue_wait.get_or_create(&m.cluster(&ctx.context)).observe(waited.as_secs_f64());
+                let oref = ObjectRef::<DynamicObject>::new_with(&key.name, cluster_ar.clone()).within(&key.namespace);
+                let Some(obj) = clusters.get(&oref) else {
+                    // Deleted: nothing left to do for this key.
+                    queue.done(&key, Outcome::Done);
+                    queue.forget(&key);
+                    ctx.coalescer.forget(&key);
+                    continue;
+                };
+                let span = tracing::info_span!("reconcile", context = %ctx.context, namespace = %key.namespace, name = %key.name);
+                let started = tokio::time::Instant::now();
+                let result = reconcile(obj, &ctx).instrument(span).await;
+                let outcome = result.unwrap_or_else(|e| outcome_of_error(&key, &e, &ctx));
+                let label = match outcome {
+                    Outcome::Done | Outcome::RequeueAfter(_) => "done",
+                    Outcome::Throttled(_) => "throttled",
+                    Outcome::Failed { .. } => "error",
+                };
+                let labels = OutcomeLabels { context: ctx.context.clone(), outcome: label.to_string() };
+                m.reconcile_duration.get_or_create(&labels).observe(started.elapsed().as_secs_f64());
+                m.reconciles.get_or_create(&labels).inc();
+                queue.done(&key, outcome);
+            }
+        }));
+    }
+
+    shutdown.await;
+    info!(%context, "stopping: finishing in-flight reconciles");
+    queue.close();
+    for w in workers {
+        let _ = w.await;
+    }
+    pump.abort();
+    depth.abort();
+    metrics.cluster_healthy.get_or_create(&labels).set(0);
+    info!(%context, "member cluster stopped");
+    Ok(())
+}

@@ -1,0 +1,153 @@
+//! Prometheus metrics, labelled by member cluster (kubeconfig context). Histogram buckets put
+//! boundaries at 0.1 s, 1 s and 5 s so that "under 100 ms / 1 s / 5 s" is read off directly.
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
+
+pub const BUCKETS: [f64; 13] = [
+    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+];
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ClusterLabels {
+    pub context: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OutcomeLabels {
+    pub context: String,
+    pub outcome: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct WriteLabels {
+    pub context: String,
+    pub verb: String,
+    pub outcome: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ErrorLabels {
+    pub context: String,
+    pub code: String,
+}
+
+fn histogram() -> Histogram {
+    Histogram::new(BUCKETS)
+}
+
+pub struct Metrics {
+    pub registry: Registry,
+    pub queue_depth: Family<ClusterLabels, Gauge>,
+    pub queue_wait: Family<ClusterLabels, Histogram, fn() -> Histogram>,
+    pub reconcile_duration: Family<OutcomeLabels, Histogram, fn() -> Histogram>,
+    pub reconciles: Family<OutcomeLabels, Counter>,
+    pub writes: Family<WriteLabels, Counter>,
+    pub writes_coalesced: Family<ClusterLabels, Counter>,
+    pub writes_skipped: Family<ClusterLabels, Counter>,
+    pub events_skipped: Family<ClusterLabels, Counter>,
+    pub api_errors: Family<ErrorLabels, Counter>,
+    pub cluster_healthy: Family<ClusterLabels, Gauge>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("kubedirector");
+        let m = Metrics {
+            queue_depth: Family::default(),
+            queue_wait: Family::new_with_constructor(histogram),
+            reconcile_duration: Family::new_with_constructor(histogram),
+            reconciles: Family::default(),
+            writes: Family::default(),
+            writes_coalesced: Family::default(),
+            writes_skipped: Family::default(),
+            events_skipped: Family::default(),
+            api_errors: Family::default(),
+            cluster_healthy: Family::default(),
+            registry: Registry::default(),
+        };
+        registry.register("queue_depth", "Keys waiting for a worker", m.queue_depth.clone());
+        registry.register(
+            "queue_wait_seconds",
+            "Time from a key becoming ready to a worker taking it",
+            m.queue_wait.clone(),
+        );
+        registry.register(
+            "reconcile_duration_seconds",
+            "Duration of one reconcile",
+            m.reconcile_duration.clone(),
+        );
+        registry.register(
+            "reconciles",
+            "Reconciles by outcome (done, requeue, throttled, error)",
+            m.reconciles.clone(),
+        );
+        registry.register(
+            "api_writes",
+            "Mutating API requests issued, by verb and outcome",
+            m.writes.clone(),
+        );
+        registry.register(
+            "writes_coalesced",
+            "Status writes held back and merged into a later one",
+            m.writes_coalesced.clone(),
+        );
+        registry.register(
+            "writes_skipped",
+            "Writes not issued because the object already matched",
+            m.writes_skipped.clone(),
+        );
+        registry.register(
+            "api_errors",
+            "API errors by HTTP status code (0 = no response)",
+            m.api_errors.clone(),
+        );
+        registry.register(
+            "cluster_healthy",
+            "1 while the member cluster's watches are healthy",
+            m.cluster_healthy.clone(),
+        );
+        Metrics { registry, ..m }
+    }
+
+    pub fn encode(&self) -> Result<String, std::fmt::Error> {
+        let mut out = String::new();
+        prometheus_client::encoding::text::encode(&mut out, &self.registry)?;
+        Ok(out)
+    }
+
+    pub fn write(&self, context: &str, verb: &str, outcome: &str) {
+        self.writes
+            .get_or_create(&WriteLabels {
+                context: context.to_string(),
+                verb: verb.to_string(),
+                outcome: outcome.to_string(),
+            })
+            .inc();
+    }
+
+    pub fn api_error(&self, context: &str, code: u16) {
+        self.api_errors
+            .get_or_create(&ErrorLabels {
+                context: context.to_string(),
+                code: code.to_string(),
+            })
+            .inc();
+    }
+
+    pub fn cluster(&self, context: &str) -> ClusterLabels {
+        ClusterLabels {
+            context: context.to_string(),
+        }
+    }
+}
