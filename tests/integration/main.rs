@@ -6,8 +6,10 @@
 mod common;
 
 mod crds;
+mod fault;
 mod fleet;
 mod health;
 mod operator;
+mod proxy;
 mod reconcile;
 mod testbed;
