@@ -7,4 +7,5 @@ pub mod fleet;
 pub mod model;
 pub mod queue;
 pub mod reconcile;
+pub mod shard;
 pub mod telemetry;

@@ -9,6 +9,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 use kubedirector::fleet::{FleetOptions, Members};
 use kubedirector::queue::backoff::Backoff;
 use kubedirector::reconcile::driver;
+use kubedirector::shard::manager::ShardOptions;
 use kubedirector::telemetry::http::{self, Readiness};
 use kubedirector::telemetry::metrics::Metrics;
 use tracing_subscriber::EnvFilter;
@@ -82,6 +83,26 @@ struct RunArgs {
     /// Address of /metrics, /healthz and /readyz.
     #[arg(long, env = "KD_METRICS_ADDR", default_value = "0.0.0.0:8080")]
     metrics_addr: std::net::SocketAddr,
+    /// Number of shards (0 = no sharding: a single replica acts on everything). Must stay the same
+    /// across all replicas.
+    #[arg(long, env = "KD_SHARDS", default_value_t = 32)]
+    shards: u32,
+    /// This replica's identity in the shard Leases. Default: $POD_NAME, else <hostname>-<pid>.
+    #[arg(long, env = "KD_REPLICA_ID")]
+    replica_id: Option<String>,
+    /// Milliseconds a shard Lease may stay unrenewed before another replica takes it.
+    #[arg(long, env = "KD_LEASE_DURATION_MS", default_value_t = 10_000)]
+    lease_duration_ms: u64,
+    /// Milliseconds after the last successful renewal at which a replica stops acting on a shard
+    /// (must be below the lease duration).
+    #[arg(long, env = "KD_RENEW_DEADLINE_MS", default_value_t = 7_000)]
+    renew_deadline_ms: u64,
+    /// Milliseconds between Lease renewals and membership checks.
+    #[arg(long, env = "KD_RETRY_PERIOD_MS", default_value_t = 2_000)]
+    retry_period_ms: u64,
+    /// Append a JSON line per reconcile (key, replica, shard, start, end) and per release to this file.
+    #[arg(long, env = "KD_RECONCILE_RECORD")]
+    reconcile_record: Option<PathBuf>,
     /// Field manager name of the operator's server-side apply writes.
     #[arg(long, env = "KD_FIELD_MANAGER", default_value = "kubedirector")]
     field_manager: String,
@@ -164,5 +185,20 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         status_window: Duration::from_millis(args.status_window_ms),
         backoff: Backoff::default(),
     };
-    kubedirector::fleet::run(fleet, member, metrics, members, shutdown_signal()).await
+    let sharding = (args.shards > 0).then(|| ShardOptions {
+        shards: args.shards,
+        replica: args.replica_id.clone().or_else(|| std::env::var("POD_NAME").ok()).unwrap_or_else(default_replica_id),
+        namespace: member.operator_namespace.clone(),
+        lease_duration: Duration::from_millis(args.lease_duration_ms),
+        renew_deadline: Duration::from_millis(args.renew_deadline_ms),
+        retry_period: Duration::from_millis(args.retry_period_ms),
+        record: args.reconcile_record.clone(),
+    });
+    kubedirector::fleet::run(fleet, member, sharding, metrics, members, shutdown_signal()).await
+}
+
+/// <hostname>-<pid>: unique per process even when several replicas run on one machine.
+fn default_replica_id() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname").map(|h| h.trim().to_string()).unwrap_or_else(|_| "replica".to_string());
+    format!("{host}-{}", std::process::id())
 }

@@ -17,6 +17,7 @@ use tokio::task::JoinHandle;
 use tracing::{error, info, warn};
 
 use crate::reconcile::driver::{self, MemberHandle};
+use crate::shard::manager::{self as shard_manager, ShardOptions, Shards};
 use crate::telemetry::metrics::Metrics;
 
 /// Where member clusters come from.
@@ -82,11 +83,12 @@ fn start(
     client: Client,
     member: &driver::Options,
     metrics: &Arc<Metrics>,
+    shards: &Option<Arc<Shards>>,
     members: &Members,
     fingerprint: String,
 ) -> Running {
     let (stop, stopped) = oneshot::channel::<()>();
-    let (member, metrics, registry) = (member.clone(), metrics.clone(), members.clone());
+    let (member, metrics, registry, shards) = (member.clone(), metrics.clone(), members.clone(), shards.clone());
     let name = context.clone();
     let task = tokio::spawn(async move {
         let register = |handle: MemberHandle| {
@@ -97,18 +99,14 @@ fn start(
         let shutdown = async move {
             let _ = stopped.await;
         };
-        if let Err(e) = driver::run_member(name.clone(), client, member, metrics, shutdown, register).await {
+        if let Err(e) = driver::run_member(name.clone(), client, member, metrics, shards, shutdown, register).await {
             error!(context = %name, error = %e, "member cluster failed");
         }
         if let Ok(mut m) = registry.lock() {
             m.remove(&name);
         }
     });
-    Running {
-        fingerprint,
-        stop,
-        task,
-    }
+    Running { fingerprint, stop, task }
 }
 
 async fn stop(context: &str, running: Running) {
@@ -117,44 +115,85 @@ async fn stop(context: &str, running: Running) {
     let _ = running.task.await;
 }
 
+/// The shard manager, when sharding is on: runs against the home cluster; its shutdown hands every
+/// shard over (in-flight reconciles finish first) before the members stop.
+struct Sharding {
+    shards: Arc<Shards>,
+    stop: oneshot::Sender<()>,
+    task: JoinHandle<()>,
+}
+
+fn start_sharding(client: Client, options: ShardOptions, shards: Arc<Shards>) -> Sharding {
+    let (stop, stopped) = oneshot::channel::<()>();
+    let s = shards.clone();
+    let task = tokio::spawn(async move {
+        let shutdown = async move {
+            let _ = stopped.await;
+        };
+        if let Err(e) = shard_manager::run(s, client, options, shutdown).await {
+            error!(error = %e, "shard manager failed");
+        }
+    });
+    Sharding { shards, stop, task }
+}
+
+async fn stop_sharding(sharding: Option<Sharding>) {
+    if let Some(s) = sharding {
+        let _ = s.stop.send(());
+        let _ = s.task.await;
+    }
+}
+
 /// Runs the fleet until `shutdown` resolves. Startup errors (unreadable kubeconfig, unknown
-/// --context) are returned; later kubeconfig problems are logged and the running set is kept.
+/// --context, bad shard timing) are returned; later kubeconfig problems are logged and the running
+/// set is kept.
 pub async fn run(
     options: FleetOptions,
     member: driver::Options,
+    sharding: Option<ShardOptions>,
     metrics: Arc<Metrics>,
     members: Members,
     shutdown: impl std::future::Future<Output = ()>,
 ) -> anyhow::Result<()> {
     let mut running: BTreeMap<String, Running> = BTreeMap::new();
+    if let Some(s) = &sharding {
+        s.validate()?;
+    }
     let initial = load(&options)?;
     let Some(mut kubeconfig) = initial else {
         let config = Config::incluster().context("in-cluster configuration")?;
         let client = Client::try_from(config)?;
-        running.insert(
-            "in-cluster".to_string(),
-            start(
-                "in-cluster".to_string(),
-                client,
-                &member,
-                &metrics,
-                &members,
-                String::new(),
-            ),
-        );
+        let manager = match sharding {
+            Some(s) => Some(start_sharding(client.clone(), s.clone(), Shards::new(&s, metrics.clone())?)),
+            None => None,
+        };
+        let shards = manager.as_ref().map(|m| m.shards.clone());
+        let member = start("in-cluster".to_string(), client, &member, &metrics, &shards, &members, String::new());
+        running.insert("in-cluster".to_string(), member);
         shutdown.await;
+        stop_sharding(manager).await;
         for (name, r) in std::mem::take(&mut running) {
             stop(&name, r).await;
         }
         return Ok(());
     };
     let mut wanted = selection(&kubeconfig, &options)?;
-    if let Some(home) = &options.home_context {
-        anyhow::ensure!(
-            kubeconfig.contexts.iter().any(|c| &c.name == home),
-            "--home-context {home}: not in the kubeconfig"
-        );
-    }
+    let home = match &options.home_context {
+        Some(home) => {
+            anyhow::ensure!(kubeconfig.contexts.iter().any(|c| &c.name == home), "--home-context {home}: not in the kubeconfig");
+            home.clone()
+        }
+        None => wanted.first().cloned().ok_or_else(|| anyhow::anyhow!("no member cluster selected"))?,
+    };
+    let manager = match sharding {
+        Some(s) => {
+            let client = client_for(&kubeconfig, &home).await.with_context(|| format!("home cluster {home}"))?;
+            info!(%home, shards = s.shards, replica = %s.replica, "sharding on");
+            Some(start_sharding(client, s.clone(), Shards::new(&s, metrics.clone())?))
+        }
+        None => None,
+    };
+    let shards = manager.as_ref().map(|m| m.shards.clone());
     tokio::pin!(shutdown);
     loop {
         let prints = select::fingerprints(&kubeconfig);
@@ -179,7 +218,7 @@ pub async fn run(
                     let print = prints.get(name).cloned().unwrap_or_default();
                     running.insert(
                         name.clone(),
-                        start(name.clone(), client, &member, &metrics, &members, print),
+                        start(name.clone(), client, &member, &metrics, &shards, &members, print),
                     );
                 }
                 Err(e) => {
@@ -204,6 +243,8 @@ pub async fn run(
             Err(e) => warn!(error = %e, "kubeconfig reload failed: keeping the current members"),
         }
     }
+    // Hand the shards over first (members keep running so in-flight reconciles can finish).
+    stop_sharding(manager).await;
     for (name, r) in std::mem::take(&mut running) {
         stop(&name, r).await;
     }

@@ -17,6 +17,7 @@ use kube::runtime::events::{Recorder, Reporter};
 use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client, Resource, ResourceExt};
+use tokio::sync::broadcast;
 use tracing::{Instrument, info, warn};
 
 use crate::api::{KubeDirectorApp, KubeDirectorCluster, KubeDirectorConfig};
@@ -25,6 +26,7 @@ use crate::queue::backoff::Backoff;
 use crate::queue::coalesce::StatusCoalescer;
 use crate::queue::limiter::WriteBudget;
 use crate::queue::{Outcome, WorkQueue};
+use crate::shard::manager::Shards;
 use crate::telemetry::metrics::{Metrics, OutcomeLabels};
 
 use super::cluster::{outcome_of_error, reconcile};
@@ -123,6 +125,7 @@ pub async fn run_member(
     client: Client,
     options: Options,
     metrics: Arc<Metrics>,
+    shards: Option<Arc<Shards>>,
     shutdown: impl std::future::Future<Output = ()> + Send,
     register: impl FnOnce(MemberHandle),
 ) -> anyhow::Result<()> {
@@ -279,10 +282,30 @@ pub async fn run_member(
         })
     };
 
+    // A shard this replica just acquired: its keys may have changed while nobody owned them.
+    let acquired = shards.clone().map(|sh| {
+        let (queue, clusters, context) = (queue.clone(), clusters.clone(), context.clone());
+        let mut rx = sh.subscribe();
+        tokio::spawn(async move {
+            loop {
+                let only = match rx.recv().await {
+                    Ok(shard) => Some(shard),
+                    Err(broadcast::error::RecvError::Lagged(_)) => None,
+                    Err(broadcast::error::RecvError::Closed) => return,
+                };
+                for key in all_keys(&clusters) {
+                    if only.is_none_or(|s| sh.shard_of(&context, &key.namespace, &key.name) == s) {
+                        queue.add(key);
+                    }
+                }
+            }
+        })
+    });
+
     info!(%context, watch = ?ns, workers = options.concurrency, qps = options.write_qps, burst = options.write_burst, "member cluster started");
     let mut workers = Vec::new();
     for _ in 0..options.concurrency.max(1) {
-        let (queue, ctx, clusters, cluster_ar) = (queue.clone(), ctx.clone(), clusters.clone(), cluster_ar.clone());
+        let (queue, ctx, clusters, cluster_ar, shards) = (queue.clone(), ctx.clone(), clusters.clone(), cluster_ar.clone(), shards.clone());
         workers.push(tokio::spawn(async move {
             while let Some((key, waited)) = queue.next().await {
                 let m = &ctx.metrics;
@@ -295,9 +318,32 @@ pub async fn run_member(
                     ctx.coalescer.forget(&key);
                     continue;
                 };
-                let span = tracing::info_span!("reconcile", context = %ctx.context, namespace = %key.namespace, name = %key.name);
+                // Sharded: only while this replica holds the key's shard, and never past its renew
+                // deadline (the reconcile is cut off there, before anyone else may take the shard).
+                let guard = match &shards {
+                    None => None,
+                    Some(sh) => match sh.begin(sh.shard_of(&ctx.context, &key.namespace, &key.name)) {
+                        Some(g) => Some(g),
+                        None => {
+                            queue.done(&key, Outcome::Done);
+                            continue;
+                        }
+                    },
+                };
+                let shard = guard.as_ref().map(|g| g.shard);
+                let span = tracing::info_span!("reconcile", context = %ctx.context, namespace = %key.namespace, name = %key.name, shard = ?shard);
                 let started = tokio::time::Instant::now();
-                let result = reconcile(obj, &ctx).instrument(span).await;
+                let wall_start = std::time::SystemTime::now();
+                let run = reconcile(obj, &ctx).instrument(span);
+                let result = match &guard {
+                    Some(g) => tokio::time::timeout_at(g.valid_until, run).await.unwrap_or(Ok(Outcome::Throttled(Duration::from_millis(500)))),
+                    None => run.await,
+                };
+                if let (Some(sh), Some(g)) = (&shards, &guard) {
+                    sh.record_reconcile(&format!("{}/{}/{}", ctx.context, key.namespace, key.name), g.shard, wall_start, std::time::SystemTime::now());
+                    sh.note_reconcile(g.shard);
+                }
+                drop(guard);
                 let outcome = result.unwrap_or_else(|e| outcome_of_error(&key, &e, &ctx));
                 let label = match outcome {
                     Outcome::Done | Outcome::RequeueAfter(_) => "done",
@@ -320,6 +366,9 @@ pub async fn run_member(
     }
     pump.abort();
     depth.abort();
+    if let Some(a) = acquired {
+        a.abort();
+    }
     metrics.cluster_healthy.get_or_create(&labels).set(0);
     info!(%context, "member cluster stopped");
     Ok(())

@@ -52,6 +52,10 @@ pub struct Metrics {
     pub events_skipped: Family<ClusterLabels, Counter>,
     pub api_errors: Family<ErrorLabels, Counter>,
     pub cluster_healthy: Family<ClusterLabels, Gauge>,
+    pub shards_held: Gauge,
+    pub shard_acquisitions: Counter,
+    pub shard_releases: Counter,
+    pub shard_handover_gap: Histogram,
 }
 
 impl Default for Metrics {
@@ -74,6 +78,10 @@ impl Metrics {
             events_skipped: Family::default(),
             api_errors: Family::default(),
             cluster_healthy: Family::default(),
+            shards_held: Gauge::default(),
+            shard_acquisitions: Counter::default(),
+            shard_releases: Counter::default(),
+            shard_handover_gap: histogram(),
             registry: Registry::default(),
         };
         registry.register("queue_depth", "Keys waiting for a worker", m.queue_depth.clone());
@@ -117,6 +125,10 @@ impl Metrics {
             "1 while the member cluster's watches are healthy",
             m.cluster_healthy.clone(),
         );
+        registry.register("shards_held", "Shards this replica holds", m.shards_held.clone());
+        registry.register("shard_acquisitions", "Shard Leases acquired", m.shard_acquisitions.clone());
+        registry.register("shard_releases", "Shard Leases released (handover or shutdown)", m.shard_releases.clone());
+        registry.register("shard_handover_gap_seconds", "From a shard's release by its old owner to the first reconcile by its new owner", m.shard_handover_gap.clone());
         Metrics { registry, ..m }
     }
 

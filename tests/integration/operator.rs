@@ -47,6 +47,10 @@ impl Operator {
         if !selection.contains(&"--kubeconfig") {
             args.extend(["--kubeconfig".to_string(), kubeconfig]);
         }
+        // One replica per test unless the test asks for shards.
+        if !selection.contains(&"--shards") {
+            args.extend(["--shards".to_string(), "0".to_string()]);
+        }
         args.extend(selection.iter().map(|s| s.to_string()));
         let mut op = Operator {
             child: None,

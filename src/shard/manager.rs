@@ -1,0 +1,394 @@
+//! The shard manager of one replica: keeps its membership Lease fresh, renews the shard Leases it
+//! holds, acquires free shards up to its share, drains and releases the excess, and tells the drivers
+//! whether a key may be reconciled right now.
+
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::io::Write;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use futures::StreamExt;
+use k8s_openapi::api::coordination::v1::Lease;
+use kube::runtime::reflector::{self, Store};
+use kube::runtime::{watcher, WatchStreamExt};
+use kube::{Api, Client, ResourceExt};
+use tokio::sync::{broadcast, Notify};
+use tokio::time::Instant;
+use tracing::{debug, info, warn};
+
+use super::assign::{plan_moves, shard_of};
+use super::lease::{self, Observer};
+use crate::telemetry::metrics::Metrics;
+
+#[derive(Clone, Debug)]
+pub struct ShardOptions {
+    pub shards: u32,
+    pub replica: String,
+    /// Namespace of the Leases in the home cluster.
+    pub namespace: String,
+    /// Others may take a shard after seeing its Lease unchanged this long.
+    pub lease_duration: Duration,
+    /// The holder stops acting this long after its last successful renew was sent (< lease_duration).
+    pub renew_deadline: Duration,
+    /// Renewals and membership checks happen this often (with jitter).
+    pub retry_period: Duration,
+    /// JSON lines of every reconcile and release, for overlap checks.
+    pub record: Option<PathBuf>,
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum ShardConfigError {
+    #[error("--shards must be at least 1")]
+    NoShards,
+    #[error("--renew-deadline ({deadline:?}) must be shorter than --lease-duration ({lease:?}), or a replica could act after others took its shard")]
+    DeadlineTooLong { deadline: Duration, lease: Duration },
+    #[error("--retry-period ({retry:?}) must be shorter than --renew-deadline ({deadline:?}), or a healthy replica would lose its shards between renewals")]
+    RetryTooLong { retry: Duration, deadline: Duration },
+}
+
+impl ShardOptions {
+    pub fn validate(&self) -> Result<(), ShardConfigError> {
+        if self.shards == 0 {
+            return Err(ShardConfigError::NoShards);
+        }
+        if self.renew_deadline >= self.lease_duration {
+            return Err(ShardConfigError::DeadlineTooLong { deadline: self.renew_deadline, lease: self.lease_duration });
+        }
+        if self.retry_period >= self.renew_deadline {
+            return Err(ShardConfigError::RetryTooLong { retry: self.retry_period, deadline: self.renew_deadline });
+        }
+        Ok(())
+    }
+}
+
+struct Held {
+    /// Acting is allowed until then: last successful renew's send time + renew deadline.
+    valid_until: Instant,
+    draining: bool,
+    /// Our latest copy (from our own write): conditional renewals carry its resourceVersion.
+    lease: Lease,
+    /// When the previous holder released it (wall clock), for the handover-gap metric.
+    released_at: Option<jiff::Timestamp>,
+}
+
+/// Shared between the manager and the drivers of every member cluster.
+pub struct Shards {
+    pub count: u32,
+    pub replica: String,
+    held: Mutex<BTreeMap<u32, Held>>,
+    in_flight: Vec<AtomicUsize>,
+    idle: Notify,
+    acquired: broadcast::Sender<u32>,
+    record: Option<Mutex<File>>,
+    metrics: Arc<Metrics>,
+}
+
+/// Proof that a reconcile of a key of `shard` may run; keeps the shard from being released until dropped.
+pub struct ActGuard {
+    shards: Arc<Shards>,
+    pub shard: u32,
+    pub valid_until: Instant,
+}
+
+impl Drop for ActGuard {
+    fn drop(&mut self) {
+        if self.shards.in_flight[self.shard as usize].fetch_sub(1, Ordering::SeqCst) == 1 {
+            self.shards.idle.notify_waiters();
+        }
+    }
+}
+
+fn micros(t: SystemTime) -> u128 {
+    t.duration_since(SystemTime::UNIX_EPOCH).map(|d| d.as_micros()).unwrap_or(0)
+}
+
+impl Shards {
+    pub fn new(options: &ShardOptions, metrics: Arc<Metrics>) -> std::io::Result<Arc<Shards>> {
+        let record = match &options.record {
+            Some(path) => Some(Mutex::new(std::fs::OpenOptions::new().create(true).append(true).open(path)?)),
+            None => None,
+        };
+        Ok(Arc::new(Shards {
+            count: options.shards,
+            replica: options.replica.clone(),
+            held: Mutex::new(BTreeMap::new()),
+            in_flight: (0..options.shards).map(|_| AtomicUsize::new(0)).collect(),
+            idle: Notify::new(),
+            acquired: broadcast::channel(1024).0,
+            record,
+            metrics,
+        }))
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<u32, Held>> {
+        self.held.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub fn shard_of(&self, context: &str, namespace: &str, name: &str) -> u32 {
+        shard_of(context, namespace, name, self.count)
+    }
+
+    /// A guard if this replica holds `shard`, is not handing it over, and is within its renew deadline.
+    pub fn begin(self: &Arc<Self>, shard: u32) -> Option<ActGuard> {
+        let held = self.lock();
+        let h = held.get(&shard)?;
+        if h.draining || Instant::now() >= h.valid_until {
+            return None;
+        }
+        self.in_flight[shard as usize].fetch_add(1, Ordering::SeqCst);
+        Some(ActGuard { shards: self.clone(), shard, valid_until: h.valid_until })
+    }
+
+    /// Shards newly acquired by this replica: their keys must be reconciled.
+    pub fn subscribe(&self) -> broadcast::Receiver<u32> {
+        self.acquired.subscribe()
+    }
+
+    pub fn held(&self) -> Vec<u32> {
+        self.lock().keys().copied().collect()
+    }
+
+    /// The first reconcile after an acquisition measures the handover gap (release → now).
+    pub fn note_reconcile(&self, shard: u32) {
+        let released = self.lock().get_mut(&shard).and_then(|h| h.released_at.take());
+        if let Some(at) = released {
+            let gap = jiff::Timestamp::now().duration_since(at).as_secs_f64();
+            self.metrics.shard_handover_gap.observe(gap.max(0.0));
+        }
+    }
+
+    pub fn record(&self, line: serde_json::Value) {
+        if let Some(file) = &self.record {
+            let mut f = file.lock().unwrap_or_else(|p| p.into_inner());
+            let _ = writeln!(f, "{line}");
+        }
+    }
+
+    pub fn record_reconcile(&self, key: &str, shard: u32, start: SystemTime, end: SystemTime) {
+        self.record(serde_json::json!({"kind": "reconcile", "key": key, "replica": self.replica, "shard": shard, "start": micros(start), "end": micros(end)}));
+    }
+
+    async fn wait_idle(&self, shard: u32, limit: Duration) {
+        let deadline = Instant::now() + limit;
+        while self.in_flight[shard as usize].load(Ordering::SeqCst) > 0 && Instant::now() < deadline {
+            let notified = self.idle.notified();
+            if self.in_flight[shard as usize].load(Ordering::SeqCst) == 0 {
+                break;
+            }
+            let _ = tokio::time::timeout(Duration::from_millis(100), notified).await;
+        }
+    }
+}
+
+fn jittered(d: Duration, unit: f64) -> Duration {
+    d.mul_f64(0.8 + 0.4 * unit)
+}
+
+fn unit_random() -> f64 {
+    let nanos = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map(|d| d.subsec_nanos()).unwrap_or(0);
+    f64::from(nanos % 1000) / 1000.0
+}
+
+/// Releases `shard` after its in-flight reconciles finish. `release_after` bounds the wait: past the
+/// renew deadline the reconciles are cut off anyway.
+async fn drain_and_release(shards: &Arc<Shards>, api: &Api<Lease>, shard: u32, options: &ShardOptions) {
+    shards.wait_idle(shard, options.renew_deadline).await;
+    let lease = shards.lock().get(&shard).map(|h| h.lease.clone());
+    if let Some(lease) = lease {
+        match lease::replace(api, &lease, None, options.lease_duration, true).await {
+            Ok(Some(_)) => info!(shard, "shard released"),
+            Ok(None) => debug!(shard, "shard changed hands before release"),
+            Err(e) => warn!(shard, error = %e, "releasing shard failed; it will expire"),
+        }
+    }
+    shards.lock().remove(&shard);
+    shards.metrics.shard_releases.inc();
+    shards.metrics.shards_held.set(shards.lock().len() as i64);
+    shards.record(serde_json::json!({"kind": "release", "replica": shards.replica, "shard": shard, "at": micros(SystemTime::now())}));
+}
+
+/// Runs until `shutdown`; then hands every shard over (drain, release) and leaves the membership.
+pub async fn run(shards: Arc<Shards>, client: Client, options: ShardOptions, shutdown: impl std::future::Future<Output = ()>) -> anyhow::Result<()> {
+    options.validate()?;
+    let api: Api<Lease> = Api::namespaced(client, &options.namespace);
+    let (store, writer) = reflector::store::<Lease>();
+    let changed = Arc::new(Notify::new());
+    let watch = {
+        let changed = changed.clone();
+        let config = watcher::Config::default().labels(&format!("{}=true", lease::LABEL));
+        let stream = reflector::reflector(writer, watcher(api.clone(), config)).default_backoff().touched_objects();
+        tokio::spawn(stream.for_each(move |_| {
+            changed.notify_one();
+            async {}
+        }))
+    };
+    wait_ready(&store).await;
+    info!(replica = %options.replica, shards = options.shards, lease = ?options.lease_duration, deadline = ?options.renew_deadline, "shard manager started");
+
+    let me = options.replica.clone();
+    let membership = lease::replica_lease(&me);
+    let mut my_membership: Option<Lease> = None;
+    let mut observer = Observer::default();
+    let mut last_renew = Instant::now() - options.retry_period * 2;
+    tokio::pin!(shutdown);
+    loop {
+        let now = Instant::now();
+        let leases = store.state();
+        for l in &leases {
+            observer.observe(l, now);
+        }
+        // Renewals (membership and held shards) when due, not on every wake-up.
+        if now.duration_since(last_renew) >= jittered(options.retry_period, unit_random()) {
+            last_renew = now;
+            my_membership = renew_membership(&api, &leases, my_membership.take(), &membership, &me, options.lease_duration).await;
+            renew_held(&shards, &api, &options).await;
+        }
+        let by_name = |name: &str| leases.iter().find(|l| l.metadata.name.as_deref() == Some(name)).map(|l| l.as_ref().clone());
+        let mut live: Vec<String> = leases
+            .iter()
+            .filter(|l| l.metadata.name.as_deref().is_some_and(|n| n.starts_with("kubedirector-replica-")))
+            .filter_map(|l| observer.live_holder(l, options.lease_duration, now).map(str::to_string))
+            .collect();
+        if !live.contains(&me) {
+            live.push(me.clone());
+        }
+        live.sort();
+        live.dedup();
+        let mut holders = BTreeMap::new();
+        let mine_in_memory = shards.held();
+        for s in 0..options.shards {
+            if let Some(l) = by_name(&lease::shard_lease(s)) {
+                if let Some(h) = observer.live_holder(&l, options.lease_duration, now) {
+                    // Held under our id by a previous run of this replica (same pod name after a
+                    // restart): free for us to adopt, conditionally, like any other acquisition.
+                    if h == me && !mine_in_memory.contains(&s) {
+                        continue;
+                    }
+                    holders.insert(s, h.to_string());
+                }
+            }
+        }
+        for s in shards.held() {
+            holders.insert(s, me.clone());
+        }
+        let moves = plan_moves(&me, &live, &holders, options.shards);
+        for s in moves.release {
+            let start_drain = shards.lock().get_mut(&s).map(|h| !std::mem::replace(&mut h.draining, true)).unwrap_or(false);
+            if start_drain {
+                let (shards, api, options) = (shards.clone(), api.clone(), options.clone());
+                tokio::spawn(async move { drain_and_release(&shards, &api, s, &options).await });
+            }
+        }
+        for s in moves.acquire {
+            acquire(&shards, &api, by_name(&lease::shard_lease(s)), s, &options).await;
+        }
+        shards.metrics.shards_held.set(shards.lock().len() as i64);
+
+        // Sleep until the next renewal, the next moment a lease of someone else could expire, or a
+        // lease changes (watch).
+        let next_expiry = leases
+            .iter()
+            .filter_map(|l| observer.expires_at(l, options.lease_duration))
+            .filter(|at| *at > now)
+            .min();
+        let mut wake = last_renew + options.retry_period;
+        if let Some(at) = next_expiry {
+            wake = wake.min(at + Duration::from_millis(10));
+        }
+        tokio::select! {
+            _ = &mut shutdown => break,
+            _ = tokio::time::sleep_until(wake.max(Instant::now() + Duration::from_millis(20))) => {}
+            _ = changed.notified() => {}
+        }
+    }
+
+    info!(replica = %me, "handing over every shard");
+    let mut handovers = Vec::new();
+    for s in shards.held() {
+        if let Some(h) = shards.lock().get_mut(&s) {
+            h.draining = true;
+        }
+        let (shards, api, options) = (shards.clone(), api.clone(), options.clone());
+        handovers.push(tokio::spawn(async move { drain_and_release(&shards, &api, s, &options).await }));
+    }
+    for h in handovers {
+        let _ = h.await;
+    }
+    if let Some(m) = my_membership {
+        let _ = lease::replace(&api, &m, None, options.lease_duration, true).await;
+    }
+    watch.abort();
+    Ok(())
+}
+
+async fn wait_ready(store: &Store<Lease>) {
+    loop {
+        if futures::FutureExt::now_or_never(store.wait_until_ready()).is_some() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+async fn renew_membership(api: &Api<Lease>, leases: &[Arc<Lease>], mine: Option<Lease>, name: &str, me: &str, duration: Duration) -> Option<Lease> {
+    let current = mine.or_else(|| leases.iter().find(|l| l.name_any() == name).map(|l| l.as_ref().clone()));
+    let result = match &current {
+        None => lease::create(api, name, me, duration).await,
+        Some(l) => lease::replace(api, l, Some(me), duration, false).await,
+    };
+    match result {
+        Ok(Some(l)) => Some(l),
+        Ok(None) => None, // changed under us: re-read from the cache next round
+        Err(e) => {
+            warn!(error = %e, "membership renewal failed");
+            current
+        }
+    }
+}
+
+async fn renew_held(shards: &Arc<Shards>, api: &Api<Lease>, options: &ShardOptions) {
+    let snapshot: Vec<(u32, Lease)> = shards.lock().iter().filter(|(_, h)| !h.draining).map(|(s, h)| (*s, h.lease.clone())).collect();
+    for (s, current) in snapshot {
+        let sent = Instant::now();
+        match lease::replace(api, &current, Some(&options.replica), options.lease_duration, false).await {
+            Ok(Some(l)) => {
+                if let Some(h) = shards.lock().get_mut(&s) {
+                    h.valid_until = sent + options.renew_deadline;
+                    h.lease = l;
+                }
+            }
+            Ok(None) => {
+                warn!(shard = s, "shard lease changed under us: giving it up");
+                shards.lock().remove(&s);
+            }
+            // Not renewed: acting stops by itself at the renew deadline.
+            Err(e) => warn!(shard = s, error = %e, "renewing shard lease failed"),
+        }
+    }
+}
+
+async fn acquire(shards: &Arc<Shards>, api: &Api<Lease>, current: Option<Lease>, s: u32, options: &ShardOptions) {
+    let sent = Instant::now();
+    let released_at = current
+        .as_ref()
+        .and_then(|l| l.metadata.annotations.as_ref())
+        .and_then(|a| a.get(lease::RELEASED_AT))
+        .and_then(|t| t.parse::<jiff::Timestamp>().ok());
+    let result = match &current {
+        None => lease::create(api, &lease::shard_lease(s), &options.replica, options.lease_duration).await,
+        Some(l) => lease::replace(api, l, Some(&options.replica), options.lease_duration, false).await,
+    };
+    match result {
+        Ok(Some(l)) => {
+            shards.lock().insert(s, Held { valid_until: sent + options.renew_deadline, draining: false, lease: l, released_at });
+            shards.metrics.shard_acquisitions.inc();
+            info!(shard = s, "shard acquired");
+            let _ = shards.acquired.send(s);
+        }
+        Ok(None) => debug!(shard = s, "lost the race for a shard"),
+        Err(e) => warn!(shard = s, error = %e, "acquiring shard failed"),
+    }
+}
