@@ -187,7 +187,11 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     };
     let sharding = (args.shards > 0).then(|| ShardOptions {
         shards: args.shards,
-        replica: args.replica_id.clone().or_else(|| std::env::var("POD_NAME").ok()).unwrap_or_else(default_replica_id),
+        replica: args
+            .replica_id
+            .clone()
+            .or_else(|| std::env::var("POD_NAME").ok())
+            .unwrap_or_else(default_replica_id),
         namespace: member.operator_namespace.clone(),
         lease_duration: Duration::from_millis(args.lease_duration_ms),
         renew_deadline: Duration::from_millis(args.renew_deadline_ms),
@@ -199,6 +203,8 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
 
 /// <hostname>-<pid>: unique per process even when several replicas run on one machine.
 fn default_replica_id() -> String {
-    let host = std::fs::read_to_string("/proc/sys/kernel/hostname").map(|h| h.trim().to_string()).unwrap_or_else(|_| "replica".to_string());
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .unwrap_or_else(|_| "replica".to_string());
     format!("{host}-{}", std::process::id())
 }

@@ -106,7 +106,11 @@ fn start(
             m.remove(&name);
         }
     });
-    Running { fingerprint, stop, task }
+    Running {
+        fingerprint,
+        stop,
+        task,
+    }
 }
 
 async fn stop(context: &str, running: Running) {
@@ -164,11 +168,23 @@ pub async fn run(
         let config = Config::incluster().context("in-cluster configuration")?;
         let client = Client::try_from(config)?;
         let manager = match sharding {
-            Some(s) => Some(start_sharding(client.clone(), s.clone(), Shards::new(&s, metrics.clone())?)),
+            Some(s) => Some(start_sharding(
+                client.clone(),
+                s.clone(),
+                Shards::new(&s, metrics.clone())?,
+            )),
             None => None,
         };
         let shards = manager.as_ref().map(|m| m.shards.clone());
-        let member = start("in-cluster".to_string(), client, &member, &metrics, &shards, &members, String::new());
+        let member = start(
+            "in-cluster".to_string(),
+            client,
+            &member,
+            &metrics,
+            &shards,
+            &members,
+            String::new(),
+        );
         running.insert("in-cluster".to_string(), member);
         shutdown.await;
         stop_sharding(manager).await;
@@ -180,14 +196,22 @@ pub async fn run(
     let mut wanted = selection(&kubeconfig, &options)?;
     let home = match &options.home_context {
         Some(home) => {
-            anyhow::ensure!(kubeconfig.contexts.iter().any(|c| &c.name == home), "--home-context {home}: not in the kubeconfig");
+            anyhow::ensure!(
+                kubeconfig.contexts.iter().any(|c| &c.name == home),
+                "--home-context {home}: not in the kubeconfig"
+            );
             home.clone()
         }
-        None => wanted.first().cloned().ok_or_else(|| anyhow::anyhow!("no member cluster selected"))?,
+        None => wanted
+            .first()
+            .cloned()
+            .ok_or_else(|| anyhow::anyhow!("no member cluster selected"))?,
     };
     let manager = match sharding {
         Some(s) => {
-            let client = client_for(&kubeconfig, &home).await.with_context(|| format!("home cluster {home}"))?;
+            let client = client_for(&kubeconfig, &home)
+                .await
+                .with_context(|| format!("home cluster {home}"))?;
             info!(%home, shards = s.shards, replica = %s.replica, "sharding on");
             Some(start_sharding(client, s.clone(), Shards::new(&s, metrics.clone())?))
         }

@@ -26,7 +26,7 @@ use crate::queue::backoff::Backoff;
 use crate::queue::coalesce::StatusCoalescer;
 use crate::queue::limiter::WriteBudget;
 use crate::queue::{Outcome, WorkQueue};
-use crate::shard::manager::Shards;
+use crate::shard::manager::{Act, Shards};
 use crate::telemetry::metrics::{Metrics, OutcomeLabels};
 
 use super::cluster::{outcome_of_error, reconcile};
@@ -305,7 +305,13 @@ pub async fn run_member(
     info!(%context, watch = ?ns, workers = options.concurrency, qps = options.write_qps, burst = options.write_burst, "member cluster started");
     let mut workers = Vec::new();
     for _ in 0..options.concurrency.max(1) {
-        let (queue, ctx, clusters, cluster_ar, shards) = (queue.clone(), ctx.clone(), clusters.clone(), cluster_ar.clone(), shards.clone());
+        let (queue, ctx, clusters, cluster_ar, shards) = (
+            queue.clone(),
+            ctx.clone(),
+            clusters.clone(),
+            cluster_ar.clone(),
+            shards.clone(),
+        );
         workers.push(tokio::spawn(async move {
             while let Some((key, waited)) = queue.next().await {
                 let m = &ctx.metrics;
@@ -323,8 +329,12 @@ pub async fn run_member(
                 let guard = match &shards {
                     None => None,
                     Some(sh) => match sh.begin(sh.shard_of(&ctx.context, &key.namespace, &key.name)) {
-                        Some(g) => Some(g),
-                        None => {
+                        Act::Go(g) => Some(g),
+                        Act::Later => {
+                            queue.done(&key, Outcome::Throttled(Duration::from_millis(250)));
+                            continue;
+                        }
+                        Act::NotMine => {
                             queue.done(&key, Outcome::Done);
                             continue;
                         }
@@ -335,9 +345,12 @@ pub async fn run_member(
                 let started = tokio::time::Instant::now();
                 let wall_start = std::time::SystemTime::now();
                 let run = reconcile(obj, &ctx).instrument(span);
-                let result = match &guard {
-                    Some(g) => tokio::time::timeout_at(g.valid_until, run).await.unwrap_or(Ok(Outcome::Throttled(Duration::from_millis(500)))),
-                    None => run.await,
+                let result = match (&shards, &guard) {
+                    (Some(sh), Some(g)) => tokio::select! {
+                        r = run => r,
+                        _ = sh.lapsed(g.shard) => Ok(Outcome::Throttled(Duration::from_millis(250))),
+                    },
+                    _ => run.await,
                 };
                 if let (Some(sh), Some(g)) = (&shards, &guard) {
                     sh.record_reconcile(&format!("{}/{}/{}", ctx.context, key.namespace, key.name), g.shard, wall_start, std::time::SystemTime::now());

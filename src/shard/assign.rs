@@ -41,7 +41,9 @@ pub struct Moves {
 /// order that differs per replica (so that replicas starting together do not all race for shard 0).
 pub fn plan_moves(me: &str, live: &[String], holders: &BTreeMap<u32, String>, shards: u32) -> Moves {
     let share = target(me, live, shards) as usize;
-    let mine: Vec<u32> = (0..shards).filter(|s| holders.get(s).map(String::as_str) == Some(me)).collect();
+    let mine: Vec<u32> = (0..shards)
+        .filter(|s| holders.get(s).map(String::as_str) == Some(me))
+        .collect();
     let mut moves = Moves::default();
     if mine.len() > share {
         moves.release = mine[share..].to_vec();
@@ -66,7 +68,12 @@ mod tests {
 
     /// Runs rounds of `plan_moves` for every live replica (in the given order) until nothing moves;
     /// returns the final holders and how many shards each replica gained or lost on the way.
-    fn settle(live: &[String], mut holders: BTreeMap<u32, String>, shards: u32, order: &[usize]) -> (BTreeMap<u32, String>, BTreeMap<String, usize>) {
+    fn settle(
+        live: &[String],
+        mut holders: BTreeMap<u32, String>,
+        shards: u32,
+        order: &[usize],
+    ) -> (BTreeMap<u32, String>, BTreeMap<String, usize>) {
         let mut moved: BTreeMap<String, usize> = BTreeMap::new();
         for _ in 0..50 {
             let mut changed = false;
@@ -108,8 +115,14 @@ mod tests {
     #[test]
     fn shard_function_is_fixed() {
         // Pinned values: a change here moves every cluster to another shard on upgrade.
-        assert_eq!(shard_of("kwok-kd-1", "default", "spark", 32), shard_of("kwok-kd-1", "default", "spark", 32));
-        assert_eq!(fnv1a64(b"kwok-kd-1/default/spark") % 32, u64::from(shard_of("kwok-kd-1", "default", "spark", 32)));
+        assert_eq!(
+            shard_of("kwok-kd-1", "default", "spark", 32),
+            shard_of("kwok-kd-1", "default", "spark", 32)
+        );
+        assert_eq!(
+            fnv1a64(b"kwok-kd-1/default/spark") % 32,
+            u64::from(shard_of("kwok-kd-1", "default", "spark", 32))
+        );
         assert_eq!(fnv1a64(b""), 0xcbf2_9ce4_8422_2325);
         assert_eq!(fnv1a64(b"a"), 0xaf63_dc4c_8601_ec8c);
     }

@@ -28,7 +28,11 @@ pub fn replica_lease(replica: &str) -> String {
 }
 
 pub fn holder(lease: &Lease) -> Option<&str> {
-    lease.spec.as_ref().and_then(|s| s.holder_identity.as_deref()).filter(|h| !h.is_empty())
+    lease
+        .spec
+        .as_ref()
+        .and_then(|s| s.holder_identity.as_deref())
+        .filter(|h| !h.is_empty())
 }
 
 /// When each Lease last changed, by our clock.
@@ -59,7 +63,10 @@ impl Observer {
     /// Held, and changed within `duration` (renewals change the resourceVersion).
     pub fn live_holder<'a>(&self, lease: &'a Lease, duration: Duration, now: Instant) -> Option<&'a str> {
         let name = lease.metadata.name.as_deref().unwrap_or_default();
-        let fresh = self.seen.get(name).is_some_and(|(_, at)| now.duration_since(*at) < duration);
+        let fresh = self
+            .seen
+            .get(name)
+            .is_some_and(|(_, at)| now.duration_since(*at) < duration);
         holder(lease).filter(|_| fresh)
     }
 }
@@ -72,7 +79,11 @@ fn spec(me: Option<&str>, duration: Duration, transitions: i32, acquire: bool, p
     LeaseSpec {
         holder_identity: me.map(str::to_string),
         lease_duration_seconds: Some(duration.as_secs().max(1) as i32),
-        acquire_time: if acquire { Some(now_micro()) } else { prev.and_then(|p| p.acquire_time.clone()) },
+        acquire_time: if acquire {
+            Some(now_micro())
+        } else {
+            prev.and_then(|p| p.acquire_time.clone())
+        },
         renew_time: Some(now_micro()),
         lease_transitions: Some(transitions),
         ..Default::default()
@@ -97,7 +108,13 @@ pub async fn create(api: &Api<Lease>, name: &str, me: &str, duration: Duration) 
 }
 
 /// Replaces `current` (as we read it) with one held by `holder`; `Ok(None)` if it changed meanwhile.
-pub async fn replace(api: &Api<Lease>, current: &Lease, holder: Option<&str>, duration: Duration, released: bool) -> Result<Option<Lease>, kube::Error> {
+pub async fn replace(
+    api: &Api<Lease>,
+    current: &Lease,
+    holder: Option<&str>,
+    duration: Duration,
+    released: bool,
+) -> Result<Option<Lease>, kube::Error> {
     let prev = current.spec.as_ref();
     let same_holder = prev.and_then(|p| p.holder_identity.as_deref()) == holder;
     let transitions = prev.and_then(|p| p.lease_transitions).unwrap_or(0) + i32::from(!same_holder && holder.is_some());

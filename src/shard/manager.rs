@@ -13,9 +13,9 @@ use std::time::{Duration, SystemTime};
 use futures::StreamExt;
 use k8s_openapi::api::coordination::v1::Lease;
 use kube::runtime::reflector::{self, Store};
-use kube::runtime::{watcher, WatchStreamExt};
+use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client, ResourceExt};
-use tokio::sync::{broadcast, Notify};
+use tokio::sync::{Notify, broadcast};
 use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
@@ -43,9 +43,13 @@ pub struct ShardOptions {
 pub enum ShardConfigError {
     #[error("--shards must be at least 1")]
     NoShards,
-    #[error("--renew-deadline ({deadline:?}) must be shorter than --lease-duration ({lease:?}), or a replica could act after others took its shard")]
+    #[error(
+        "--renew-deadline ({deadline:?}) must be shorter than --lease-duration ({lease:?}), or a replica could act after others took its shard"
+    )]
     DeadlineTooLong { deadline: Duration, lease: Duration },
-    #[error("--retry-period ({retry:?}) must be shorter than --renew-deadline ({deadline:?}), or a healthy replica would lose its shards between renewals")]
+    #[error(
+        "--retry-period ({retry:?}) must be shorter than --renew-deadline ({deadline:?}), or a healthy replica would lose its shards between renewals"
+    )]
     RetryTooLong { retry: Duration, deadline: Duration },
 }
 
@@ -55,10 +59,16 @@ impl ShardOptions {
             return Err(ShardConfigError::NoShards);
         }
         if self.renew_deadline >= self.lease_duration {
-            return Err(ShardConfigError::DeadlineTooLong { deadline: self.renew_deadline, lease: self.lease_duration });
+            return Err(ShardConfigError::DeadlineTooLong {
+                deadline: self.renew_deadline,
+                lease: self.lease_duration,
+            });
         }
         if self.retry_period >= self.renew_deadline {
-            return Err(ShardConfigError::RetryTooLong { retry: self.retry_period, deadline: self.renew_deadline });
+            return Err(ShardConfigError::RetryTooLong {
+                retry: self.retry_period,
+                deadline: self.renew_deadline,
+            });
         }
         Ok(())
     }
@@ -86,6 +96,14 @@ pub struct Shards {
     metrics: Arc<Metrics>,
 }
 
+pub enum Act {
+    Go(ActGuard),
+    /// Held, but not renewed recently enough: try again shortly.
+    Later,
+    /// Another replica's (or being handed over).
+    NotMine,
+}
+
 /// Proof that a reconcile of a key of `shard` may run; keeps the shard from being released until dropped.
 pub struct ActGuard {
     shards: Arc<Shards>,
@@ -102,13 +120,17 @@ impl Drop for ActGuard {
 }
 
 fn micros(t: SystemTime) -> u128 {
-    t.duration_since(SystemTime::UNIX_EPOCH).map(|d| d.as_micros()).unwrap_or(0)
+    t.duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| d.as_micros())
+        .unwrap_or(0)
 }
 
 impl Shards {
     pub fn new(options: &ShardOptions, metrics: Arc<Metrics>) -> std::io::Result<Arc<Shards>> {
         let record = match &options.record {
-            Some(path) => Some(Mutex::new(std::fs::OpenOptions::new().create(true).append(true).open(path)?)),
+            Some(path) => Some(Mutex::new(
+                std::fs::OpenOptions::new().create(true).append(true).open(path)?,
+            )),
             None => None,
         };
         Ok(Arc::new(Shards {
@@ -131,15 +153,30 @@ impl Shards {
         shard_of(context, namespace, name, self.count)
     }
 
-    /// A guard if this replica holds `shard`, is not handing it over, and is within its renew deadline.
-    pub fn begin(self: &Arc<Self>, shard: u32) -> Option<ActGuard> {
+    /// Whether a key of `shard` may be reconciled now.
+    pub fn begin(self: &Arc<Self>, shard: u32) -> Act {
         let held = self.lock();
-        let h = held.get(&shard)?;
-        if h.draining || Instant::now() >= h.valid_until {
-            return None;
+        let Some(h) = held.get(&shard) else { return Act::NotMine };
+        if h.draining {
+            return Act::NotMine; // its new owner reconciles every key of it on acquisition
+        }
+        if Instant::now() >= h.valid_until {
+            return Act::Later; // held, but the last renewal is too old: wait for the next one
         }
         self.in_flight[shard as usize].fetch_add(1, Ordering::SeqCst);
-        Some(ActGuard { shards: self.clone(), shard, valid_until: h.valid_until })
+        Act::Go(ActGuard { shards: self.clone(), shard, valid_until: h.valid_until })
+    }
+
+    /// Resolves when this replica may no longer act on `shard`: its validity (extended by every
+    /// renewal) ran out, or the shard is gone. A reconcile racing this is cut off at that moment.
+    pub async fn lapsed(&self, shard: u32) {
+        loop {
+            let until = self.lock().get(&shard).map(|h| h.valid_until);
+            match until {
+                Some(at) if Instant::now() < at => tokio::time::sleep_until(at).await,
+                _ => return,
+            }
+        }
     }
 
     /// Shards newly acquired by this replica: their keys must be reconciled.
@@ -188,7 +225,10 @@ fn jittered(d: Duration, unit: f64) -> Duration {
 }
 
 fn unit_random() -> f64 {
-    let nanos = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map(|d| d.subsec_nanos()).unwrap_or(0);
+    let nanos = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or(0);
     f64::from(nanos % 1000) / 1000.0
 }
 
@@ -211,7 +251,12 @@ async fn drain_and_release(shards: &Arc<Shards>, api: &Api<Lease>, shard: u32, o
 }
 
 /// Runs until `shutdown`; then hands every shard over (drain, release) and leaves the membership.
-pub async fn run(shards: Arc<Shards>, client: Client, options: ShardOptions, shutdown: impl std::future::Future<Output = ()>) -> anyhow::Result<()> {
+pub async fn run(
+    shards: Arc<Shards>,
+    client: Client,
+    options: ShardOptions,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> anyhow::Result<()> {
     options.validate()?;
     let api: Api<Lease> = Api::namespaced(client, &options.namespace);
     let (store, writer) = reflector::store::<Lease>();
@@ -219,7 +264,9 @@ pub async fn run(shards: Arc<Shards>, client: Client, options: ShardOptions, shu
     let watch = {
         let changed = changed.clone();
         let config = watcher::Config::default().labels(&format!("{}=true", lease::LABEL));
-        let stream = reflector::reflector(writer, watcher(api.clone(), config)).default_backoff().touched_objects();
+        let stream = reflector::reflector(writer, watcher(api.clone(), config))
+            .default_backoff()
+            .touched_objects();
         tokio::spawn(stream.for_each(move |_| {
             changed.notify_one();
             async {}
@@ -243,13 +290,31 @@ pub async fn run(shards: Arc<Shards>, client: Client, options: ShardOptions, shu
         // Renewals (membership and held shards) when due, not on every wake-up.
         if now.duration_since(last_renew) >= jittered(options.retry_period, unit_random()) {
             last_renew = now;
-            my_membership = renew_membership(&api, &leases, my_membership.take(), &membership, &me, options.lease_duration).await;
+            my_membership = renew_membership(
+                &api,
+                &leases,
+                my_membership.take(),
+                &membership,
+                &me,
+                options.lease_duration,
+            )
+            .await;
             renew_held(&shards, &api, &options).await;
         }
-        let by_name = |name: &str| leases.iter().find(|l| l.metadata.name.as_deref() == Some(name)).map(|l| l.as_ref().clone());
+        let by_name = |name: &str| {
+            leases
+                .iter()
+                .find(|l| l.metadata.name.as_deref() == Some(name))
+                .map(|l| l.as_ref().clone())
+        };
         let mut live: Vec<String> = leases
             .iter()
-            .filter(|l| l.metadata.name.as_deref().is_some_and(|n| n.starts_with("kubedirector-replica-")))
+            .filter(|l| {
+                l.metadata
+                    .name
+                    .as_deref()
+                    .is_some_and(|n| n.starts_with("kubedirector-replica-"))
+            })
             .filter_map(|l| observer.live_holder(l, options.lease_duration, now).map(str::to_string))
             .collect();
         if !live.contains(&me) {
@@ -276,7 +341,11 @@ pub async fn run(shards: Arc<Shards>, client: Client, options: ShardOptions, shu
         }
         let moves = plan_moves(&me, &live, &holders, options.shards);
         for s in moves.release {
-            let start_drain = shards.lock().get_mut(&s).map(|h| !std::mem::replace(&mut h.draining, true)).unwrap_or(false);
+            let start_drain = shards
+                .lock()
+                .get_mut(&s)
+                .map(|h| !std::mem::replace(&mut h.draining, true))
+                .unwrap_or(false);
             if start_drain {
                 let (shards, api, options) = (shards.clone(), api.clone(), options.clone());
                 tokio::spawn(async move { drain_and_release(&shards, &api, s, &options).await });
@@ -312,7 +381,9 @@ pub async fn run(shards: Arc<Shards>, client: Client, options: ShardOptions, shu
             h.draining = true;
         }
         let (shards, api, options) = (shards.clone(), api.clone(), options.clone());
-        handovers.push(tokio::spawn(async move { drain_and_release(&shards, &api, s, &options).await }));
+        handovers.push(tokio::spawn(async move {
+            drain_and_release(&shards, &api, s, &options).await
+        }));
     }
     for h in handovers {
         let _ = h.await;
@@ -333,7 +404,14 @@ async fn wait_ready(store: &Store<Lease>) {
     }
 }
 
-async fn renew_membership(api: &Api<Lease>, leases: &[Arc<Lease>], mine: Option<Lease>, name: &str, me: &str, duration: Duration) -> Option<Lease> {
+async fn renew_membership(
+    api: &Api<Lease>,
+    leases: &[Arc<Lease>],
+    mine: Option<Lease>,
+    name: &str,
+    me: &str,
+    duration: Duration,
+) -> Option<Lease> {
     let current = mine.or_else(|| leases.iter().find(|l| l.name_any() == name).map(|l| l.as_ref().clone()));
     let result = match &current {
         None => lease::create(api, name, me, duration).await,
@@ -350,7 +428,12 @@ async fn renew_membership(api: &Api<Lease>, leases: &[Arc<Lease>], mine: Option<
 }
 
 async fn renew_held(shards: &Arc<Shards>, api: &Api<Lease>, options: &ShardOptions) {
-    let snapshot: Vec<(u32, Lease)> = shards.lock().iter().filter(|(_, h)| !h.draining).map(|(s, h)| (*s, h.lease.clone())).collect();
+    let snapshot: Vec<(u32, Lease)> = shards
+        .lock()
+        .iter()
+        .filter(|(_, h)| !h.draining)
+        .map(|(s, h)| (*s, h.lease.clone()))
+        .collect();
     for (s, current) in snapshot {
         let sent = Instant::now();
         match lease::replace(api, &current, Some(&options.replica), options.lease_duration, false).await {
@@ -383,7 +466,15 @@ async fn acquire(shards: &Arc<Shards>, api: &Api<Lease>, current: Option<Lease>,
     };
     match result {
         Ok(Some(l)) => {
-            shards.lock().insert(s, Held { valid_until: sent + options.renew_deadline, draining: false, lease: l, released_at });
+            shards.lock().insert(
+                s,
+                Held {
+                    valid_until: sent + options.renew_deadline,
+                    draining: false,
+                    lease: l,
+                    released_at,
+                },
+            );
             shards.metrics.shard_acquisitions.inc();
             info!(shard = s, "shard acquired");
             let _ = shards.acquired.send(s);

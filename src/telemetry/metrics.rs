@@ -126,9 +126,21 @@ impl Metrics {
             m.cluster_healthy.clone(),
         );
         registry.register("shards_held", "Shards this replica holds", m.shards_held.clone());
-        registry.register("shard_acquisitions", "Shard Leases acquired", m.shard_acquisitions.clone());
-        registry.register("shard_releases", "Shard Leases released (handover or shutdown)", m.shard_releases.clone());
-        registry.register("shard_handover_gap_seconds", "From a shard's release by its old owner to the first reconcile by its new owner", m.shard_handover_gap.clone());
+        registry.register(
+            "shard_acquisitions",
+            "Shard Leases acquired",
+            m.shard_acquisitions.clone(),
+        );
+        registry.register(
+            "shard_releases",
+            "Shard Leases released (handover or shutdown)",
+            m.shard_releases.clone(),
+        );
+        registry.register(
+            "shard_handover_gap_seconds",
+            "From a shard's release by its old owner to the first reconcile by its new owner",
+            m.shard_handover_gap.clone(),
+        );
         Metrics { registry, ..m }
     }
 

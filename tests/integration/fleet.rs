@@ -21,7 +21,7 @@ fn example(path: &str) -> Value {
 }
 
 /// The example cluster without storage (no volumes needed at this scale), under `name`.
-fn small_cluster(name: &str) -> Value {
+pub fn small_cluster(name: &str) -> Value {
     let mut c = example("deploy/examples/cluster-cassandra-like.yaml");
     c["metadata"]["name"] = json!(name);
     for role in c["spec"]["roles"].as_array_mut().expect("roles") {
@@ -30,7 +30,7 @@ fn small_cluster(name: &str) -> Value {
     c
 }
 
-async fn create(client: &Client, ns: &str, obj: &Value) {
+pub async fn create(client: &Client, ns: &str, obj: &Value) {
     let kind = obj["kind"].as_str().expect("kind");
     let dynamic = serde_json::from_value(obj.clone()).expect("object");
     testbed::kd_api(client, ns, kind)
@@ -41,7 +41,7 @@ async fn create(client: &Client, ns: &str, obj: &Value) {
 
 /// Same-named watch and system namespaces in each context, CRDs installed, the example app in the
 /// system namespace.
-async fn prepare(contexts: &[&str], ns: &str, sys: &str) -> Vec<Client> {
+pub async fn prepare(contexts: &[&str], ns: &str, sys: &str) -> Vec<Client> {
     let mut clients = Vec::new();
     for context in contexts {
         let client = testbed::client_for(context).await;
@@ -54,7 +54,7 @@ async fn prepare(contexts: &[&str], ns: &str, sys: &str) -> Vec<Client> {
     clients
 }
 
-fn is_configured(c: &KubeDirectorCluster) -> bool {
+pub fn is_configured(c: &KubeDirectorCluster) -> bool {
     c.status.as_ref().is_some_and(|s| {
         s.observed_generation == c.metadata.generation
             && s.state == Some(ClusterState::Configured)
@@ -67,7 +67,7 @@ fn is_configured(c: &KubeDirectorCluster) -> bool {
 
 /// Polls the cluster list until `expected` clusters are configured (a condition on many objects at
 /// once; one list per half second is cheaper than a watch per object).
-async fn wait_all_configured(client: &Client, ns: &str, expected: usize, limit: Duration) -> Duration {
+pub async fn wait_all_configured(client: &Client, ns: &str, expected: usize, limit: Duration) -> Duration {
     let api = Api::<KubeDirectorCluster>::namespaced(client.clone(), ns);
     let start = Instant::now();
     loop {
@@ -85,9 +85,9 @@ async fn wait_all_configured(client: &Client, ns: &str, expected: usize, limit: 
 }
 
 /// Sum of the samples of `metric` whose labels contain every `label="value"` in `want`.
-fn sum_metric(text: &str, metric: &str, want: &[(&str, &str)]) -> f64 {
+pub fn sum_metric(text: &str, metric: &str, want: &[(&str, &str)]) -> f64 {
     text.lines()
-        .filter(|l| l.starts_with(metric) && l[metric.len()..].starts_with('{'))
+        .filter(|l| l.starts_with(metric) && (l[metric.len()..].starts_with('{') || l[metric.len()..].starts_with(' ')))
         .filter(|l| want.iter().all(|(k, v)| l.contains(&format!("{k}=\"{v}\""))))
         .filter_map(|l| l.rsplit(' ').next().and_then(|v| v.parse::<f64>().ok()))
         .sum()

@@ -12,4 +12,5 @@ mod health;
 mod operator;
 mod proxy;
 mod reconcile;
+mod sharding;
 mod testbed;

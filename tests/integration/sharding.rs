@@ -1,0 +1,340 @@
+//! Sharded replicas as local processes: fair share, reconciles only by the shard's owner, failover
+//! after SIGKILL within lease duration + 2 s, and never two replicas reconciling one key at once
+//! (checked on the per-reconcile records of every replica).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::PathBuf;
+use std::time::{Duration, Instant, SystemTime};
+
+use k8s_openapi::api::apps::v1::StatefulSet;
+use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::api::core::v1::Service;
+use kube::api::{ListParams, Patch, PatchParams};
+use kube::{Api, Client};
+use serde_json::json;
+
+use kubedirector::api::KubeDirectorCluster;
+use kubedirector::shard::assign::shard_of;
+
+use crate::fleet::{create, prepare, small_cluster, sum_metric, wait_all_configured};
+use crate::operator::Operator;
+use crate::testbed;
+
+const CONTEXTS: [&str; 3] = ["kwok-kd-1", "kwok-kd-2", "kwok-kd-3"];
+const SHARDS: u32 = 32;
+const LEASE: Duration = Duration::from_secs(4);
+
+#[derive(Debug, Clone)]
+struct Reconcile {
+    key: String,
+    replica: String,
+    shard: u32,
+    start: u128,
+    end: u128,
+}
+
+fn records(paths: &[PathBuf]) -> Vec<Reconcile> {
+    let mut out = Vec::new();
+    for p in paths {
+        for line in std::fs::read_to_string(p).unwrap_or_default().lines() {
+            let v: serde_json::Value = match serde_json::from_str(line) {
+                Ok(v) => v,
+                Err(_) => continue, // a line cut short by SIGKILL
+            };
+            if v["kind"] == "reconcile" {
+                out.push(Reconcile {
+                    key: v["key"].as_str().unwrap_or_default().to_string(),
+                    replica: v["replica"].as_str().unwrap_or_default().to_string(),
+                    shard: v["shard"].as_u64().unwrap_or(u64::MAX) as u32,
+                    start: v["start"].as_u64().unwrap_or(0) as u128,
+                    end: v["end"].as_u64().unwrap_or(0) as u128,
+                });
+            }
+        }
+    }
+    out
+}
+
+/// Pairs of reconciles of one key by two replicas whose [start, end] intervals intersect.
+fn overlaps(all: &[Reconcile]) -> Vec<String> {
+    let mut by_key: BTreeMap<&str, Vec<&Reconcile>> = BTreeMap::new();
+    for r in all {
+        by_key.entry(&r.key).or_default().push(r);
+    }
+    let mut found = Vec::new();
+    for (key, mut rs) in by_key {
+        rs.sort_by_key(|r| r.start);
+        for (i, a) in rs.iter().enumerate() {
+            for b in &rs[i + 1..] {
+                if b.start > a.end {
+                    break;
+                }
+                if a.replica != b.replica {
+                    found.push(format!(
+                        "{key}: {} [{}, {}] and {} [{}, {}]",
+                        a.replica, a.start, a.end, b.replica, b.start, b.end
+                    ));
+                }
+            }
+        }
+    }
+    found
+}
+
+fn micros_now() -> u128 {
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| d.as_micros())
+        .unwrap_or(0)
+}
+
+struct Replicas {
+    ops: Vec<Operator>,
+    records: Vec<PathBuf>,
+}
+
+fn start_replicas(n: usize, ns: &str, sys: &str) -> Replicas {
+    let mut ops = Vec::new();
+    let mut records = Vec::new();
+    for i in 0..n {
+        let record = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(format!("target/test-logs/{ns}-r{i}.jsonl"));
+        let _ = std::fs::remove_file(&record);
+        let (id, rec) = (format!("r{i}"), record.display().to_string());
+        let mut args = vec![
+            "--watch-namespace",
+            ns,
+            "--shards",
+            "32",
+            "--replica-id",
+            &id,
+            "--reconcile-record",
+            &rec,
+        ];
+        args.extend([
+            "--lease-duration-ms",
+            "4000",
+            "--renew-deadline-ms",
+            "3000",
+            "--retry-period-ms",
+            "1000",
+        ]);
+        for c in CONTEXTS {
+            args.extend(["--context", c]);
+        }
+        ops.push(Operator::start_with(&args, &format!("{ns}-r{i}"), sys));
+        records.push(record);
+    }
+    Replicas { ops, records }
+}
+
+async fn holders(home: &Client, sys: &str) -> BTreeMap<u32, String> {
+    let leases = Api::<Lease>::namespaced(home.clone(), sys)
+        .list(&ListParams::default())
+        .await
+        .expect("leases");
+    let mut out = BTreeMap::new();
+    for l in leases.items {
+        let name = l.metadata.name.unwrap_or_default();
+        let holder = l.spec.and_then(|s| s.holder_identity).filter(|h| !h.is_empty());
+        if let (Some(s), Some(h)) = (
+            name.strip_prefix("kubedirector-shard-").and_then(|s| s.parse().ok()),
+            holder,
+        ) {
+            out.insert(s, h);
+        }
+    }
+    out
+}
+
+async fn create_load(clients: &[Client], ns: &str, per_cluster: usize) {
+    for (which, client) in clients.iter().enumerate() {
+        for i in 0..per_cluster {
+            create(client, ns, &small_cluster(&format!("s{which}-{i:03}"))).await;
+        }
+    }
+}
+
+async fn all_configured(clients: &[Client], ns: &str, per_cluster: usize) {
+    for client in clients {
+        wait_all_configured(client, ns, per_cluster, Duration::from_secs(180)).await;
+    }
+}
+
+#[tokio::test]
+#[ignore = "needs the test bed: make integration"]
+async fn three_replicas_split_the_shards_and_reconcile_only_their_own() {
+    let (ns, sys) = (testbed::unique("shard"), testbed::unique("shard-sys"));
+    let clients = prepare(&CONTEXTS, &ns, &sys).await;
+    let replicas = start_replicas(3, &ns, &sys);
+    let started = Instant::now();
+    loop {
+        let held: Vec<f64> = replicas
+            .ops
+            .iter()
+            .map(|o| sum_metric(&o.metrics(), "kubedirector_shards_held", &[]))
+            .collect();
+        if held.iter().all(|h| *h == 10.0 || *h == 11.0) && held.iter().sum::<f64>() == 32.0 {
+            eprintln!("shards held {held:?} after {:?}", started.elapsed());
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "shards held {held:?} 5 s after start"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    create_load(&clients, &ns, 100).await;
+    all_configured(&clients, &ns, 100).await;
+    let owners = holders(&clients[0], &sys).await;
+    let all = records(&replicas.records);
+    assert!(all.len() >= 300, "only {} reconciles recorded", all.len());
+    let mut by_key: BTreeMap<&str, BTreeSet<&str>> = BTreeMap::new();
+    for r in &all {
+        let mut parts = r.key.splitn(3, '/');
+        let (c, n, name) = (
+            parts.next().unwrap_or(""),
+            parts.next().unwrap_or(""),
+            parts.next().unwrap_or(""),
+        );
+        assert_eq!(
+            r.shard,
+            shard_of(c, n, name, SHARDS),
+            "{} recorded under the wrong shard",
+            r.key
+        );
+        assert_eq!(
+            owners.get(&r.shard).map(String::as_str),
+            Some(r.replica.as_str()),
+            "{} reconciled by {} but shard {} is held by {:?}",
+            r.key,
+            r.replica,
+            r.shard,
+            owners.get(&r.shard)
+        );
+        by_key.entry(&r.key).or_default().insert(&r.replica);
+    }
+    assert_eq!(by_key.len(), 300, "every cluster was reconciled");
+    assert!(
+        by_key.values().all(|rs| rs.len() == 1),
+        "a key was reconciled by two replicas"
+    );
+    assert!(overlaps(&all).is_empty());
+}
+
+#[tokio::test]
+#[ignore = "needs the test bed: make integration"]
+async fn sigkill_one_of_three_replicas_twenty_times() {
+    let (ns, sys) = (testbed::unique("kill"), testbed::unique("kill-sys"));
+    let clients = prepare(&CONTEXTS, &ns, &sys).await;
+    let mut replicas = start_replicas(3, &ns, &sys);
+    create_load(&clients, &ns, 30).await;
+    all_configured(&clients, &ns, 30).await;
+
+    // Load: keep resizing clusters while replicas die.
+    let load = {
+        let (clients, ns) = (clients.clone(), ns.clone());
+        tokio::spawn(async move {
+            let mut i = 0usize;
+            loop {
+                let (which, n) = (i % 3, (i / 3) % 30);
+                let api = Api::<KubeDirectorCluster>::namespaced(clients[which].clone(), &ns);
+                let patch = json!([{"op": "replace", "path": "/spec/roles/1/members", "value": 2 + (i % 2)}]);
+                let _ = api
+                    .patch(
+                        &format!("s{which}-{n:03}"),
+                        &PatchParams::default(),
+                        &Patch::<()>::Json(serde_json::from_value(patch).expect("patch")),
+                    )
+                    .await;
+                i += 1;
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        })
+    };
+
+    let mut failovers = Vec::new();
+    for round in 0..20 {
+        let victim = round % 3;
+        let id = format!("r{victim}");
+        let shards: Vec<u32> = holders(&clients[0], &sys)
+            .await
+            .into_iter()
+            .filter(|(_, h)| *h == id)
+            .map(|(s, _)| s)
+            .collect();
+        replicas.ops[victim].kill();
+        let killed = micros_now();
+        // Each of its shards must be reconciled by another replica within lease duration + 2 s.
+        let deadline = Instant::now() + LEASE + Duration::from_secs(2) + Duration::from_secs(3);
+        let mut pending: BTreeSet<u32> = shards.iter().copied().collect();
+        let mut firsts = BTreeMap::new();
+        while !pending.is_empty() && Instant::now() < deadline {
+            for r in records(&replicas.records) {
+                if r.replica != id && r.start > killed && pending.contains(&r.shard) {
+                    let first = firsts.entry(r.shard).or_insert(r.start);
+                    *first = (*first).min(r.start);
+                }
+            }
+            pending.retain(|s| !firsts.contains_key(s));
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert!(
+            pending.is_empty(),
+            "round {round}: shards {pending:?} of {id} not reconciled elsewhere in time"
+        );
+        for first in firsts.values() {
+            failovers.push((first - killed) as f64 / 1e6);
+        }
+        replicas.ops[victim].restart();
+        tokio::time::sleep(Duration::from_secs(2)).await; // let it rejoin before the next kill
+    }
+    load.abort();
+    all_configured(&clients, &ns, 30).await;
+
+    failovers.sort_by(f64::total_cmp);
+    let pct = |p: f64| failovers[((failovers.len() as f64 * p).ceil() as usize).saturating_sub(1)];
+    let (p50, p99, max) = (pct(0.5), pct(0.99), failovers[failovers.len() - 1]);
+    let all = records(&replicas.records);
+    let bad = overlaps(&all);
+    eprintln!(
+        "20 SIGKILLs: {} shard failovers, p50 {p50:.2} s, p99 {p99:.2} s, max {max:.2} s (lease {LEASE:?}); {} reconciles recorded, {} overlaps",
+        failovers.len(),
+        all.len(),
+        bad.len()
+    );
+    assert!(
+        max <= LEASE.as_secs_f64() + 2.0,
+        "failover max {max:.2} s exceeds lease + 2 s"
+    );
+    assert!(bad.is_empty(), "overlapping reconciles: {bad:#?}");
+    // No lost cluster (all configured above) and no duplicated child.
+    for client in &clients {
+        let clusters = Api::<KubeDirectorCluster>::namespaced(client.clone(), &ns)
+            .list(&ListParams::default())
+            .await
+            .expect("clusters");
+        for c in clusters.items {
+            let name = c.metadata.name.clone().unwrap_or_default();
+            let lp = ListParams::default().labels(&format!("kubedirector.hpe.com/kdcluster={name}"));
+            let sts = Api::<StatefulSet>::namespaced(client.clone(), &ns)
+                .list(&lp)
+                .await
+                .expect("sts")
+                .items
+                .len();
+            let members: usize = c
+                .status
+                .as_ref()
+                .map(|s| s.roles.iter().map(|r| r.members.len()).sum())
+                .unwrap_or(0);
+            let svcs = Api::<Service>::namespaced(client.clone(), &ns)
+                .list(&lp)
+                .await
+                .expect("svc")
+                .items
+                .len();
+            assert_eq!(sts, 2, "{name}: StatefulSets");
+            assert_eq!(svcs, members + 1, "{name}: Services");
+        }
+    }
+}
