@@ -9,6 +9,7 @@ mod crds;
 mod fault;
 mod fleet;
 mod health;
+mod leases;
 mod operator;
 mod proxy;
 mod reconcile;
