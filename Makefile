@@ -43,11 +43,6 @@ unit: ## unit tests, API type round-trips and the CRD drift check (no cluster ne
 # Integration tests need the test bed: it is started here and always torn down, also on failure.
 integration: tools ## integration tests against a fresh test bed of 3 clusters
 	@$(CARGO) test --no-run --test integration 2>&1 | tail -n 2
-	@testbed/down.sh >/dev/null; \
-	trap 'testbed/down.sh >/dev/null 2>&1' EXIT; \
-	testbed/up.sh 3 && \
-	KD_TESTBED_CLUSTERS=3 KD_TESTBED_KUBECONFIG=$(TESTBED_DIR)/kubeconfig $(CARGO) test --test integration -- --include-ignored --test-threads 4; \
-	rc=$$?; testbed/down.sh || { echo "test bed teardown left processes behind" >&2; rc=1; }; \
-	trap - EXIT; exit $$rc
+	@testbed/integration.sh
 
 test: lint unit integration ## every test: lint, unit, then integration on a fresh test bed

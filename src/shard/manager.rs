@@ -164,7 +164,11 @@ impl Shards {
             return Act::Later; // held, but the last renewal is too old: wait for the next one
         }
         self.in_flight[shard as usize].fetch_add(1, Ordering::SeqCst);
-        Act::Go(ActGuard { shards: self.clone(), shard, valid_until: h.valid_until })
+        Act::Go(ActGuard {
+            shards: self.clone(),
+            shard,
+            valid_until: h.valid_until,
+        })
     }
 
     /// Resolves when this replica may no longer act on `shard`: its validity (extended by every

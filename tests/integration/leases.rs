@@ -28,7 +28,9 @@ async fn expired(api: &Api<Lease>, name: &str) -> Lease {
         spec.renew_time = Some(stale.clone());
         spec.acquire_time = Some(stale);
     }
-    api.create(&PostParams::default(), &l).await.expect("create expired lease")
+    api.create(&PostParams::default(), &l)
+        .await
+        .expect("create expired lease")
 }
 
 #[tokio::test]
@@ -38,7 +40,11 @@ async fn kube_leader_election_grants_one_expired_lease_to_two_holders() {
     let ns = testbed::namespace(&client, "lease-kle").await;
     let api: Api<Lease> = Api::namespaced(client.clone(), &ns);
     let lock = |holder: &str| {
-        let params = LeaseLockParams { lease_name: "contested".into(), holder_id: holder.into(), lease_ttl: Duration::from_secs(15) };
+        let params = LeaseLockParams {
+            lease_name: "contested".into(),
+            holder_id: holder.into(),
+            lease_ttl: Duration::from_secs(15),
+        };
         LeaseLock::new(client.clone(), &ns, params)
     };
     let (a, b) = (lock("a"), lock("b"));
@@ -46,12 +52,18 @@ async fn kube_leader_election_grants_one_expired_lease_to_two_holders() {
     for _ in 0..20 {
         expired(&api, "contested").await;
         let (ra, rb) = tokio::join!(a.try_acquire_or_renew(), b.try_acquire_or_renew());
-        if matches!((ra, rb), (Ok(LeaseLockResult::Acquired(_)), Ok(LeaseLockResult::Acquired(_)))) {
+        if matches!(
+            (ra, rb),
+            (Ok(LeaseLockResult::Acquired(_)), Ok(LeaseLockResult::Acquired(_)))
+        ) {
             double += 1;
         }
     }
     eprintln!("kube-leader-election: both contenders acquired the same expired Lease in {double} of 20 races");
-    assert!(double > 0, "the race did not show in 20 tries (the crate may have changed: re-evaluate it)");
+    assert!(
+        double > 0,
+        "the race did not show in 20 tries (the crate may have changed: re-evaluate it)"
+    );
 }
 
 #[tokio::test]

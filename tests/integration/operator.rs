@@ -96,7 +96,10 @@ impl Operator {
             return String::new();
         };
         let mut body = String::new();
-        if stream.write_all(b"GET /metrics HTTP/1.0\r\nHost: localhost\r\n\r\n").is_ok() {
+        if stream
+            .write_all(b"GET /metrics HTTP/1.0\r\nHost: localhost\r\n\r\n")
+            .is_ok()
+        {
             let _ = stream.read_to_string(&mut body);
         }
         body
@@ -116,6 +119,16 @@ impl Operator {
 
     pub fn starts(&self) -> u32 {
         self.starts
+    }
+
+    /// SIGTERM, then waits up to `limit` for a graceful exit (shards handed over).
+    pub async fn terminate(&mut self, limit: std::time::Duration) -> bool {
+        if let Some(child) = &self.child {
+            let _ = Command::new("kill").args(["-TERM", &child.id().to_string()]).status();
+        }
+        let exited = self.exited_within(limit).await;
+        self.kill();
+        exited
     }
 
     /// SIGKILL: no chance to finish anything, as in a crash.

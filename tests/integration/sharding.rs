@@ -17,7 +17,10 @@ use kubedirector::api::KubeDirectorCluster;
 use kubedirector::shard::assign::shard_of;
 
 use crate::fleet::{create, prepare, small_cluster, sum_metric, wait_all_configured};
+use kube::config::{AuthInfo, Cluster, Context, NamedAuthInfo, NamedCluster, NamedContext};
+
 use crate::operator::Operator;
+use crate::proxy::FaultProxy;
 use crate::testbed;
 
 const CONTEXTS: [&str; 3] = ["kwok-kd-1", "kwok-kd-2", "kwok-kd-3"];
@@ -93,37 +96,36 @@ struct Replicas {
     records: Vec<PathBuf>,
 }
 
-fn start_replicas(n: usize, ns: &str, sys: &str) -> Replicas {
-    let mut ops = Vec::new();
-    let mut records = Vec::new();
-    for i in 0..n {
-        let record = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(format!("target/test-logs/{ns}-r{i}.jsonl"));
-        let _ = std::fs::remove_file(&record);
-        let (id, rec) = (format!("r{i}"), record.display().to_string());
-        let mut args = vec![
-            "--watch-namespace",
-            ns,
-            "--shards",
-            "32",
-            "--replica-id",
-            &id,
-            "--reconcile-record",
-            &rec,
-        ];
-        args.extend([
-            "--lease-duration-ms",
-            "4000",
-            "--renew-deadline-ms",
-            "3000",
-            "--retry-period-ms",
-            "1000",
-        ]);
-        for c in CONTEXTS {
-            args.extend(["--context", c]);
-        }
-        ops.push(Operator::start_with(&args, &format!("{ns}-r{i}"), sys));
-        records.push(record);
+fn start_replica(i: usize, ns: &str, sys: &str) -> (Operator, PathBuf) {
+    let record = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(format!("target/test-logs/{ns}-r{i}.jsonl"));
+    let _ = std::fs::remove_file(&record);
+    let (id, rec) = (format!("r{i}"), record.display().to_string());
+    let mut args = vec![
+        "--watch-namespace",
+        ns,
+        "--shards",
+        "32",
+        "--replica-id",
+        &id,
+        "--reconcile-record",
+        &rec,
+    ];
+    args.extend([
+        "--lease-duration-ms",
+        "4000",
+        "--renew-deadline-ms",
+        "3000",
+        "--retry-period-ms",
+        "1000",
+    ]);
+    for c in CONTEXTS {
+        args.extend(["--context", c]);
     }
+    (Operator::start_with(&args, &format!("{ns}-r{i}"), sys), record)
+}
+
+fn start_replicas(n: usize, ns: &str, sys: &str) -> Replicas {
+    let (ops, records) = (0..n).map(|i| start_replica(i, ns, sys)).unzip();
     Replicas { ops, records }
 }
 
@@ -337,4 +339,218 @@ async fn sigkill_one_of_three_replicas_twenty_times() {
             assert_eq!(svcs, members + 1, "{name}: Services");
         }
     }
+}
+
+fn releases(paths: &[PathBuf]) -> Vec<(String, u32, u128)> {
+    let mut out = Vec::new();
+    for p in paths {
+        for line in std::fs::read_to_string(p).unwrap_or_default().lines() {
+            if let Ok(v) = serde_json::from_str::<serde_json::Value>(line) {
+                if v["kind"] == "release" {
+                    out.push((
+                        v["replica"].as_str().unwrap_or_default().to_string(),
+                        v["shard"].as_u64().unwrap_or(0) as u32,
+                        v["at"].as_u64().unwrap_or(0) as u128,
+                    ));
+                }
+            }
+        }
+    }
+    out
+}
+
+/// Waits until the Leases show every shard held by a live replica, each holding its balanced share.
+async fn wait_balanced(home: &Client, sys: &str, live: &[&str], limit: Duration) {
+    let start = Instant::now();
+    loop {
+        let h = holders(home, sys).await;
+        let counts: Vec<usize> = live.iter().map(|r| h.values().filter(|x| x == r).count()).collect();
+        let ok = h.len() == SHARDS as usize
+            && h.values().all(|x| live.contains(&x.as_str()))
+            && counts
+                .iter()
+                .all(|c| *c == 32 / live.len() || *c == 32usize.div_ceil(live.len()));
+        if ok {
+            eprintln!("balanced over {live:?}: {counts:?} after {:?}", start.elapsed());
+            return;
+        }
+        assert!(
+            start.elapsed() < limit,
+            "not balanced over {live:?} after {limit:?}: {counts:?}, {} shards held",
+            h.len()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+#[tokio::test]
+#[ignore = "needs the test bed: make integration"]
+async fn scaling_three_to_four_to_two_hands_shards_over_gracefully() {
+    let (ns, sys) = (testbed::unique("scale"), testbed::unique("scale-sys"));
+    let clients = prepare(&CONTEXTS, &ns, &sys).await;
+    let mut replicas = start_replicas(3, &ns, &sys);
+    create_load(&clients, &ns, 30).await;
+    all_configured(&clients, &ns, 30).await;
+    wait_balanced(&clients[0], &sys, &["r0", "r1", "r2"], Duration::from_secs(20)).await;
+
+    let (op, record) = start_replica(3, &ns, &sys); // 3 → 4
+    replicas.ops.push(op);
+    replicas.records.push(record);
+    wait_balanced(&clients[0], &sys, &["r0", "r1", "r2", "r3"], Duration::from_secs(20)).await;
+    for i in [0, 1] {
+        assert!(
+            replicas.ops[i].terminate(Duration::from_secs(15)).await,
+            "r{i} did not stop gracefully"
+        ); // 4 → 2
+    }
+    wait_balanced(&clients[0], &sys, &["r2", "r3"], Duration::from_secs(20)).await;
+    all_configured(&clients, &ns, 30).await;
+
+    let all = records(&replicas.records);
+    let mut gaps = Vec::new();
+    for (from, shard, at) in releases(&replicas.records) {
+        let next = all
+            .iter()
+            .filter(|r| r.shard == shard && r.replica != from && r.start > at)
+            .map(|r| r.start)
+            .min();
+        if let Some(first) = next {
+            gaps.push((first - at) as f64 / 1e6);
+        }
+    }
+    assert!(!gaps.is_empty(), "no graceful handover recorded");
+    gaps.sort_by(f64::total_cmp);
+    let p99 = gaps[((gaps.len() as f64 * 0.99).ceil() as usize).saturating_sub(1)];
+    eprintln!(
+        "{} graceful handovers: p50 {:.3} s, p99 {p99:.3} s, max {:.3} s",
+        gaps.len(),
+        gaps[gaps.len() / 2],
+        gaps[gaps.len() - 1]
+    );
+    assert!(p99 <= 3.0, "handover gap p99 {p99:.3} s");
+    assert!(overlaps(&all).is_empty(), "overlapping reconciles");
+}
+
+#[tokio::test]
+#[ignore = "needs the test bed: make integration"]
+async fn a_replica_cut_off_from_home_stops_before_its_leases_expire() {
+    let (ns, sys) = (testbed::unique("partition"), testbed::unique("partition-sys"));
+    let clients = prepare(&CONTEXTS, &ns, &sys).await;
+    // r0 reaches the home cluster (kwok-kd-1, where the Leases live) only through the proxy.
+    let proxy = FaultProxy::start(clients[0].clone(), 1).await;
+    let mut kubeconfig = testbed::kubeconfig();
+    kubeconfig.clusters.push(NamedCluster {
+        name: "home-via-proxy".into(),
+        cluster: Some(Cluster {
+            server: Some(format!("http://127.0.0.1:{}", proxy.port)),
+            ..Default::default()
+        }),
+        other: Default::default(),
+    });
+    kubeconfig.auth_infos.push(NamedAuthInfo {
+        name: "proxied".into(),
+        auth_info: Some(AuthInfo::default()),
+        other: Default::default(),
+    });
+    kubeconfig.contexts.push(NamedContext {
+        name: "home-via-proxy".into(),
+        context: Some(Context {
+            cluster: "home-via-proxy".into(),
+            user: Some("proxied".into()),
+            ..Default::default()
+        }),
+        other: Default::default(),
+    });
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(format!("target/test-logs/{ns}.kubeconfig"));
+    std::fs::write(&path, serde_yaml::to_string(&kubeconfig).expect("kubeconfig")).expect("write kubeconfig");
+    let record0 = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(format!("target/test-logs/{ns}-r0.jsonl"));
+    let (path_text, rec0) = (path.display().to_string(), record0.display().to_string());
+    let mut args = vec![
+        "--kubeconfig",
+        &path_text,
+        "--home-context",
+        "home-via-proxy",
+        "--watch-namespace",
+        &ns,
+        "--shards",
+        "32",
+    ];
+    args.extend(["--replica-id", "r0", "--reconcile-record", &rec0]);
+    args.extend([
+        "--lease-duration-ms",
+        "4000",
+        "--renew-deadline-ms",
+        "3000",
+        "--retry-period-ms",
+        "1000",
+    ]);
+    for c in CONTEXTS {
+        args.extend(["--context", c]);
+    }
+    let r0 = Operator::start_with(&args, &format!("{ns}-r0"), &sys);
+    let (r1, record1) = start_replica(1, &ns, &sys);
+    let (r2, record2) = start_replica(2, &ns, &sys);
+    let paths = vec![record0, record1, record2];
+    wait_balanced(&clients[0], &sys, &["r0", "r1", "r2"], Duration::from_secs(20)).await;
+    create_load(&clients, &ns, 20).await;
+    all_configured(&clients, &ns, 20).await;
+    let r0_shards: BTreeSet<u32> = holders(&clients[0], &sys)
+        .await
+        .into_iter()
+        .filter(|(_, h)| h == "r0")
+        .map(|(s, _)| s)
+        .collect();
+
+    // Keep every cluster busy, then cut r0 off from home.
+    let load = {
+        let (clients, ns) = (clients.clone(), ns.clone());
+        tokio::spawn(async move {
+            for i in 0usize.. {
+                let (which, n) = (i % 3, (i / 3) % 20);
+                let api = Api::<KubeDirectorCluster>::namespaced(clients[which].clone(), &ns);
+                let patch = json!([{"op": "replace", "path": "/spec/roles/1/members", "value": 2 + (i % 2)}]);
+                let _ = api
+                    .patch(
+                        &format!("s{which}-{n:03}"),
+                        &PatchParams::default(),
+                        &Patch::<()>::Json(serde_json::from_value(patch).expect("patch")),
+                    )
+                    .await;
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        })
+    };
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    proxy.reject(true);
+    let cut = micros_now();
+    // Well past the lease duration: the others must have taken r0's shards by now.
+    tokio::time::sleep(Duration::from_secs(9)).await;
+    load.abort();
+
+    let all = records(&paths);
+    let last_r0 = all
+        .iter()
+        .filter(|r| r.replica == "r0")
+        .map(|r| r.end)
+        .max()
+        .unwrap_or(0);
+    let taken: Vec<u128> = all
+        .iter()
+        .filter(|r| r.replica != "r0" && r0_shards.contains(&r.shard) && r.start > cut)
+        .map(|r| r.start)
+        .collect();
+    let first_taken = taken.iter().min().copied().unwrap_or(u128::MAX);
+    let stop_after = (last_r0.saturating_sub(cut)) as f64 / 1e6;
+    let taken_after = (first_taken.saturating_sub(cut)) as f64 / 1e6;
+    eprintln!(
+        "cut off at t=0: r0's last reconcile ended at +{stop_after:.2} s (renew deadline 3 s); others first reconciled its shards at +{taken_after:.2} s (lease 4 s)"
+    );
+    assert!(!taken.is_empty(), "r0's shards were not taken over");
+    assert!(last_r0 < first_taken, "r0 still acted after its shards were taken over");
+    assert!(
+        stop_after <= 3.0 + 0.2,
+        "r0 acted {stop_after:.2} s after losing home, past its renew deadline"
+    );
+    assert!(overlaps(&all).is_empty(), "overlapping reconciles");
+    drop((r0, r1, r2));
 }
