@@ -329,15 +329,16 @@ pub async fn run(
         let mut holders = BTreeMap::new();
         let mine_in_memory = shards.held();
         for s in 0..options.shards {
-            if let Some(l) = by_name(&lease::shard_lease(s)) {
-                if let Some(h) = observer.live_holder(&l, options.lease_duration, now) {
-                    // Held under our id by a previous run of this replica (same pod name after a
-                    // restart): free for us to adopt, conditionally, like any other acquisition.
-                    if h == me && !mine_in_memory.contains(&s) {
-                        continue;
-                    }
-                    holders.insert(s, h.to_string());
+            let Some(l) = by_name(&lease::shard_lease(s)) else {
+                continue;
+            };
+            if let Some(h) = observer.live_holder(&l, options.lease_duration, now) {
+                // Held under our id by a previous run of this replica (same pod name after a
+                // restart): free for us to adopt, conditionally, like any other acquisition.
+                if h == me && !mine_in_memory.contains(&s) {
+                    continue;
                 }
+                holders.insert(s, h.to_string());
             }
         }
         for s in shards.held() {
