@@ -345,14 +345,15 @@ fn releases(paths: &[PathBuf]) -> Vec<(String, u32, u128)> {
     let mut out = Vec::new();
     for p in paths {
         for line in std::fs::read_to_string(p).unwrap_or_default().lines() {
-            if let Ok(v) = serde_json::from_str::<serde_json::Value>(line) {
-                if v["kind"] == "release" {
-                    out.push((
-                        v["replica"].as_str().unwrap_or_default().to_string(),
-                        v["shard"].as_u64().unwrap_or(0) as u32,
-                        v["at"].as_u64().unwrap_or(0) as u128,
-                    ));
-                }
+            if let Ok(v) = serde_json::from_str::<serde_json::Value>(line)
+                && v["kind"] == "release"
+            {
+                let replica = v["replica"].as_str().unwrap_or_default().to_string();
+                out.push((
+                    replica,
+                    v["shard"].as_u64().unwrap_or(0) as u32,
+                    v["at"].as_u64().unwrap_or(0) as u128,
+                ));
             }
         }
     }
