@@ -14,9 +14,10 @@ pub struct Backoff {
 
 impl Default for Backoff {
     fn default() -> Self {
+        // A 15 s cap bounds how long keys sit out after a member cluster recovers from an outage.
         Backoff {
             base: Duration::from_millis(200),
-            max: Duration::from_secs(60),
+            max: Duration::from_secs(15),
             jitter: 0.2,
         }
     }

@@ -215,6 +215,25 @@ impl<K: Clone + Eq + Hash + Ord + Send + Sync + 'static> WorkQueue<K> {
         }
     }
 
+    /// Runs every key that is waiting out an error backoff now (its member cluster just recovered).
+    pub fn retry_backed_off_now(&self) {
+        let now = Instant::now();
+        let mut ready = Vec::new();
+        for mut e in self.inner.entries.iter_mut() {
+            if let Phase::Delayed {
+                kind: DelayKind::Backoff,
+                ..
+            } = e.phase
+            {
+                e.phase = Phase::Queued { since: now };
+                ready.push(e.key().clone());
+            }
+        }
+        for key in ready {
+            self.push_ready(key);
+        }
+    }
+
     /// Keys waiting for a worker.
     pub fn depth(&self) -> usize {
         self.inner

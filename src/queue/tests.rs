@@ -190,3 +190,28 @@ async fn status_writes_within_the_window_are_coalesced() {
         "one write once the window closes"
     );
 }
+
+#[tokio::test(start_paused = true)]
+async fn backed_off_keys_run_at_once_when_the_cluster_recovers() {
+    let q = queue();
+    q.add(k("a"));
+    assert!(next_within(&q, Duration::from_secs(1)).await.is_some());
+    q.done(
+        &k("a"),
+        Outcome::Failed {
+            retry_after: Some(Duration::from_secs(30)),
+        },
+    );
+    q.add(k("b"));
+    assert_eq!(next_within(&q, Duration::from_secs(1)).await, Some(k("b")));
+    q.done(&k("b"), Outcome::RequeueAfter(Duration::from_secs(600)));
+    let t = Instant::now();
+    q.retry_backed_off_now();
+    assert_eq!(next_within(&q, Duration::from_secs(1)).await, Some(k("a")));
+    assert_eq!(t.elapsed(), Duration::ZERO);
+    assert_eq!(
+        next_within(&q, Duration::from_secs(5)).await,
+        None,
+        "only backed-off keys are pulled forward"
+    );
+}

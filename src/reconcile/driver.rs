@@ -238,8 +238,9 @@ pub async fn run_member(
     let queue: WorkQueue<ClusterKey> = WorkQueue::new(options.backoff, seed);
     let labels = metrics.cluster(&context);
 
-    // The pump: every event becomes the keys it concerns. A watch error marks the member unhealthy;
-    // the watcher retries with backoff on its own.
+    // The pump: every event becomes the keys it concerns. A watch error marks the member unhealthy
+    // (logged once per failure streak); the watcher retries with backoff on its own. When watches
+    // work again, keys waiting out an error backoff run at once instead of sitting out their delay.
     let pump = {
         let (queue, healthy, metrics, labels, context) = (
             queue.clone(),
@@ -250,16 +251,24 @@ pub async fn run_member(
         );
         let mut events = futures::stream::select_all(streams);
         async move {
+            let mut failing = false;
             while let Some(event) = events.next().await {
                 match event {
                     Ok(keys) => {
+                        if failing {
+                            info!(%context, "watches recovered; retrying keys in backoff now");
+                            queue.retry_backed_off_now();
+                        }
+                        failing = false;
                         healthy.store(true, Ordering::Relaxed);
                         keys.into_iter().for_each(|k| queue.add(k));
                     }
                     Err(e) => {
-                        if healthy.swap(false, Ordering::Relaxed) {
+                        if !failing {
                             warn!(%context, error = %e, "watch failed; member cluster marked unhealthy");
                         }
+                        failing = true;
+                        healthy.store(false, Ordering::Relaxed);
                         metrics.api_error(&context, 0);
                     }
                 }

@@ -212,7 +212,7 @@ async fn a_hung_member_api_server_does_not_slow_the_others() {
 
     // Warm-up (connections, caches), then the baseline without a fault.
     workload(healthy, &seen, &ns, "warm", 2, Duration::from_millis(200)).await;
-    let baseline = workload(healthy, &seen, &ns, "base", 10, Duration::from_millis(1500)).await;
+    let baseline = workload(healthy, &seen, &ns, "base", 20, Duration::from_millis(1000)).await;
 
     // kd-3 gets work, then its API server hangs for 60 s while kd-1 and kd-2 get the same workload.
     for i in 0..5 {
@@ -220,7 +220,7 @@ async fn a_hung_member_api_server_does_not_slow_the_others() {
     }
     let frozen = Frozen::stop(apiserver_pid("kd-3"));
     let outage = Instant::now();
-    let faulted = workload(healthy, &seen, &ns, "fault", 10, Duration::from_millis(1500)).await;
+    let faulted = workload(healthy, &seen, &ns, "fault", 20, Duration::from_millis(1000)).await;
     let left = Duration::from_secs(60).saturating_sub(outage.elapsed());
     tokio::time::sleep(left).await;
     drop(frozen);
@@ -311,7 +311,7 @@ async fn an_api_server_answering_429_does_not_slow_the_others() {
     let seen_kd3 = watch_configured(clients[2].clone(), &ns);
 
     workload(healthy, &seen, &ns, "warm", 2, Duration::from_millis(200)).await;
-    let baseline = workload(healthy, &seen, &ns, "base", 10, Duration::from_millis(1500)).await;
+    let baseline = workload(healthy, &seen, &ns, "base", 20, Duration::from_millis(1000)).await;
 
     // kd-3 answers 429 to every request of the operator for 60 s.
     proxy.reject(true);
@@ -319,7 +319,7 @@ async fn an_api_server_answering_429_does_not_slow_the_others() {
     for i in 0..5 {
         create(&clients[2], &ns, &small_cluster(&format!("stuck-{i}"))).await;
     }
-    let faulted = workload(healthy, &seen, &ns, "fault", 10, Duration::from_millis(1500)).await;
+    let faulted = workload(healthy, &seen, &ns, "fault", 20, Duration::from_millis(1000)).await;
     tokio::time::sleep(Duration::from_secs(60).saturating_sub(outage.elapsed())).await;
     proxy.reject(false);
     let recovery = wait_stuck(&seen_kd3, &operator).await;
