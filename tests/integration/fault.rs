@@ -4,44 +4,20 @@
 //! fails the test (these machines are too noisy for a tight timing assertion).
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
-use kube::api::PostParams;
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client, ResourceExt};
-use serde_json::{Value, json};
 
 use kubedirector::api::KubeDirectorCluster;
 use kubedirector::api::cluster::{ClusterState, MemberState};
 
-use kube::config::{AuthInfo, Cluster, Context, NamedAuthInfo, NamedCluster, NamedContext};
-
+use crate::fleet::{create, prepare, small_cluster};
 use crate::operator::Operator;
-use crate::proxy::FaultProxy;
-use crate::{common, testbed};
-
-fn small_cluster(name: &str) -> Value {
-    let mut c = common::load_fixture(
-        &PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("deploy/examples/cluster-cassandra-like.yaml"),
-    );
-    c["metadata"]["name"] = json!(name);
-    for role in c["spec"]["roles"].as_array_mut().expect("roles") {
-        role.as_object_mut().expect("role").remove("storage");
-    }
-    c
-}
-
-async fn create(client: &Client, ns: &str, obj: &Value) {
-    let dynamic = serde_json::from_value(obj.clone()).expect("object");
-    let kind = obj["kind"].as_str().expect("kind");
-    testbed::kd_api(client, ns, kind)
-        .create(&PostParams::default(), &dynamic)
-        .await
-        .unwrap_or_else(|e| panic!("create: {e}"));
-}
+use crate::proxy::{FaultProxy, kubeconfig_with};
+use crate::testbed;
 
 fn configured(c: &KubeDirectorCluster) -> bool {
     c.status.as_ref().is_some_and(|s| {
@@ -158,23 +134,6 @@ async fn workload(
         .collect()
 }
 
-/// Same-named namespaces and the example app on every test-bed cluster.
-async fn prepare(contexts: &[&str], ns: &str, sys: &str) -> Vec<Client> {
-    let mut clients = Vec::new();
-    for context in contexts {
-        let client = testbed::client_for(context).await;
-        testbed::install_crds(&client).await;
-        testbed::namespace_named(&client, ns).await;
-        testbed::namespace_named(&client, sys).await;
-        let app = common::load_fixture(
-            &PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("deploy/examples/app-cassandra-like.yaml"),
-        );
-        create(&client, sys, &app).await;
-        clients.push(client);
-    }
-    clients
-}
-
 /// Waits until the five `stuck-*` clusters of the third member are configured.
 async fn wait_stuck(seen: &Arc<Mutex<BTreeMap<String, Instant>>>, operator: &Operator) -> Duration {
     let resumed = Instant::now();
@@ -263,32 +222,7 @@ async fn an_api_server_answering_429_does_not_slow_the_others() {
     let clients = prepare(&contexts, &ns, &sys).await;
     // The operator reaches kd-3 only through the proxy: context "proxied-kd-3".
     let proxy = FaultProxy::start(clients[2].clone(), 3).await;
-    let mut kubeconfig = testbed::kubeconfig();
-    kubeconfig.contexts.retain(|c| c.name != "kwok-kd-3");
-    kubeconfig.clusters.push(NamedCluster {
-        name: "proxied-kd-3".into(),
-        cluster: Some(Cluster {
-            server: Some(format!("http://127.0.0.1:{}", proxy.port)),
-            ..Default::default()
-        }),
-        other: Default::default(),
-    });
-    kubeconfig.auth_infos.push(NamedAuthInfo {
-        name: "proxied".into(),
-        auth_info: Some(AuthInfo::default()),
-        other: Default::default(),
-    });
-    kubeconfig.contexts.push(NamedContext {
-        name: "proxied-kd-3".into(),
-        context: Some(Context {
-            cluster: "proxied-kd-3".into(),
-            user: Some("proxied".into()),
-            ..Default::default()
-        }),
-        other: Default::default(),
-    });
-    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(format!("target/test-logs/{ns}.kubeconfig"));
-    std::fs::write(&path, serde_yaml::to_string(&kubeconfig).expect("kubeconfig")).expect("write kubeconfig");
+    let path = kubeconfig_with(&proxy, "proxied-kd-3", &["kwok-kd-3"], &ns);
     let path_text = path.display().to_string();
     let operator = Operator::start_with(
         &[

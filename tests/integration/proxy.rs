@@ -145,3 +145,38 @@ impl FaultProxy {
             .unwrap_or(0)
     }
 }
+
+/// The test bed's kubeconfig plus a context `name` that reaches `proxy` (plain HTTP, no credentials:
+/// the proxy adds the real ones), minus the contexts in `drop`; written next to the test logs.
+pub fn kubeconfig_with(proxy: &FaultProxy, name: &str, drop: &[&str], file: &str) -> std::path::PathBuf {
+    use kube::config::{AuthInfo, Cluster, Context, NamedAuthInfo, NamedCluster, NamedContext};
+    let mut kubeconfig = crate::testbed::kubeconfig();
+    kubeconfig.contexts.retain(|c| !drop.contains(&c.name.as_str()));
+    let server = Some(format!("http://127.0.0.1:{}", proxy.port));
+    kubeconfig.clusters.push(NamedCluster {
+        name: name.into(),
+        cluster: Some(Cluster {
+            server,
+            ..Default::default()
+        }),
+        other: Default::default(),
+    });
+    kubeconfig.auth_infos.push(NamedAuthInfo {
+        name: "proxied".into(),
+        auth_info: Some(AuthInfo::default()),
+        other: Default::default(),
+    });
+    let context = Context {
+        cluster: name.into(),
+        user: Some("proxied".into()),
+        ..Default::default()
+    };
+    kubeconfig.contexts.push(NamedContext {
+        name: name.into(),
+        context: Some(context),
+        other: Default::default(),
+    });
+    let path = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(format!("target/test-logs/{file}.kubeconfig"));
+    std::fs::write(&path, serde_yaml::to_string(&kubeconfig).expect("kubeconfig YAML")).expect("write kubeconfig");
+    path
+}

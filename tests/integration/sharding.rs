@@ -17,10 +17,8 @@ use kubedirector::api::KubeDirectorCluster;
 use kubedirector::shard::assign::shard_of;
 
 use crate::fleet::{create, prepare, small_cluster, sum_metric, wait_all_configured};
-use kube::config::{AuthInfo, Cluster, Context, NamedAuthInfo, NamedCluster, NamedContext};
-
 use crate::operator::Operator;
-use crate::proxy::FaultProxy;
+use crate::proxy::{FaultProxy, kubeconfig_with};
 use crate::testbed;
 
 const CONTEXTS: [&str; 3] = ["kwok-kd-1", "kwok-kd-2", "kwok-kd-3"];
@@ -148,6 +146,23 @@ async fn holders(home: &Client, sys: &str) -> BTreeMap<u32, String> {
     out
 }
 
+/// Keeps resizing the clusters `s<i>-<n>` (n < per_cluster) every `every`, until aborted.
+fn resize_load(clients: &[Client], ns: &str, per_cluster: usize, every: Duration) -> tokio::task::JoinHandle<()> {
+    let (clients, ns) = (clients.to_vec(), ns.to_string());
+    tokio::spawn(async move {
+        for i in 0usize.. {
+            let (which, n) = (i % 3, (i / 3) % per_cluster);
+            let api = Api::<KubeDirectorCluster>::namespaced(clients[which].clone(), &ns);
+            let patch = json!([{"op": "replace", "path": "/spec/roles/1/members", "value": 2 + (i % 2)}]);
+            let patch = Patch::<()>::Json(serde_json::from_value(patch).expect("patch"));
+            let _ = api
+                .patch(&format!("s{which}-{n:03}"), &PatchParams::default(), &patch)
+                .await;
+            tokio::time::sleep(every).await;
+        }
+    })
+}
+
 async fn create_load(clients: &[Client], ns: &str, per_cluster: usize) {
     for (which, client) in clients.iter().enumerate() {
         for i in 0..per_cluster {
@@ -233,26 +248,7 @@ async fn sigkill_one_of_three_replicas_twenty_times() {
     all_configured(&clients, &ns, 30).await;
 
     // Load: keep resizing clusters while replicas die.
-    let load = {
-        let (clients, ns) = (clients.clone(), ns.clone());
-        tokio::spawn(async move {
-            let mut i = 0usize;
-            loop {
-                let (which, n) = (i % 3, (i / 3) % 30);
-                let api = Api::<KubeDirectorCluster>::namespaced(clients[which].clone(), &ns);
-                let patch = json!([{"op": "replace", "path": "/spec/roles/1/members", "value": 2 + (i % 2)}]);
-                let _ = api
-                    .patch(
-                        &format!("s{which}-{n:03}"),
-                        &PatchParams::default(),
-                        &Patch::<()>::Json(serde_json::from_value(patch).expect("patch")),
-                    )
-                    .await;
-                i += 1;
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
-        })
-    };
+    let load = resize_load(&clients, &ns, 30, Duration::from_millis(100));
 
     let mut failovers = Vec::new();
     for round in 0..20 {
@@ -439,31 +435,7 @@ async fn a_replica_cut_off_from_home_stops_before_its_leases_expire() {
     let clients = prepare(&CONTEXTS, &ns, &sys).await;
     // r0 reaches the home cluster (kwok-kd-1, where the Leases live) only through the proxy.
     let proxy = FaultProxy::start(clients[0].clone(), 1).await;
-    let mut kubeconfig = testbed::kubeconfig();
-    kubeconfig.clusters.push(NamedCluster {
-        name: "home-via-proxy".into(),
-        cluster: Some(Cluster {
-            server: Some(format!("http://127.0.0.1:{}", proxy.port)),
-            ..Default::default()
-        }),
-        other: Default::default(),
-    });
-    kubeconfig.auth_infos.push(NamedAuthInfo {
-        name: "proxied".into(),
-        auth_info: Some(AuthInfo::default()),
-        other: Default::default(),
-    });
-    kubeconfig.contexts.push(NamedContext {
-        name: "home-via-proxy".into(),
-        context: Some(Context {
-            cluster: "home-via-proxy".into(),
-            user: Some("proxied".into()),
-            ..Default::default()
-        }),
-        other: Default::default(),
-    });
-    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(format!("target/test-logs/{ns}.kubeconfig"));
-    std::fs::write(&path, serde_yaml::to_string(&kubeconfig).expect("kubeconfig")).expect("write kubeconfig");
+    let path = kubeconfig_with(&proxy, "home-via-proxy", &[], &ns);
     let record0 = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(format!("target/test-logs/{ns}-r0.jsonl"));
     let (path_text, rec0) = (path.display().to_string(), record0.display().to_string());
     let mut args = vec![
@@ -503,24 +475,7 @@ async fn a_replica_cut_off_from_home_stops_before_its_leases_expire() {
         .collect();
 
     // Keep every cluster busy, then cut r0 off from home.
-    let load = {
-        let (clients, ns) = (clients.clone(), ns.clone());
-        tokio::spawn(async move {
-            for i in 0usize.. {
-                let (which, n) = (i % 3, (i / 3) % 20);
-                let api = Api::<KubeDirectorCluster>::namespaced(clients[which].clone(), &ns);
-                let patch = json!([{"op": "replace", "path": "/spec/roles/1/members", "value": 2 + (i % 2)}]);
-                let _ = api
-                    .patch(
-                        &format!("s{which}-{n:03}"),
-                        &PatchParams::default(),
-                        &Patch::<()>::Json(serde_json::from_value(patch).expect("patch")),
-                    )
-                    .await;
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-        })
-    };
+    let load = resize_load(&clients, &ns, 20, Duration::from_millis(50));
     tokio::time::sleep(Duration::from_secs(2)).await;
     proxy.reject(true);
     let cut = micros_now();

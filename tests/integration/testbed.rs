@@ -78,23 +78,8 @@ pub async fn namespace_named(client: &Client, name: &str) {
 
 /// Creates a namespace unique to this test run and returns its name.
 pub async fn namespace(client: &Client, purpose: &str) -> String {
-    static SEQ: AtomicU32 = AtomicU32::new(0);
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.subsec_nanos())
-        .unwrap_or(0);
-    let name = format!("it-{purpose}-{}-{:x}", SEQ.fetch_add(1, Ordering::Relaxed), nanos);
-    let ns = Namespace {
-        metadata: ObjectMeta {
-            name: Some(name.clone()),
-            ..Default::default()
-        },
-        ..Default::default()
-    };
-    Api::<Namespace>::all(client.clone())
-        .create(&PostParams::default(), &ns)
-        .await
-        .unwrap_or_else(|e| panic!("create namespace {name}: {e}"));
+    let name = unique(purpose);
+    namespace_named(client, &name).await;
     name
 }
 
