@@ -176,42 +176,55 @@ impl<K: Clone + Eq + Hash + Ord + Send + Sync + 'static> WorkQueue<K> {
 
     /// The worker finished `key`.
     pub fn done(&self, key: &K, outcome: Outcome) {
+        enum Next {
+            Ready,
+            Gone,
+            At(Instant),
+        }
         let now = Instant::now();
-        let Some(mut e) = self.inner.entries.get_mut(key) else {
-            return;
-        };
-        let dirty = matches!(e.phase, Phase::Running { dirty: true });
-        let delay = match outcome {
-            Outcome::Done | Outcome::RequeueAfter(_) | Outcome::Throttled(_) => {
-                e.failures = 0;
-                match outcome {
-                    Outcome::RequeueAfter(d) => Some((d, DelayKind::Resync)),
-                    Outcome::Throttled(d) => Some((d, DelayKind::Throttle)),
-                    _ => None,
+        // Decide and remove under the entry's lock: an `add` arriving between a check and a separate
+        // removal would mark the entry dirty and then be thrown away with it — a lost change.
+        let next = match self.inner.entries.entry(key.clone()) {
+            dashmap::Entry::Vacant(_) => return,
+            dashmap::Entry::Occupied(mut o) => {
+                let e = o.get_mut();
+                let dirty = matches!(e.phase, Phase::Running { dirty: true });
+                let delay = match outcome {
+                    Outcome::Done | Outcome::RequeueAfter(_) | Outcome::Throttled(_) => {
+                        e.failures = 0;
+                        match outcome {
+                            Outcome::RequeueAfter(d) => Some((d, DelayKind::Resync)),
+                            Outcome::Throttled(d) => Some((d, DelayKind::Throttle)),
+                            _ => None,
+                        }
+                    }
+                    Outcome::Failed { retry_after } => {
+                        e.failures = e.failures.saturating_add(1);
+                        let backoff = self.inner.backoff.delay(e.failures, self.inner.jitter.unit());
+                        Some((backoff.max(retry_after.unwrap_or(Duration::ZERO)), DelayKind::Backoff))
+                    }
+                };
+                match delay {
+                    // A change arrived while running and nothing asks to wait: run again now.
+                    Some((_, DelayKind::Resync)) | None if dirty => {
+                        e.phase = Phase::Queued { since: now };
+                        Next::Ready
+                    }
+                    None => {
+                        o.remove();
+                        Next::Gone
+                    }
+                    Some((d, kind)) => {
+                        e.phase = Phase::Delayed { until: now + d, kind };
+                        Next::At(now + d)
+                    }
                 }
             }
-            Outcome::Failed { retry_after } => {
-                e.failures = e.failures.saturating_add(1);
-                let backoff = self.inner.backoff.delay(e.failures, self.inner.jitter.unit());
-                Some((backoff.max(retry_after.unwrap_or(Duration::ZERO)), DelayKind::Backoff))
-            }
         };
-        match delay {
-            // A change arrived while running and nothing asks to wait: run again now.
-            Some((_, DelayKind::Resync)) | None if dirty => {
-                e.phase = Phase::Queued { since: now };
-                drop(e);
-                self.push_ready(key.clone());
-            }
-            None => {
-                drop(e);
-                self.inner.entries.remove(key);
-            }
-            Some((d, kind)) => {
-                e.phase = Phase::Delayed { until: now + d, kind };
-                drop(e);
-                self.schedule(key.clone(), now + d);
-            }
+        match next {
+            Next::Ready => self.push_ready(key.clone()),
+            Next::At(at) => self.schedule(key.clone(), at),
+            Next::Gone => {}
         }
     }
 

@@ -215,3 +215,40 @@ async fn backed_off_keys_run_at_once_when_the_cluster_recovers() {
         "only backed-off keys are pulled forward"
     );
 }
+
+/// The race behind a lost reconcile: a change (`add`) arriving while the worker reports `done`. On a
+/// multi-threaded runtime, start both at the same instant (barrier) many times; every change made
+/// after a key was taken must lead to one more run of it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_change_racing_done_is_never_lost() {
+    let q = queue();
+    let go = std::sync::Arc::new(std::sync::Barrier::new(2));
+    let (tx, rx) = std::sync::mpsc::channel::<bool>();
+    let adder = {
+        let (q, go) = (q.clone(), go.clone());
+        std::thread::spawn(move || {
+            while rx.recv().unwrap_or(false) {
+                go.wait();
+                q.add(k("a"));
+                go.wait();
+            }
+        })
+    };
+    for round in 0..50_000 {
+        q.add(k("a"));
+        let taken = tokio::time::timeout(Duration::from_secs(5), q.next()).await;
+        let Ok(Some((key, _))) = taken else {
+            panic!("round {round}: key not handed out")
+        };
+        tx.send(true).expect("adder alive");
+        go.wait();
+        q.done(&key, Outcome::Done);
+        go.wait();
+        // The add came after the key was taken: it must run again, whichever side won the race.
+        let again = tokio::time::timeout(Duration::from_secs(5), q.next()).await;
+        assert!(matches!(again, Ok(Some(_))), "round {round}: the change was lost");
+        q.done(&k("a"), Outcome::Done);
+    }
+    tx.send(false).expect("adder alive");
+    adder.join().expect("adder thread");
+}
