@@ -138,7 +138,17 @@ pub async fn run_member(
         Some(ns) => Api::<DynamicObject>::namespaced_with(client.clone(), ns, &cluster_ar),
         None => Api::<DynamicObject>::all_with(client.clone(), &cluster_ar),
     };
-    let (clusters, cluster_events) = ours(cluster_api, cluster_ar.clone());
+    // The clusters themselves: every event of the raw watch stream, because a list (at start, and on
+    // every re-list) announces objects before they are in the store (InitApply) and completes with
+    // InitDone, after which every cluster is enqueued from the then-complete store. Without that, a
+    // worker taking an announced key finds no object, takes it for deleted and drops it for good.
+    let cluster_writer = reflector::store::Writer::new(cluster_ar.clone());
+    let clusters = cluster_writer.as_reader();
+    let cluster_events = reflector::reflector(
+        cluster_writer,
+        watcher(cluster_api, watcher::Config::default().any_semantic()),
+    )
+    .default_backoff();
     let (apps, app_events) = ours(Api::all_with(client.clone(), &app_ar), app_ar);
     let (configs, config_events) = ours(Api::all_with(client.clone(), &config_ar), config_ar);
     let (statefulsets, sts_events) = children(scoped::<StatefulSet>(&client, &ns));
@@ -175,9 +185,20 @@ pub async fn run_member(
     };
     let (for_configs, for_classes) = (clusters.clone(), clusters.clone());
     let streams: Vec<Events> = vec![
-        cluster_events
-            .map(|r| r.map(|c| key_of(c.namespace(), c.name_any()).into_iter().collect()))
-            .boxed(),
+        {
+            let clusters = clusters.clone();
+            cluster_events
+                .map(move |r| {
+                    r.map(|event| match event {
+                        watcher::Event::Apply(c) | watcher::Event::Delete(c) | watcher::Event::InitApply(c) => {
+                            key_of(c.namespace(), c.name_any()).into_iter().collect()
+                        }
+                        watcher::Event::Init => Vec::new(),
+                        watcher::Event::InitDone => all_keys(&clusters),
+                    })
+                })
+                .boxed()
+        },
         sts_events,
         svc_events,
         pod_events,
@@ -261,7 +282,10 @@ pub async fn run_member(
                         }
                         failing = false;
                         healthy.store(true, Ordering::Relaxed);
-                        keys.into_iter().for_each(|k| queue.add(k));
+                        for k in keys {
+                            tracing::trace!(%context, namespace = %k.namespace, name = %k.name, "event → key");
+                            queue.add(k);
+                        }
                     }
                     Err(e) => {
                         if !failing {
@@ -323,6 +347,7 @@ pub async fn run_member(
         );
         workers.push(tokio::spawn(async move {
             while let Some((key, waited)) = queue.next().await {
+                tracing::trace!(context = %ctx.context, namespace = %key.namespace, name = %key.name, "worker took key");
                 let m = &ctx.metrics;
                 m.queue_wait.get_or_create(&m.cluster(&ctx.context)).observe(waited.as_secs_f64());
                 let oref = ObjectRef::<DynamicObject>::new_with(&key.name, cluster_ar.clone()).within(&key.namespace);
