@@ -99,6 +99,16 @@ pub fn pvc(claim: &str, pod: &str) -> String {
     format!("{claim}-{pod}")
 }
 
+/// The pod a member PVC belongs to (`p-<pod>` or `b<i>-<pod>`).
+pub fn pod_of_pvc(pvc: &str) -> Option<&str> {
+    if let Some(pod) = pvc.strip_prefix("p-") {
+        return Some(pod);
+    }
+    let rest = pvc.strip_prefix('b')?;
+    let (digits, pod) = rest.split_once('-')?;
+    (!digits.is_empty() && digits.bytes().all(|b| b.is_ascii_digit())).then_some(pod)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -157,5 +167,8 @@ mod tests {
         assert_eq!(ordinal_of("kdss-abcde", "kdss-abcdef-1"), None);
         assert_eq!(pvc(STORAGE_CLAIM, "kdss-abcde-0"), "p-kdss-abcde-0");
         assert_eq!(member_service("kdss-abcde-0"), "s-kdss-abcde-0");
+        assert_eq!(pod_of_pvc("p-kdss-abcde-0"), Some("kdss-abcde-0"));
+        assert_eq!(pod_of_pvc("b12-kdss-abcde-3"), Some("kdss-abcde-3"));
+        assert_eq!(pod_of_pvc("data-x-0"), None);
     }
 }

@@ -168,6 +168,34 @@ pub fn plan_cluster(input: &ClusterInput) -> ClusterPlan {
         roles.push(step.status);
     }
 
+    // Member Services and PVCs nobody accounts for: a crash between applying a new member's children
+    // and recording the member in status leaves them behind, and no later shrink knows about them.
+    // Children of a role's StatefulSet whose member is not in status and whose pod is gone go; until
+    // they are gone the cluster is not reported `configured` (as with members known to be leaving).
+    let orphan_of = |pod: &str| {
+        !input.observed.pods.contains_key(pod)
+            && roles.iter().any(|r: &crate::api::cluster::RoleStatus| {
+                names::ordinal_of(&r.stateful_set, pod).is_some() && !r.members.iter().any(|m| m.pod == pod)
+            })
+    };
+    let mut orphans = false;
+    for svc in &input.observed.services {
+        if svc.strip_prefix("s-").is_some_and(orphan_of) {
+            orphans = true;
+            if !plan.delete_services.contains(svc) {
+                plan.delete_services.push(svc.clone());
+            }
+        }
+    }
+    for pvc in &input.observed.pvcs {
+        if names::pod_of_pvc(pvc).is_some_and(orphan_of) {
+            orphans = true;
+            if !plan.delete_pvcs.contains(pvc) {
+                plan.delete_pvcs.push(pvc.clone());
+            }
+        }
+    }
+
     // Roles removed from the spec: their StatefulSet goes now; members leave as on a shrink.
     for prev in prev_roles.iter().filter(|r| !spec.roles.iter().any(|s| s.id == r.id)) {
         let claims: Vec<String> = prev
@@ -198,7 +226,14 @@ pub fn plan_cluster(input: &ClusterInput) -> ClusterPlan {
     }
 
     let prev_state = input.prev.and_then(|s| s.state);
-    let state = status::cluster_state(prev_state, &roles);
+    let mut state = status::cluster_state(prev_state, &roles);
+    if orphans && state == ClusterState::Configured {
+        state = if matches!(prev_state, None | Some(ClusterState::Creating)) {
+            ClusterState::Creating
+        } else {
+            ClusterState::Updating
+        };
+    }
     let rollup = status::rollup(&roles, input.observed);
     let prev_conditions = input.prev.map(|s| s.conditions.as_slice()).unwrap_or_default();
     plan.status = KubeDirectorClusterStatus {

@@ -623,3 +623,47 @@ fn unchanged_input_gives_identical_children() {
     );
     assert_eq!(hash(&a.statefulsets[0]), hash(&c.statefulsets[0]));
 }
+
+#[test]
+fn orphaned_member_services_are_removed() {
+    // A crash after a new member's Service was applied but before the member reached status: the
+    // Service exists, the member does not, and its pod is gone (the spec shrank again meanwhile).
+    let cluster = centos_cluster();
+    let app = without_setup_app();
+    let p1 = plan(&cluster, &app, None, &Observed::default());
+    let mut observed = all_running(&p1, "a");
+    let sts = p1
+        .status
+        .roles
+        .iter()
+        .find(|r| r.id == "vanilla_centos")
+        .expect("role")
+        .stateful_set
+        .clone();
+    let orphan = names::member_service(&names::pod(&sts, 7));
+    observed.services.insert(orphan.clone());
+    let known = names::member_service(&names::pod(&sts, 0));
+    observed.services.insert(known.clone());
+    let orphan_pvc = names::pvc(names::STORAGE_CLAIM, &names::pod(&sts, 7));
+    observed.pvcs.insert(orphan_pvc.clone());
+    let settled = plan(&cluster, &app, Some(&p1.status), &all_running(&p1, "a"));
+    let p2 = plan(&cluster, &app, Some(&settled.status), &observed);
+    assert_eq!(p2.delete_services, vec![orphan.clone()], "only the orphan goes");
+    assert_eq!(p2.delete_pvcs, vec![orphan_pvc], "and its PVC");
+    assert_eq!(
+        p2.status.state,
+        Some(ClusterState::Updating),
+        "not configured while orphans remain"
+    );
+
+    // While its pod still exists (the StatefulSet is scaling down), the Service stays for now.
+    observed.pods.insert(
+        names::pod(&sts, 7),
+        PodFacts {
+            running: true,
+            ..Default::default()
+        },
+    );
+    let p3 = plan(&cluster, &app, Some(&settled.status), &observed);
+    assert!(p3.delete_services.is_empty());
+}
