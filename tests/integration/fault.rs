@@ -14,7 +14,7 @@ use kube::{Api, Client, ResourceExt};
 use kubedirector::api::KubeDirectorCluster;
 use kubedirector::api::cluster::{ClusterState, MemberState};
 
-use crate::fleet::{create, prepare, small_cluster};
+use crate::fleet::{create, members, prepare, small_cluster};
 use crate::operator::Operator;
 use crate::proxy::{FaultProxy, kubeconfig_with};
 use crate::testbed;
@@ -160,11 +160,7 @@ async fn a_hung_member_api_server_does_not_slow_the_others() {
     let contexts = ["kwok-kd-1", "kwok-kd-2", "kwok-kd-3"];
     let (ns, sys) = (testbed::unique("fault"), testbed::unique("fault-sys"));
     let clients = prepare(&contexts, &ns, &sys).await;
-    let mut selection = vec!["--watch-namespace", ns.as_str()];
-    for c in &contexts {
-        selection.extend(["--context", c]);
-    }
-    let operator = Operator::start_with(&selection, &ns, &sys);
+    let operator = Operator::start_with(&members(&contexts, &ns), &ns, &sys);
     let healthy = &clients[..2];
     let seen: Vec<_> = healthy.iter().map(|c| watch_configured(c.clone(), &ns)).collect();
     let seen_kd3 = watch_configured(clients[2].clone(), &ns);

@@ -39,6 +39,15 @@ pub async fn create(client: &Client, ns: &str, obj: &Value) {
         .unwrap_or_else(|e| panic!("create {kind}: {e}"));
 }
 
+/// Operator arguments that make every context in `contexts` a member and watch namespace `ns`.
+pub fn members<'a>(contexts: &[&'a str], ns: &'a str) -> Vec<&'a str> {
+    let mut args = vec!["--watch-namespace", ns];
+    for c in contexts {
+        args.extend(["--context", c]);
+    }
+    args
+}
+
 /// Same-named watch and system namespaces in each context, CRDs installed, the example app in the
 /// system namespace.
 pub async fn prepare(contexts: &[&str], ns: &str, sys: &str) -> Vec<Client> {
@@ -99,11 +108,7 @@ async fn one_process_reconciles_100_clusters_over_three_member_clusters() {
     let contexts = ["kwok-kd-1", "kwok-kd-2", "kwok-kd-3"];
     let (ns, sys) = (testbed::unique("fleet"), testbed::unique("fleet-sys"));
     let clients = prepare(&contexts, &ns, &sys).await;
-    let mut selection = vec!["--watch-namespace", ns.as_str()];
-    for c in &contexts {
-        selection.extend(["--context", c]);
-    }
-    let operator = Operator::start_with(&selection, &ns, &sys);
+    let operator = Operator::start_with(&members(&contexts, &ns), &ns, &sys);
     let started = Instant::now();
     let mut per_cluster = BTreeMap::new();
     for i in 0..100 {

@@ -79,7 +79,10 @@ impl Operator {
         let err = file.try_clone().expect("log handle");
         let child = Command::new(env!("CARGO_BIN_EXE_kubedirector"))
             .args(&self.args)
-            .env("RUST_LOG", "info,kubedirector=debug")
+            .env(
+                "RUST_LOG",
+                std::env::var("KD_TEST_RUST_LOG").unwrap_or_else(|_| "info,kubedirector=debug".to_string()),
+            )
             .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
             .stdout(Stdio::from(file))
             .stderr(Stdio::from(err))

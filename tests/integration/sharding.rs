@@ -16,7 +16,7 @@ use serde_json::json;
 use kubedirector::api::KubeDirectorCluster;
 use kubedirector::shard::assign::shard_of;
 
-use crate::fleet::{create, prepare, small_cluster, sum_metric, wait_all_configured};
+use crate::fleet::{create, members, prepare, small_cluster, sum_metric, wait_all_configured};
 use crate::operator::Operator;
 use crate::proxy::{FaultProxy, kubeconfig_with};
 use crate::testbed;
@@ -94,20 +94,11 @@ struct Replicas {
     records: Vec<PathBuf>,
 }
 
-fn start_replica(i: usize, ns: &str, sys: &str) -> (Operator, PathBuf) {
-    let record = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(format!("target/test-logs/{ns}-r{i}.jsonl"));
-    let _ = std::fs::remove_file(&record);
-    let (id, rec) = (format!("r{i}"), record.display().to_string());
-    let mut args = vec![
-        "--watch-namespace",
-        ns,
-        "--shards",
-        "32",
-        "--replica-id",
-        &id,
-        "--reconcile-record",
-        &rec,
-    ];
+/// Arguments of sharded replica `id` (test timing: lease 4 s, renew deadline 3 s, retry 1 s) recording
+/// its reconciles to `record`, with every test-bed cluster as a member.
+fn replica_args<'a>(ns: &'a str, id: &'a str, record: &'a str) -> Vec<&'a str> {
+    let mut args = members(&CONTEXTS, ns);
+    args.extend(["--shards", "32", "--replica-id", id, "--reconcile-record", record]);
     args.extend([
         "--lease-duration-ms",
         "4000",
@@ -116,10 +107,17 @@ fn start_replica(i: usize, ns: &str, sys: &str) -> (Operator, PathBuf) {
         "--retry-period-ms",
         "1000",
     ]);
-    for c in CONTEXTS {
-        args.extend(["--context", c]);
-    }
-    (Operator::start_with(&args, &format!("{ns}-r{i}"), sys), record)
+    args
+}
+
+fn start_replica(i: usize, ns: &str, sys: &str) -> (Operator, PathBuf) {
+    let record = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(format!("target/test-logs/{ns}-r{i}.jsonl"));
+    let _ = std::fs::remove_file(&record);
+    let (id, rec) = (format!("r{i}"), record.display().to_string());
+    (
+        Operator::start_with(&replica_args(ns, &id, &rec), &format!("{ns}-r{i}"), sys),
+        record,
+    )
 }
 
 fn start_replicas(n: usize, ns: &str, sys: &str) -> Replicas {
@@ -438,28 +436,8 @@ async fn a_replica_cut_off_from_home_stops_before_its_leases_expire() {
     let path = kubeconfig_with(&proxy, "home-via-proxy", &[], &ns);
     let record0 = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(format!("target/test-logs/{ns}-r0.jsonl"));
     let (path_text, rec0) = (path.display().to_string(), record0.display().to_string());
-    let mut args = vec![
-        "--kubeconfig",
-        &path_text,
-        "--home-context",
-        "home-via-proxy",
-        "--watch-namespace",
-        &ns,
-        "--shards",
-        "32",
-    ];
-    args.extend(["--replica-id", "r0", "--reconcile-record", &rec0]);
-    args.extend([
-        "--lease-duration-ms",
-        "4000",
-        "--renew-deadline-ms",
-        "3000",
-        "--retry-period-ms",
-        "1000",
-    ]);
-    for c in CONTEXTS {
-        args.extend(["--context", c]);
-    }
+    let mut args = vec!["--kubeconfig", &path_text, "--home-context", "home-via-proxy"];
+    args.extend(replica_args(&ns, "r0", &rec0));
     let r0 = Operator::start_with(&args, &format!("{ns}-r0"), &sys);
     let (r1, record1) = start_replica(1, &ns, &sys);
     let (r2, record2) = start_replica(2, &ns, &sys);
