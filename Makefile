@@ -7,7 +7,7 @@ CARGO ?= cargo
 TESTBED_DIR ?= $(CURDIR)/target/testbed
 export TESTBED_DIR
 
-.PHONY: help tools testbed testbed-down crds build lint unit integration test demo demo-down
+.PHONY: help tools testbed testbed-down crds build lint unit integration test demo demo-down loadtest loadtest-small
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -35,14 +35,24 @@ build: ## build the operator
 
 lint: ## rustfmt check and clippy with warnings denied
 	$(CARGO) fmt --all -- --check
-	$(CARGO) clippy --all-targets -- -D warnings
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
 
 unit: ## unit tests, API type round-trips and the CRD drift check (no cluster needed)
 	$(CARGO) test --lib --bins --test crd_drift --test api_types
+	$(CARGO) test -p kd-loadtest
 
 # Integration tests need the test bed: it is started here and always torn down, also on failure.
 integration: tools ## integration tests against a fresh test bed of 3 clusters
 	@$(CARGO) test --no-run --test integration 2>&1 | tail -n 2
 	@testbed/integration.sh
 
-test: lint unit integration ## every test: lint, unit, then integration on a fresh test bed
+# The loadtest runs on its own test bed (ports from 32500), torn down at the end. LOADTEST_ARGS adds flags.
+loadtest: tools ## the loadtest: 4 local clusters, 5,000 members, 3 replicas, 32 shards, chaos; report in target/loadtest/
+	$(CARGO) build --release --bin kubedirector
+	$(CARGO) run --release -p kd-loadtest -- --operator-bin target/release/kubedirector $(LOADTEST_ARGS)
+
+loadtest-small: tools ## the small loadtest profile (part of `make test`, under 3 minutes)
+	$(CARGO) build --bin kubedirector
+	$(CARGO) run -p kd-loadtest -- --small --operator-bin target/debug/kubedirector $(LOADTEST_ARGS)
+
+test: lint unit integration loadtest-small ## every test: lint, unit, integration on a fresh test bed, the small loadtest

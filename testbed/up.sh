@@ -3,6 +3,7 @@
 # kubeconfig with contexts kwok-kd-1..kwok-kd-N to $TESTBED_DIR/kubeconfig.
 # Usage: up.sh [N]   env: NODES (fake nodes per cluster, default 10), NODE_PODS (pods per node, default 1000),
 #                         TESTBED_PORT_BASE (cluster i uses ports base+10*(i-1) .. +5, default 32100)
+#                         AUDIT_POLICY (audit policy file; the log is $KWOK_WORKDIR/clusters/kd-i/logs/audit.log)
 set -euo pipefail
 # shellcheck source=testbed/env.sh
 . "$(dirname "$0")/env.sh"
@@ -30,7 +31,7 @@ create() {
     echo "[testbed] $name already exists"
   else
     echo "[testbed] creating $name"
-    kwokctl create cluster --name "$name" --config "$config" --config "$TOOLS_DIR/kwok-stages.yaml" --kubeconfig "$kc" --wait 2m --quiet-pull \
+    kwokctl create cluster --name "$name" --config "$config" ${AUDIT_POLICY:+--kube-audit-policy "$AUDIT_POLICY"} --config "$TOOLS_DIR/kwok-stages.yaml" --kubeconfig "$kc" --wait 2m --quiet-pull \
       > "$TESTBED_DIR/create-$name.log" 2>&1 || { cat "$TESTBED_DIR/create-$name.log" >&2; return 1; }
   fi
   kwokctl --name "$name" scale node --replicas "$nodes" \

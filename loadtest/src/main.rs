@@ -1,0 +1,257 @@
+//! kd-loadtest: reconcile latency of kubedirector-rs for thousands of members across many clusters,
+//! against a floor without operator, with failover, overlaps and lost CRs. See docs/loadtest.md.
+
+mod audit;
+mod objects;
+mod phases;
+mod plot;
+mod prepare;
+mod procstat;
+mod provider;
+mod records;
+mod replicas;
+mod report;
+mod run;
+mod stats;
+mod track;
+mod workload;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::Parser;
+
+use provider::Provider;
+use workload::Workload;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "kd-loadtest",
+    version,
+    about = "Loadtest of kubedirector-rs: latency vs floor, writes, failover, overlaps, lost"
+)]
+struct Cli {
+    /// Where the member clusters come from.
+    #[arg(long, value_enum, default_value = "kwok")]
+    provider: Provider,
+    /// Workload YAML (fields in docs/loadtest.md); flags below override it.
+    #[arg(long)]
+    workload: Option<PathBuf>,
+    /// The small profile (part of `make test`) instead of the standard one.
+    #[arg(long)]
+    small: bool,
+    #[arg(long)]
+    clusters: Option<u32>,
+    /// Members in total, over all CRs.
+    #[arg(long)]
+    members: Option<u32>,
+    /// Roles of each CR with their members, e.g. controller=1,worker=4.
+    #[arg(long)]
+    roles: Option<String>,
+    /// Fraction of CRs resized once all are configured (0 = no churn).
+    #[arg(long)]
+    churn: Option<f64>,
+    #[arg(long)]
+    replicas: Option<u32>,
+    #[arg(long)]
+    shards: Option<u32>,
+    /// SIGKILL a replica every this many seconds (0 = no chaos).
+    #[arg(long)]
+    chaos_every: Option<u64>,
+    #[arg(long)]
+    write_qps: Option<u32>,
+    /// Contexts of the `contexts` provider (repeatable).
+    #[arg(long = "context")]
+    contexts: Vec<String>,
+    #[arg(long, env = "KUBECONFIG")]
+    kubeconfig: Option<PathBuf>,
+    /// The operator binary the replicas run.
+    #[arg(long, default_value = "target/release/kubedirector")]
+    operator_bin: PathBuf,
+    /// Runs go to <out>/<run>/.
+    #[arg(long, default_value = "target/loadtest")]
+    out: PathBuf,
+    /// Name of the run (default: UTC date and time).
+    #[arg(long)]
+    run: Option<String>,
+    /// First port of the kwok test bed (cluster i uses base+10·(i−1) … +5).
+    #[arg(long, default_value_t = 32500)]
+    port_base: u16,
+    /// RUST_LOG of the replicas.
+    #[arg(long, default_value = "info")]
+    operator_log: String,
+    /// Print what would be done (kind: every command and file) and stop.
+    #[arg(long)]
+    dry_run: bool,
+}
+
+fn workload(cli: &Cli) -> anyhow::Result<Workload> {
+    let mut w = match &cli.workload {
+        Some(path) => {
+            let text =
+                std::fs::read_to_string(path).map_err(|e| anyhow::anyhow!("--workload {}: {e}", path.display()))?;
+            Workload::from_yaml(&path.display().to_string(), &text)?
+        }
+        None if cli.small => Workload::small(),
+        None => Workload::standard(),
+    };
+    if let Some(v) = cli.clusters {
+        w.clusters = v;
+    }
+    if let Some(v) = cli.members {
+        w.members = v;
+    }
+    if let Some(v) = &cli.roles {
+        w.roles = workload::parse_roles(v)?;
+    }
+    if let Some(v) = cli.churn {
+        w.churn.fraction = v;
+    }
+    if let Some(v) = cli.replicas {
+        w.replicas = v;
+    }
+    if let Some(v) = cli.shards {
+        w.shards = v;
+    }
+    if let Some(v) = cli.chaos_every {
+        w.chaos.every_seconds = v;
+    }
+    if let Some(v) = cli.write_qps {
+        w.write_qps = v;
+        w.write_burst = w.write_burst.max(v);
+    }
+    if cli.provider == Provider::Contexts && cli.clusters.is_none() && !cli.contexts.is_empty() {
+        w.clusters = cli.contexts.len() as u32;
+    }
+    w.validate()?;
+    Ok(w)
+}
+
+fn dry_run(cli: &Cli, w: &Workload, run_dir: &std::path::Path) {
+    println!(
+        "# workload ({} CRs of {} members)\n{}",
+        w.crs(),
+        w.members_per_cr(),
+        serde_yaml::to_string(w).unwrap_or_default()
+    );
+    match cli.provider {
+        Provider::Kind => {
+            println!("# kind: clusters, kwok and fake nodes");
+            for step in provider::kind::plan(run_dir, w.clusters, w.nodes, &audit::policy()) {
+                print!("{step}");
+            }
+        }
+        Provider::Kwok => println!(
+            "# kwok: TESTBED_DIR={} TESTBED_PORT_BASE={} NODES={} AUDIT_POLICY={} testbed/up.sh {}",
+            run_dir.join("testbed").display(),
+            cli.port_base,
+            w.nodes,
+            run_dir.join("audit-policy.yaml").display(),
+            w.clusters
+        ),
+        Provider::Contexts => println!("# contexts: {}", cli.contexts.join(", ")),
+    }
+    println!(
+        "# then {} replicas of {} (shards {}), on every context",
+        w.replicas,
+        cli.operator_bin.display(),
+        w.shards
+    );
+    if let Some(c) = phases::names_of(w, 0).first() {
+        let example = objects::cluster(
+            c,
+            &w.roles,
+            if cli.provider == Provider::Kind {
+                objects::Placement::KwokNodesOnly
+            } else {
+                objects::Placement::Anywhere
+            },
+        );
+        println!("# first CR\n{}", serde_yaml::to_string(&example).unwrap_or_default());
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let w = match workload(&cli) {
+        Ok(w) => w,
+        Err(e) => {
+            eprintln!("kd-loadtest: {e:#}");
+            return ExitCode::from(2);
+        }
+    };
+    let run = cli
+        .run
+        .clone()
+        .unwrap_or_else(|| jiff::Timestamp::now().strftime("%Y%m%d-%H%M%S").to_string());
+    // Absolute: the test bed's scripts and kwokctl run in other directories.
+    let out = std::fs::create_dir_all(&cli.out).and_then(|_| std::fs::canonicalize(&cli.out));
+    let run_dir = match out {
+        Ok(out) => out.join(&run),
+        Err(e) => {
+            eprintln!("kd-loadtest: --out {}: {e}", cli.out.display());
+            return ExitCode::from(2);
+        }
+    };
+    if cli.dry_run {
+        dry_run(&cli, &w, &run_dir);
+        return ExitCode::SUCCESS;
+    }
+    if !cli.operator_bin.exists() {
+        eprintln!(
+            "kd-loadtest: --operator-bin {}: no such file (build it: cargo build --release --bin kubedirector)",
+            cli.operator_bin.display()
+        );
+        return ExitCode::from(2);
+    }
+    let command = std::env::args().collect::<Vec<_>>().join(" ");
+    let options = run::Options {
+        provider: cli.provider,
+        workload: w,
+        run_dir: run_dir.clone(),
+        run,
+        command,
+        operator_bin: std::fs::canonicalize(&cli.operator_bin).unwrap_or(cli.operator_bin.clone()),
+        repo: PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(".."),
+        kubeconfig: cli.kubeconfig.clone(),
+        contexts: cli.contexts.clone(),
+        port_base: cli.port_base,
+        log_level: cli.operator_log.clone(),
+    };
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("kd-loadtest: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let report = match runtime.block_on(run::run(options)) {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("kd-loadtest: a figure could not be measured, no report written: {e:#}");
+            return ExitCode::from(3);
+        }
+    };
+    let md = report.markdown();
+    let written = serde_json::to_string_pretty(&report)
+        .map_err(anyhow::Error::from)
+        .and_then(|json| Ok(std::fs::write(run_dir.join("report.json"), json)?))
+        .and_then(|_| Ok(std::fs::write(run_dir.join("report.md"), &md)?));
+    if let Err(e) = written {
+        eprintln!("kd-loadtest: writing the report: {e}");
+        return ExitCode::FAILURE;
+    }
+    println!(
+        "{md}\nreport: {}/report.{{json,md}}, plot: {}/plot.png",
+        run_dir.display(),
+        run_dir.display()
+    );
+    if report.overlaps > 0 || report.lost.total > 0 {
+        eprintln!(
+            "kd-loadtest: FAILED: {} overlaps, {} lost (see report.json: overlap_examples, lost)",
+            report.overlaps, report.lost.total
+        );
+        return ExitCode::from(1);
+    }
+    ExitCode::SUCCESS
+}

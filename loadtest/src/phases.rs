@@ -1,0 +1,286 @@
+//! The phases' writes: CRs created, resized and deleted; floor objects created; waits with a progress
+//! bar (or, without a terminal, a line every 10 s).
+
+use std::io::IsTerminal;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures::{StreamExt, stream};
+use indicatif::{ProgressBar, ProgressStyle};
+use k8s_openapi::api::apps::v1::StatefulSet;
+use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod, Service};
+use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams};
+use kube::{Api, Client};
+use serde_json::json;
+
+use crate::objects::{self, Placement};
+use crate::prepare::kd_api;
+use crate::track::{Key, Tracker};
+use crate::workload::Workload;
+
+/// Waits until `tracker` has nothing pending or `limit` passes; shows progress toward `total`.
+pub async fn wait(tracker: &Tracker, what: &str, total: usize, limit: Duration) {
+    let start = Instant::now();
+    let tty = std::io::stderr().is_terminal();
+    let bar = if tty {
+        let b = ProgressBar::new(total as u64);
+        if let Ok(style) = ProgressStyle::with_template("{prefix:>24} [{elapsed_precise}] {wide_bar} {pos}/{len}") {
+            b.set_style(style);
+        }
+        b.set_prefix(what.to_string());
+        Some(b)
+    } else {
+        None
+    };
+    let mut last_line = Instant::now();
+    loop {
+        let done = tracker.done_count();
+        if let Some(b) = &bar {
+            b.set_position(done as u64);
+        } else if last_line.elapsed() >= Duration::from_secs(10) {
+            eprintln!(
+                "[loadtest] {what}: {done}/{total} after {:.0} s",
+                start.elapsed().as_secs_f64()
+            );
+            last_line = Instant::now();
+        }
+        if tracker.pending() == 0 || start.elapsed() > limit {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    if let Some(b) = bar {
+        b.finish();
+    }
+    eprintln!(
+        "[loadtest] {what}: {}/{total} in {:.1} s",
+        tracker.done_count(),
+        start.elapsed().as_secs_f64()
+    );
+}
+
+/// The CRs of cluster `c`: global indices dealt round robin.
+pub fn names_of(w: &Workload, c: usize) -> Vec<String> {
+    (0..w.crs())
+        .filter(|g| (*g % w.clusters) as usize == c)
+        .map(objects::cr_name)
+        .collect()
+}
+
+/// Creates every CR of cluster `c`; returns the ones the API server refused, with why.
+pub async fn create_crs(
+    client: &Client,
+    ns: &str,
+    c: usize,
+    w: &Workload,
+    placement: Placement,
+    tracker: &Arc<Tracker>,
+) -> Vec<String> {
+    let api = kd_api(client, ns, "KubeDirectorCluster");
+    let results: Vec<Option<String>> = stream::iter(names_of(w, c))
+        .map(|name| {
+            let (api, tracker) = (api.clone(), tracker.clone());
+            let obj = objects::cluster(&name, &w.roles, placement);
+            async move {
+                let key: Key = (c, name.clone());
+                tracker.start(key.clone());
+                let dynamic = match serde_json::from_value(obj) {
+                    Ok(d) => d,
+                    Err(e) => return Some(format!("{name}: {e}")),
+                };
+                match api.create(&PostParams::default(), &dynamic).await {
+                    Ok(created) => {
+                        tracker.written(&key, created.metadata.generation.unwrap_or(1));
+                        None
+                    }
+                    Err(e) => {
+                        tracker.forget(&key);
+                        Some(format!("{name}: create refused: {e}"))
+                    }
+                }
+            }
+        })
+        .buffer_unordered(w.create_concurrency as usize)
+        .collect()
+        .await;
+    results.into_iter().flatten().collect()
+}
+
+/// The CRs resized by churn, as (cluster, name, new members of the last role), in order.
+pub fn churn_plan(w: &Workload) -> Vec<(usize, String, u32)> {
+    let (n, total) = (w.churned(), w.crs());
+    let last = w.roles.last().map(|r| r.members).unwrap_or(0);
+    (0..n)
+        .map(|j| {
+            let g = (u64::from(j) * u64::from(total) / u64::from(n.max(1))) as u32;
+            let members = if j % 2 == 0 {
+                last + w.churn.delta
+            } else {
+                last - w.churn.delta
+            };
+            ((g % w.clusters) as usize, objects::cr_name(g), members)
+        })
+        .collect()
+}
+
+/// Resizes the churned CRs, evenly over `churn.seconds`; returns refused patches.
+pub async fn churn(clients: &[Client], ns: &str, w: &Workload, tracker: &Arc<Tracker>) -> Vec<String> {
+    let plan = churn_plan(w);
+    let step = Duration::from_secs(w.churn.seconds).div_f64(plan.len().max(1) as f64);
+    let start = tokio::time::Instant::now();
+    let mut tasks = Vec::new();
+    for (j, (c, name, members)) in plan.into_iter().enumerate() {
+        tokio::time::sleep_until(start + step.mul_f64(j as f64)).await;
+        let api = kd_api(&clients[c], ns, "KubeDirectorCluster");
+        let mut roles: Vec<serde_json::Value> = objects::cluster(&name, &w.roles, Placement::Anywhere)["spec"]["roles"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default();
+        if let Some(last) = roles.last_mut() {
+            last["members"] = json!(members);
+        }
+        // Only the members: a JSON merge patch replaces the roles list, so send it whole but keep
+        // each role's affinity as created.
+        let tracker = tracker.clone();
+        tasks.push(tokio::spawn(async move {
+            let key: Key = (c, name.clone());
+            let current = match api.get(&name).await {
+                Ok(o) => o,
+                Err(e) => return Some(format!("{name}: get before resize: {e}")),
+            };
+            let mut spec_roles = current.data["spec"]["roles"].as_array().cloned().unwrap_or(roles);
+            if let Some(last) = spec_roles.last_mut() {
+                last["members"] = json!(members);
+            }
+            tracker.start(key.clone());
+            let patch = json!({"spec": {"roles": spec_roles}});
+            match api.patch(&name, &PatchParams::default(), &Patch::Merge(&patch)).await {
+                Ok(o) => {
+                    tracker.written(&key, o.metadata.generation.unwrap_or(0));
+                    None
+                }
+                Err(e) => {
+                    tracker.forget(&key);
+                    Some(format!("{name}: resize refused: {e}"))
+                }
+            }
+        }));
+    }
+    let mut refused = Vec::new();
+    for t in tasks {
+        if let Ok(Some(e)) = t.await {
+            refused.push(e);
+        }
+    }
+    refused
+}
+
+/// Deletes every CR in `ns`, then waits until the CRs and their children are gone (or `limit`).
+/// Returns what is left: CRs first, then children.
+pub async fn delete_all(client: &Client, ns: &str, limit: Duration) -> anyhow::Result<Vec<String>> {
+    let api = kd_api(client, ns, "KubeDirectorCluster");
+    api.delete_collection(&DeleteParams::default(), &ListParams::default())
+        .await?;
+    let start = Instant::now();
+    loop {
+        let left = leftovers(client, ns).await?;
+        if left.is_empty() || start.elapsed() > limit {
+            return Ok(left);
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+}
+
+async fn leftovers(client: &Client, ns: &str) -> anyhow::Result<Vec<String>> {
+    let lp = ListParams::default();
+    let mut left: Vec<String> = kd_api(client, ns, "KubeDirectorCluster")
+        .list(&lp)
+        .await?
+        .items
+        .into_iter()
+        .map(|o| format!("KubeDirectorCluster {ns}/{}", o.metadata.name.unwrap_or_default()))
+        .collect();
+    macro_rules! children {
+        ($t:ty, $kind:expr) => {
+            for o in Api::<$t>::namespaced(client.clone(), ns).list(&lp).await?.items {
+                left.push(format!("{} {ns}/{}", $kind, o.metadata.name.unwrap_or_default()));
+            }
+        };
+    }
+    children!(StatefulSet, "StatefulSet");
+    children!(Service, "Service");
+    children!(PersistentVolumeClaim, "PersistentVolumeClaim");
+    children!(Pod, "Pod");
+    Ok(left)
+}
+
+/// Creates the floor's objects for every CR name of cluster `c` in `ns`; returns refusals.
+pub async fn create_floor(
+    client: &Client,
+    ns: &str,
+    c: usize,
+    w: &Workload,
+    placement: Placement,
+    tracker: &Arc<Tracker>,
+) -> Vec<String> {
+    let (svc, sts) = (
+        Api::<Service>::namespaced(client.clone(), ns),
+        Api::<StatefulSet>::namespaced(client.clone(), ns),
+    );
+    let results: Vec<Option<String>> = stream::iter(names_of(w, c))
+        .map(|name| {
+            let (svc, sts, tracker) = (svc.clone(), sts.clone(), tracker.clone());
+            async move {
+                let group = match objects::floor_group(&name, ns, w, placement) {
+                    Ok(g) => g,
+                    Err(e) => return Some(format!("{name}: {e}")),
+                };
+                let key: Key = (c, name.clone());
+                tracker.start(key.clone());
+                for s in &group.services {
+                    if let Err(e) = svc.create(&PostParams::default(), s).await {
+                        tracker.forget(&key);
+                        return Some(format!("floor {name}: Service refused: {e}"));
+                    }
+                }
+                for s in &group.statefulsets {
+                    if let Err(e) = sts.create(&PostParams::default(), s).await {
+                        tracker.forget(&key);
+                        return Some(format!("floor {name}: StatefulSet refused: {e}"));
+                    }
+                }
+                tracker.written(&key, 1);
+                None
+            }
+        })
+        .buffer_unordered(w.create_concurrency as usize)
+        .collect()
+        .await;
+    results.into_iter().flatten().collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn churn_alternates_and_spreads_over_the_crs() {
+        let w = Workload::small(); // 40 CRs, 25 % → 10, over 2 clusters
+        let plan = churn_plan(&w);
+        assert_eq!(plan.len(), 10);
+        assert_eq!(plan[0], (0, "lt-00000".into(), 5));
+        assert_eq!(plan[1], (0, "lt-00004".into(), 3));
+        let names: std::collections::BTreeSet<_> = plan.iter().map(|p| p.1.clone()).collect();
+        assert_eq!(names.len(), 10, "distinct CRs");
+    }
+
+    #[test]
+    fn names_are_dealt_round_robin() {
+        let w = Workload::small();
+        let a = names_of(&w, 0);
+        let b = names_of(&w, 1);
+        assert_eq!((a.len(), b.len()), (20, 20));
+        assert_eq!(a[1], "lt-00002");
+        assert_eq!(b[0], "lt-00001");
+    }
+}

@@ -1,0 +1,148 @@
+//! plot.png: the latency CDF of operator vs floor (top) and the members ready over time in each phase
+//! (bottom). Text is drawn from a system TrueType font found at run time.
+
+use std::path::Path;
+
+use anyhow::{Context as _, bail};
+use plotters::prelude::*;
+
+/// Places where Debian/Ubuntu/Fedora/Arch keep DejaVu or Liberation Sans.
+const FONTS: &[&str] = &[
+    "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf",
+    "/usr/share/fonts/dejavu/DejaVuSans.ttf",
+    "/usr/share/fonts/TTF/DejaVuSans.ttf",
+    "/usr/share/fonts/dejavu-sans-fonts/DejaVuSans.ttf",
+    "/usr/share/fonts/truetype/liberation/LiberationSans-Regular.ttf",
+];
+
+fn register_font() -> anyhow::Result<()> {
+    let from_env = std::env::var("KD_LOADTEST_FONT").ok();
+    let candidates = from_env.iter().map(String::as_str).chain(FONTS.iter().copied());
+    for path in candidates {
+        if let Ok(bytes) = std::fs::read(path) {
+            // The font registry wants 'static bytes; one font per process.
+            let bytes: &'static [u8] = Box::leak(bytes.into_boxed_slice());
+            if plotters::style::register_font("sans-serif", FontStyle::Normal, bytes).is_ok() {
+                return Ok(());
+            }
+        }
+    }
+    bail!(
+        "no TrueType font for plot.png: install fonts-dejavu-core, or point KD_LOADTEST_FONT at a .ttf (looked in {})",
+        FONTS.join(", ")
+    )
+}
+
+/// (fraction, seconds) points of the empirical CDF.
+pub fn cdf(samples: &[f64]) -> Vec<(f64, f64)> {
+    let mut s: Vec<f64> = samples.to_vec();
+    s.sort_by(f64::total_cmp);
+    let n = s.len() as f64;
+    s.iter().enumerate().map(|(i, v)| (*v, (i + 1) as f64 / n)).collect()
+}
+
+/// Cumulative members ready over time: (seconds since the phase began, members).
+pub fn timeline(done: &[(f64, u32)]) -> Vec<(f64, f64)> {
+    let mut d = done.to_vec();
+    d.sort_by(|a, b| a.0.total_cmp(&b.0));
+    let mut total = 0.0;
+    let mut out = vec![(0.0, 0.0)];
+    for (t, m) in d {
+        total += f64::from(m);
+        out.push((t, total));
+    }
+    out
+}
+
+pub struct Series<'a> {
+    pub operator_latency: &'a [f64],
+    pub floor_latency: &'a [f64],
+    pub operator_ready: &'a [(f64, u32)],
+    pub floor_ready: &'a [(f64, u32)],
+}
+
+pub fn draw(path: &Path, title: &str, s: &Series) -> anyhow::Result<()> {
+    register_font()?;
+    let root = BitMapBackend::new(path, (1000, 900)).into_drawing_area();
+    root.fill(&WHITE).context("plot")?;
+    let (top, bottom) = root.split_vertically(450);
+    let max_latency = s
+        .operator_latency
+        .iter()
+        .chain(s.floor_latency)
+        .copied()
+        .fold(1.0, f64::max)
+        * 1.05;
+    let mut c = ChartBuilder::on(&top)
+        .caption(format!("{title}: create → ready, CDF"), ("sans-serif", 22))
+        .margin(12)
+        .x_label_area_size(40)
+        .y_label_area_size(55)
+        .build_cartesian_2d(0f64..max_latency, 0f64..1.0)
+        .context("plot")?;
+    c.configure_mesh()
+        .x_desc("seconds")
+        .y_desc("fraction of CRs")
+        .draw()
+        .context("plot")?;
+    for (name, data, color) in [
+        ("operator (create → configured)", s.operator_latency, RED),
+        ("floor (StatefulSets+Services → pods Ready)", s.floor_latency, BLUE),
+    ] {
+        c.draw_series(LineSeries::new(cdf(data), color.stroke_width(2)))
+            .context("plot")?
+            .label(name)
+            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(2)));
+    }
+    c.configure_series_labels()
+        .position(SeriesLabelPosition::LowerRight)
+        .background_style(WHITE)
+        .border_style(BLACK)
+        .draw()
+        .context("plot")?;
+
+    let op = timeline(s.operator_ready);
+    let fl = timeline(s.floor_ready);
+    let max_t = op.iter().chain(&fl).map(|p| p.0).fold(1.0, f64::max) * 1.05;
+    let max_m = op.iter().chain(&fl).map(|p| p.1).fold(1.0, f64::max) * 1.05;
+    let mut c = ChartBuilder::on(&bottom)
+        .caption("members ready over time", ("sans-serif", 22))
+        .margin(12)
+        .x_label_area_size(40)
+        .y_label_area_size(70)
+        .build_cartesian_2d(0f64..max_t, 0f64..max_m)
+        .context("plot")?;
+    c.configure_mesh()
+        .x_desc("seconds since the phase began")
+        .y_desc("members")
+        .draw()
+        .context("plot")?;
+    for (name, data, color) in [("operator", op, RED), ("floor", fl, BLUE)] {
+        c.draw_series(LineSeries::new(data, color.stroke_width(2)))
+            .context("plot")?
+            .label(name)
+            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(2)));
+    }
+    c.configure_series_labels()
+        .position(SeriesLabelPosition::LowerRight)
+        .background_style(WHITE)
+        .border_style(BLACK)
+        .draw()
+        .context("plot")?;
+    root.present().context("writing plot.png")?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cdf_and_timeline() {
+        assert_eq!(cdf(&[2.0, 1.0]), vec![(1.0, 0.5), (2.0, 1.0)]);
+        assert_eq!(
+            timeline(&[(2.0, 5), (1.0, 5)]),
+            vec![(0.0, 0.0), (1.0, 5.0), (2.0, 10.0)]
+        );
+    }
+}

@@ -1,0 +1,593 @@
+//! One run, phase by phase: bed up → prepare → replicas → create → churn (chaos throughout) → delete
+//! → replicas stopped → floor → figures → report. The bed is torn down whatever happens.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use anyhow::{Context as _, bail};
+use k8s_openapi::api::coordination::v1::Lease;
+use kube::api::ListParams;
+use kube::{Api, Client};
+
+use kubedirector::shard::assign::shard_of;
+
+use crate::objects::{self, Placement};
+use crate::provider::{self, Bed, Provider};
+use crate::records::{self, Kill};
+use crate::replicas::{Launch, Replicas};
+use crate::report::{self, Report};
+use crate::stats::{self, Bound};
+use crate::track::{self, Tracker};
+use crate::workload::Workload;
+use crate::{audit, phases, plot, prepare};
+
+pub struct Options {
+    pub provider: Provider,
+    pub workload: Workload,
+    pub run_dir: PathBuf,
+    pub run: String,
+    pub command: String,
+    pub operator_bin: PathBuf,
+    pub repo: PathBuf,
+    pub kubeconfig: Option<PathBuf>,
+    pub contexts: Vec<String>,
+    pub port_base: u16,
+    pub log_level: String,
+}
+
+/// Lease duration of the operator's shards (its default): failover cannot be faster.
+const LEASE: Duration = Duration::from_secs(10);
+
+pub fn micros(t: SystemTime) -> u64 {
+    t.duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| d.as_micros() as u64)
+        .unwrap_or(0)
+}
+
+fn now_us() -> u64 {
+    micros(SystemTime::now())
+}
+
+pub async fn run(o: Options) -> anyhow::Result<Report> {
+    std::fs::create_dir_all(&o.run_dir)?;
+    let policy_path = o.run_dir.join("audit-policy.yaml");
+    std::fs::write(&policy_path, audit::policy())?;
+    std::fs::write(o.run_dir.join("workload.yaml"), serde_yaml::to_string(&o.workload)?)?;
+    let w = &o.workload;
+    let mut bed = match o.provider {
+        Provider::Kwok => provider::kwok::up(
+            &o.repo,
+            &o.run_dir.join("testbed"),
+            o.port_base,
+            w.clusters,
+            w.nodes,
+            &policy_path,
+        )?,
+        Provider::Kind => provider::kind::up(&o.run_dir, w.clusters, w.nodes, &audit::policy())?,
+        Provider::Contexts => {
+            let kc = o
+                .kubeconfig
+                .clone()
+                .or_else(default_kubeconfig)
+                .context("--kubeconfig (or KUBECONFIG) is needed for the contexts provider")?;
+            provider::contexts::bed(kc, &o.contexts, w.clusters)?
+        }
+    };
+    eprintln!("[loadtest] member clusters: {}", bed.contexts.join(", "));
+    let result = measure(&o, &bed).await;
+    if let Err(e) = bed.teardown() {
+        eprintln!("[loadtest] teardown: {e:#}");
+    }
+    result
+}
+
+fn default_kubeconfig() -> Option<PathBuf> {
+    std::env::var_os("KUBECONFIG")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".kube/config")))
+}
+
+type Histograms = BTreeMap<String, BTreeMap<Bound, f64>>;
+
+fn mutating(l: &BTreeMap<String, String>) -> bool {
+    matches!(
+        l.get("verb").map(String::as_str),
+        Some("POST" | "PUT" | "PATCH" | "DELETE" | "APPLY")
+    )
+}
+
+/// "VERB resource[/subresource]" of an API server metric sample.
+fn call_of(l: &BTreeMap<String, String>) -> String {
+    let get = |k: &str| l.get(k).map(String::as_str).unwrap_or("");
+    let sub = get("subresource");
+    let sep = if sub.is_empty() { "" } else { "/" };
+    format!("{} {}{sep}{sub}", get("verb"), get("resource"))
+}
+
+/// Each API server's mutating-call latency histograms, by call.
+async fn apiserver_histograms(clients: &[Client]) -> anyhow::Result<Vec<Histograms>> {
+    let mut out = Vec::new();
+    for c in clients {
+        let req = http::Request::get("/metrics").body(Vec::new())?;
+        let text = c.request_text(req).await.context("API server /metrics")?;
+        let samples = stats::parse(&text);
+        let calls: BTreeSet<String> = samples
+            .iter()
+            .filter(|s| s.name == "apiserver_request_duration_seconds_bucket" && mutating(&s.labels))
+            .map(|s| call_of(&s.labels))
+            .collect();
+        let by_call = calls
+            .into_iter()
+            .map(|name| {
+                let b = stats::buckets(&samples, "apiserver_request_duration_seconds", |l| {
+                    mutating(l) && call_of(l) == name
+                });
+                (name, b)
+            })
+            .collect();
+        out.push(by_call);
+    }
+    Ok(out)
+}
+
+/// The calls of a window (after − before) merged, and the five kinds of call with the highest p99.
+fn mutating_window(after: &Histograms, before: &Histograms) -> (BTreeMap<Bound, f64>, Vec<report::SlowCall>) {
+    let empty = BTreeMap::new();
+    let mut all = BTreeMap::new();
+    let mut slow = Vec::new();
+    for (name, b) in after {
+        let d = stats::delta(b, before.get(name).unwrap_or(&empty));
+        let count = d.get(&Bound(f64::INFINITY)).copied().unwrap_or(0.0);
+        if let Some(p99) = stats::quantile(0.99, &d) {
+            slow.push(report::SlowCall {
+                call: name.clone(),
+                count,
+                p99_seconds: p99,
+            });
+        }
+        stats::add(&mut all, &d);
+    }
+    slow.sort_by(|a, b| b.p99_seconds.total_cmp(&a.p99_seconds));
+    slow.truncate(5);
+    (all, slow)
+}
+
+async fn holders(home: &Client, ns: &str) -> anyhow::Result<BTreeMap<u32, String>> {
+    let leases = Api::<Lease>::namespaced(home.clone(), ns)
+        .list(&ListParams::default())
+        .await?;
+    let mut out = BTreeMap::new();
+    for l in leases.items {
+        let name = l.metadata.name.unwrap_or_default();
+        let holder = l.spec.and_then(|s| s.holder_identity).filter(|h| !h.is_empty());
+        if let (Some(s), Some(h)) = (
+            name.strip_prefix("kubedirector-shard-").and_then(|s| s.parse().ok()),
+            holder,
+        ) {
+            out.insert(s, h);
+        }
+    }
+    Ok(out)
+}
+
+/// Kills a replica every `every`, round robin, until `stop` is set; records each kill.
+fn chaos(
+    replicas: Arc<tokio::sync::Mutex<Replicas>>,
+    home: Client,
+    system: String,
+    n: u32,
+    every: Duration,
+    stop: Arc<tokio::sync::Notify>,
+) -> tokio::task::JoinHandle<anyhow::Result<Vec<Kill>>> {
+    tokio::spawn(async move {
+        let mut kills = Vec::new();
+        let mut slot = 0;
+        loop {
+            tokio::select! {
+                _ = stop.notified() => return Ok(kills),
+                _ = tokio::time::sleep(every) => {}
+            }
+            let held = holders(&home, &system).await?;
+            let mut r = replicas.lock().await;
+            let victim = r
+                .live()
+                .nth(slot as usize)
+                .map(|i| i.id.clone())
+                .context("no live replica")?;
+            let shards: Vec<u32> = held.iter().filter(|(_, h)| **h == victim).map(|(s, _)| *s).collect();
+            let at = now_us();
+            r.kill_and_replace(slot).await?;
+            eprintln!("[loadtest] chaos: SIGKILL {victim} (holding {} shards)", shards.len());
+            kills.push(Kill {
+                replica: victim,
+                at,
+                shards,
+            });
+            slot = (slot + 1) % n;
+        }
+    })
+}
+
+async fn measure(o: &Options, bed: &Bed) -> anyhow::Result<Report> {
+    let w = &o.workload;
+    let started = Instant::now();
+    let mut phase_secs = BTreeMap::new();
+    let placement = if o.provider == Provider::Kind {
+        Placement::KwokNodesOnly
+    } else {
+        Placement::Anywhere
+    };
+    let audited = bed.audit_logs.is_some();
+    let ns = "kd-loadtest".to_string();
+    let floor_ns = "kd-loadtest-floor".to_string();
+    let system = if audited {
+        audit::OPERATOR_NAMESPACE.to_string()
+    } else {
+        format!("{ns}-system")
+    };
+
+    let mut clients = Vec::new();
+    for c in &bed.contexts {
+        clients.push(prepare::client(&bed.kubeconfig, c).await?);
+    }
+    let app = objects::app(&w.roles);
+    let mut tokens = Vec::new();
+    for (c, client) in bed.contexts.iter().zip(&clients) {
+        prepare::cluster(client, &[&ns, &floor_ns], &system, &app).await?;
+        if audited {
+            tokens.push((c.clone(), prepare::operator_token(client, 6).await?));
+        }
+    }
+    let operator_kubeconfig = if audited {
+        prepare::token_kubeconfig(&bed.kubeconfig, &tokens, &o.run_dir.join("operator-kubeconfig"))?
+    } else {
+        bed.kubeconfig.clone()
+    };
+    let api_before = apiserver_histograms(&clients).await?;
+
+    // Replicas and watches.
+    let launch = Launch {
+        binary: o.operator_bin.clone(),
+        kubeconfig: operator_kubeconfig,
+        contexts: bed.contexts.clone(),
+        watch_namespace: ns.clone(),
+        system_namespace: system.clone(),
+        shards: w.shards,
+        write_qps: w.write_qps,
+        write_burst: w.write_burst,
+        dir: o.run_dir.join("replicas"),
+        log_level: o.log_level.clone(),
+    };
+    let mut reps = Replicas::start(launch, w.replicas)?;
+    reps.wait_ready(Duration::from_secs(120)).await?;
+    let replicas = Arc::new(tokio::sync::Mutex::new(reps));
+    let tracker = Arc::new(Tracker::default());
+    let watches: Vec<_> = clients
+        .iter()
+        .enumerate()
+        .map(|(i, c)| track::watch_clusters(c.clone(), &ns, i, tracker.clone()))
+        .collect();
+    let stop_chaos = Arc::new(tokio::sync::Notify::new());
+    let chaos_task = (w.chaos.every_seconds > 0).then(|| {
+        chaos(
+            replicas.clone(),
+            clients[0].clone(),
+            system.clone(),
+            w.replicas,
+            Duration::from_secs(w.chaos.every_seconds),
+            stop_chaos.clone(),
+        )
+    });
+    let timeout = Duration::from_secs(w.phase_timeout_seconds);
+    let mut lost = report::Lost::default();
+
+    // Create.
+    let (t0, create_from) = (Instant::now(), now_us());
+    let creates = clients
+        .iter()
+        .enumerate()
+        .map(|(c, client)| phases::create_crs(client, &ns, c, w, placement, &tracker));
+    for refused in futures::future::join_all(creates).await {
+        lost.not_configured.extend(refused);
+    }
+    phases::wait(&tracker, "create → configured", w.crs() as usize, timeout).await;
+    lost.not_configured.extend(
+        tracker
+            .pending_keys()
+            .into_iter()
+            .map(|(c, n)| format!("{}/{n} (create)", bed.contexts[c])),
+    );
+    let create_done = tracker.take_done();
+    phase_secs.insert("create".to_string(), t0.elapsed().as_secs_f64());
+    let create_to = now_us();
+
+    // Churn.
+    let t1 = Instant::now();
+    let churn_members = phases::churn_plan(w).len() as u32 * w.churn.delta;
+    lost.not_configured
+        .extend(phases::churn(&clients, &ns, w, &tracker).await);
+    phases::wait(&tracker, "change → configured", w.churned() as usize, timeout).await;
+    lost.not_configured.extend(
+        tracker
+            .pending_keys()
+            .into_iter()
+            .map(|(c, n)| format!("{}/{n} (change)", bed.contexts[c])),
+    );
+    let change_done = tracker.take_done();
+    phase_secs.insert("churn".to_string(), t1.elapsed().as_secs_f64());
+    let churn_to = now_us();
+
+    // Soak: replicas keep dying; afterwards every CR must still be configured at its generation.
+    let t_soak = Instant::now();
+    tokio::time::sleep(Duration::from_secs(w.soak_seconds)).await;
+    for (c, client) in clients.iter().enumerate() {
+        let crs = Api::<kubedirector::api::KubeDirectorCluster>::namespaced(client.clone(), &ns)
+            .list(&ListParams::default())
+            .await?;
+        for cr in crs.items {
+            let key = (c, cr.metadata.name.clone().unwrap_or_default());
+            tracker.start(key.clone());
+            tracker.written(&key, cr.metadata.generation.unwrap_or(0));
+        }
+    }
+    phases::wait(&tracker, "still configured after soak", w.crs() as usize, timeout).await;
+    lost.not_configured.extend(
+        tracker
+            .pending_keys()
+            .into_iter()
+            .map(|(c, n)| format!("{}/{n} (soak)", bed.contexts[c])),
+    );
+    tracker.take_done();
+    phase_secs.insert("soak".to_string(), t_soak.elapsed().as_secs_f64());
+
+    // Chaos ends; the last victim's shards must have moved before the CRs go away.
+    stop_chaos.notify_one();
+    let kills = match chaos_task {
+        Some(t) => t.await??,
+        None => Vec::new(),
+    };
+    if let Some(last) = kills.last() {
+        let since = Duration::from_micros(now_us().saturating_sub(last.at));
+        tokio::time::sleep((LEASE + Duration::from_secs(5)).saturating_sub(since)).await;
+    }
+
+    // Delete.
+    let (t2, delete_from) = (Instant::now(), now_us());
+    for (c, client) in clients.iter().enumerate() {
+        for left in phases::delete_all(client, &ns, timeout).await? {
+            lost.children_left.push(format!("{}: {left}", bed.contexts[c]));
+        }
+    }
+    phase_secs.insert("delete".to_string(), t2.elapsed().as_secs_f64());
+    let delete_to = now_us();
+    for h in watches {
+        h.abort();
+    }
+    let mut reps = Arc::try_unwrap(replicas)
+        .map_err(|_| anyhow::anyhow!("replicas still shared after chaos ended"))?
+        .into_inner();
+    reps.stop(Duration::from_secs(30)).await?;
+
+    // Floor: the same objects without an operator.
+    let t3 = Instant::now();
+    let floor = Arc::new(Tracker::default());
+    let floor_watches: Vec<_> = clients
+        .iter()
+        .enumerate()
+        .map(|(i, c)| track::watch_floor(c.clone(), &floor_ns, i, w.members_per_cr() as usize, floor.clone()))
+        .collect();
+    let creates = clients
+        .iter()
+        .enumerate()
+        .map(|(c, client)| phases::create_floor(client, &floor_ns, c, w, placement, &floor));
+    let mut floor_refused = Vec::new();
+    for refused in futures::future::join_all(creates).await {
+        floor_refused.extend(refused);
+    }
+    phases::wait(&floor, "floor → pods Ready", w.crs() as usize, timeout).await;
+    let floor_done = floor.take_done();
+    for h in floor_watches {
+        h.abort();
+    }
+    phase_secs.insert("floor".to_string(), t3.elapsed().as_secs_f64());
+    if !floor_refused.is_empty() || floor.pending() > 0 {
+        bail!(
+            "the floor did not complete ({} refused, {} groups not ready): the test bed cannot carry this workload; first: {:?}",
+            floor_refused.len(),
+            floor.pending(),
+            floor_refused.first()
+        );
+    }
+    let api_after = apiserver_histograms(&clients).await?;
+
+    // Figures.
+    let secs = |d: &[(track::Key, Instant, Instant)]| -> Vec<f64> {
+        d.iter().map(|(_, s, f)| (*f - *s).as_secs_f64()).collect()
+    };
+    let (create_lat, change_lat, floor_lat) = (secs(&create_done), secs(&change_done), secs(&floor_done));
+    let create = stats::summary(&create_lat).context("create latency: no CR reached configured")?;
+    let floor_s = stats::summary(&floor_lat).context("floor latency: no group became ready")?;
+    let change = stats::summary(&change_lat);
+    if w.churned() > 0 && change.is_none() {
+        bail!("change latency: no resized CR reached configured");
+    }
+    let ratio = report::Ratio {
+        p50: create.p50 / floor_s.p50,
+        p99: create.p99 / floor_s.p99,
+    };
+
+    let mut mutating = BTreeMap::new();
+    let mut slowest = BTreeMap::new();
+    for (i, c) in bed.contexts.iter().enumerate() {
+        let (d, slow) = mutating_window(&api_after[i], &api_before[i]);
+        let p99 = stats::quantile(0.99, &d)
+            .with_context(|| format!("{c}: no mutating API calls in the API server's metrics"))?;
+        mutating.insert(c.clone(), p99);
+        slowest.insert(c.clone(), slow);
+    }
+    let healthy = mutating.values().all(|p| *p < w.healthy_mutating_p99_seconds);
+    if !healthy {
+        eprintln!(
+            "[loadtest] WARNING: the test bed was overloaded (API mutating p99 {mutating:?}); the figures are not trustworthy"
+        );
+    }
+
+    let members = f64::from(w.members);
+    let mut operator_counted = 0.0;
+    let mut queue_wait = BTreeMap::new();
+    let mut per_slot: BTreeMap<u32, report::ReplicaFigures> = BTreeMap::new();
+    for inc in &reps.all {
+        operator_counted += stats::sum(&inc.metrics, "kubedirector_api_writes_total", |_| true);
+        stats::add(
+            &mut queue_wait,
+            &stats::buckets(&inc.metrics, "kubedirector_queue_wait_seconds", |_| true),
+        );
+        per_slot
+            .entry(inc.slot)
+            .or_insert_with(|| report::ReplicaFigures {
+                slot: inc.slot,
+                incarnations: Vec::new(),
+                cpu_seconds: 0.0,
+                peak_rss_bytes: 0,
+            })
+            .add(&inc.id, inc.usage);
+        if inc.usage.peak_rss_bytes == 0 {
+            bail!("peak RSS of {} was not measured", inc.id);
+        }
+    }
+    let queue_wait_p99 =
+        stats::quantile(0.99, &queue_wait).context("queue wait: the operators' histograms are empty")?;
+    let writes = match &bed.audit_logs {
+        Some(logs) => {
+            let mut all = Vec::new();
+            for l in logs {
+                all.extend(audit::read(l).with_context(|| format!("audit log {}", l.display()))?);
+            }
+            if all.is_empty() {
+                bail!("the audit logs hold no write of the operator: the API servers did not audit it");
+            }
+            // Lease writes coordinate shards whatever the members do: counted apart.
+            let (lease_writes, all): (Vec<_>, Vec<_>) = all.into_iter().partition(|w| w.resource == "leases");
+            let (create_n, mut by) = audit::window(&all, create_from, create_to);
+            let (churn_n, by_churn) = audit::window(&all, create_to, churn_to);
+            let (delete_n, by_delete) = audit::window(&all, delete_from, delete_to);
+            for (k, v) in by_churn.into_iter().chain(by_delete) {
+                *by.entry(k).or_insert(0) += v;
+            }
+            report::Writes {
+                source: "audit".into(),
+                create_phase: create_n,
+                per_member_create: create_n as f64 / members,
+                churn_phase: churn_n,
+                churn_members,
+                per_member_churn: (churn_members > 0).then(|| churn_n as f64 / f64::from(churn_members)),
+                delete_phase: delete_n,
+                total: all.len() as u64,
+                lease_writes: lease_writes.len() as u64,
+                by_request: by,
+                operator_counted,
+            }
+        }
+        None => {
+            if operator_counted <= 0.0 {
+                bail!("writes: the operators' counters are empty");
+            }
+            report::Writes {
+                source: "operator-counters".into(),
+                create_phase: 0,
+                per_member_create: operator_counted / members,
+                churn_phase: 0,
+                churn_members,
+                per_member_churn: None,
+                delete_phase: 0,
+                total: operator_counted as u64,
+                lease_writes: 0,
+                by_request: BTreeMap::new(),
+                operator_counted,
+            }
+        }
+    };
+
+    let all = records::read(&reps.records())?;
+    if all.is_empty() {
+        bail!(
+            "no reconcile records: the replicas did not write {}",
+            o.run_dir.join("replicas/records").display()
+        );
+    }
+    let bad = records::overlaps(&all);
+    let failover = if kills.is_empty() {
+        if w.chaos.every_seconds > 0 {
+            bail!(
+                "failover: chaos was on but no replica was killed (the run ended before the first kill after {} s)",
+                w.chaos.every_seconds
+            );
+        }
+        None
+    } else {
+        let with_keys: BTreeSet<u32> = (0..w.crs())
+            .map(|g| {
+                shard_of(
+                    &bed.contexts[(g % w.clusters) as usize],
+                    &ns,
+                    &objects::cr_name(g),
+                    w.shards,
+                )
+            })
+            .collect();
+        let (times, missing) = records::failovers(&kills, &all, &with_keys);
+        lost.not_configured
+            .extend(missing.into_iter().map(|m| format!("failover never happened: {m}")));
+        let seconds =
+            stats::summary(&times).context("failover: no shard of a killed replica was reconciled elsewhere")?;
+        Some(report::Failover { kills, seconds })
+    };
+    lost.total = lost.not_configured.len() + lost.children_left.len();
+
+    let report = Report {
+        run: o.run.clone(),
+        command: o.command.clone(),
+        provider: o.provider,
+        contexts: bed.contexts.clone(),
+        operator_binary: o.operator_bin.display().to_string(),
+        workload: w.clone(),
+        crs: w.crs(),
+        duration_seconds: started.elapsed().as_secs_f64(),
+        testbed: report::Testbed {
+            mutating_p99_seconds: mutating,
+            slowest_calls: slowest,
+            healthy,
+        },
+        latency: report::Latency {
+            create,
+            change,
+            floor: floor_s,
+        },
+        overhead_ratio: ratio,
+        writes,
+        queue_wait_p99_seconds: queue_wait_p99,
+        replicas: per_slot.into_values().collect(),
+        failover,
+        overlaps: bad.len(),
+        overlap_examples: bad.into_iter().take(10).collect(),
+        lost,
+        phases: phase_secs,
+    };
+
+    let ready = |d: &[(track::Key, Instant, Instant)], from: Instant, m: u32| -> Vec<(f64, u32)> {
+        d.iter().map(|(_, _, f)| ((*f - from).as_secs_f64(), m)).collect()
+    };
+    plot::draw(
+        &o.run_dir.join("plot.png"),
+        &format!("{} members, {} clusters", w.members, w.clusters),
+        &plot::Series {
+            operator_latency: &create_lat,
+            floor_latency: &floor_lat,
+            operator_ready: &ready(&create_done, t0, w.members_per_cr()),
+            floor_ready: &ready(&floor_done, t3, w.members_per_cr()),
+        },
+    )?;
+    Ok(report)
+}

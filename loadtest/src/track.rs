@@ -1,0 +1,247 @@
+//! Start and finish times of every CR (and floor group), fed by the harness's writes and by watches.
+//! A CR is done when a watch shows it `configured` at (at least) the generation the harness wrote.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::Instant;
+
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::Pod;
+use kube::runtime::watcher;
+use kube::{Api, Client};
+
+use kubedirector::api::KubeDirectorCluster;
+use kubedirector::api::cluster::{ClusterState, MemberState};
+
+/// (cluster index, name)
+pub type Key = (usize, String);
+
+#[derive(Clone, Debug)]
+struct Pending {
+    since: Instant,
+    /// None while the write that starts it is in flight.
+    generation: Option<i64>,
+}
+
+#[derive(Default)]
+struct Inner {
+    pending: HashMap<Key, Pending>,
+    /// Latest generation seen configured, and when it was first seen so.
+    configured: HashMap<Key, (i64, Instant)>,
+    done: Vec<(Key, Instant, Instant)>,
+}
+
+/// One phase's tracker.
+#[derive(Default)]
+pub struct Tracker {
+    inner: Mutex<Inner>,
+}
+
+impl Tracker {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Call just before the write that starts `key`'s clock.
+    pub fn start(&self, key: Key) {
+        self.lock().pending.insert(
+            key,
+            Pending {
+                since: Instant::now(),
+                generation: None,
+            },
+        );
+    }
+
+    /// The generation the write produced (for a create, 1).
+    pub fn written(&self, key: &Key, generation: i64) {
+        let mut g = self.lock();
+        if let Some(p) = g.pending.get_mut(key) {
+            p.generation = Some(generation);
+        }
+        g.settle(key);
+    }
+
+    /// A watch saw `key` configured at `generation` (for floor groups: ready, generation 1).
+    pub fn configured(&self, key: Key, generation: i64, at: Instant) {
+        let mut g = self.lock();
+        let newer = g.configured.get(&key).is_none_or(|(gen_, _)| generation > *gen_);
+        if newer {
+            g.configured.insert(key.clone(), (generation, at));
+        }
+        g.settle(&key);
+    }
+
+    pub fn forget(&self, key: &Key) {
+        self.lock().pending.remove(key);
+    }
+
+    pub fn pending(&self) -> usize {
+        self.lock().pending.len()
+    }
+
+    pub fn done_count(&self) -> usize {
+        self.lock().done.len()
+    }
+
+    /// (key, start, finish) of every finished one.
+    #[cfg(test)]
+    pub fn done(&self) -> Vec<(Key, Instant, Instant)> {
+        self.lock().done.clone()
+    }
+
+    /// Takes the finished ones out (the end of a phase).
+    pub fn take_done(&self) -> Vec<(Key, Instant, Instant)> {
+        std::mem::take(&mut self.lock().done)
+    }
+
+    pub fn pending_keys(&self) -> Vec<Key> {
+        self.lock().pending.keys().cloned().collect()
+    }
+}
+
+impl Inner {
+    fn settle(&mut self, key: &Key) {
+        let Some(p) = self.pending.get(key) else { return };
+        let Some(want) = p.generation else { return };
+        if let Some((seen, at)) = self.configured.get(key)
+            && *seen >= want
+        {
+            // A configured status can only be seen after the write was sent.
+            let finish = (*at).max(p.since);
+            self.done.push((key.clone(), p.since, finish));
+            self.pending.remove(key);
+        }
+    }
+}
+
+/// `configured`, at the generation the status says it observed, with every member configured and as
+/// many members as the spec asks for.
+pub fn configured_generation(c: &KubeDirectorCluster) -> Option<i64> {
+    let s = c.status.as_ref()?;
+    let wanted: i64 = c.spec.roles.iter().map(|r| i64::from(r.members.unwrap_or(0))).sum();
+    let members: Vec<_> = s.roles.iter().flat_map(|r| &r.members).collect();
+    let ok = s.state == Some(ClusterState::Configured)
+        && members.len() as i64 == wanted
+        && members.iter().all(|m| m.state == MemberState::Configured);
+    if ok { s.observed_generation } else { None }
+}
+
+/// Feeds `tracker` from a watch of the CRs in `ns` of cluster `index` until the task is aborted.
+pub fn watch_clusters(
+    client: Client,
+    ns: &str,
+    index: usize,
+    tracker: std::sync::Arc<Tracker>,
+) -> tokio::task::JoinHandle<()> {
+    let api = Api::<KubeDirectorCluster>::namespaced(client, ns);
+    tokio::spawn(async move {
+        let mut events = watcher(api, watcher::Config::default()).boxed();
+        while let Some(ev) = events.next().await {
+            let objs = match ev {
+                Ok(watcher::Event::Apply(c) | watcher::Event::InitApply(c)) => vec![c],
+                Ok(_) => continue,
+                Err(e) => {
+                    tracing_warn(&format!("cluster watch {index}: {e}"));
+                    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+                    continue;
+                }
+            };
+            let now = Instant::now();
+            for c in objs {
+                if let (Some(name), Some(generation)) = (c.metadata.name.clone(), configured_generation(&c)) {
+                    tracker.configured((index, name), generation, now);
+                }
+            }
+        }
+    })
+}
+
+/// Feeds `tracker` from a watch of the floor's pods: a group is done when `members` of its pods are
+/// Ready.
+pub fn watch_floor(
+    client: Client,
+    ns: &str,
+    index: usize,
+    members: usize,
+    tracker: std::sync::Arc<Tracker>,
+) -> tokio::task::JoinHandle<()> {
+    let api = Api::<Pod>::namespaced(client, ns);
+    let selector = crate::objects::FLOOR_GROUP.to_string();
+    tokio::spawn(async move {
+        let mut ready: HashMap<String, std::collections::HashSet<String>> = HashMap::new();
+        let mut events = watcher(api, watcher::Config::default().labels(&selector)).boxed();
+        while let Some(ev) = events.next().await {
+            let pod = match ev {
+                Ok(watcher::Event::Apply(p) | watcher::Event::InitApply(p)) => p,
+                Ok(_) => continue,
+                Err(e) => {
+                    tracing_warn(&format!("floor watch {index}: {e}"));
+                    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+                    continue;
+                }
+            };
+            let group = pod
+                .metadata
+                .labels
+                .as_ref()
+                .and_then(|l| l.get(crate::objects::FLOOR_GROUP))
+                .cloned();
+            let (Some(group), Some(name)) = (group, pod.metadata.name.clone()) else {
+                continue;
+            };
+            let is_ready = pod
+                .status
+                .as_ref()
+                .and_then(|s| s.conditions.as_ref())
+                .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"));
+            if is_ready {
+                let set = ready.entry(group.clone()).or_default();
+                set.insert(name);
+                if set.len() == members {
+                    tracker.configured((index, group), 1, Instant::now());
+                }
+            }
+        }
+    })
+}
+
+fn tracing_warn(msg: &str) {
+    eprintln!("warning: {msg}");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn done_only_at_the_written_generation() {
+        let t = Tracker::default();
+        let k: Key = (0, "a".into());
+        t.start(k.clone());
+        let t0 = Instant::now();
+        // configured at gen 1 seen while the patch to gen 2 is in flight: not done
+        t.configured(k.clone(), 1, t0);
+        t.written(&k, 2);
+        assert_eq!(t.done_count(), 0);
+        let later = t0 + Duration::from_millis(5);
+        t.configured(k.clone(), 2, later);
+        assert_eq!(t.done_count(), 1);
+        assert_eq!(t.done()[0].2, later);
+        assert_eq!(t.pending(), 0);
+    }
+
+    #[test]
+    fn a_watch_faster_than_the_write_response_still_counts() {
+        let t = Tracker::default();
+        let k: Key = (1, "b".into());
+        t.start(k.clone());
+        let seen = Instant::now();
+        t.configured(k.clone(), 3, seen);
+        assert_eq!(t.done_count(), 0, "generation not known yet");
+        t.written(&k, 3);
+        assert_eq!(t.done_count(), 1);
+        assert!(t.done()[0].2 >= t.done()[0].1);
+    }
+}
