@@ -228,7 +228,7 @@ fn main() -> ExitCode {
     let report = match runtime.block_on(run::run(options)) {
         Ok(r) => r,
         Err(e) => {
-            eprintln!("kd-loadtest: a figure could not be measured, no report written: {e:#}");
+            eprintln!("kd-loadtest: the run failed or a figure could not be measured; no report written: {e:#}");
             return ExitCode::from(3);
         }
     };
