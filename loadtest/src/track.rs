@@ -11,7 +11,7 @@ use kube::runtime::watcher;
 use kube::{Api, Client};
 
 use kubedirector::api::KubeDirectorCluster;
-use kubedirector::api::cluster::{ClusterState, MemberState};
+use kubedirector::model::status::configured_generation;
 
 /// (cluster index, name)
 pub type Key = (usize, String);
@@ -113,18 +113,6 @@ impl Inner {
             self.pending.remove(key);
         }
     }
-}
-
-/// `configured`, at the generation the status says it observed, with every member configured and as
-/// many members as the spec asks for.
-pub fn configured_generation(c: &KubeDirectorCluster) -> Option<i64> {
-    let s = c.status.as_ref()?;
-    let wanted: i64 = c.spec.roles.iter().map(|r| i64::from(r.members.unwrap_or(0))).sum();
-    let members: Vec<_> = s.roles.iter().flat_map(|r| &r.members).collect();
-    let ok = s.state == Some(ClusterState::Configured)
-        && members.len() as i64 == wanted
-        && members.iter().all(|m| m.state == MemberState::Configured);
-    if ok { s.observed_generation } else { None }
 }
 
 /// Feeds `tracker` from a watch of the CRs in `ns` of cluster `index` until the task is aborted.

@@ -143,3 +143,26 @@ fn condition(
         last_transition_time: since,
     }
 }
+
+/// The generation at which `c` is configured, as its status tells: state `configured`, every member
+/// `configured` and, where the spec gives every role's members, as many members as it asks for.
+/// `None` while it is not. (Readers outside the operator — tests, the loadtest — judge by this.)
+pub fn configured_generation(c: &crate::api::KubeDirectorCluster) -> Option<i64> {
+    let s = c.status.as_ref()?;
+    let members: Vec<&MemberStatus> = all_members(&s.roles).collect();
+    let wanted: Option<usize> = c
+        .spec
+        .roles
+        .iter()
+        .map(|r| r.members.and_then(|m| usize::try_from(m).ok()))
+        .sum();
+    let ok = s.state == Some(ClusterState::Configured)
+        && members.iter().all(|m| m.state == MemberState::Configured)
+        && wanted.is_none_or(|w| w == members.len());
+    if ok { s.observed_generation } else { None }
+}
+
+/// Configured at the cluster's current generation.
+pub fn is_configured(c: &crate::api::KubeDirectorCluster) -> bool {
+    configured_generation(c).is_some_and(|g| Some(g) == c.metadata.generation)
+}

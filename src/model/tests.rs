@@ -667,3 +667,39 @@ fn orphaned_member_services_are_removed() {
     let p3 = plan(&cluster, &app, Some(&settled.status), &observed);
     assert!(p3.delete_services.is_empty());
 }
+
+#[test]
+fn configured_generation_as_readers_judge_it() {
+    use super::status::{configured_generation, is_configured};
+    let mut cluster = centos_cluster();
+    cluster.metadata.generation = Some(1);
+    let app = without_setup_app();
+    let p1 = plan(&cluster, &app, None, &Observed::default());
+    cluster.status = Some(p1.status.clone());
+    assert_eq!(configured_generation(&cluster), None, "members still being created");
+    let p2 = plan(&cluster, &app, Some(&p1.status), &all_running(&p1, "a"));
+    cluster.status = Some(p2.status.clone());
+    assert_eq!(configured_generation(&cluster), Some(1));
+    assert!(is_configured(&cluster));
+    // A newer spec not yet observed: configured, but not at the current generation.
+    cluster.metadata.generation = Some(2);
+    assert!(!is_configured(&cluster));
+    // Members are counted once every role gives its number ("LoadBalancer" takes the app's default).
+    cluster.metadata.generation = Some(1);
+    let counts: BTreeMap<String, i32> = p2
+        .status
+        .roles
+        .iter()
+        .map(|r| (r.id.clone(), r.members.len() as i32))
+        .collect();
+    for r in &mut cluster.spec.roles {
+        r.members = counts.get(&r.id).copied();
+    }
+    assert_eq!(configured_generation(&cluster), Some(1), "every count matches");
+    cluster.spec.roles[0].members = cluster.spec.roles[0].members.map(|m| m + 1);
+    assert_eq!(
+        configured_generation(&cluster),
+        None,
+        "one member more than the status lists"
+    );
+}

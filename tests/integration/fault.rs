@@ -12,23 +12,12 @@ use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client, ResourceExt};
 
 use kubedirector::api::KubeDirectorCluster;
-use kubedirector::api::cluster::{ClusterState, MemberState};
+use kubedirector::model::status::is_configured;
 
 use crate::fleet::{create, members, prepare, small_cluster};
 use crate::operator::Operator;
 use crate::proxy::{FaultProxy, kubeconfig_with};
 use crate::testbed;
-
-fn configured(c: &KubeDirectorCluster) -> bool {
-    c.status.as_ref().is_some_and(|s| {
-        s.observed_generation == c.metadata.generation
-            && s.state == Some(ClusterState::Configured)
-            && s.roles
-                .iter()
-                .flat_map(|r| &r.members)
-                .all(|m| m.state == MemberState::Configured)
-    })
-}
 
 /// Records, by watch, the first instant each cluster of `ns` is configured.
 fn watch_configured(client: Client, ns: &str) -> Arc<Mutex<BTreeMap<String, Instant>>> {
@@ -41,7 +30,7 @@ fn watch_configured(client: Client, ns: &str) -> Arc<Mutex<BTreeMap<String, Inst
             .applied_objects()
             .boxed();
         while let Some(Ok(c)) = events.next().await {
-            if configured(&c) {
+            if is_configured(&c) {
                 out.lock()
                     .expect("lock")
                     .entry(c.name_any())

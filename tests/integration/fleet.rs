@@ -11,7 +11,7 @@ use kube::{Api, Client, ResourceExt};
 use serde_json::{Value, json};
 
 use kubedirector::api::KubeDirectorCluster;
-use kubedirector::api::cluster::{ClusterState, MemberState};
+use kubedirector::model::status::is_configured;
 
 use crate::operator::Operator;
 use crate::{common, testbed};
@@ -61,17 +61,6 @@ pub async fn prepare(contexts: &[&str], ns: &str, sys: &str) -> Vec<Client> {
         clients.push(client);
     }
     clients
-}
-
-pub fn is_configured(c: &KubeDirectorCluster) -> bool {
-    c.status.as_ref().is_some_and(|s| {
-        s.observed_generation == c.metadata.generation
-            && s.state == Some(ClusterState::Configured)
-            && s.roles
-                .iter()
-                .flat_map(|r| &r.members)
-                .all(|m| m.state == MemberState::Configured)
-    })
 }
 
 /// Polls the cluster list until `expected` clusters are configured (a condition on many objects at

@@ -14,7 +14,8 @@ use kube::{Api, Client, Resource, ResourceExt};
 use serde_json::{Value, json};
 
 use kubedirector::api::KubeDirectorCluster;
-use kubedirector::api::cluster::{ClusterState, MemberState};
+use kubedirector::api::cluster::MemberState;
+use kubedirector::model::status::is_configured;
 
 use crate::operator::Operator;
 use crate::{common, testbed};
@@ -95,19 +96,7 @@ fn clusters(env: &Env) -> Api<KubeDirectorCluster> {
 /// and every member too.
 async fn wait_configured(env: &Env, name: &str, limit: Duration) -> KubeDirectorCluster {
     let api = clusters(env);
-    let done = |c: Option<&KubeDirectorCluster>| {
-        c.and_then(|c| {
-            let s = c.status.as_ref()?;
-            let current = s.observed_generation == c.metadata.generation;
-            let members_done = s
-                .roles
-                .iter()
-                .flat_map(|r| &r.members)
-                .all(|m| m.state == MemberState::Configured);
-            Some(current && s.state == Some(ClusterState::Configured) && members_done)
-        })
-        .unwrap_or(false)
-    };
+    let done = |c: Option<&KubeDirectorCluster>| c.is_some_and(is_configured);
     let what = format!("cluster {name} configured (log: {})", env.operator.log.display());
     testbed::wait_for(&what, limit, await_condition(api.clone(), name, done))
         .await
