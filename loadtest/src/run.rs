@@ -12,6 +12,7 @@ use kube::api::ListParams;
 use kube::{Api, Client};
 
 use kubedirector::shard::assign::shard_of;
+use kubedirector::shard::{lease, record};
 
 use crate::objects::{self, Placement};
 use crate::provider::{self, Bed, Provider};
@@ -37,17 +38,8 @@ pub struct Options {
     pub log_level: String,
 }
 
-/// Lease duration of the operator's shards (its default): failover cannot be faster.
-const LEASE: Duration = Duration::from_secs(10);
-
-pub fn micros(t: SystemTime) -> u64 {
-    t.duration_since(SystemTime::UNIX_EPOCH)
-        .map(|d| d.as_micros() as u64)
-        .unwrap_or(0)
-}
-
 fn now_us() -> u64 {
-    micros(SystemTime::now())
+    record::micros(SystemTime::now())
 }
 
 pub async fn run(o: Options) -> anyhow::Result<Report> {
@@ -158,18 +150,33 @@ async fn holders(home: &Client, ns: &str) -> anyhow::Result<BTreeMap<u32, String
     let leases = Api::<Lease>::namespaced(home.clone(), ns)
         .list(&ListParams::default())
         .await?;
-    let mut out = BTreeMap::new();
-    for l in leases.items {
-        let name = l.metadata.name.unwrap_or_default();
-        let holder = l.spec.and_then(|s| s.holder_identity).filter(|h| !h.is_empty());
-        if let (Some(s), Some(h)) = (
-            name.strip_prefix("kubedirector-shard-").and_then(|s| s.parse().ok()),
-            holder,
-        ) {
-            out.insert(s, h);
+    Ok(lease::holders(&leases.items))
+}
+
+/// The shards that hold at least one of the run's CRs.
+fn shards_with_keys(w: &Workload, contexts: &[String], ns: &str) -> BTreeSet<u32> {
+    (0..w.crs())
+        .map(|g| shard_of(&contexts[(g % w.clusters) as usize], ns, &objects::cr_name(g), w.shards))
+        .collect()
+}
+
+/// Waits until every shard of `kill` (with CRs) has been reconciled by another replica, as the
+/// records show, or `limit` passes (the figures then report it as lost).
+async fn wait_failed_over(
+    kill: &Kill,
+    records: &[PathBuf],
+    with_keys: &BTreeSet<u32>,
+    limit: Duration,
+) -> anyhow::Result<()> {
+    let start = Instant::now();
+    loop {
+        let all = record::reconciles(&record::read(records)?);
+        let (_, missing) = records::failovers(std::slice::from_ref(kill), &all, with_keys);
+        if missing.is_empty() || start.elapsed() > limit {
+            return Ok(());
         }
+        tokio::time::sleep(Duration::from_millis(500)).await;
     }
-    Ok(out)
 }
 
 /// Kills a replica every `every`, round robin, until `stop` is set; records each kill.
@@ -348,9 +355,10 @@ async fn measure(o: &Options, bed: &Bed) -> anyhow::Result<Report> {
         Some(t) => t.await??,
         None => Vec::new(),
     };
+    let with_keys = shards_with_keys(w, &bed.contexts, &ns);
     if let Some(last) = kills.last() {
-        let since = Duration::from_micros(now_us().saturating_sub(last.at));
-        tokio::time::sleep((LEASE + Duration::from_secs(5)).saturating_sub(since)).await;
+        let paths = replicas.lock().await.records();
+        wait_failed_over(last, &paths, &with_keys, timeout).await?;
     }
 
     // Delete.
@@ -512,14 +520,14 @@ async fn measure(o: &Options, bed: &Bed) -> anyhow::Result<Report> {
         }
     };
 
-    let all = records::read(&reps.records())?;
+    let all = record::reconciles(&record::read(&reps.records())?);
     if all.is_empty() {
         bail!(
             "no reconcile records: the replicas did not write {}",
             o.run_dir.join("replicas/records").display()
         );
     }
-    let bad = records::overlaps(&all);
+    let bad = record::overlaps(&all);
     let failover = if kills.is_empty() {
         if w.chaos.every_seconds > 0 {
             bail!(
@@ -529,16 +537,6 @@ async fn measure(o: &Options, bed: &Bed) -> anyhow::Result<Report> {
         }
         None
     } else {
-        let with_keys: BTreeSet<u32> = (0..w.crs())
-            .map(|g| {
-                shard_of(
-                    &bed.contexts[(g % w.clusters) as usize],
-                    &ns,
-                    &objects::cr_name(g),
-                    w.shards,
-                )
-            })
-            .collect();
         let (times, missing) = records::failovers(&kills, &all, &with_keys);
         lost.not_configured
             .extend(missing.into_iter().map(|m| format!("failover never happened: {m}")));

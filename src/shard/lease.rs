@@ -19,8 +19,24 @@ use tokio::time::Instant;
 pub const LABEL: &str = "kubedirector.hpe.com/lease";
 pub const RELEASED_AT: &str = "kubedirector.hpe.com/released-at";
 
+const SHARD_PREFIX: &str = "kubedirector-shard-";
+
 pub fn shard_lease(shard: u32) -> String {
-    format!("kubedirector-shard-{shard}")
+    format!("{SHARD_PREFIX}{shard}")
+}
+
+/// The shard a Lease name stands for (`None` for membership and other Leases).
+pub fn shard_of_lease(name: &str) -> Option<u32> {
+    name.strip_prefix(SHARD_PREFIX)?.parse().ok()
+}
+
+/// Who holds each held shard, from a list of Leases (what tests and the loadtest read from the API;
+/// the manager keeps its own view).
+pub fn holders(leases: &[Lease]) -> BTreeMap<u32, String> {
+    leases
+        .iter()
+        .filter_map(|l| Some((shard_of_lease(l.metadata.name.as_deref()?)?, holder(l)?.to_string())))
+        .collect()
 }
 
 pub fn replica_lease(replica: &str) -> String {
@@ -131,5 +147,37 @@ pub async fn replace(
         Ok(l) => Ok(Some(l)),
         Err(kube::Error::Api(s)) if s.code == 409 => Ok(None),
         Err(e) => Err(e),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn lease(name: &str, holder: Option<&str>) -> Lease {
+        Lease {
+            metadata: ObjectMeta {
+                name: Some(name.to_string()),
+                ..Default::default()
+            },
+            spec: Some(LeaseSpec {
+                holder_identity: holder.map(str::to_string),
+                ..Default::default()
+            }),
+        }
+    }
+
+    #[test]
+    fn holders_only_of_held_shard_leases() {
+        let leases = [
+            lease(&shard_lease(3), Some("r0")),
+            lease(&shard_lease(4), Some("")),
+            lease(&shard_lease(5), None),
+            lease(&replica_lease("r0"), Some("r0")),
+            lease("kubedirector-shard-x", Some("r1")),
+        ];
+        assert_eq!(holders(&leases), BTreeMap::from([(3, "r0".to_string())]));
+        assert_eq!(shard_of_lease("kubedirector-shard-31"), Some(31));
+        assert_eq!(shard_of_lease(&replica_lease("r0")), None);
     }
 }

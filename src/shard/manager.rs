@@ -21,6 +21,7 @@ use tracing::{debug, info, warn};
 
 use super::assign::{plan_moves, shard_of};
 use super::lease::{self, Observer};
+use super::record;
 use crate::telemetry::metrics::Metrics;
 
 #[derive(Clone, Debug)]
@@ -119,12 +120,6 @@ impl Drop for ActGuard {
     }
 }
 
-fn micros(t: SystemTime) -> u128 {
-    t.duration_since(SystemTime::UNIX_EPOCH)
-        .map(|d| d.as_micros())
-        .unwrap_or(0)
-}
-
 impl Shards {
     pub fn new(options: &ShardOptions, metrics: Arc<Metrics>) -> std::io::Result<Arc<Shards>> {
         let record = match &options.record {
@@ -201,15 +196,23 @@ impl Shards {
         }
     }
 
-    pub fn record(&self, line: serde_json::Value) {
-        if let Some(file) = &self.record {
+    fn record(&self, entry: &record::Entry) {
+        if let Some(file) = &self.record
+            && let Ok(line) = serde_json::to_string(entry)
+        {
             let mut f = file.lock().unwrap_or_else(|p| p.into_inner());
             let _ = writeln!(f, "{line}");
         }
     }
 
     pub fn record_reconcile(&self, key: &str, shard: u32, start: SystemTime, end: SystemTime) {
-        self.record(serde_json::json!({"kind": "reconcile", "key": key, "replica": self.replica, "shard": shard, "start": micros(start), "end": micros(end)}));
+        self.record(&record::Entry::Reconcile(record::Reconcile {
+            key: key.to_string(),
+            replica: self.replica.clone(),
+            shard,
+            start: record::micros(start),
+            end: record::micros(end),
+        }));
     }
 
     async fn wait_idle(&self, shard: u32, limit: Duration) {
@@ -251,7 +254,11 @@ async fn drain_and_release(shards: &Arc<Shards>, api: &Api<Lease>, shard: u32, o
     shards.lock().remove(&shard);
     shards.metrics.shard_releases.inc();
     shards.metrics.shards_held.set(shards.lock().len() as i64);
-    shards.record(serde_json::json!({"kind": "release", "replica": shards.replica, "shard": shard, "at": micros(SystemTime::now())}));
+    shards.record(&record::Entry::Release(record::Release {
+        replica: shards.replica.clone(),
+        shard,
+        at: record::micros(SystemTime::now()),
+    }));
 }
 
 /// Runs until `shutdown`; then hands every shard over (drain, release) and leaves the membership.

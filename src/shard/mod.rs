@@ -4,3 +4,4 @@
 pub mod assign;
 pub mod lease;
 pub mod manager;
+pub mod record;

@@ -15,6 +15,8 @@ use serde_json::json;
 
 use kubedirector::api::KubeDirectorCluster;
 use kubedirector::shard::assign::shard_of;
+use kubedirector::shard::lease;
+use kubedirector::shard::record::{self, Reconcile, overlaps};
 
 use crate::fleet::{create, members, prepare, small_cluster, sum_metric, wait_all_configured};
 use crate::operator::Operator;
@@ -25,68 +27,13 @@ const CONTEXTS: [&str; 3] = ["kwok-kd-1", "kwok-kd-2", "kwok-kd-3"];
 const SHARDS: u32 = 32;
 const LEASE: Duration = Duration::from_secs(4);
 
-#[derive(Debug, Clone)]
-struct Reconcile {
-    key: String,
-    replica: String,
-    shard: u32,
-    start: u128,
-    end: u128,
-}
-
+/// Every finished reconcile in the replicas' records.
 fn records(paths: &[PathBuf]) -> Vec<Reconcile> {
-    let mut out = Vec::new();
-    for p in paths {
-        for line in std::fs::read_to_string(p).unwrap_or_default().lines() {
-            let v: serde_json::Value = match serde_json::from_str(line) {
-                Ok(v) => v,
-                Err(_) => continue, // a line cut short by SIGKILL
-            };
-            if v["kind"] == "reconcile" {
-                out.push(Reconcile {
-                    key: v["key"].as_str().unwrap_or_default().to_string(),
-                    replica: v["replica"].as_str().unwrap_or_default().to_string(),
-                    shard: v["shard"].as_u64().unwrap_or(u64::MAX) as u32,
-                    start: v["start"].as_u64().unwrap_or(0) as u128,
-                    end: v["end"].as_u64().unwrap_or(0) as u128,
-                });
-            }
-        }
-    }
-    out
+    record::reconciles(&record::read(paths).expect("readable records"))
 }
 
-/// Pairs of reconciles of one key by two replicas whose [start, end] intervals intersect.
-fn overlaps(all: &[Reconcile]) -> Vec<String> {
-    let mut by_key: BTreeMap<&str, Vec<&Reconcile>> = BTreeMap::new();
-    for r in all {
-        by_key.entry(&r.key).or_default().push(r);
-    }
-    let mut found = Vec::new();
-    for (key, mut rs) in by_key {
-        rs.sort_by_key(|r| r.start);
-        for (i, a) in rs.iter().enumerate() {
-            for b in &rs[i + 1..] {
-                if b.start > a.end {
-                    break;
-                }
-                if a.replica != b.replica {
-                    found.push(format!(
-                        "{key}: {} [{}, {}] and {} [{}, {}]",
-                        a.replica, a.start, a.end, b.replica, b.start, b.end
-                    ));
-                }
-            }
-        }
-    }
-    found
-}
-
-fn micros_now() -> u128 {
-    SystemTime::now()
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .map(|d| d.as_micros())
-        .unwrap_or(0)
+fn micros_now() -> u64 {
+    record::micros(SystemTime::now())
 }
 
 struct Replicas {
@@ -130,18 +77,7 @@ async fn holders(home: &Client, sys: &str) -> BTreeMap<u32, String> {
         .list(&ListParams::default())
         .await
         .expect("leases");
-    let mut out = BTreeMap::new();
-    for l in leases.items {
-        let name = l.metadata.name.unwrap_or_default();
-        let holder = l.spec.and_then(|s| s.holder_identity).filter(|h| !h.is_empty());
-        if let (Some(s), Some(h)) = (
-            name.strip_prefix("kubedirector-shard-").and_then(|s| s.parse().ok()),
-            holder,
-        ) {
-            out.insert(s, h);
-        }
-    }
-    out
+    lease::holders(&leases.items)
 }
 
 /// Keeps resizing the clusters `s<i>-<n>` (n < per_cluster) every `every`, until aborted.
@@ -335,23 +271,12 @@ async fn sigkill_one_of_three_replicas_twenty_times() {
     }
 }
 
-fn releases(paths: &[PathBuf]) -> Vec<(String, u32, u128)> {
-    let mut out = Vec::new();
-    for p in paths {
-        for line in std::fs::read_to_string(p).unwrap_or_default().lines() {
-            if let Ok(v) = serde_json::from_str::<serde_json::Value>(line)
-                && v["kind"] == "release"
-            {
-                let replica = v["replica"].as_str().unwrap_or_default().to_string();
-                out.push((
-                    replica,
-                    v["shard"].as_u64().unwrap_or(0) as u32,
-                    v["at"].as_u64().unwrap_or(0) as u128,
-                ));
-            }
-        }
-    }
-    out
+fn releases(paths: &[PathBuf]) -> Vec<(String, u32, u64)> {
+    let entries = record::read(paths).expect("readable records");
+    record::releases(&entries)
+        .into_iter()
+        .map(|r| (r.replica, r.shard, r.at))
+        .collect()
 }
 
 /// Waits until the Leases show every shard held by a live replica, each holding its balanced share.
@@ -468,12 +393,12 @@ async fn a_replica_cut_off_from_home_stops_before_its_leases_expire() {
         .map(|r| r.end)
         .max()
         .unwrap_or(0);
-    let taken: Vec<u128> = all
+    let taken: Vec<u64> = all
         .iter()
         .filter(|r| r.replica != "r0" && r0_shards.contains(&r.shard) && r.start > cut)
         .map(|r| r.start)
         .collect();
-    let first_taken = taken.iter().min().copied().unwrap_or(u128::MAX);
+    let first_taken = taken.iter().min().copied().unwrap_or(u64::MAX);
     let stop_after = (last_r0.saturating_sub(cut)) as f64 / 1e6;
     let taken_after = (first_taken.saturating_sub(cut)) as f64 / 1e6;
     eprintln!(
