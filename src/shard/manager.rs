@@ -308,6 +308,7 @@ pub async fn run(
                 &membership,
                 &me,
                 options.lease_duration,
+                options.renew_deadline,
             )
             .await;
             renew_held(&shards, &api, &options).await;
@@ -363,9 +364,12 @@ pub async fn run(
                 tokio::spawn(async move { drain_and_release(&shards, &api, s, &options).await });
             }
         }
-        for s in moves.acquire {
-            acquire(&shards, &api, by_name(&lease::shard_lease(s)), s, &options).await;
-        }
+        // Concurrently, like renewals: a joining replica's whole share in one round trip.
+        let acquisitions = moves
+            .acquire
+            .into_iter()
+            .map(|s| acquire(&shards, &api, by_name(&lease::shard_lease(s)), s, &options));
+        futures::future::join_all(acquisitions).await;
         shards.metrics.shards_held.set(shards.lock().len() as i64);
 
         // Sleep until the next renewal, the next moment a lease of someone else could expire, or a
@@ -423,11 +427,12 @@ async fn renew_membership(
     name: &str,
     me: &str,
     duration: Duration,
+    limit: Duration,
 ) -> Option<Lease> {
     let current = mine.or_else(|| leases.iter().find(|l| l.name_any() == name).map(|l| l.as_ref().clone()));
     let result = match &current {
-        None => lease::create(api, name, me, duration).await,
-        Some(l) => lease::replace(api, l, Some(me), duration, false).await,
+        None => bounded(limit, lease::create(api, name, me, duration)).await,
+        Some(l) => bounded(limit, lease::replace(api, l, Some(me), duration, false)).await,
     };
     match result {
         Ok(Some(l)) => Some(l),
@@ -446,9 +451,19 @@ async fn renew_held(shards: &Arc<Shards>, api: &Api<Lease>, options: &ShardOptio
         .filter(|(_, h)| !h.draining)
         .map(|(s, h)| (*s, h.lease.clone()))
         .collect();
-    for (s, current) in snapshot {
+    // All at once, each bounded by the renew deadline: one slow request must not hold back the
+    // others until their Leases expire (a late renewal is worthless anyway).
+    let renewals = snapshot.into_iter().map(|(s, current)| async move {
         let sent = Instant::now();
-        match lease::replace(api, &current, Some(&options.replica), options.lease_duration, false).await {
+        let result = bounded(
+            options.renew_deadline,
+            lease::replace(api, &current, Some(&options.replica), options.lease_duration, false),
+        )
+        .await;
+        (s, sent, result)
+    });
+    for (s, sent, result) in futures::future::join_all(renewals).await {
+        match result {
             Ok(Some(l)) => {
                 if let Some(h) = shards.lock().get_mut(&s) {
                     h.valid_until = sent + options.renew_deadline;
@@ -465,6 +480,25 @@ async fn renew_held(shards: &Arc<Shards>, api: &Api<Lease>, options: &ShardOptio
     }
 }
 
+/// `request`, or a timeout error once `limit` has passed.
+async fn bounded<T>(
+    limit: Duration,
+    request: impl std::future::Future<Output = Result<T, kube::Error>>,
+) -> Result<T, LeaseCallError> {
+    match tokio::time::timeout(limit, request).await {
+        Ok(r) => r.map_err(LeaseCallError::Api),
+        Err(_) => Err(LeaseCallError::Timeout(limit)),
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+enum LeaseCallError {
+    #[error(transparent)]
+    Api(kube::Error),
+    #[error("no answer within {0:?}")]
+    Timeout(Duration),
+}
+
 async fn acquire(shards: &Arc<Shards>, api: &Api<Lease>, current: Option<Lease>, s: u32, options: &ShardOptions) {
     let sent = Instant::now();
     let released_at = current
@@ -473,8 +507,15 @@ async fn acquire(shards: &Arc<Shards>, api: &Api<Lease>, current: Option<Lease>,
         .and_then(|a| a.get(lease::RELEASED_AT))
         .and_then(|t| t.parse::<jiff::Timestamp>().ok());
     let result = match &current {
-        None => lease::create(api, &lease::shard_lease(s), &options.replica, options.lease_duration).await,
-        Some(l) => lease::replace(api, l, Some(&options.replica), options.lease_duration, false).await,
+        None => {
+            let name = lease::shard_lease(s);
+            let create = lease::create(api, &name, &options.replica, options.lease_duration);
+            bounded(options.renew_deadline, create).await
+        }
+        Some(l) => {
+            let replace = lease::replace(api, l, Some(&options.replica), options.lease_duration, false);
+            bounded(options.renew_deadline, replace).await
+        }
     };
     match result {
         Ok(Some(l)) => {
