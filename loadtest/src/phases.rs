@@ -132,29 +132,18 @@ pub async fn churn(clients: &[Client], ns: &str, w: &Workload, tracker: &Arc<Tra
     for (j, (c, name, members)) in plan.into_iter().enumerate() {
         tokio::time::sleep_until(start + step.mul_f64(j as f64)).await;
         let api = kd_api(&clients[c], ns, "KubeDirectorCluster");
-        let mut roles: Vec<serde_json::Value> = objects::cluster(&name, &w.roles, Placement::Anywhere)["spec"]["roles"]
-            .as_array()
-            .cloned()
-            .unwrap_or_default();
-        if let Some(last) = roles.last_mut() {
-            last["members"] = json!(members);
-        }
-        // Only the members: a JSON merge patch replaces the roles list, so send it whole but keep
-        // each role's affinity as created.
         let tracker = tracker.clone();
+        let last = w.roles.len().saturating_sub(1);
+        // Only the last role's members change (its affinity and everything else stay as created).
+        let patch = json!([{"op": "replace", "path": format!("/spec/roles/{last}/members"), "value": members}]);
         tasks.push(tokio::spawn(async move {
             let key: Key = (c, name.clone());
-            let current = match api.get(&name).await {
-                Ok(o) => o,
-                Err(e) => return Some(format!("{name}: get before resize: {e}")),
+            let patch = match serde_json::from_value(patch) {
+                Ok(p) => Patch::<()>::Json(p),
+                Err(e) => return Some(format!("{name}: {e}")),
             };
-            let mut spec_roles = current.data["spec"]["roles"].as_array().cloned().unwrap_or(roles);
-            if let Some(last) = spec_roles.last_mut() {
-                last["members"] = json!(members);
-            }
             tracker.start(key.clone());
-            let patch = json!({"spec": {"roles": spec_roles}});
-            match api.patch(&name, &PatchParams::default(), &Patch::Merge(&patch)).await {
+            match api.patch(&name, &PatchParams::default(), &patch).await {
                 Ok(o) => {
                     tracker.written(&key, o.metadata.generation.unwrap_or(0));
                     None

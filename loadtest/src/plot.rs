@@ -61,63 +61,34 @@ pub struct Series<'a> {
     pub floor_ready: &'a [(f64, u32)],
 }
 
-pub fn draw(path: &Path, title: &str, s: &Series) -> anyhow::Result<()> {
-    register_font()?;
-    let root = BitMapBackend::new(path, (1000, 900)).into_drawing_area();
-    root.fill(&WHITE).context("plot")?;
-    let (top, bottom) = root.split_vertically(450);
-    let max_latency = s
-        .operator_latency
-        .iter()
-        .chain(s.floor_latency)
-        .copied()
-        .fold(1.0, f64::max)
-        * 1.05;
-    let mut c = ChartBuilder::on(&top)
-        .caption(format!("{title}: create → ready, CDF"), ("sans-serif", 22))
-        .margin(12)
-        .x_label_area_size(40)
-        .y_label_area_size(55)
-        .build_cartesian_2d(0f64..max_latency, 0f64..1.0)
-        .context("plot")?;
-    c.configure_mesh()
-        .x_desc("seconds")
-        .y_desc("fraction of CRs")
-        .draw()
-        .context("plot")?;
-    for (name, data, color) in [
-        ("operator (create → configured)", s.operator_latency, RED),
-        ("floor (StatefulSets+Services → pods Ready)", s.floor_latency, BLUE),
-    ] {
-        c.draw_series(LineSeries::new(cdf(data), color.stroke_width(2)))
-            .context("plot")?
-            .label(name)
-            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(2)));
-    }
-    c.configure_series_labels()
-        .position(SeriesLabelPosition::LowerRight)
-        .background_style(WHITE)
-        .border_style(BLACK)
-        .draw()
-        .context("plot")?;
+/// A named line of points in a colour.
+type Line<'a> = (&'a str, Vec<(f64, f64)>, RGBColor);
 
-    let op = timeline(s.operator_ready);
-    let fl = timeline(s.floor_ready);
-    let max_t = op.iter().chain(&fl).map(|p| p.0).fold(1.0, f64::max) * 1.05;
-    let max_m = op.iter().chain(&fl).map(|p| p.1).fold(1.0, f64::max) * 1.05;
-    let mut c = ChartBuilder::on(&bottom)
-        .caption("members ready over time", ("sans-serif", 22))
+/// One panel: `lines` on axes from 0 to 5 % past the largest point.
+struct Panel<'a> {
+    caption: String,
+    x_desc: &'a str,
+    y_desc: &'a str,
+    lines: Vec<Line<'a>>,
+}
+
+fn panel(area: &DrawingArea<BitMapBackend, plotters::coord::Shift>, p: Panel) -> anyhow::Result<()> {
+    let points = || p.lines.iter().flat_map(|l| l.1.iter());
+    let max_x = points().map(|q| q.0).fold(1.0, f64::max) * 1.05;
+    let max_y = points().map(|q| q.1).fold(1.0, f64::max) * 1.05;
+    let mut c = ChartBuilder::on(area)
+        .caption(p.caption, ("sans-serif", 22))
         .margin(12)
         .x_label_area_size(40)
         .y_label_area_size(70)
-        .build_cartesian_2d(0f64..max_t, 0f64..max_m)
+        .build_cartesian_2d(0f64..max_x, 0f64..max_y)
         .context("plot")?;
     c.configure_mesh()
-        .x_desc("seconds since the phase began")
-        .y_desc("members")
+        .x_desc(p.x_desc)
+        .y_desc(p.y_desc)
         .draw()
         .context("plot")?;
-    for (name, data, color) in [("operator", op, RED), ("floor", fl, BLUE)] {
+    for (name, data, color) in p.lines {
         c.draw_series(LineSeries::new(data, color.stroke_width(2)))
             .context("plot")?
             .label(name)
@@ -129,6 +100,38 @@ pub fn draw(path: &Path, title: &str, s: &Series) -> anyhow::Result<()> {
         .border_style(BLACK)
         .draw()
         .context("plot")?;
+    Ok(())
+}
+
+pub fn draw(path: &Path, title: &str, s: &Series) -> anyhow::Result<()> {
+    register_font()?;
+    let root = BitMapBackend::new(path, (1000, 900)).into_drawing_area();
+    root.fill(&WHITE).context("plot")?;
+    let (top, bottom) = root.split_vertically(450);
+    panel(
+        &top,
+        Panel {
+            caption: format!("{title}: create → ready, CDF"),
+            x_desc: "seconds",
+            y_desc: "fraction of CRs",
+            lines: vec![
+                ("operator (create → configured)", cdf(s.operator_latency), RED),
+                ("floor (StatefulSets+Services → pods Ready)", cdf(s.floor_latency), BLUE),
+            ],
+        },
+    )?;
+    panel(
+        &bottom,
+        Panel {
+            caption: "members ready over time".to_string(),
+            x_desc: "seconds since the phase began",
+            y_desc: "members",
+            lines: vec![
+                ("operator", timeline(s.operator_ready), RED),
+                ("floor", timeline(s.floor_ready), BLUE),
+            ],
+        },
+    )?;
     root.present().context("writing plot.png")?;
     Ok(())
 }

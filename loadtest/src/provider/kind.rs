@@ -145,25 +145,15 @@ pub fn plan(run_dir: &Path, clusters: u32, nodes: u32, policy: &str) -> Vec<Step
             "--wait",
             "3m",
         ]));
+        let kubectl = |args: &[&str]| {
+            let mut all = vec!["kubectl", "--kubeconfig", &kc, "--context", &context];
+            all.extend_from_slice(args);
+            argv(&all)
+        };
         for manifest in ["kwok.yaml", "stage-fast.yaml"] {
-            let url = format!("{release}/{manifest}");
-            steps.push(argv(&[
-                "kubectl",
-                "--kubeconfig",
-                &kc,
-                "--context",
-                &context,
-                "apply",
-                "-f",
-                &url,
-            ]));
+            steps.push(kubectl(&["apply", "-f", &format!("{release}/{manifest}")]));
         }
-        steps.push(argv(&[
-            "kubectl",
-            "--kubeconfig",
-            &kc,
-            "--context",
-            &context,
+        steps.push(kubectl(&[
             "-n",
             "kube-system",
             "rollout",
@@ -173,16 +163,7 @@ pub fn plan(run_dir: &Path, clusters: u32, nodes: u32, policy: &str) -> Vec<Step
             "3m",
         ]));
         let nodes_file = run_dir.join("kind/fake-nodes.yaml").display().to_string();
-        steps.push(argv(&[
-            "kubectl",
-            "--kubeconfig",
-            &kc,
-            "--context",
-            &context,
-            "apply",
-            "-f",
-            &nodes_file,
-        ]));
+        steps.push(kubectl(&["apply", "-f", &nodes_file]));
     }
     steps
 }
