@@ -7,13 +7,16 @@ CARGO ?= cargo
 TESTBED_DIR ?= $(CURDIR)/target/testbed
 export TESTBED_DIR
 
-.PHONY: help tools testbed testbed-down crds build lint unit integration test demo demo-down loadtest loadtest-small
+IMAGE ?= kubedirector-rs:dev
+HELM_CHART := deploy/helm/kubedirector
+
+.PHONY: image chart-lint help tools testbed testbed-down crds build lint unit integration test demo demo-down loadtest loadtest-small
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
 
-tools: ## build the pinned test-bed tools (etcd, kube-*, kubectl, kwok) into the tools cache
-	@testbed/tools/build.sh etcd kube kwok >/dev/null
+tools: ## build the pinned test-bed tools (etcd, kube-*, kubectl, kwok, helm, jaeger) into the tools cache
+	@testbed/tools/build.sh >/dev/null
 
 testbed: tools ## start CLUSTERS local clusters (contexts kwok-kd-1..N) in $(TESTBED_DIR)/kubeconfig
 	@testbed/up.sh $(CLUSTERS)
@@ -27,8 +30,15 @@ demo: tools ## the main job: local cluster, operator, example app and cluster up
 demo-down: ## stop what KEEP=1 make demo left running
 	@testbed/demo-down.sh
 
-crds: ## write crds/*.yaml from the Rust types
+image: ## build the operator image (needs Docker; cannot run on the test machines): IMAGE=kubedirector-rs:dev
+	docker build -f deploy/Dockerfile -t $(IMAGE) .
+
+chart-lint: tools ## helm lint the chart (strict)
+	@PATH="$$(testbed/tools/build.sh helm):$$PATH" helm lint --strict $(HELM_CHART)
+
+crds: ## write crds/*.yaml (and the Helm chart's copy) from the Rust types
 	$(CARGO) run --quiet --bin crdgen -- crds
+	$(CARGO) run --quiet --bin crdgen -- deploy/helm/kubedirector/crds
 
 build: ## build the operator
 	$(CARGO) build --all-targets

@@ -12,7 +12,7 @@ use kubedirector::reconcile::driver;
 use kubedirector::shard::manager::ShardOptions;
 use kubedirector::telemetry::http::{self, Readiness};
 use kubedirector::telemetry::metrics::Metrics;
-use tracing_subscriber::EnvFilter;
+use kubedirector::telemetry::trace::{self, TraceOptions};
 
 #[derive(Parser)]
 #[command(
@@ -106,18 +106,13 @@ struct RunArgs {
     /// Field manager name of the operator's server-side apply writes.
     #[arg(long, env = "KD_FIELD_MANAGER", default_value = "kubedirector")]
     field_manager: String,
+    /// OTLP/HTTP endpoint for traces (base URL, e.g. http://jaeger-collector:4318). Default: the
+    /// standard OTEL_EXPORTER_OTLP_[TRACES_]ENDPOINT; with neither, no spans are exported.
+    #[arg(long)]
+    otlp_endpoint: Option<String>,
     /// Log format; the level comes from RUST_LOG (default info).
     #[arg(long, env = "KD_LOG_FORMAT", value_enum, default_value = "text")]
     log_format: LogFormat,
-}
-
-fn init_logging(format: LogFormat) {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info,kube=warn"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter);
-    match format {
-        LogFormat::Text => builder.init(),
-        LogFormat::Json => builder.json().init(),
-    }
 }
 
 async fn shutdown_signal() {
@@ -146,13 +141,28 @@ async fn main() -> anyhow::Result<()> {
             Ok(())
         }
         Command::Run(args) => {
-            init_logging(args.log_format);
-            run(*args).await
+            let replica = args
+                .replica_id
+                .clone()
+                .or_else(|| std::env::var("POD_NAME").ok())
+                .unwrap_or_else(default_replica_id);
+            let telemetry = trace::init(&TraceOptions {
+                endpoint: args.otlp_endpoint.clone(),
+                replica: replica.clone(),
+                json_logs: matches!(args.log_format, LogFormat::Json),
+            })?;
+            if telemetry.exporting() {
+                tracing::info!("exporting traces over OTLP/HTTP");
+            }
+            let result = run(*args, replica).await;
+            // Spans still in the exporter's batch are sent before the process ends.
+            let _ = tokio::task::spawn_blocking(move || telemetry.shutdown()).await;
+            result
         }
     }
 }
 
-async fn run(args: RunArgs) -> anyhow::Result<()> {
+async fn run(args: RunArgs, replica: String) -> anyhow::Result<()> {
     let metrics = Arc::new(Metrics::new());
     let members: Members = Arc::default();
     let readiness: Readiness = {
@@ -184,14 +194,11 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         write_burst: args.write_burst,
         status_window: Duration::from_millis(args.status_window_ms),
         backoff: Backoff::default(),
+        replica: replica.clone(),
     };
     let sharding = (args.shards > 0).then(|| ShardOptions {
         shards: args.shards,
-        replica: args
-            .replica_id
-            .clone()
-            .or_else(|| std::env::var("POD_NAME").ok())
-            .unwrap_or_else(default_replica_id),
+        replica,
         namespace: member.operator_namespace.clone(),
         lease_duration: Duration::from_millis(args.lease_duration_ms),
         renew_deadline: Duration::from_millis(args.renew_deadline_ms),

@@ -11,6 +11,7 @@ use kube::{Api, Resource, ResourceExt};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use serde_json::json;
+use tracing::Instrument;
 
 use crate::model::labels;
 
@@ -33,8 +34,21 @@ fn take_budget(ctx: &Ctx) -> Result<(), Error> {
         .map_err(|wait| Error::Throttled(ctx.budget.retry_slot(wait)))
 }
 
-/// Records a write's outcome (and an API error's code) in the metrics, then marks the crash point.
-fn record<T>(ctx: &Ctx, verb: &str, result: Result<T, kube::Error>) -> Result<T, Error> {
+/// Issues one API write inside a `write` span (a child of the reconcile's span), records its outcome
+/// (and an API error's code) in the metrics and on the span, then marks the crash point.
+async fn write<T>(
+    ctx: &Ctx,
+    verb: &'static str,
+    kind: &str,
+    name: &str,
+    call: impl Future<Output = Result<T, kube::Error>>,
+) -> Result<T, Error> {
+    let span = tracing::info_span!(
+        "write", verb, kind, name, context = %ctx.context,
+        outcome = tracing::field::Empty, http.response.status_code = tracing::field::Empty,
+        otel.status_code = tracing::field::Empty,
+    );
+    let result = call.instrument(span.clone()).await;
     let outcome = match &result {
         Ok(_) => "ok",
         Err(kube::Error::Api(s)) if s.code == 404 && verb == "delete" => "gone",
@@ -45,6 +59,13 @@ fn record<T>(ctx: &Ctx, verb: &str, result: Result<T, kube::Error>) -> Result<T,
         }
     };
     ctx.metrics.write(&ctx.context, verb, outcome);
+    span.record("outcome", outcome);
+    if let Err(kube::Error::Api(s)) = &result {
+        span.record("http.response.status_code", s.code);
+    }
+    if outcome == "error" {
+        span.record("otel.status_code", "ERROR");
+    }
     if result.is_ok() {
         crashpoint::after_write();
     }
@@ -93,15 +114,19 @@ where
     take_budget(ctx)?;
     let api: Api<K> = Api::namespaced(ctx.client.clone(), ns);
     let params = PatchParams::apply(&ctx.field_manager).force();
-    record(ctx, "apply", api.patch(&name, &params, &Patch::Apply(desired)).await)?;
+    let patch = Patch::Apply(desired);
+    write(ctx, "apply", kind_of::<K>(), &name, api.patch(&name, &params, &patch)).await?;
     writes.applied += 1;
     Ok(())
 }
+
+const CLUSTER_KIND: &str = "KubeDirectorCluster";
 
 fn kind_of<K: Resource<DynamicType = ()>>() -> &'static str {
     match K::kind(&()).as_ref() {
         "StatefulSet" => "StatefulSet",
         "Service" => "Service",
+        "PersistentVolumeClaim" => "PersistentVolumeClaim",
         _ => "object",
     }
 }
@@ -112,7 +137,8 @@ where
 {
     take_budget(ctx)?;
     let api: Api<K> = Api::namespaced(ctx.client.clone(), ns);
-    match record(ctx, "delete", api.delete(name, &DeleteParams::background()).await) {
+    let params = DeleteParams::background();
+    match write(ctx, "delete", kind_of::<K>(), name, api.delete(name, &params)).await {
         Ok(_) => {
             writes.deleted += 1;
             Ok(())
@@ -146,10 +172,10 @@ pub async fn replace_status(ctx: &Ctx, obj: &DynamicObject, status: &impl Serial
         serde_json::to_value(status).map_err(|source| Error::Serialize { what: "status", source })?;
     let ns = obj.namespace().ok_or(Error::MissingNamespace)?;
     take_budget(ctx)?;
-    let result = cluster_api(ctx, &ns)
-        .replace_status(&obj.name_any(), &PostParams::default(), &updated)
-        .await;
-    record(ctx, "update_status", result).map(|_| ())
+    let (api, name) = (cluster_api(ctx, &ns), obj.name_any());
+    let params = PostParams::default();
+    let call = api.replace_status(&name, &params, &updated);
+    write(ctx, "update_status", CLUSTER_KIND, &name, call).await.map(|_| ())
 }
 
 /// Sets the finalizer list, conditional on the resourceVersion we read.
@@ -157,8 +183,8 @@ pub async fn set_finalizers(ctx: &Ctx, obj: &DynamicObject, finalizers: Vec<Stri
     let ns = obj.namespace().ok_or(Error::MissingNamespace)?;
     let patch = json!({"metadata": {"finalizers": finalizers, "resourceVersion": obj.resource_version()}});
     take_budget(ctx)?;
-    let result = cluster_api(ctx, &ns)
-        .patch(&obj.name_any(), &PatchParams::default(), &Patch::Merge(patch))
-        .await;
-    record(ctx, "patch", result).map(|_| ())
+    let (api, name) = (cluster_api(ctx, &ns), obj.name_any());
+    let (params, patch) = (PatchParams::default(), Patch::Merge(patch));
+    let call = api.patch(&name, &params, &patch);
+    write(ctx, "patch", CLUSTER_KIND, &name, call).await.map(|_| ())
 }

@@ -230,6 +230,12 @@ pub fn outcome_of_error(key: &ClusterKey, error: &Error, ctx: &Ctx) -> Outcome {
             debug!(context = %ctx.context, cluster = %key.name, namespace = %key.namespace, "stale view, retrying");
             Outcome::Failed { retry_after: None }
         }
+        e if e.code() == Some(403) => {
+            // Named apart: a missing RBAC rule never heals by retrying, an operator must grant it.
+            warn!(context = %ctx.context, cluster = %key.name, namespace = %key.namespace, error = %e,
+                "reconcile failed: permission denied; the operator's ServiceAccount lacks an RBAC rule (see the chart's ClusterRole)");
+            Outcome::Failed { retry_after: None }
+        }
         e => {
             warn!(context = %ctx.context, cluster = %key.name, namespace = %key.namespace, error = %e, "reconcile failed");
             Outcome::Failed {

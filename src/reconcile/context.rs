@@ -75,4 +75,6 @@ pub struct Ctx {
     pub recorder: Recorder,
     pub field_manager: String,
     pub cluster_resource: ApiResource,
+    /// This replica's identity, on every reconcile span.
+    pub replica: String,
 }

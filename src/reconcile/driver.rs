@@ -28,6 +28,7 @@ use crate::queue::limiter::WriteBudget;
 use crate::queue::{Outcome, WorkQueue};
 use crate::shard::manager::{Act, Shards};
 use crate::telemetry::metrics::{Metrics, OutcomeLabels};
+use crate::telemetry::trace;
 
 use super::cluster::{outcome_of_error, reconcile};
 use super::context::{ClusterKey, Ctx, Stores};
@@ -45,6 +46,8 @@ pub struct Options {
     pub write_burst: u32,
     pub status_window: Duration,
     pub backoff: Backoff,
+    /// This replica's identity (shard Leases, spans).
+    pub replica: String,
 }
 
 /// What the fleet can see of a running member: readiness and health.
@@ -236,6 +239,7 @@ pub async fn run_member(
         recorder,
         field_manager: options.field_manager.clone(),
         cluster_resource: cluster_ar.clone(),
+        replica: options.replica.clone(),
     });
 
     let healthy = Arc::new(AtomicBool::new(false));
@@ -375,10 +379,21 @@ pub async fn run_member(
                     },
                 };
                 let shard = guard.as_ref().map(|g| g.shard);
-                let span = tracing::info_span!("reconcile", context = %ctx.context, namespace = %key.namespace, name = %key.name, shard = ?shard);
+                // The root span of this reconcile (its own trace), linked to the CR creator's trace.
+                let span = tracing::info_span!(
+                    parent: None,
+                    "reconcile",
+                    context = %ctx.context, namespace = %key.namespace, name = %key.name,
+                    shard = tracing::field::Empty, replica = %ctx.replica,
+                    outcome = tracing::field::Empty, otel.status_code = tracing::field::Empty,
+                );
+                if let Some(s) = shard {
+                    span.record("shard", i64::from(s));
+                }
+                trace::link_to_creator(&span, obj.annotations());
                 let started = tokio::time::Instant::now();
                 let wall_start = std::time::SystemTime::now();
-                let run = reconcile(obj, &ctx).instrument(span);
+                let run = reconcile(obj, &ctx).instrument(span.clone());
                 let result = match (&shards, &guard) {
                     (Some(sh), Some(g)) => tokio::select! {
                         r = run => r,
@@ -397,6 +412,11 @@ pub async fn run_member(
                     Outcome::Throttled(_) => "throttled",
                     Outcome::Failed { .. } => "error",
                 };
+                span.record("outcome", label);
+                if label == "error" {
+                    span.record("otel.status_code", "ERROR");
+                }
+                drop(span);
                 let labels = OutcomeLabels { context: ctx.context.clone(), outcome: label.to_string() };
                 m.reconcile_duration.get_or_create(&labels).observe(started.elapsed().as_secs_f64());
                 m.reconciles.get_or_create(&labels).inc();

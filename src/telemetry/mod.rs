@@ -1,4 +1,5 @@
-//! Observability: Prometheus metrics and the health endpoints (tracing export is issue 8).
+//! Observability: Prometheus metrics, the health endpoints, logs and OpenTelemetry traces.
 
 pub mod http;
 pub mod metrics;
+pub mod trace;

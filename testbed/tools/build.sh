@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Builds the pinned test-bed tools from upstream Go modules into the tools cache (outside the repo).
-# Usage: build.sh [etcd] [kube] [kwok]   (default: all three). Prints nothing but progress on stderr.
+# Usage: build.sh [etcd] [kube] [kwok] [helm] [jaeger]   (default: all). Prints nothing but progress on stderr.
 # A tool whose binaries are already in the cache is skipped, so a warm run takes seconds.
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
@@ -59,11 +59,25 @@ kwok_stages() {
   done
 }
 
-targets=("$@"); [ ${#targets[@]} -gt 0 ] || targets=(etcd kube kwok)
+build_helm() {
+  have helm && return 0
+  log "building helm $HELM_VERSION"
+  (cd "$here/helm" && go build -trimpath -ldflags "-s -w -X 'helm.sh/helm/v4/internal/version.version=$HELM_VERSION'" \
+    -o "$bin/" helm.sh/helm/v4/cmd/helm)
+}
+
+# Jaeger v2 (an OpenTelemetry Collector distribution); its Go module keeps v1 tags: v1.76.0 is v2.13.0.
+build_jaeger() {
+  have jaeger && return 0
+  log "building jaeger $JAEGER_VERSION (a few minutes cold)"
+  (cd "$here/jaeger" && go build -trimpath -ldflags "-s -w" -o "$bin/" github.com/jaegertracing/jaeger/cmd/jaeger)
+}
+
+targets=("$@"); [ ${#targets[@]} -gt 0 ] || targets=(etcd kube kwok helm jaeger)
 for t in "${targets[@]}"; do
   case "$t" in
-    etcd|kube|kwok) "build_$t" ;;
-    *) echo "build.sh: unknown tool '$t' (allowed: etcd, kube, kwok)" >&2; exit 2 ;;
+    etcd|kube|kwok|helm|jaeger) "build_$t" ;;
+    *) echo "build.sh: unknown tool '$t' (allowed: etcd, kube, kwok, helm, jaeger)" >&2; exit 2 ;;
   esac
 done
 echo "$bin"

@@ -5,13 +5,16 @@
 #[path = "../common/mod.rs"]
 mod common;
 
+mod chart;
 mod crds;
 mod fault;
 mod fleet;
 mod health;
+mod http;
 mod leases;
 mod operator;
 mod proxy;
 mod reconcile;
 mod sharding;
 mod testbed;
+mod traces;

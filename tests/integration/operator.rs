@@ -12,6 +12,8 @@ pub struct Operator {
     starts: u32,
     /// Where this operator serves /metrics.
     pub metrics_port: u16,
+    /// Environment of every start.
+    env: Vec<(String, String)>,
 }
 
 /// A port that was free a moment ago (the OS picks it; the tiny race is acceptable in tests).
@@ -35,6 +37,11 @@ impl Operator {
 
     /// Starts `kubedirector run` with the given member-selection arguments; `name` names the log.
     pub fn start_with(selection: &[&str], name: &str, system_ns: &str) -> Operator {
+        Self::start_with_env(selection, name, system_ns, &[])
+    }
+
+    /// `start_with`, with extra environment variables for this and every later start.
+    pub fn start_with_env(selection: &[&str], name: &str, system_ns: &str, env: &[(&str, String)]) -> Operator {
         let log = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(format!("target/test-logs/operator-{name}.log"));
         std::fs::create_dir_all(log.parent().expect("log dir")).expect("create target/test-logs");
         let kubeconfig = testbed::kubeconfig_path().display().to_string();
@@ -58,6 +65,7 @@ impl Operator {
             args,
             starts: 0,
             metrics_port,
+            env: env.iter().map(|(k, v)| (k.to_string(), v.clone())).collect(),
         };
         op.restart();
         op
@@ -83,6 +91,7 @@ impl Operator {
                 "RUST_LOG",
                 std::env::var("KD_TEST_RUST_LOG").unwrap_or_else(|_| "info,kubedirector=debug".to_string()),
             )
+            .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
             .stdout(Stdio::from(file))
             .stderr(Stdio::from(err))
@@ -94,18 +103,9 @@ impl Operator {
 
     /// The operator's Prometheus text from /metrics; empty while the endpoint is not up yet.
     pub fn metrics(&self) -> String {
-        use std::io::{Read, Write};
-        let Ok(mut stream) = std::net::TcpStream::connect(("127.0.0.1", self.metrics_port)) else {
-            return String::new();
-        };
-        let mut body = String::new();
-        if stream
-            .write_all(b"GET /metrics HTTP/1.0\r\nHost: localhost\r\n\r\n")
-            .is_ok()
-        {
-            let _ = stream.read_to_string(&mut body);
-        }
-        body
+        crate::http::request(self.metrics_port, "GET", "/metrics", None)
+            .map(|(_, body)| body)
+            .unwrap_or_default()
     }
 
     /// Waits up to `limit` for the process to exit by itself; true if it did.

@@ -20,15 +20,15 @@ use kubedirector::model::status::is_configured;
 use crate::operator::Operator;
 use crate::{common, testbed};
 
-const APP: &str = "deploy/examples/app-cassandra-like.yaml";
-const CLUSTER: &str = "deploy/examples/cluster-cassandra-like.yaml";
+pub const APP: &str = "deploy/examples/app-cassandra-like.yaml";
+pub const CLUSTER: &str = "deploy/examples/cluster-cassandra-like.yaml";
 const CLUSTER_LABEL: &str = "kubedirector.hpe.com/kdcluster";
 
-fn example(path: &str) -> Value {
+pub fn example(path: &str) -> Value {
     common::load_fixture(&std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(path))
 }
 
-async fn create(client: &Client, ns: &str, obj: &Value) {
+pub async fn create(client: &Client, ns: &str, obj: &Value) {
     let kind = obj["kind"].as_str().expect("kind");
     let dynamic: DynamicObject = serde_json::from_value(obj.clone()).expect("object");
     testbed::kd_api(client, ns, kind)
@@ -64,22 +64,35 @@ async fn local_storage(client: &Client, ns: &str, n: usize) {
     }
 }
 
-struct Env {
+pub struct Env {
     client: Client,
-    ns: String,
-    system_ns: String,
-    operator: Operator,
+    pub ns: String,
+    pub system_ns: String,
+    pub operator: Operator,
 }
 
 /// A watch namespace with its own operator, a system namespace holding the example app, storage.
 async fn setup(purpose: &str, pvs: usize) -> Env {
+    setup_with(purpose, pvs, |ns, system_ns| async move {
+        Operator::start("kwok-kd-1", &ns, &system_ns)
+    })
+    .await
+}
+
+/// `setup` with the operator started by `start(watch namespace, system namespace)`, e.g. with
+/// another identity; the system namespace exists before it is called.
+pub async fn setup_with<F, Fut>(purpose: &str, pvs: usize, start: F) -> Env
+where
+    F: FnOnce(String, String) -> Fut,
+    Fut: std::future::Future<Output = Operator>,
+{
     let client = testbed::client().await;
     testbed::install_crds(&client).await;
     let ns = testbed::namespace(&client, purpose).await;
     let system_ns = testbed::namespace(&client, &format!("{purpose}-sys")).await;
     local_storage(&client, &ns, pvs).await;
     create(&client, &system_ns, &example(APP)).await;
-    let operator = Operator::start("kwok-kd-1", &ns, &system_ns);
+    let operator = start(ns.clone(), system_ns.clone()).await;
     Env {
         client,
         ns,
@@ -94,7 +107,7 @@ fn clusters(env: &Env) -> Api<KubeDirectorCluster> {
 
 /// Waits until the cluster's status reflects its current generation, the cluster is `configured`
 /// and every member too.
-async fn wait_configured(env: &Env, name: &str, limit: Duration) -> KubeDirectorCluster {
+pub async fn wait_configured(env: &Env, name: &str, limit: Duration) -> KubeDirectorCluster {
     let api = clusters(env);
     let done = |c: Option<&KubeDirectorCluster>| c.is_some_and(is_configured);
     let what = format!("cluster {name} configured (log: {})", env.operator.log.display());
@@ -171,6 +184,12 @@ fn assert_owned(obj: &impl ResourceExt, cluster: &KubeDirectorCluster) {
 #[ignore = "needs the test bed: make integration"]
 async fn cluster_reaches_configured_with_contract_children() {
     let env = setup("contract", 6).await;
+    contract_case(&env).await;
+}
+
+/// The core reconcile case: kd-global-config and the example cluster in, `configured` out, with every
+/// child as the contract names, labels and owns it. Needs 6 PVs (see `setup`).
+pub async fn contract_case(env: &Env) {
     // kd-global-config in the operator's namespace: default service type and extra pod labels.
     create(&env.client, &env.system_ns, &json!({
         "apiVersion": "kubedirector.hpe.com/v1beta1", "kind": "KubeDirectorConfig",
@@ -181,7 +200,7 @@ async fn cluster_reaches_configured_with_contract_children() {
     let mut cluster = example(CLUSTER);
     cluster["spec"].as_object_mut().expect("spec").remove("serviceType");
     create(&env.client, &env.ns, &cluster).await;
-    let kd = wait_configured(&env, "cass", Duration::from_secs(60)).await;
+    let kd = wait_configured(env, "cass", Duration::from_secs(60)).await;
     let status = kd.status.clone().expect("status");
 
     assert!(kd.finalizers().iter().any(|f| f == "kubedirector.hpe.com/cleanup"));
@@ -195,7 +214,7 @@ async fn cluster_reaches_configured_with_contract_children() {
     assert!(!status.member_state_rollup.members_down && !status.member_state_rollup.membership_changing);
 
     // Headless Service: recorded in status, headless, selector on the headless label, no role label.
-    let services = labelled::<Service>(&env, "cass").await;
+    let services = labelled::<Service>(env, "cass").await;
     let headless = services
         .iter()
         .find(|s| s.name_any() == status.cluster_service)
@@ -213,10 +232,10 @@ async fn cluster_reaches_configured_with_contract_children() {
     assert_eq!(label(headless, "kubedirector.hpe.com/role"), None);
     assert_owned(headless, &kd);
 
-    let statefulsets = labelled::<StatefulSet>(&env, "cass").await;
+    let statefulsets = labelled::<StatefulSet>(env, "cass").await;
     assert_eq!(statefulsets.len(), 2, "one StatefulSet per role");
-    let pods = labelled::<Pod>(&env, "cass").await;
-    let pvcs = labelled::<PersistentVolumeClaim>(&env, "cass").await;
+    let pods = labelled::<Pod>(env, "cass").await;
+    let pvcs = labelled::<PersistentVolumeClaim>(env, "cass").await;
     let mut node_ids = BTreeSet::new();
     for role in &status.roles {
         let sts = statefulsets
