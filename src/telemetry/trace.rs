@@ -125,7 +125,7 @@ fn provider(options: &TraceOptions) -> Result<SdkTracerProvider, TraceError> {
 /// The creator's span context from a CR's annotations (`traceparent`, optional `tracestate`);
 /// `None` when absent or malformed.
 pub fn creator_context(annotations: &std::collections::BTreeMap<String, String>) -> Option<SpanContext> {
-    let parent = annotations.get(TRACEPARENT)?;
+    let parent = annotations.get(TRACEPARENT).filter(|p| well_formed(p.trim()))?;
     let mut carrier = HashMap::from([(TRACEPARENT.to_string(), parent.trim().to_string())]);
     if let Some(state) = annotations.get(TRACESTATE) {
         carrier.insert(TRACESTATE.to_string(), state.clone());
@@ -133,6 +133,21 @@ pub fn creator_context(annotations: &std::collections::BTreeMap<String, String>)
     let cx = TraceContextPropagator::new().extract(&carrier);
     let span_context = cx.span().span_context().clone();
     span_context.is_valid().then_some(span_context)
+}
+
+/// W3C trace-context shape: `version-traceid-parentid-flags`, lowercase hex of 2, 32, 16 and 2
+/// digits (the SDK's parser also takes shorter ids, which other tools would reject); version ff is
+/// invalid, version 00 has exactly four fields, later versions may append more.
+fn well_formed(traceparent: &str) -> bool {
+    let fields: Vec<&str> = traceparent.split('-').collect();
+    let hex = |f: &str, len: usize| f.len() == len && f.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
+    fields.len() >= 4
+        && hex(fields[0], 2)
+        && fields[0] != "ff"
+        && (fields[0] != "00" || fields.len() == 4)
+        && hex(fields[1], 32)
+        && hex(fields[2], 16)
+        && hex(fields[3], 2)
 }
 
 /// Links `span` (a reconcile, a root of its own trace) to the trace of whoever created the CR.
@@ -169,6 +184,9 @@ mod tests {
             "00-00000000000000000000000000000000-00f067aa0ba902b7-01",
             "00-4bf92f3577b34da6a3ce929d0e0e4736-0000000000000000-01",
             "00-4bf92f3577b34da6a3ce929d0e0e473-00f067aa0ba902b7-01",
+            "00-4BF92F3577B34DA6A3CE929D0E0E4736-00f067aa0ba902b7-01",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-extra",
+            "ff-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
         ] {
             assert!(
                 creator_context(&annotations(&[(TRACEPARENT, bad)])).is_none(),
