@@ -140,7 +140,8 @@ pub fn creator_context(annotations: &std::collections::BTreeMap<String, String>)
 /// invalid, version 00 has exactly four fields, later versions may append more.
 fn well_formed(traceparent: &str) -> bool {
     let fields: Vec<&str> = traceparent.split('-').collect();
-    let hex = |f: &str, len: usize| f.len() == len && f.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
+    let hex =
+        |f: &str, len: usize| f.len() == len && f.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
     fields.len() >= 4
         && hex(fields[0], 2)
         && fields[0] != "ff"
