@@ -2,6 +2,7 @@
 //!
 //! `api` holds the KubeDirector v1beta1 types; the pure decision logic lives in `model`.
 
+pub mod admission;
 pub mod api;
 pub mod fleet;
 pub mod model;

@@ -3,13 +3,17 @@
 //! uses it too, because apps stored before the webhook existed may still carry their defaults.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use kube::api::DynamicObject;
+use serde::de::DeserializeOwned;
 
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 
-use crate::api::Tristate;
-use crate::api::app::{AppRole, ContainerSpec, KubeDirectorAppSpec, LifecycleEvent, Service, SetupPackage};
+use crate::api::app::{AppRole, ContainerSpec, KubeDirectorAppSpec, LifecycleEvent, MinStorage, Service, SetupPackage};
 use crate::api::cluster::{AppCatalog, KubeDirectorClusterSpec};
 use crate::api::common::NamingScheme;
+use crate::api::{KubeDirectorApp, Tristate};
 
 use super::cardinality::{Cardinality, CardinalityError};
 
@@ -67,6 +71,7 @@ pub struct ResolvedRole {
     pub event_list: Option<Vec<LifecycleEvent>>,
     pub max_log_size_dump: i32,
     pub min_resources: BTreeMap<String, Quantity>,
+    pub min_storage: Option<MinStorage>,
     pub container_spec: ContainerSpec,
     /// The app services this role runs, in app order.
     pub services: Vec<Service>,
@@ -161,6 +166,7 @@ fn resolve_role(spec: &KubeDirectorAppSpec, role: &AppRole) -> Result<ResolvedRo
         event_list: role.event_list.clone(),
         max_log_size_dump: role.max_log_size_dump.unwrap_or(DEFAULT_MAX_LOG_SIZE_DUMP),
         min_resources: role.min_resources.clone().unwrap_or_default(),
+        min_storage: role.min_storage.clone(),
         container_spec: role.container_spec.clone().unwrap_or_default(),
         services,
     })
@@ -186,4 +192,48 @@ pub fn apply_cluster_defaults(
         }
     }
     out
+}
+
+/// Any object of ours as its typed form; the error names the field that does not fit.
+pub fn parse<T: DeserializeOwned>(obj: &DynamicObject) -> Result<T, String> {
+    let value = serde_json::to_value(obj).map_err(|e| e.to_string())?;
+    serde_path_to_error::deserialize(value).map_err(|e| {
+        let path = e.path().to_string();
+        let inner = e.into_inner();
+        if path == "." {
+            inner.to_string()
+        } else {
+            format!("{path}: {inner}")
+        }
+    })
+}
+
+/// The app of a cluster in namespace `ns`: its local catalog (`ns`), then the system catalog
+/// (`operator_ns`), as `requested` allows. `lookup(namespace)` returns the app of that name there.
+/// Errors are messages for `spec.app`.
+pub fn find_app(
+    lookup: impl Fn(&str) -> Option<Arc<DynamicObject>>,
+    operator_ns: &str,
+    ns: &str,
+    app: &str,
+    requested: Option<AppCatalog>,
+) -> Result<ResolvedApp, String> {
+    let local = lookup(ns);
+    let system = lookup(operator_ns);
+    let catalog = choose_catalog(requested, local.is_some(), system.is_some()).ok_or_else(|| {
+        let where_ = match requested {
+            Some(AppCatalog::Local) => format!("namespace {ns:?} (appCatalog: local)"),
+            Some(AppCatalog::System) => format!("namespace {operator_ns:?} (appCatalog: system)"),
+            None => format!("namespace {ns:?} or {operator_ns:?}"),
+        };
+        format!("spec.app: KubeDirectorApp {app:?} not found in {where_}")
+    })?;
+    let obj = match catalog {
+        AppCatalog::Local => local,
+        AppCatalog::System => system,
+    }
+    .ok_or_else(|| format!("spec.app: KubeDirectorApp {app:?} vanished"))?;
+    let parsed: KubeDirectorApp =
+        parse(&obj).map_err(|e| format!("spec.app: KubeDirectorApp {app:?} cannot be read: {e}"))?;
+    resolve_app(app, catalog, &parsed.spec).map_err(|e| format!("spec.app: KubeDirectorApp {app:?} is invalid: {e}"))
 }

@@ -27,6 +27,16 @@ pub fn describe(errors: &[FieldError]) -> String {
     errors.iter().map(ToString::to_string).collect::<Vec<_>>().join("; ")
 }
 
+/// `describe` for the first `limit` errors, then how many more: a huge object must not produce a
+/// message larger than the API server passes on.
+pub fn describe_first(errors: &[FieldError], limit: usize) -> String {
+    let shown = describe(&errors[..errors.len().min(limit)]);
+    match errors.len().saturating_sub(limit) {
+        0 => shown,
+        more => format!("{shown}; and {more} more"),
+    }
+}
+
 /// What the environment offers for storage: existing StorageClass names and the cluster default.
 #[derive(Clone, Debug, Default)]
 pub struct StorageClasses {
@@ -121,14 +131,14 @@ pub fn validate_cluster(
                 });
             }
         }
-        for (name, quantity) in limits
+        let given = [("limits", limits), ("requests", role.resources.requests.as_ref())];
+        for (kind, name, quantity) in given
             .into_iter()
-            .flatten()
-            .chain(role.resources.requests.iter().flatten())
+            .flat_map(|(kind, m)| m.into_iter().flatten().map(move |(n, q)| (kind, n, q)))
         {
             if parse_quantity(quantity).is_none() {
                 errors.push(FieldError {
-                    field: at(&format!(".resources.{name}")),
+                    field: at(&format!(".resources.{kind}.{name}")),
                     message: format!("{:?} is not a quantity (e.g. \"500m\", \"2\", \"4Gi\")", quantity.0),
                 });
             }

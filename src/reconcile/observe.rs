@@ -4,12 +4,10 @@ use std::collections::BTreeMap;
 
 use k8s_openapi::api::core::v1::Pod;
 use kube::ResourceExt;
-use kube::api::DynamicObject;
-use serde::de::DeserializeOwned;
 
+use crate::api::KubeDirectorConfig;
 use crate::api::cluster::AppCatalog;
 use crate::api::config::GLOBAL_CONFIG_NAME;
-use crate::api::{KubeDirectorApp, KubeDirectorConfig};
 use crate::model::catalog::{self, ResolvedApp};
 use crate::model::labels;
 use crate::model::members::{Observed, PodFacts};
@@ -106,19 +104,7 @@ pub fn observe(ctx: &Ctx, ns: &str, cluster: &str) -> (Observed, Children) {
     (observed, children)
 }
 
-/// Any object of ours as its typed form; the error names the field that does not fit.
-pub fn parse<T: DeserializeOwned>(obj: &DynamicObject) -> Result<T, String> {
-    let value = serde_json::to_value(obj).map_err(|e| e.to_string())?;
-    serde_path_to_error::deserialize(value).map_err(|e| {
-        let path = e.path().to_string();
-        let inner = e.into_inner();
-        if path == "." {
-            inner.to_string()
-        } else {
-            format!("{path}: {inner}")
-        }
-    })
-}
+pub use crate::model::catalog::parse;
 
 pub fn settings(ctx: &Ctx) -> Settings {
     let global = ctx.stores.configs.state().into_iter().find(|c| {
@@ -151,29 +137,11 @@ pub fn storage_classes(ctx: &Ctx) -> StorageClasses {
 
 /// The app of a cluster: local catalog (the cluster's namespace), then the system catalog.
 pub fn find_app(ctx: &Ctx, ns: &str, app: &str, requested: Option<AppCatalog>) -> Result<ResolvedApp, String> {
-    let find =
+    let lookup =
         |catalog_ns: &str| {
             ctx.stores.apps.state().into_iter().find(|a| {
                 a.metadata.namespace.as_deref() == Some(catalog_ns) && a.metadata.name.as_deref() == Some(app)
             })
         };
-    let local = find(ns);
-    let system = find(&ctx.operator_namespace);
-    let catalog = catalog::choose_catalog(requested, local.is_some(), system.is_some()).ok_or_else(|| {
-        let where_ = match requested {
-            Some(AppCatalog::Local) => format!("namespace {ns:?} (appCatalog: local)"),
-            Some(AppCatalog::System) => format!("namespace {:?} (appCatalog: system)", ctx.operator_namespace),
-            None => format!("namespace {ns:?} or {:?}", ctx.operator_namespace),
-        };
-        format!("spec.app: KubeDirectorApp {app:?} not found in {where_}")
-    })?;
-    let obj = match catalog {
-        AppCatalog::Local => local,
-        AppCatalog::System => system,
-    }
-    .ok_or_else(|| format!("spec.app: KubeDirectorApp {app:?} vanished"))?;
-    let parsed: KubeDirectorApp =
-        parse(&obj).map_err(|e| format!("spec.app: KubeDirectorApp {app:?} cannot be read: {e}"))?;
-    catalog::resolve_app(app, catalog, &parsed.spec)
-        .map_err(|e| format!("spec.app: KubeDirectorApp {app:?} is invalid: {e}"))
+    catalog::find_app(lookup, &ctx.operator_namespace, ns, app, requested)
 }

@@ -1,0 +1,251 @@
+//! KubeDirectorCluster admission: KubeDirector's defaults filled in (mutating), every rule of the
+//! contract checked against the app and the member cluster (validating).
+
+use kube::api::DynamicObject;
+use serde_json::{Value, json};
+
+use crate::api::KubeDirectorClusterSpec;
+use crate::model::catalog::{ResolvedApp, apply_cluster_defaults, find_app};
+use crate::model::settings::Settings;
+use crate::model::validate::{self, FieldError, effective_storage_class, parse_quantity};
+
+use super::world::{World, global_config};
+
+fn err(field: impl Into<String>, message: impl Into<String>) -> FieldError {
+    FieldError {
+        field: field.into(),
+        message: message.into(),
+    }
+}
+
+fn app_of(world: &dyn World, ns: &str, spec: &KubeDirectorClusterSpec) -> Result<ResolvedApp, String> {
+    let lookup = |catalog_ns: &str| world.app(catalog_ns, &spec.app);
+    find_app(lookup, world.operator_namespace(), ns, &spec.app, spec.app_catalog)
+}
+
+/// Fills in, where the user left them out: `appCatalog` (the catalog that has the app), `serviceType`
+/// (kd-global-config's, else LoadBalancer), `namingScheme`, each role's `members` (the cardinality's
+/// N), `secret` (from `defaultSecret`) and `storage.storageClassName` (kd-global-config's default,
+/// else the cluster's default class). Nothing is filled when the app cannot be found: validation
+/// then reports that.
+pub fn mutate(obj: &mut Value, ns: &str, spec: &KubeDirectorClusterSpec, world: &dyn World) {
+    let Ok(app) = app_of(world, ns, spec) else {
+        return;
+    };
+    let settings = Settings::from_config(global_config(world).as_ref());
+    let defaulted = apply_cluster_defaults(spec, &app, settings.default_naming_scheme);
+    let classes = world.storage_classes();
+    let Some(spec_json) = obj.get_mut("spec").and_then(Value::as_object_mut) else {
+        return;
+    };
+    let mut fill = |key: &str, value: Value| {
+        if !spec_json.contains_key(key) && !value.is_null() {
+            spec_json.insert(key.to_string(), value);
+        }
+    };
+    fill("appCatalog", json!(defaulted.app_catalog));
+    fill("namingScheme", json!(defaulted.naming_scheme));
+    fill("serviceType", json!(settings.default_service_type));
+    let Some(roles) = spec_json.get_mut("roles").and_then(Value::as_array_mut) else {
+        return;
+    };
+    for (role_json, role) in roles.iter_mut().zip(&defaulted.roles) {
+        let Some(role_json) = role_json.as_object_mut() else {
+            continue;
+        };
+        if !role_json.contains_key("members")
+            && let Some(m) = role.members
+        {
+            role_json.insert("members".to_string(), json!(m));
+        }
+        if !role_json.contains_key("secret")
+            && let Some(s) = &role.secret
+        {
+            role_json.insert("secret".to_string(), json!(s));
+        }
+        let class = effective_storage_class(None, settings.default_storage_class.as_deref(), &classes);
+        if let (Some(storage), Some(class)) = (role_json.get_mut("storage").and_then(Value::as_object_mut), class)
+            && !storage.contains_key("storageClassName")
+        {
+            storage.insert("storageClassName".to_string(), json!(class));
+        }
+    }
+}
+
+/// Every rule for a created or changed cluster; `old` is the stored object on update.
+pub fn validate(
+    ns: &str,
+    spec: &KubeDirectorClusterSpec,
+    old: Option<&KubeDirectorClusterSpec>,
+    world: &dyn World,
+) -> Vec<FieldError> {
+    let mut errors = Vec::new();
+    if let Some(old) = old {
+        errors.extend(immutable(spec, old));
+    }
+    match app_of(world, ns, spec) {
+        Err(message) => {
+            let available = apps_named(world, ns);
+            let message = message.strip_prefix("spec.app: ").unwrap_or(&message).to_string();
+            errors.push(err("spec.app", format!("{message} (available: {available})")));
+        }
+        Ok(app) => {
+            let config = global_config(world);
+            let classes = world.storage_classes();
+            let default_class = config.as_ref().and_then(|c| c.default_storage_class_name.as_deref());
+            errors.extend(validate::validate_cluster(spec, &app, default_class, &classes));
+            errors.extend(minimums(spec, &app));
+        }
+    }
+    errors.extend(secrets(ns, spec, world));
+    errors
+}
+
+fn apps_named(world: &dyn World, ns: &str) -> String {
+    // The names the user could have meant: apps of the local and the system catalog.
+    let mut names: Vec<String> = [ns, world.operator_namespace()]
+        .iter()
+        .flat_map(|n| world.apps_in(n))
+        .collect();
+    names.sort();
+    names.dedup();
+    if names.is_empty() {
+        "none".to_string()
+    } else {
+        names.join(", ")
+    }
+}
+
+/// `app` and `appCatalog` never change; a role that has members may change only its `members`.
+fn immutable(new: &KubeDirectorClusterSpec, old: &KubeDirectorClusterSpec) -> Vec<FieldError> {
+    let mut errors = Vec::new();
+    if new.app != old.app {
+        errors.push(err(
+            "spec.app",
+            format!(
+                "cannot change (was {:?}, now {:?}); create a new cluster for another app",
+                old.app, new.app
+            ),
+        ));
+    }
+    if let (Some(n), Some(o)) = (new.app_catalog, old.app_catalog)
+        && n != o
+    {
+        errors.push(err(
+            "spec.appCatalog",
+            format!("cannot change (was {:?}, now {:?})", o.as_str(), n.as_str()),
+        ));
+    }
+    for (i, role) in new.roles.iter().enumerate() {
+        let Some(before) = old.roles.iter().find(|r| r.id == role.id) else {
+            continue;
+        };
+        if before.members.unwrap_or(0) == 0 {
+            continue;
+        }
+        let fields = |r: &crate::api::cluster::RoleSpec| match serde_json::to_value(r) {
+            Ok(Value::Object(mut m)) => {
+                m.remove("members");
+                m
+            }
+            _ => serde_json::Map::new(),
+        };
+        let (now, was) = (fields(role), fields(before));
+        let mut changed: Vec<&str> = now
+            .keys()
+            .chain(was.keys())
+            .filter(|k| now.get(*k) != was.get(*k))
+            .map(String::as_str)
+            .collect();
+        changed.sort_unstable();
+        changed.dedup();
+        if !changed.is_empty() {
+            errors.push(err(
+                format!("spec.roles[{i}]"),
+                format!(
+                    "role {:?} has members, so only its members may change (changed: {}); shrink it to 0 members first",
+                    role.id,
+                    changed.join(", ")
+                ),
+            ));
+        }
+    }
+    errors
+}
+
+/// The app's minimum resources and storage per role.
+fn minimums(spec: &KubeDirectorClusterSpec, app: &ResolvedApp) -> Vec<FieldError> {
+    let mut errors = Vec::new();
+    for (i, role) in spec.roles.iter().enumerate() {
+        let Some(app_role) = app.role(&role.id) else {
+            continue;
+        };
+        for (resource, min) in &app_role.min_resources {
+            let Some(min_value) = parse_quantity(min) else {
+                continue; // the app's own validation reports it
+            };
+            let requested = role.resources.requests.as_ref().and_then(|r| r.get(resource));
+            let given = requested.or_else(|| role.resources.limits.as_ref().and_then(|l| l.get(resource)));
+            let field = format!("spec.roles[{i}].resources.requests.{resource}");
+            match given.map(|q| (q, parse_quantity(q))) {
+                None => errors.push(err(
+                    field,
+                    format!("is required: app role {:?} needs at least {}", role.id, min.0),
+                )),
+                Some((q, Some(v))) if v < min_value => errors.push(err(
+                    field,
+                    format!(
+                        "{} is below the minimum of app role {:?} (at least {})",
+                        q.0, role.id, min.0
+                    ),
+                )),
+                _ => {}
+            }
+        }
+        if let Some(min) = &app_role.min_storage
+            && let Some(min_value) = parse_quantity(&min.size)
+        {
+            match &role.storage {
+                None if min.ephemeral_mode_supported != Some(true) => errors.push(err(
+                    format!("spec.roles[{i}].storage"),
+                    format!(
+                        "is required: app role {:?} needs persistent storage of at least {}",
+                        role.id, min.size.0
+                    ),
+                )),
+                Some(s) if parse_quantity(&s.size).is_some_and(|v| v < min_value) => errors.push(err(
+                    format!("spec.roles[{i}].storage.size"),
+                    format!(
+                        "{} is below the minimum of app role {:?} (at least {})",
+                        s.size.0, role.id, min.size.0
+                    ),
+                )),
+                _ => {}
+            }
+        }
+    }
+    errors
+}
+
+/// Secrets named by the cluster exist in its namespace.
+fn secrets(ns: &str, spec: &KubeDirectorClusterSpec, world: &dyn World) -> Vec<FieldError> {
+    let named = spec
+        .default_secret
+        .iter()
+        .map(|s| ("spec.defaultSecret.name".to_string(), s))
+        .chain(
+            spec.roles
+                .iter()
+                .enumerate()
+                .filter_map(|(i, r)| r.secret.as_ref().map(|s| (format!("spec.roles[{i}].secret.name"), s))),
+        );
+    named
+        .filter(|(_, s)| !world.secret_exists(ns, &s.name))
+        .map(|(field, s)| err(field, format!("Secret {:?} not found in namespace {ns:?}", s.name)))
+        .collect()
+}
+
+/// Clusters being deleted are not checked again (their finalizer must be removable).
+pub fn is_deleting(obj: &DynamicObject) -> bool {
+    obj.metadata.deletion_timestamp.is_some()
+}

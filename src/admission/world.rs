@@ -1,0 +1,85 @@
+//! What an admission decision may look at besides the object itself: the apps, clusters and
+//! kd-global-config of the member cluster, its StorageClasses and which Secrets exist. Always read
+//! from the API (watch caches, see `caches.rs`), never from what this process happened to reconcile,
+//! so that every replica decides the same, also right after a restart.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+
+use kube::api::DynamicObject;
+
+use crate::api::config::GLOBAL_CONFIG_NAME;
+use crate::api::{KubeDirectorConfig, KubeDirectorConfigSpec};
+use crate::model::catalog::parse;
+use crate::model::validate::StorageClasses;
+
+pub trait World: Send + Sync {
+    /// Namespace of the system app catalog and of kd-global-config.
+    fn operator_namespace(&self) -> &str;
+    /// The KubeDirectorApp `name` in namespace `ns`.
+    fn app(&self, ns: &str, name: &str) -> Option<Arc<DynamicObject>>;
+    /// Names of the KubeDirectorApps in namespace `ns` (for "available: ..." in messages).
+    fn apps_in(&self, ns: &str) -> Vec<String>;
+    /// Every KubeDirectorCluster, in every namespace.
+    fn clusters(&self) -> Vec<Arc<DynamicObject>>;
+    /// Every KubeDirectorConfig (only kd-global-config in the operator namespace counts).
+    fn configs(&self) -> Vec<Arc<DynamicObject>>;
+    fn storage_classes(&self) -> StorageClasses;
+    fn secret_exists(&self, ns: &str, name: &str) -> bool;
+}
+
+/// kd-global-config's spec, if it exists and can be read.
+pub fn global_config(world: &dyn World) -> Option<KubeDirectorConfigSpec> {
+    world
+        .configs()
+        .into_iter()
+        .find(|c| {
+            c.metadata.name.as_deref() == Some(GLOBAL_CONFIG_NAME)
+                && c.metadata.namespace.as_deref() == Some(world.operator_namespace())
+        })
+        .and_then(|c| parse::<KubeDirectorConfig>(&c).ok())
+        .map(|c| c.spec)
+}
+
+/// A fixed world: tests, the fuzz test and the benchmark.
+#[derive(Clone, Debug, Default)]
+pub struct Snapshot {
+    pub operator_namespace: String,
+    pub apps: Vec<Arc<DynamicObject>>,
+    pub clusters: Vec<Arc<DynamicObject>>,
+    pub configs: Vec<Arc<DynamicObject>>,
+    pub storage_classes: StorageClasses,
+    /// (namespace, name) of existing Secrets.
+    pub secrets: BTreeSet<(String, String)>,
+}
+
+impl World for Snapshot {
+    fn operator_namespace(&self) -> &str {
+        &self.operator_namespace
+    }
+    fn app(&self, ns: &str, name: &str) -> Option<Arc<DynamicObject>> {
+        self.apps
+            .iter()
+            .find(|a| a.metadata.namespace.as_deref() == Some(ns) && a.metadata.name.as_deref() == Some(name))
+            .cloned()
+    }
+    fn apps_in(&self, ns: &str) -> Vec<String> {
+        self.apps
+            .iter()
+            .filter(|a| a.metadata.namespace.as_deref() == Some(ns))
+            .filter_map(|a| a.metadata.name.clone())
+            .collect()
+    }
+    fn clusters(&self) -> Vec<Arc<DynamicObject>> {
+        self.clusters.clone()
+    }
+    fn configs(&self) -> Vec<Arc<DynamicObject>> {
+        self.configs.clone()
+    }
+    fn storage_classes(&self) -> StorageClasses {
+        self.storage_classes.clone()
+    }
+    fn secret_exists(&self, ns: &str, name: &str) -> bool {
+        self.secrets.contains(&(ns.to_string(), name.to_string()))
+    }
+}
