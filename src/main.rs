@@ -6,7 +6,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand, ValueEnum};
-use kubedirector::fleet::{FleetOptions, Members};
+use kubedirector::admission::server::{CertSource, WebhookOptions};
+use kubedirector::fleet::{Admission, FleetOptions, Members};
 use kubedirector::queue::backoff::Backoff;
 use kubedirector::reconcile::driver;
 use kubedirector::shard::manager::ShardOptions;
@@ -110,6 +111,28 @@ struct RunArgs {
     /// standard OTEL_EXPORTER_OTLP_[TRACES_]ENDPOINT; with neither, no spans are exported.
     #[arg(long)]
     otlp_endpoint: Option<String>,
+    /// Serve the admission webhook (HTTPS: /mutate, /validate, /mutate/<context>, /validate/<context>)
+    /// on this address, e.g. 0.0.0.0:9443. Default: no admission endpoint.
+    #[arg(long, env = "KD_WEBHOOK_ADDR")]
+    webhook_addr: Option<std::net::SocketAddr>,
+    /// Directory with tls.crt and tls.key for the webhook (a mounted Secret; re-read on change).
+    /// Without it, a certificate is generated once and kept in --webhook-secret.
+    #[arg(long, env = "KD_WEBHOOK_CERT_DIR")]
+    webhook_cert_dir: Option<PathBuf>,
+    /// Secret (operator namespace, home cluster) holding the self-generated webhook CA and certificate.
+    #[arg(long, env = "KD_WEBHOOK_SECRET", default_value = "kubedirector-webhook-tls")]
+    webhook_secret: String,
+    /// DNS name or IP address the self-generated certificate is for (repeatable), e.g.
+    /// kubedirector-webhook.kubedirector.svc or 127.0.0.1.
+    #[arg(long = "webhook-host", env = "KD_WEBHOOK_HOSTS", value_delimiter = ',')]
+    webhook_hosts: Vec<String>,
+    /// Mutating/ValidatingWebhookConfiguration whose caBundle gets the self-generated CA (repeatable).
+    #[arg(
+        long = "webhook-configuration",
+        env = "KD_WEBHOOK_CONFIGURATIONS",
+        value_delimiter = ','
+    )]
+    webhook_configurations: Vec<String>,
     /// Log format; the level comes from RUST_LOG (default info).
     #[arg(long, env = "KD_LOG_FORMAT", value_enum, default_value = "text")]
     log_format: LogFormat,
@@ -205,7 +228,27 @@ async fn run(args: RunArgs, replica: String) -> anyhow::Result<()> {
         retry_period: Duration::from_millis(args.retry_period_ms),
         record: args.reconcile_record.clone(),
     });
-    kubedirector::fleet::run(fleet, member, sharding, metrics, members, shutdown_signal()).await
+    let admission = match args.webhook_addr {
+        None => None,
+        Some(addr) => {
+            let cert = match args.webhook_cert_dir {
+                Some(dir) => CertSource::Dir(dir),
+                None if args.webhook_hosts.is_empty() => anyhow::bail!(
+                    "--webhook-addr without --webhook-cert-dir needs --webhook-host (the names the API server calls, e.g. kubedirector-webhook.kubedirector.svc)"
+                ),
+                None => CertSource::SelfSigned {
+                    secret: args.webhook_secret,
+                    hosts: args.webhook_hosts,
+                    configurations: args.webhook_configurations,
+                },
+            };
+            Some(Admission {
+                webhook: WebhookOptions { addr, cert },
+                worlds: Arc::default(),
+            })
+        }
+    };
+    kubedirector::fleet::run(fleet, member, sharding, admission, metrics, members, shutdown_signal()).await
 }
 
 /// <hostname>-<pid>: unique per process even when several replicas run on one machine.

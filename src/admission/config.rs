@@ -44,7 +44,7 @@ pub fn deletable(name: &str, ns: &str, world: &dyn World) -> Vec<FieldError> {
     if name != GLOBAL_CONFIG_NAME || ns != world.operator_namespace() {
         return Vec::new();
     }
-    let clusters = world.clusters();
+    let clusters = world.managed_clusters();
     let Some(first) = clusters.first() else {
         return Vec::new();
     };

@@ -6,7 +6,10 @@
 //! look at), `caches` (the watches behind it), `tls` (certificates), `server` (HTTPS endpoint).
 
 pub mod app;
+pub mod caches;
 pub mod cluster;
 pub mod config;
 pub mod review;
+pub mod server;
+pub mod tls;
 pub mod world;

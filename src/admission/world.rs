@@ -20,8 +20,13 @@ pub trait World: Send + Sync {
     fn app(&self, ns: &str, name: &str) -> Option<Arc<DynamicObject>>;
     /// Names of the KubeDirectorApps in namespace `ns` (for "available: ..." in messages).
     fn apps_in(&self, ns: &str) -> Vec<String>;
-    /// Every KubeDirectorCluster, in every namespace.
+    /// Every KubeDirectorCluster, in every namespace (an app may serve clusters anywhere).
     fn clusters(&self) -> Vec<Arc<DynamicObject>>;
+    /// The clusters this operator manages (its watch namespace, if it has one): kd-global-config
+    /// governs these.
+    fn managed_clusters(&self) -> Vec<Arc<DynamicObject>> {
+        self.clusters()
+    }
     /// Every KubeDirectorConfig (only kd-global-config in the operator namespace counts).
     fn configs(&self) -> Vec<Arc<DynamicObject>>;
     fn storage_classes(&self) -> StorageClasses;

@@ -16,7 +16,9 @@ use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 use tracing::{error, info, warn};
 
-use crate::reconcile::driver::{self, MemberHandle};
+use crate::admission::caches::{Caches, Worlds};
+use crate::admission::server::{self as webhook, WebhookOptions};
+use crate::reconcile::driver::{self, MemberHandle, Options};
 use crate::shard::manager::{self as shard_manager, ShardOptions, Shards};
 use crate::telemetry::metrics::Metrics;
 
@@ -78,17 +80,46 @@ async fn client_for(kubeconfig: &Kubeconfig, context: &str) -> anyhow::Result<Cl
     Client::try_from(config).with_context(|| format!("context {context}: cannot build a client"))
 }
 
-fn start(
-    context: String,
-    client: Client,
-    member: &driver::Options,
-    metrics: &Arc<Metrics>,
-    shards: &Option<Arc<Shards>>,
-    members: &Members,
-    fingerprint: String,
-) -> Running {
+/// Admission, when it is on: the endpoint's settings and every member's caches.
+#[derive(Clone)]
+pub struct Admission {
+    pub webhook: WebhookOptions,
+    pub worlds: Arc<Worlds>,
+}
+
+struct Shared<'a> {
+    member: &'a driver::Options,
+    metrics: &'a Arc<Metrics>,
+    shards: &'a Option<Arc<Shards>>,
+    members: &'a Members,
+    worlds: Option<Arc<Worlds>>,
+}
+
+fn start(context: String, client: Client, shared: &Shared<'_>, fingerprint: String) -> Running {
+    let Shared {
+        member,
+        metrics,
+        shards,
+        members,
+        worlds,
+    } = shared;
+    // Admission decisions for this member read their own caches (all namespaces).
+    let admission = worlds.as_ref().map(|w| {
+        let (caches, task) = Caches::start(
+            client.clone(),
+            member.operator_namespace.clone(),
+            member.watch_namespace.clone(),
+        );
+        w.insert(&context, caches);
+        (w.clone(), task)
+    });
     let (stop, stopped) = oneshot::channel::<()>();
-    let (member, metrics, registry, shards) = (member.clone(), metrics.clone(), members.clone(), shards.clone());
+    let (member, metrics, registry, shards) = (
+        Options::clone(member),
+        Arc::clone(metrics),
+        Arc::clone(members),
+        Option::clone(shards),
+    );
     let name = context.clone();
     let task = tokio::spawn(async move {
         let register = |handle: MemberHandle| {
@@ -101,6 +132,10 @@ fn start(
         };
         if let Err(e) = driver::run_member(name.clone(), client, member, metrics, shards, shutdown, register).await {
             error!(context = %name, error = %e, "member cluster failed");
+        }
+        if let Some((worlds, task)) = admission {
+            task.abort();
+            worlds.remove(&name);
         }
         if let Ok(mut m) = registry.lock() {
             m.remove(&name);
@@ -151,10 +186,12 @@ async fn stop_sharding(sharding: Option<Sharding>) {
 /// Runs the fleet until `shutdown` resolves. Startup errors (unreadable kubeconfig, unknown
 /// --context, bad shard timing) are returned; later kubeconfig problems are logged and the running
 /// set is kept.
+#[allow(clippy::too_many_arguments)] // the process's parts, each built by main
 pub async fn run(
     options: FleetOptions,
     member: driver::Options,
     sharding: Option<ShardOptions>,
+    admission: Option<Admission>,
     metrics: Arc<Metrics>,
     members: Members,
     shutdown: impl std::future::Future<Output = ()>,
@@ -176,17 +213,20 @@ pub async fn run(
             None => None,
         };
         let shards = manager.as_ref().map(|m| m.shards.clone());
-        let member = start(
-            "in-cluster".to_string(),
-            client,
-            &member,
-            &metrics,
-            &shards,
-            &members,
-            String::new(),
-        );
-        running.insert("in-cluster".to_string(), member);
+        let webhook = start_webhook(&admission, "in-cluster", &client, &member.operator_namespace).await?;
+        let shared = Shared {
+            member: &member,
+            metrics: &metrics,
+            shards: &shards,
+            members: &members,
+            worlds: admission.as_ref().map(|a| a.worlds.clone()),
+        };
+        let started = start("in-cluster".to_string(), client, &shared, String::new());
+        running.insert("in-cluster".to_string(), started);
         shutdown.await;
+        if let Some(w) = webhook {
+            w.abort();
+        }
         stop_sharding(manager).await;
         for (name, r) in std::mem::take(&mut running) {
             stop(&name, r).await;
@@ -207,17 +247,31 @@ pub async fn run(
             .cloned()
             .ok_or_else(|| anyhow::anyhow!("no member cluster selected"))?,
     };
+    let home_client = || async {
+        client_for(&kubeconfig, &home)
+            .await
+            .with_context(|| format!("home cluster {home}"))
+    };
     let manager = match sharding {
         Some(s) => {
-            let client = client_for(&kubeconfig, &home)
-                .await
-                .with_context(|| format!("home cluster {home}"))?;
+            let client = home_client().await?;
             info!(%home, shards = s.shards, replica = %s.replica, "sharding on");
             Some(start_sharding(client, s.clone(), Shards::new(&s, metrics.clone())?))
         }
         None => None,
     };
+    let webhook = match &admission {
+        Some(_) => start_webhook(&admission, &home, &home_client().await?, &member.operator_namespace).await?,
+        None => None,
+    };
     let shards = manager.as_ref().map(|m| m.shards.clone());
+    let shared = Shared {
+        member: &member,
+        metrics: &metrics,
+        shards: &shards,
+        members: &members,
+        worlds: admission.as_ref().map(|a| a.worlds.clone()),
+    };
     tokio::pin!(shutdown);
     loop {
         let prints = select::fingerprints(&kubeconfig);
@@ -240,10 +294,7 @@ pub async fn run(
                 Ok(client) => {
                     info!(context = %name, "starting member cluster");
                     let print = prints.get(name).cloned().unwrap_or_default();
-                    running.insert(
-                        name.clone(),
-                        start(name.clone(), client, &member, &metrics, &shards, &members, print),
-                    );
+                    running.insert(name.clone(), start(name.clone(), client, &shared, print));
                 }
                 Err(e) => {
                     warn!(context = %name, error = %e, "cannot start member cluster; retrying at the next kubeconfig reload")
@@ -269,8 +320,26 @@ pub async fn run(
     }
     // Hand the shards over first (members keep running so in-flight reconciles can finish).
     stop_sharding(manager).await;
+    if let Some(w) = webhook {
+        w.abort();
+    }
     for (name, r) in std::mem::take(&mut running) {
         stop(&name, r).await;
     }
     Ok(())
+}
+
+/// Starts the admission endpoint (certificate from the home cluster when self-generated).
+async fn start_webhook(
+    admission: &Option<Admission>,
+    home: &str,
+    client: &Client,
+    operator_namespace: &str,
+) -> anyhow::Result<Option<JoinHandle<()>>> {
+    let Some(a) = admission else {
+        return Ok(None);
+    };
+    a.worlds.set_home(home);
+    let task = webhook::serve(a.webhook.clone(), a.worlds.clone(), client.clone(), operator_namespace).await?;
+    Ok(Some(task))
 }

@@ -1,0 +1,185 @@
+//! The watches behind admission decisions, one set per member cluster: apps, clusters and configs
+//! in every namespace, StorageClasses, and Secrets by name only (metadata watch: no secret data in
+//! memory). Every replica keeps its own, filled from the API, so decisions never depend on which
+//! replica reconciled what.
+
+use std::sync::{Arc, RwLock};
+
+use dashmap::DashMap;
+use futures::{FutureExt, StreamExt};
+use k8s_openapi::api::core::v1::Secret;
+use k8s_openapi::api::storage::v1::StorageClass;
+use kube::api::{ApiResource, DynamicObject, PartialObjectMeta};
+use kube::runtime::reflector::{self, Store};
+use kube::runtime::{WatchStreamExt, watcher};
+use kube::{Api, Client, ResourceExt};
+use tokio::task::JoinHandle;
+
+use crate::api::{KubeDirectorApp, KubeDirectorCluster, KubeDirectorConfig};
+use crate::model::validate::StorageClasses;
+
+use super::world::World;
+
+pub struct Caches {
+    operator_namespace: String,
+    watch_namespace: Option<String>,
+    apps: Store<DynamicObject>,
+    clusters: Store<DynamicObject>,
+    configs: Store<DynamicObject>,
+    classes: Store<StorageClass>,
+    secrets: Store<PartialObjectMeta<Secret>>,
+}
+
+fn ours<K: kube::Resource<DynamicType = ()>>(
+    client: &Client,
+) -> (Store<DynamicObject>, futures::stream::BoxStream<'static, ()>) {
+    let ar = ApiResource::erase::<K>(&());
+    let writer = reflector::store::Writer::new(ar.clone());
+    let store = writer.as_reader();
+    let api = Api::<DynamicObject>::all_with(client.clone(), &ar);
+    let stream = reflector::reflector(writer, watcher(api, watcher::Config::default().any_semantic()))
+        .default_backoff()
+        .map(|_| ())
+        .boxed();
+    (store, stream)
+}
+
+impl Caches {
+    /// Starts the watches; the task runs until aborted (when the member cluster stops).
+    pub fn start(
+        client: Client,
+        operator_namespace: String,
+        watch_namespace: Option<String>,
+    ) -> (Arc<Caches>, JoinHandle<()>) {
+        let (apps, a) = ours::<KubeDirectorApp>(&client);
+        let (clusters, c) = ours::<KubeDirectorCluster>(&client);
+        let (configs, k) = ours::<KubeDirectorConfig>(&client);
+        let (classes, w) = reflector::store::<StorageClass>();
+        let s = reflector::reflector(
+            w,
+            watcher(Api::all(client.clone()), watcher::Config::default().any_semantic()),
+        )
+        .default_backoff()
+        .map(|_| ())
+        .boxed();
+        let (secrets, w) = reflector::store::<PartialObjectMeta<Secret>>();
+        let x = reflector::reflector(
+            w,
+            watcher(
+                Api::<PartialObjectMeta<Secret>>::all(client),
+                watcher::Config::default().any_semantic(),
+            ),
+        )
+        .default_backoff()
+        .map(|_| ())
+        .boxed();
+        let mut all = futures::stream::select_all([a, c, k, s, x]);
+        let task = tokio::spawn(async move { while all.next().await.is_some() {} });
+        let caches = Arc::new(Caches {
+            operator_namespace,
+            watch_namespace,
+            apps,
+            clusters,
+            configs,
+            classes,
+            secrets,
+        });
+        (caches, task)
+    }
+
+    /// Whether every watch holds its first full list (before that, decisions are refused).
+    pub fn ready(&self) -> bool {
+        fn one<K: kube::Resource + Clone>(s: &Store<K>) -> bool
+        where
+            K::DynamicType: Eq + std::hash::Hash + Clone,
+        {
+            s.wait_until_ready().now_or_never().is_some_and(|r| r.is_ok())
+        }
+        one(&self.apps) && one(&self.clusters) && one(&self.configs) && one(&self.classes) && one(&self.secrets)
+    }
+}
+
+impl World for Caches {
+    fn operator_namespace(&self) -> &str {
+        &self.operator_namespace
+    }
+    fn app(&self, ns: &str, name: &str) -> Option<Arc<DynamicObject>> {
+        let oref = reflector::ObjectRef::new_with(name, ApiResource::erase::<KubeDirectorApp>(&())).within(ns);
+        self.apps.get(&oref)
+    }
+    fn apps_in(&self, ns: &str) -> Vec<String> {
+        self.apps
+            .state()
+            .iter()
+            .filter(|a| a.metadata.namespace.as_deref() == Some(ns))
+            .map(|a| a.name_any())
+            .collect()
+    }
+    fn clusters(&self) -> Vec<Arc<DynamicObject>> {
+        self.clusters.state()
+    }
+    fn managed_clusters(&self) -> Vec<Arc<DynamicObject>> {
+        let all = self.clusters.state();
+        match &self.watch_namespace {
+            None => all,
+            Some(ns) => all
+                .into_iter()
+                .filter(|c| c.metadata.namespace.as_deref() == Some(ns))
+                .collect(),
+        }
+    }
+    fn configs(&self) -> Vec<Arc<DynamicObject>> {
+        self.configs.state()
+    }
+    fn storage_classes(&self) -> StorageClasses {
+        let mut classes = StorageClasses::default();
+        for sc in self.classes.state() {
+            if sc
+                .annotations()
+                .get("storageclass.kubernetes.io/is-default-class")
+                .map(String::as_str)
+                == Some("true")
+            {
+                classes.cluster_default = Some(sc.name_any());
+            }
+            classes.names.push(sc.name_any());
+        }
+        classes.names.sort();
+        classes
+    }
+    fn secret_exists(&self, ns: &str, name: &str) -> bool {
+        self.secrets
+            .state()
+            .iter()
+            .any(|s| s.metadata.namespace.as_deref() == Some(ns) && s.metadata.name.as_deref() == Some(name))
+    }
+}
+
+/// The member clusters' caches by context, and which context is home (served at the paths without
+/// a context).
+#[derive(Default)]
+pub struct Worlds {
+    by_context: DashMap<String, Arc<Caches>>,
+    home: RwLock<Option<String>>,
+}
+
+impl Worlds {
+    pub fn insert(&self, context: &str, caches: Arc<Caches>) {
+        self.by_context.insert(context.to_string(), caches);
+    }
+    pub fn remove(&self, context: &str) {
+        self.by_context.remove(context);
+    }
+    pub fn set_home(&self, context: &str) {
+        if let Ok(mut h) = self.home.write() {
+            *h = Some(context.to_string());
+        }
+    }
+    pub fn home(&self) -> Option<String> {
+        self.home.read().ok().and_then(|h| h.clone())
+    }
+    /// The caches of `context`, only once they are filled.
+    pub fn ready(&self, context: &str) -> Option<Arc<Caches>> {
+        self.by_context.get(context).map(|c| c.clone()).filter(|c| c.ready())
+    }
+}
