@@ -21,6 +21,7 @@ use crate::model::validate::StorageClasses;
 use super::world::World;
 
 pub struct Caches {
+    client: Client,
     operator_namespace: String,
     watch_namespace: Option<String>,
     apps: Store<DynamicObject>,
@@ -66,7 +67,7 @@ impl Caches {
         let x = reflector::reflector(
             w,
             watcher(
-                Api::<PartialObjectMeta<Secret>>::all(client),
+                Api::<PartialObjectMeta<Secret>>::all(client.clone()),
                 watcher::Config::default().any_semantic(),
             ),
         )
@@ -76,6 +77,7 @@ impl Caches {
         let mut all = futures::stream::select_all([a, c, k, s, x]);
         let task = tokio::spawn(async move { while all.next().await.is_some() {} });
         let caches = Arc::new(Caches {
+            client,
             operator_namespace,
             watch_namespace,
             apps,
@@ -85,6 +87,17 @@ impl Caches {
             secrets,
         });
         (caches, task)
+    }
+
+    /// Every KubeDirectorCluster as the API server has them now (a list, not the cache): for the
+    /// rare decisions where a cluster created a moment ago must count (changing or deleting an app
+    /// or kd-global-config).
+    pub async fn live_clusters(&self) -> Result<Vec<Arc<DynamicObject>>, kube::Error> {
+        let ar = ApiResource::erase::<KubeDirectorCluster>(&());
+        let list = Api::<DynamicObject>::all_with(self.client.clone(), &ar)
+            .list(&Default::default())
+            .await?;
+        Ok(list.items.into_iter().map(Arc::new).collect())
     }
 
     /// Whether every watch holds its first full list (before that, decisions are refused).
@@ -181,5 +194,46 @@ impl Worlds {
     /// The caches of `context`, only once they are filled.
     pub fn ready(&self, context: &str) -> Option<Arc<Caches>> {
         self.by_context.get(context).map(|c| c.clone()).filter(|c| c.ready())
+    }
+}
+
+/// A member's caches with the clusters replaced by a fresh list.
+pub struct WithLiveClusters<'a> {
+    pub caches: &'a Caches,
+    pub clusters: Vec<Arc<DynamicObject>>,
+}
+
+impl World for WithLiveClusters<'_> {
+    fn operator_namespace(&self) -> &str {
+        self.caches.operator_namespace()
+    }
+    fn app(&self, ns: &str, name: &str) -> Option<Arc<DynamicObject>> {
+        self.caches.app(ns, name)
+    }
+    fn apps_in(&self, ns: &str) -> Vec<String> {
+        self.caches.apps_in(ns)
+    }
+    fn clusters(&self) -> Vec<Arc<DynamicObject>> {
+        self.clusters.clone()
+    }
+    fn managed_clusters(&self) -> Vec<Arc<DynamicObject>> {
+        match &self.caches.watch_namespace {
+            None => self.clusters.clone(),
+            Some(ns) => self
+                .clusters
+                .iter()
+                .filter(|c| c.metadata.namespace.as_deref() == Some(ns))
+                .cloned()
+                .collect(),
+        }
+    }
+    fn configs(&self) -> Vec<Arc<DynamicObject>> {
+        self.caches.configs()
+    }
+    fn storage_classes(&self) -> StorageClasses {
+        self.caches.storage_classes()
+    }
+    fn secret_exists(&self, ns: &str, name: &str) -> bool {
+        self.caches.secret_exists(ns, name)
     }
 }

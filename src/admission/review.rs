@@ -48,6 +48,33 @@ pub fn handle(
     Ok(respond(phase, &req, context, world).into_review())
 }
 
+/// Whether deciding this request needs the clusters as they are now rather than as cached:
+/// validating an app update or delete, or a kd-global-config delete. `None` for unreadable bodies.
+pub fn needs_live_clusters(phase: Phase, body: &[u8]) -> Option<bool> {
+    #[derive(serde::Deserialize)]
+    struct Peek {
+        request: PeekRequest,
+    }
+    #[derive(serde::Deserialize)]
+    struct PeekRequest {
+        kind: PeekKind,
+        operation: String,
+    }
+    #[derive(serde::Deserialize)]
+    struct PeekKind {
+        kind: String,
+    }
+    let p: Peek = serde_json::from_slice(body).ok()?;
+    let (kind, op) = (p.request.kind.kind.as_str(), p.request.operation.as_str());
+    Some(
+        phase == Phase::Validate
+            && matches!(
+                (kind, op),
+                ("KubeDirectorApp", "UPDATE" | "DELETE") | ("KubeDirectorConfig", "DELETE")
+            ),
+    )
+}
+
 fn respond(
     phase: Phase,
     req: &AdmissionRequest<DynamicObject>,

@@ -18,7 +18,7 @@ use tokio::task::JoinHandle;
 use tokio_rustls::TlsAcceptor;
 use tracing::{debug, info, warn};
 
-use super::caches::Worlds;
+use super::caches::{WithLiveClusters, Worlds};
 use super::review::{self, Phase};
 use super::tls::{self, FileCert, FixedCert, TlsError};
 use super::world::World;
@@ -178,7 +178,25 @@ async fn answer(req: Request<Incoming>, worlds: &Worlds) -> Response<Full<Bytes>
     };
     let context = context.unwrap_or_default();
     let caches = worlds.ready(&context);
-    let world = caches.as_deref().map(|c| c as &dyn World);
+    // A cluster created a moment ago may not be in the cache yet: where that decides (is the app
+    // in use?), the clusters are listed from the API server.
+    let live = match (&caches, review::needs_live_clusters(phase, &body)) {
+        (Some(c), Some(true)) => match c.live_clusters().await {
+            Ok(clusters) => Some(WithLiveClusters { caches: c, clusters }),
+            Err(e) => {
+                return text(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    format!("listing KubeDirectorClusters of {context:?} to check what uses the object: {e}"),
+                );
+            }
+        },
+        _ => None,
+    };
+    let world: Option<&dyn World> = match (&live, &caches) {
+        (Some(l), _) => Some(l),
+        (None, Some(c)) => Some(c.as_ref()),
+        (None, None) => None,
+    };
     match review::handle(phase, &body, &context, world) {
         Ok(review) => match serde_json::to_vec(&review) {
             Ok(json) => {

@@ -228,8 +228,10 @@ async fn run_case(bed: &Bed, i: usize, case: &Case) -> Vec<String> {
         home
     };
     let k = kind(case.base);
-    let name = format!("case{i}");
-    let ok_name = format!("case{i}-ok");
+    // Unique per run: "system" apps are matched by name, and earlier runs' objects may remain.
+    let tag = bed.ns.rsplit('-').next().unwrap_or("x");
+    let name = format!("c{tag}-case{i}");
+    let ok_name = format!("c{tag}-case{i}-ok");
     let mut refused = |outcome: Result<(), String>, what: &str| match outcome {
         Ok(()) => failures.push(format!("{}: {what} was accepted", case.name)),
         Err(m) if !m.contains(&case.expect) => failures.push(format!(
@@ -260,7 +262,7 @@ async fn run_case(bed: &Bed, i: usize, case: &Case) -> Vec<String> {
                 return vec![format!("{}: the base was refused: {m}", case.name)];
             }
             if case.using {
-                let user = cases::user_cluster(&format!("user{i}"), &name);
+                let user = cases::user_cluster(&format!("c{tag}-user{i}"), &name);
                 if let Err(m) = bed.create(&bed.ns, &user).await {
                     return vec![format!("{}: the user cluster was refused: {m}", case.name)];
                 }
@@ -278,7 +280,7 @@ async fn run_case(bed: &Bed, i: usize, case: &Case) -> Vec<String> {
             if let Err(m) = bed.create(home, &base).await {
                 return vec![format!("{}: the base was refused: {m}", case.name)];
             }
-            let user = format!("user{i}");
+            let user = format!("c{tag}-user{i}");
             let user_of = if case.base == Base::App {
                 name.clone()
             } else {
