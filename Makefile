@@ -10,7 +10,7 @@ export TESTBED_DIR
 IMAGE ?= kubedirector-rs:dev
 HELM_CHART := deploy/helm/kubedirector
 
-.PHONY: image chart-lint help tools testbed testbed-down crds build lint unit integration test demo demo-down loadtest loadtest-small
+.PHONY: bench image chart-lint help tools testbed testbed-down crds build lint unit integration test demo demo-down loadtest loadtest-small
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -30,6 +30,9 @@ demo: tools ## the main job: local cluster, operator, example app and cluster up
 demo-down: ## stop what KEEP=1 make demo left running
 	@testbed/demo-down.sh
 
+bench: ## in-process benchmarks (admission review latency vs. a parse-only baseline)
+	$(CARGO) test --release --test admission -- --ignored --nocapture validation_latency_benchmark
+
 image: ## build the operator image (needs Docker; cannot run on the test machines): IMAGE=kubedirector-rs:dev
 	docker build -f deploy/Dockerfile -t $(IMAGE) .
 
@@ -48,7 +51,7 @@ lint: ## rustfmt check and clippy with warnings denied
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 
 unit: ## unit tests, API type round-trips and the CRD drift check (no cluster needed)
-	$(CARGO) test --lib --bins --test crd_drift --test api_types
+	$(CARGO) test --lib --bins --test crd_drift --test api_types --test admission
 	$(CARGO) test -p kd-loadtest
 
 # Integration tests need the test bed: it is started here and always torn down, also on failure.

@@ -394,3 +394,68 @@ proptest! {
         let _ = review::handle(Phase::Validate, &body[..body.len() / 2], "fuzz", Some(&w));
     }
 }
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    let rank = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
+    sorted[rank.clamp(1, sorted.len()) - 1]
+}
+
+/// The in-process benchmark (`make bench`): latency of whole reviews (parse, decide, serialise) for a
+/// cluster create, an app create and a cluster update, against a baseline in the same run: only
+/// parsing the same AdmissionReview. Figures are printed, not asserted (noisy machines).
+#[test]
+#[ignore = "benchmark: make bench"]
+fn validation_latency_benchmark() {
+    let w = world();
+    let mut cluster = cases::cluster();
+    cluster["metadata"]["namespace"] = json!(NS);
+    let mut app = cases::app();
+    app["metadata"]["namespace"] = json!(SYS);
+    let mut changed = cluster.clone();
+    changed["spec"]["roles"][1]["members"] = json!(4);
+    let bodies = [
+        (
+            "cluster create",
+            Phase::Validate,
+            request("CREATE", NS, Some(&cluster), None),
+        ),
+        (
+            "cluster create (mutate)",
+            Phase::Mutate,
+            request("CREATE", NS, Some(&cluster), None),
+        ),
+        ("app create", Phase::Validate, request("CREATE", SYS, Some(&app), None)),
+        (
+            "cluster update",
+            Phase::Validate,
+            request("UPDATE", NS, Some(&changed), Some(&cluster)),
+        ),
+    ];
+    const N: usize = 20_000;
+    println!("admission review latency, {N} reviews each (in-process, release build):");
+    for (what, phase, body) in &bodies {
+        let mut review_us = Vec::with_capacity(N);
+        let mut parse_us = Vec::with_capacity(N);
+        for _ in 0..N {
+            let t = std::time::Instant::now();
+            let parsed: Value = serde_json::from_slice(body).expect("json");
+            std::hint::black_box(parsed);
+            parse_us.push(t.elapsed().as_secs_f64() * 1e6);
+            let t = std::time::Instant::now();
+            let review = review::handle(*phase, body, "bench", Some(&w)).expect("answered");
+            let out = serde_json::to_vec(&review).expect("serialised");
+            std::hint::black_box(out);
+            review_us.push(t.elapsed().as_secs_f64() * 1e6);
+        }
+        review_us.sort_by(f64::total_cmp);
+        parse_us.sort_by(f64::total_cmp);
+        let (p50, p99) = (percentile(&review_us, 50.0), percentile(&review_us, 99.0));
+        let (b50, b99) = (percentile(&parse_us, 50.0), percentile(&parse_us, 99.0));
+        println!(
+            "  {what:<24} p50 {p50:7.1} µs  p99 {p99:7.1} µs  max {:8.1} µs | baseline (parse only) p50 {b50:6.1} µs p99 {b99:6.1} µs | ratio p50 {:.1}, p99 {:.1}",
+            review_us[N - 1],
+            p50 / b50,
+            p99 / b99
+        );
+    }
+}

@@ -7,9 +7,10 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
+use k8s_openapi::api::admissionregistration::v1::{MutatingWebhookConfiguration, ValidatingWebhookConfiguration};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::authentication::v1::{TokenRequest, TokenRequestSpec};
-use k8s_openapi::api::core::v1::ServiceAccount;
+use k8s_openapi::api::core::v1::{Secret, ServiceAccount};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use kube::Api;
 use kube::api::PostParams;
@@ -107,17 +108,23 @@ fn copy_dir(from: &Path, to: &Path) {
     }
 }
 
-/// Applies the chart's ServiceAccount and RBAC (release `release` in `ns`) and returns a kubeconfig
-/// whose only identity is a token of that ServiceAccount.
+/// Keeps the chart's webhook configurations away from every namespace of the shared test bed.
+const NO_NAMESPACE: &str = "webhook.namespaceSelector.matchLabels.kd-never=match";
+
+/// Applies the chart's ServiceAccount, RBAC and webhook configurations (release `release` in `ns`;
+/// the configurations select no namespace) and returns a kubeconfig whose only identity is a token
+/// of that ServiceAccount.
 async fn chart_identity(chart: &Path, release: &str, ns: &str) -> PathBuf {
     let rbac = only_kinds(
-        &render(chart, release, ns, &[]),
+        &render(chart, release, ns, &[NO_NAMESPACE]),
         &[
             "ServiceAccount",
             "ClusterRole",
             "ClusterRoleBinding",
             "Role",
             "RoleBinding",
+            "MutatingWebhookConfiguration",
+            "ValidatingWebhookConfiguration",
         ],
     );
     let (ok, _, err) = kubectl(&["apply", "-f", "-"], Some(&rbac));
@@ -170,10 +177,15 @@ fn token_kubeconfig(token: &str, file: &str) -> PathBuf {
     path
 }
 
-/// The operator as the chart's ServiceAccount: sharded (so the Lease Role is exercised too).
+/// The operator as the chart's ServiceAccount, as the chart runs it: sharded (the Lease Role) and
+/// serving admission with the self-generated certificate (the Secret Role, the webhook
+/// configurations rule, the Secret watch).
 async fn operator_as(chart: PathBuf, ns: String, system_ns: String) -> Operator {
     let kubeconfig = chart_identity(&chart, &system_ns, &system_ns).await;
     let kubeconfig = kubeconfig.display().to_string();
+    let webhook_addr = format!("127.0.0.1:{}", crate::operator::free_port());
+    let release = format!("{system_ns}-kubedirector");
+    let secret = format!("{release}-webhook-tls");
     Operator::start_with(
         &[
             "--kubeconfig",
@@ -184,6 +196,14 @@ async fn operator_as(chart: PathBuf, ns: String, system_ns: String) -> Operator 
             &ns,
             "--shards",
             "4",
+            "--webhook-addr",
+            &webhook_addr,
+            "--webhook-host",
+            "127.0.0.1",
+            "--webhook-configuration",
+            &release,
+            "--webhook-secret",
+            &secret,
         ],
         &ns,
         &system_ns,
@@ -217,6 +237,7 @@ async fn chart_lints_and_the_api_server_accepts_what_it_renders() {
     let client = testbed::client().await;
     let ns = testbed::namespace(&client, "chart-dry").await;
     let sets = [
+        NO_NAMESPACE,
         "multiCluster.enabled=true",
         "multiCluster.kubeconfig=apiVersion: v1",
         "multiCluster.contexts={kwok-kd-1,kwok-kd-2}",
@@ -238,11 +259,31 @@ async fn chart_lints_and_the_api_server_accepts_what_it_renders() {
         "poddisruptionbudget.policy/dry-kubedirector",
         "secret/dry-kubedirector-kubeconfig",
         "service/dry-kubedirector-metrics",
+        "service/dry-kubedirector-webhook",
+        "mutatingwebhookconfiguration.admissionregistration.k8s.io/dry-kubedirector",
+        "validatingwebhookconfiguration.admissionregistration.k8s.io/dry-kubedirector",
         "customresourcedefinition.apiextensions.k8s.io/kubedirectorclusters.kubedirector.hpe.com",
     ] {
         assert!(out.contains(object), "{object} missing from the dry run:\n{out}");
     }
     assert_eq!(chart_path.join("crds").read_dir().map(|d| d.count()).unwrap_or(0), 4);
+
+    // With cert-manager (whose CRDs the test bed lacks: rendered only): a Certificate for the
+    // webhook Service, its Secret mounted, the CA injected into both configurations.
+    let rendered = render(&chart_path, "cm", &ns, &["webhook.certManager.enabled=true"]);
+    for fragment in [
+        "kind: Certificate",
+        "kind: Issuer",
+        "secretName: cm-kubedirector-webhook-tls",
+        "KD_WEBHOOK_CERT_DIR",
+    ] {
+        assert!(rendered.contains(fragment), "{fragment} missing with cert-manager");
+    }
+    assert_eq!(rendered.matches("cert-manager.io/inject-ca-from").count(), 2);
+    assert!(
+        !rendered.contains("mutatingwebhookconfigurations"),
+        "no CA-patching rule with cert-manager"
+    );
 }
 
 #[tokio::test]
@@ -261,6 +302,9 @@ async fn chart_installs_three_replicas_and_waits_until_they_are_ready() {
         "--wait",
         "--timeout",
         "180s",
+        // The replicas are kwok fakes that serve nothing: their webhook must select no namespace.
+        "--set",
+        NO_NAMESPACE,
     ]);
     assert!(ok, "helm install --wait failed: {out}{err}");
     let deployment = Api::<Deployment>::namespaced(client.clone(), &ns)
@@ -288,6 +332,51 @@ async fn chart_installs_three_replicas_and_waits_until_they_are_ready() {
 async fn the_charts_rbac_is_enough_for_the_core_reconcile() {
     let env = reconcile::setup_with("chart-rbac", 6, |ns, system_ns| operator_as(chart_dir(), ns, system_ns)).await;
     reconcile::contract_case(&env).await;
+    // The webhook started with the chart's permissions: its certificate Secret exists and its CA is
+    // in both of the chart's webhook configurations.
+    let client = testbed::client().await;
+    let release = format!("{}-kubedirector", env.system_ns);
+    let secret = Api::<Secret>::namespaced(client.clone(), &env.system_ns)
+        .get(&format!("{release}-webhook-tls"))
+        .await
+        .expect("self-generated webhook certificate Secret");
+    let ca = secret
+        .data
+        .as_ref()
+        .and_then(|d| d.get("ca.crt"))
+        .expect("ca.crt")
+        .clone();
+    let mutating = Api::<MutatingWebhookConfiguration>::all(client.clone())
+        .get(&release)
+        .await
+        .expect("mutating configuration");
+    let validating = Api::<ValidatingWebhookConfiguration>::all(client.clone())
+        .get(&release)
+        .await
+        .expect("validating configuration");
+    assert!(
+        mutating
+            .webhooks
+            .iter()
+            .flatten()
+            .all(|w| w.client_config.ca_bundle.as_ref() == Some(&ca))
+    );
+    assert!(
+        validating
+            .webhooks
+            .iter()
+            .flatten()
+            .all(|w| w.client_config.ca_bundle.as_ref() == Some(&ca))
+    );
+    let log = std::fs::read_to_string(&env.operator.log).unwrap_or_default();
+    assert!(
+        !log.contains("forbidden"),
+        "a permission error in {}",
+        env.operator.log.display()
+    );
+    for kind in ["mutatingwebhookconfiguration", "validatingwebhookconfiguration"] {
+        let _ = kubectl(&["delete", kind, &release, "--ignore-not-found"], None);
+    }
 }
 
 #[tokio::test]

@@ -34,3 +34,11 @@ helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" }}
 {{- define "kubedirector.kubeconfigSecret" -}}
 {{- default (printf "%s-kubeconfig" (include "kubedirector.fullname" .)) .Values.multiCluster.existingSecret -}}
 {{- end -}}
+
+{{- define "kubedirector.webhookService" -}}
+{{- printf "%s-webhook" (include "kubedirector.fullname" .) | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+
+{{- define "kubedirector.webhookSecret" -}}
+{{- printf "%s-webhook-tls" (include "kubedirector.fullname" .) -}}
+{{- end -}}
