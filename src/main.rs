@@ -200,7 +200,13 @@ async fn run(args: RunArgs, replica: String) -> anyhow::Result<()> {
             Err(_) => vec!["(state unavailable)".to_string()],
         })
     };
-    http::serve(args.metrics_addr, metrics.clone(), readiness).await?;
+    http::serve(
+        args.metrics_addr,
+        metrics.clone(),
+        readiness,
+        args.reconcile_record.clone(),
+    )
+    .await?;
     let fleet = FleetOptions {
         kubeconfig: args.kubeconfig,
         contexts: args.contexts,

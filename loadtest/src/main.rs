@@ -6,7 +6,6 @@ mod objects;
 mod phases;
 mod plot;
 mod prepare;
-mod procstat;
 mod provider;
 mod records;
 mod replicas;
@@ -127,6 +126,11 @@ fn workload(cli: &Cli) -> anyhow::Result<Workload> {
     Ok(w)
 }
 
+/// The repository the harness was built from (deploy/, testbed/).
+fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
 fn dry_run(cli: &Cli, w: &Workload, run_dir: &std::path::Path) {
     println!(
         "# workload ({} CRs of {} members)\n{}",
@@ -136,10 +140,37 @@ fn dry_run(cli: &Cli, w: &Workload, run_dir: &std::path::Path) {
     );
     match cli.provider {
         Provider::Kind => {
-            println!("# kind: clusters, kwok and fake nodes");
-            for step in provider::kind::plan(run_dir, w.clusters, w.nodes, &audit::policy()) {
+            println!("# kind: clusters, kwok and fake nodes, the operator image");
+            for step in provider::kind::plan(&repo(), run_dir, w.clusters, w.nodes, &audit::policy()) {
                 print!("{step}");
             }
+            println!(
+                "# then, after the namespaces, CRDs, app and the loadtest ServiceAccount's tokens are in place:\n# write {}: the token kubeconfig with each server at https://<kind/<name>/ip>:6443",
+                run_dir.join("kind/members.kubeconfig").display()
+            );
+            let home = format!(
+                "kind-{}",
+                provider::kind::cluster_names(w.clusters)
+                    .first()
+                    .cloned()
+                    .unwrap_or_default()
+            );
+            let deploy = provider::kind::Deploy {
+                replicas: w.replicas,
+                shards: w.shards,
+                write_qps: w.write_qps,
+                write_burst: w.write_burst,
+                watch_namespace: "kd-loadtest".to_string(),
+                namespace: audit::OPERATOR_NAMESPACE.to_string(),
+                log_level: cli.operator_log.clone(),
+            };
+            for step in provider::kind::deploy_steps(&repo(), run_dir, &home, &deploy) {
+                print!("{step}");
+            }
+            println!(
+                "# the replicas are the pods of deployment {}-kubedirector; chaos deletes them with --grace-period=0",
+                provider::kind::RELEASE
+            );
         }
         Provider::Kwok => println!(
             "# kwok: TESTBED_DIR={} TESTBED_PORT_BASE={} NODES={} AUDIT_POLICY={} testbed/up.sh {}",
@@ -151,12 +182,14 @@ fn dry_run(cli: &Cli, w: &Workload, run_dir: &std::path::Path) {
         ),
         Provider::Contexts => println!("# contexts: {}", cli.contexts.join(", ")),
     }
-    println!(
-        "# then {} replicas of {} (shards {}), on every context",
-        w.replicas,
-        cli.operator_bin.display(),
-        w.shards
-    );
+    if cli.provider != Provider::Kind {
+        println!(
+            "# then {} replicas of {} (shards {}), on every context",
+            w.replicas,
+            cli.operator_bin.display(),
+            w.shards
+        );
+    }
     if let Some(c) = phases::names_of(w, 0).first() {
         let example = objects::cluster(
             c,
@@ -212,7 +245,7 @@ fn main() -> ExitCode {
         run,
         command,
         operator_bin: std::fs::canonicalize(&cli.operator_bin).unwrap_or(cli.operator_bin.clone()),
-        repo: PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(".."),
+        repo: repo(),
         kubeconfig: cli.kubeconfig.clone(),
         contexts: cli.contexts.clone(),
         port_base: cli.port_base,

@@ -4,10 +4,10 @@ use std::collections::BTreeMap;
 
 use serde::Serialize;
 
-use crate::procstat::Usage;
 use crate::records::Kill;
 use crate::stats::Summary;
 use crate::workload::Workload;
+use kubedirector::telemetry::process::Usage;
 
 #[derive(Debug, Serialize)]
 pub struct Report {

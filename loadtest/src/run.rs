@@ -17,7 +17,7 @@ use kubedirector::shard::{lease, record};
 use crate::objects::{self, Placement};
 use crate::provider::{self, Bed, Provider};
 use crate::records::{self, Kill};
-use crate::replicas::{Launch, Replicas};
+use crate::replicas::{InCluster, Launch, Replicas};
 use crate::report::{self, Report};
 use crate::stats::{self, Bound};
 use crate::track::{self, Tracker};
@@ -57,7 +57,7 @@ pub async fn run(o: Options) -> anyhow::Result<Report> {
             w.nodes,
             &policy_path,
         )?,
-        Provider::Kind => provider::kind::up(&o.run_dir, w.clusters, w.nodes, &audit::policy())?,
+        Provider::Kind => provider::kind::up(&o.repo, &o.run_dir, w.clusters, w.nodes, &audit::policy())?,
         Provider::Contexts => {
             let kc = o
                 .kubeconfig
@@ -217,6 +217,53 @@ fn chaos(
     })
 }
 
+/// kind: the chart installed into the home cluster with the members kubeconfig (tokens of the
+/// loadtest ServiceAccount, servers on the kind network); the replicas are its pods.
+async fn deploy_to_kind(o: &Options, bed: &Bed, launch: &Launch, home: &Client) -> anyhow::Result<Replicas> {
+    let names = provider::kind::cluster_names(o.workload.clusters);
+    let ips = bed
+        .contexts
+        .iter()
+        .zip(&names)
+        .map(|(c, n)| {
+            Ok((
+                c.clone(),
+                std::fs::read_to_string(provider::kind::ip_file(&o.run_dir, n))?,
+            ))
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let members = provider::kind::members_kubeconfig(&std::fs::read_to_string(&launch.kubeconfig)?, &ips)?;
+    std::fs::write(o.run_dir.join("kind/members.kubeconfig"), members)?;
+    let home_context = bed.contexts.first().context("no cluster")?;
+    provider::kind::execute(&provider::kind::deploy_steps(
+        &o.repo,
+        &o.run_dir,
+        home_context,
+        &kind_deploy(o, launch),
+    ))?;
+    let ic = InCluster {
+        client: home.clone(),
+        namespace: launch.system_namespace.clone(),
+        release: provider::kind::RELEASE.to_string(),
+        deployment: format!("{}-kubedirector", provider::kind::RELEASE),
+        metrics_port: 8080,
+        dir: launch.dir.clone(),
+    };
+    Replicas::in_cluster(ic, o.workload.replicas, Duration::from_secs(300)).await
+}
+
+pub fn kind_deploy(o: &Options, launch: &Launch) -> provider::kind::Deploy {
+    provider::kind::Deploy {
+        replicas: o.workload.replicas,
+        shards: o.workload.shards,
+        write_qps: o.workload.write_qps,
+        write_burst: o.workload.write_burst,
+        watch_namespace: launch.watch_namespace.clone(),
+        namespace: launch.system_namespace.clone(),
+        log_level: o.log_level.clone(),
+    }
+}
+
 async fn measure(o: &Options, bed: &Bed) -> anyhow::Result<Report> {
     let w = &o.workload;
     let started = Instant::now();
@@ -267,7 +314,10 @@ async fn measure(o: &Options, bed: &Bed) -> anyhow::Result<Report> {
         dir: o.run_dir.join("replicas"),
         log_level: o.log_level.clone(),
     };
-    let mut reps = Replicas::start(launch, w.replicas)?;
+    let mut reps = match o.provider {
+        Provider::Kind => deploy_to_kind(o, bed, &launch, &clients[0]).await?,
+        _ => Replicas::start(launch, w.replicas)?,
+    };
     reps.wait_ready(Duration::from_secs(120)).await?;
     let replicas = Arc::new(tokio::sync::Mutex::new(reps));
     let tracker = Arc::new(Tracker::default());

@@ -7,6 +7,7 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
+use std::sync::atomic::AtomicU64;
 
 pub const BUCKETS: [f64; 13] = [
     0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
@@ -56,6 +57,10 @@ pub struct Metrics {
     pub shard_acquisitions: Counter,
     pub shard_releases: Counter,
     pub shard_handover_gap: Histogram,
+    /// This process, refreshed at every scrape (the loadtest reads in-cluster replicas from these).
+    pub process_cpu_seconds: Gauge<f64, AtomicU64>,
+    pub process_resident_memory: Gauge,
+    pub process_max_resident_memory: Gauge,
 }
 
 impl Default for Metrics {
@@ -82,6 +87,9 @@ impl Metrics {
             shard_acquisitions: Counter::default(),
             shard_releases: Counter::default(),
             shard_handover_gap: histogram(),
+            process_cpu_seconds: Gauge::default(),
+            process_resident_memory: Gauge::default(),
+            process_max_resident_memory: Gauge::default(),
             registry: Registry::default(),
         };
         registry.register("queue_depth", "Keys waiting for a worker", m.queue_depth.clone());
@@ -141,10 +149,33 @@ impl Metrics {
             "From a shard's release by its old owner to the first reconcile by its new owner",
             m.shard_handover_gap.clone(),
         );
+        registry.register(
+            "process_cpu_seconds",
+            "CPU time (user + system) this process has used",
+            m.process_cpu_seconds.clone(),
+        );
+        registry.register(
+            "process_resident_memory_bytes",
+            "Resident memory of this process now",
+            m.process_resident_memory.clone(),
+        );
+        registry.register(
+            "process_max_resident_memory_bytes",
+            "Peak resident memory of this process",
+            m.process_max_resident_memory.clone(),
+        );
         Metrics { registry, ..m }
     }
 
+    /// The Prometheus text, with this process's own figures read just now.
     pub fn encode(&self) -> Result<String, std::fmt::Error> {
+        if let Ok(u) = super::process::usage(std::process::id()) {
+            self.process_cpu_seconds.set(u.cpu_seconds);
+            self.process_resident_memory
+                .set(i64::try_from(u.rss_bytes).unwrap_or(i64::MAX));
+            self.process_max_resident_memory
+                .set(i64::try_from(u.peak_rss_bytes).unwrap_or(i64::MAX));
+        }
         let mut out = String::new();
         prometheus_client::encoding::text::encode(&mut out, &self.registry)?;
         Ok(out)

@@ -102,6 +102,11 @@ impl Operator {
     }
 
     /// The operator's Prometheus text from /metrics; empty while the endpoint is not up yet.
+    /// Any path of the operator's HTTP endpoint (status code and body); `None` while it is not up.
+    pub fn get(&self, path: &str) -> Option<(u16, String)> {
+        crate::http::request(self.metrics_port, "GET", path, None)
+    }
+
     pub fn metrics(&self) -> String {
         crate::http::request(self.metrics_port, "GET", "/metrics", None)
             .map(|(_, body)| body)

@@ -170,6 +170,21 @@ async fn three_replicas_split_the_shards_and_reconcile_only_their_own() {
         "a key was reconciled by two replicas"
     );
     assert!(overlaps(&all).is_empty());
+    // What the loadtest reads from pods it cannot reach by file: the record over HTTP, and each
+    // process's own CPU and memory figures.
+    for (op, path) in replicas.ops.iter().zip(&replicas.records) {
+        let (code, served) = op.get("/debug/reconcile-record").expect("endpoint answers");
+        assert_eq!(code, 200);
+        let on_disk = std::fs::read_to_string(path).expect("record file");
+        let served_lines = served.lines().count();
+        assert!(
+            served_lines > 0 && on_disk.starts_with(&served),
+            "served {served_lines} lines, a prefix of the file"
+        );
+        let metrics = op.metrics();
+        assert!(sum_metric(&metrics, "kubedirector_process_max_resident_memory_bytes", &[]) > 1e6);
+        assert!(sum_metric(&metrics, "kubedirector_process_cpu_seconds", &[]) > 0.0);
+    }
 }
 
 #[tokio::test]

@@ -1,10 +1,12 @@
-//! CPU seconds and peak RSS of a process, from /proc (Linux). Read just before a replica is killed
-//! or stopped, so no incarnation's figures are lost.
+//! CPU seconds and resident memory of a process, from /proc (Linux): the operator's own, exported on
+//! /metrics, and the loadtest's view of local replicas (read just before one is killed or stopped).
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, serde::Serialize)]
 pub struct Usage {
     pub cpu_seconds: f64,
     pub peak_rss_bytes: u64,
+    #[serde(skip)]
+    pub rss_bytes: u64,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -30,17 +32,19 @@ pub fn usage(pid: u32) -> Result<Usage, ProcError> {
         file: "stat",
         what: "utime/stime",
     })?;
-    let hwm = peak_rss_kib(&status).ok_or(ProcError::Format {
+    let hwm = status_kib(&status, "VmHWM:").ok_or(ProcError::Format {
         pid,
         file: "status",
         what: "VmHWM",
     })?;
+    let rss = status_kib(&status, "VmRSS:").unwrap_or(0);
     // SAFETY: sysconf only reads a configuration value.
     let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
     let hz = if hz > 0 { hz as f64 } else { 100.0 };
     Ok(Usage {
         cpu_seconds: ticks as f64 / hz,
         peak_rss_bytes: hwm * 1024,
+        rss_bytes: rss * 1024,
     })
 }
 
@@ -53,8 +57,9 @@ pub fn cpu_ticks(stat: &str) -> Option<u64> {
     Some(fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?)
 }
 
-pub fn peak_rss_kib(status: &str) -> Option<u64> {
-    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+/// A kB figure of /proc/<pid>/status, e.g. `VmHWM:` (peak resident) or `VmRSS:`.
+pub fn status_kib(status: &str, key: &str) -> Option<u64> {
+    let line = status.lines().find(|l| l.starts_with(key))?;
     line.split_whitespace().nth(1)?.parse().ok()
 }
 
@@ -71,11 +76,10 @@ mod tests {
 
     #[test]
     fn parses_vmhwm() {
-        assert_eq!(
-            peak_rss_kib("Name:\tx\nVmHWM:\t   12345 kB\nVmRSS:\t1 kB\n"),
-            Some(12345)
-        );
-        assert_eq!(peak_rss_kib("Name:\tx\n"), None);
+        let status = "Name:\tx\nVmHWM:\t   12345 kB\nVmRSS:\t1 kB\n";
+        assert_eq!(status_kib(status, "VmHWM:"), Some(12345));
+        assert_eq!(status_kib(status, "VmRSS:"), Some(1));
+        assert_eq!(status_kib("Name:\tx\n", "VmHWM:"), None);
     }
 
     #[test]
