@@ -23,7 +23,10 @@ use cases::{Base, Case, Op};
 
 struct Bed {
     client: Client,
+    /// The cases' objects: not reconciled by anyone (their PVCs would take other tests' volumes).
     ns: String,
+    /// The webhook replica's watch namespace: kd-global-config governs the clusters here.
+    managed: String,
     sys: String,
     port: u16,
     configuration: String,
@@ -47,9 +50,11 @@ async fn bed(purpose: &str) -> Bed {
     testbed::install_crds(&client).await;
     let ns = testbed::namespace(&client, purpose).await;
     let sys = testbed::namespace(&client, &format!("{purpose}-sys")).await;
+    let managed = testbed::namespace(&client, &format!("{purpose}-managed")).await;
     let id = ns.clone();
-    label_namespace(&client, &ns, &id).await;
-    label_namespace(&client, &sys, &id).await;
+    for n in [&ns, &sys, &managed] {
+        label_namespace(&client, n, &id).await;
+    }
     let sc: StorageClass = serde_json::from_value(json!({
         "metadata": {"name": "kd-local"}, "provisioner": "kubernetes.io/no-provisioner", "volumeBindingMode": "Immediate"
     }))
@@ -102,6 +107,7 @@ async fn bed(purpose: &str) -> Bed {
     Bed {
         client,
         ns,
+        managed,
         sys,
         port,
         configuration,
@@ -281,20 +287,27 @@ async fn run_case(bed: &Bed, i: usize, case: &Case) -> Vec<String> {
                 return vec![format!("{}: the base was refused: {m}", case.name)];
             }
             let user = format!("c{tag}-user{i}");
-            let user_of = if case.base == Base::App {
-                name.clone()
-            } else {
-                "cassandra-like".to_string()
+            // An app's user may be anywhere; kd-global-config's must be a cluster the replica manages
+            // (reconciled, so without storage: no volume claims).
+            let (user_ns, user_of) = match case.base {
+                Base::App => (&bed.ns, name.clone()),
+                _ => (&bed.managed, "cassandra-like".to_string()),
             };
-            if let Err(m) = bed.create(&bed.ns, &cases::user_cluster(&user, &user_of)).await {
+            let mut user_obj = cases::user_cluster(&user, &user_of);
+            for role in user_obj["spec"]["roles"].as_array_mut().into_iter().flatten() {
+                if let Some(r) = role.as_object_mut() {
+                    r.remove("storage");
+                }
+            }
+            if let Err(m) = bed.create(user_ns, &user_obj).await {
                 return vec![format!("{}: the user cluster was refused: {m}", case.name)];
             }
             refused(bed.delete(k, home, &target, false).await, "the delete while in use");
             // Counterpart: the same delete once nothing uses it.
-            let _ = bed.delete("KubeDirectorCluster", &bed.ns, &user, false).await;
+            let _ = bed.delete("KubeDirectorCluster", user_ns, &user, false).await;
             let gone = testbed::wait_for("the user cluster to be gone", Duration::from_secs(60), async {
                 while bed
-                    .api("KubeDirectorCluster", &bed.ns)
+                    .api("KubeDirectorCluster", user_ns)
                     .get_opt(&user)
                     .await
                     .ok()
@@ -317,7 +330,7 @@ async fn run_case(bed: &Bed, i: usize, case: &Case) -> Vec<String> {
 #[ignore = "needs the test bed: make integration"]
 async fn every_invalid_object_is_refused_by_the_api_server_through_the_webhook() {
     let bed = bed("admission").await;
-    let operator = bed.webhook_replica(&bed.ns, &bed.ns);
+    let operator = bed.webhook_replica(&bed.managed, &bed.ns);
     bed.wait_ready(&operator).await;
     let mut all: Vec<(usize, Case)> = cases::cases().into_iter().enumerate().collect();
     // kd-global-config cases first: their valid counterparts are deleted again, which needs a
