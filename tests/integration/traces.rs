@@ -155,7 +155,10 @@ async fn reconciles_are_traced_into_jaeger_and_linked_to_the_creator() {
             // The collector stores what arrives in batches: wait until the traces of the status
             // and children writes are in too, not just the first one.
             let text = found.to_string();
-            if ["\"apply\"", "\"update_status\"", "\"patch\""].iter().all(|v| text.contains(v)) {
+            if ["\"apply\"", "\"update_status\"", "\"patch\""]
+                .iter()
+                .all(|v| text.contains(v))
+            {
                 return found;
             }
             tokio::time::sleep(Duration::from_millis(500)).await;
