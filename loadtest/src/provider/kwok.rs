@@ -22,7 +22,28 @@ impl Kwok {
     }
 
     pub fn down(&self) -> anyhow::Result<()> {
+        self.keep_logs();
         run(&mut self.command("down.sh")).map(|_| ())
+    }
+
+    /// Copies the components' logs (not the audit logs, which are read already and large) out of
+    /// the clusters' directories, which down.sh removes: a run that fails keeps its evidence.
+    fn keep_logs(&self) {
+        let Ok(clusters) = std::fs::read_dir(self.dir.join("kwok/clusters")) else {
+            return;
+        };
+        for cluster in clusters.flatten() {
+            let Ok(logs) = std::fs::read_dir(cluster.path().join("logs")) else {
+                continue;
+            };
+            let to = self.dir.join("logs").join(cluster.file_name());
+            if std::fs::create_dir_all(&to).is_err() {
+                continue;
+            }
+            for log in logs.flatten().filter(|l| l.file_name() != "audit.log") {
+                let _ = std::fs::copy(log.path(), to.join(log.file_name()));
+            }
+        }
     }
 }
 
