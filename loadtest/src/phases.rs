@@ -9,7 +9,7 @@ use futures::{StreamExt, stream};
 use indicatif::{ProgressBar, ProgressStyle};
 use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod, Service};
-use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams};
+use kube::api::{DeleteParams, DynamicObject, ListParams, Patch, PatchParams, PostParams};
 use kube::{Api, Client};
 use serde_json::json;
 
@@ -172,8 +172,7 @@ pub async fn delete_all(client: &Client, ns: &str, limit: Duration) -> anyhow::R
     let mut requested = false;
     loop {
         // A busy API server cuts a collection delete off at its 60 s request timeout (seen in the
-        // standard run: the connection closed with part of the CRs marked). It is idempotent: ask
-        // again until one call completes.
+        // standard run: the connection closed with part of the CRs marked).
         if !requested {
             match api
                 .delete_collection(&DeleteParams::default(), &ListParams::default())
@@ -183,7 +182,12 @@ pub async fn delete_all(client: &Client, ns: &str, limit: Duration) -> anyhow::R
                 Err(e) if start.elapsed() > limit => {
                     anyhow::bail!("deleting every KubeDirectorCluster in {ns} failed for {limit:?}: {e}")
                 }
-                Err(e) => eprintln!("[loadtest] deleting every CR in {ns} did not complete ({e}); asking again"),
+                Err(e) => {
+                    // Once cut off, this client's collection deletes kept failing at once while its
+                    // lists worked: delete the remaining CRs one by one instead.
+                    eprintln!("[loadtest] deleting every CR in {ns} did not complete ({e}); deleting one by one");
+                    requested = delete_each(&api).await;
+                }
             }
         }
         match leftovers(client, ns).await {
@@ -194,6 +198,22 @@ pub async fn delete_all(client: &Client, ns: &str, limit: Duration) -> anyhow::R
         }
         tokio::time::sleep(Duration::from_secs(1)).await;
     }
+}
+
+/// Deletes every CR left, one request each; true when all deletes were accepted (or already gone).
+async fn delete_each(api: &Api<DynamicObject>) -> bool {
+    let Ok(list) = api.list(&ListParams::default()).await else {
+        return false;
+    };
+    let mut all_ok = true;
+    for name in list.items.into_iter().filter_map(|o| o.metadata.name) {
+        match api.delete(&name, &DeleteParams::default()).await {
+            Ok(_) => {}
+            Err(kube::Error::Api(s)) if s.code == 404 => {}
+            Err(_) => all_ok = false,
+        }
+    }
+    all_ok
 }
 
 async fn leftovers(client: &Client, ns: &str) -> anyhow::Result<Vec<String>> {
