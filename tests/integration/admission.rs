@@ -9,7 +9,6 @@ use std::time::Duration;
 
 use k8s_openapi::api::admissionregistration::v1::{MutatingWebhookConfiguration, ValidatingWebhookConfiguration};
 use k8s_openapi::api::core::v1::{Namespace, Secret};
-use k8s_openapi::api::storage::v1::StorageClass;
 use kube::api::{DeleteParams, DynamicObject, Patch, PatchParams, PostParams};
 use kube::{Api, Client};
 use serde_json::{Value, json};
@@ -55,18 +54,7 @@ async fn bed(purpose: &str) -> Bed {
     for n in [&ns, &sys, &managed] {
         label_namespace(&client, n, &id).await;
     }
-    let sc: StorageClass = serde_json::from_value(json!({
-        "metadata": {"name": "kd-local"}, "provisioner": "kubernetes.io/no-provisioner", "volumeBindingMode": "Immediate"
-    }))
-    .expect("sc");
-    match Api::<StorageClass>::all(client.clone())
-        .create(&PostParams::default(), &sc)
-        .await
-    {
-        Ok(_) => {}
-        Err(kube::Error::Api(s)) if s.code == 409 => {}
-        Err(e) => panic!("StorageClass: {e}"),
-    }
+    testbed::kd_local_storage_class(&client).await;
     let secret: Secret =
         serde_json::from_value(json!({"metadata": {"name": "kd-secret"}, "stringData": {"k": "v"}})).expect("secret");
     Api::<Secret>::namespaced(client.clone(), &ns)

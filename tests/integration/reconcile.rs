@@ -7,7 +7,6 @@ use std::time::Duration;
 
 use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::core::v1::{Event, PersistentVolume, PersistentVolumeClaim, Pod, Service};
-use k8s_openapi::api::storage::v1::StorageClass;
 use kube::api::{DeleteParams, DynamicObject, ListParams, Patch, PatchParams, PostParams};
 use kube::runtime::wait::await_condition;
 use kube::{Api, Client, Resource, ResourceExt};
@@ -40,18 +39,7 @@ pub async fn create(client: &Client, ns: &str, obj: &Value) {
 /// StorageClass kd-local (shared) and `n` PersistentVolumes for this test: the PV controller of the
 /// real controller-manager binds PVCs to them.
 async fn local_storage(client: &Client, ns: &str, n: usize) {
-    let sc: StorageClass = serde_json::from_value(json!({
-        "metadata": {"name": "kd-local"}, "provisioner": "kubernetes.io/no-provisioner", "volumeBindingMode": "Immediate"
-    }))
-    .expect("StorageClass");
-    match Api::<StorageClass>::all(client.clone())
-        .create(&PostParams::default(), &sc)
-        .await
-    {
-        Ok(_) => {}
-        Err(kube::Error::Api(s)) if s.code == 409 => {}
-        Err(e) => panic!("StorageClass: {e}"),
-    }
+    testbed::kd_local_storage_class(client).await;
     let pvs = Api::<PersistentVolume>::all(client.clone());
     for i in 0..n {
         let pv: PersistentVolume = serde_json::from_value(json!({

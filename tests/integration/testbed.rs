@@ -5,6 +5,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::Namespace;
+use k8s_openapi::api::storage::v1::StorageClass;
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::api::{ApiResource, DynamicObject, GroupVersionKind, ObjectMeta, Patch, PatchParams, PostParams};
 use kube::config::{KubeConfigOptions, Kubeconfig};
@@ -100,6 +101,22 @@ pub async fn install_crds(client: &Client) {
         })
         .await
         .expect("watch on CRD");
+    }
+}
+
+/// StorageClass kd-local (shared by the tests; PVs are pre-created, the real PV controller binds).
+pub async fn kd_local_storage_class(client: &Client) {
+    let sc: StorageClass = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": "kd-local"}, "provisioner": "kubernetes.io/no-provisioner", "volumeBindingMode": "Immediate"
+    }))
+    .expect("StorageClass");
+    match Api::<StorageClass>::all(client.clone())
+        .create(&PostParams::default(), &sc)
+        .await
+    {
+        Ok(_) => {}
+        Err(kube::Error::Api(s)) if s.code == 409 => {}
+        Err(e) => panic!("StorageClass: {e}"),
     }
 }
 
