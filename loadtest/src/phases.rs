@@ -166,31 +166,34 @@ pub async fn churn(clients: &[Client], ns: &str, w: &Workload, tracker: &Arc<Tra
 
 /// Deletes every CR in `ns`, then waits until the CRs and their children are gone (or `limit`).
 /// Returns what is left: CRs first, then children.
-pub async fn delete_all(client: &Client, ns: &str, limit: Duration) -> anyhow::Result<Vec<String>> {
-    let api = kd_api(client, ns, "KubeDirectorCluster");
+///
+/// One DELETE per CR, a few at a time, rather than one collection delete: a busy API server deletes a
+/// collection one item after another and cut 250 CRs off at its 60 s request timeout (standard runs
+/// std2–std5), after which that client's DELETEs kept failing at once while its lists worked. So the
+/// phase also starts from a `fresh` client (built anew by the caller), and a round with failures builds
+/// another one.
+pub async fn delete_all<F, Fut>(fresh: F, ns: &str, limit: Duration) -> anyhow::Result<Vec<String>>
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<Client>>,
+{
     let start = Instant::now();
+    let mut client = fresh().await?;
     let mut requested = false;
     loop {
-        // A busy API server cuts a collection delete off at its 60 s request timeout (seen in the
-        // standard run: the connection closed with part of the CRs marked).
         if !requested {
-            match api
-                .delete_collection(&DeleteParams::default(), &ListParams::default())
-                .await
-            {
-                Ok(_) => requested = true,
+            match delete_each(&kd_api(&client, ns, "KubeDirectorCluster")).await {
+                Ok(()) => requested = true,
                 Err(e) if start.elapsed() > limit => {
                     anyhow::bail!("deleting every KubeDirectorCluster in {ns} failed for {limit:?}: {e}")
                 }
                 Err(e) => {
-                    // Once cut off, this client's collection deletes kept failing at once while its
-                    // lists worked: delete the remaining CRs one by one instead.
-                    eprintln!("[loadtest] deleting every CR in {ns} did not complete ({e}); deleting one by one");
-                    requested = delete_each(&api).await;
+                    eprintln!("[loadtest] deleting the CRs in {ns}: {e}; again with a new client");
+                    client = fresh().await?;
                 }
             }
         }
-        match leftovers(client, ns).await {
+        match leftovers(&client, ns).await {
             Ok(left) if requested && (left.is_empty() || start.elapsed() > limit) => return Ok(left),
             Ok(_) => {}
             Err(e) if start.elapsed() > limit => return Err(e),
@@ -200,20 +203,29 @@ pub async fn delete_all(client: &Client, ns: &str, limit: Duration) -> anyhow::R
     }
 }
 
-/// Deletes every CR left, one request each; true when all deletes were accepted (or already gone).
-async fn delete_each(api: &Api<DynamicObject>) -> bool {
-    let Ok(list) = api.list(&ListParams::default()).await else {
-        return false;
-    };
-    let mut all_ok = true;
-    for name in list.items.into_iter().filter_map(|o| o.metadata.name) {
-        match api.delete(&name, &DeleteParams::default()).await {
-            Ok(_) => {}
-            Err(kube::Error::Api(s)) if s.code == 404 => {}
-            Err(_) => all_ok = false,
-        }
+/// How many DELETEs per cluster are in flight at once.
+const DELETES_IN_FLIGHT: usize = 8;
+
+/// Deletes every CR left, one request each; Err names the first failure and how many failed.
+async fn delete_each(api: &Api<DynamicObject>) -> anyhow::Result<()> {
+    let list = api.list(&ListParams::default()).await?;
+    let names = list.items.into_iter().filter_map(|o| o.metadata.name);
+    let failures: Vec<String> = stream::iter(names)
+        .map(|name| async move {
+            match api.delete(&name, &DeleteParams::default()).await {
+                Ok(_) => None,
+                Err(kube::Error::Api(s)) if s.code == 404 => None,
+                Err(e) => Some(format!("{name}: {e}")),
+            }
+        })
+        .buffer_unordered(DELETES_IN_FLIGHT)
+        .filter_map(|f| async move { f })
+        .collect()
+        .await;
+    match failures.first() {
+        None => Ok(()),
+        Some(first) => anyhow::bail!("{} deletes failed, first {first}", failures.len()),
     }
-    all_ok
 }
 
 async fn leftovers(client: &Client, ns: &str) -> anyhow::Result<Vec<String>> {

@@ -414,7 +414,10 @@ async fn measure(o: &Options, bed: &Bed) -> anyhow::Result<Report> {
     // Delete.
     let (t2, delete_from) = (Instant::now(), now_us());
     // All clusters at once: each one's garbage collector works in parallel.
-    let deletes = clients.iter().map(|client| phases::delete_all(client, &ns, timeout));
+    let deletes = bed.contexts.iter().map(|context| {
+        let (fresh, ns) = (|| prepare::client(&bed.kubeconfig, context), ns.as_str());
+        async move { phases::delete_all(fresh, ns, timeout).await }
+    });
     for (c, left) in futures::future::join_all(deletes).await.into_iter().enumerate() {
         for left in left? {
             lost.children_left.push(format!("{}: {left}", bed.contexts[c]));
