@@ -71,6 +71,16 @@ struct RunArgs {
     /// Workers per member cluster (KubeDirectorClusters reconciled at the same time).
     #[arg(long, env = "KD_CONCURRENCY", default_value_t = 16, value_parser = clap::value_parser!(u16).range(1..))]
     concurrency: u16,
+    /// Guest commands (setup calls, notifications) in flight at once, per member cluster.
+    #[arg(long, env = "KD_GUEST_CONCURRENCY", default_value_t = 32, value_parser = clap::value_parser!(u16).range(1..))]
+    guest_concurrency: u16,
+    /// Longest one setup call (inject configmeta, fetch the package, start or poll configure) may take.
+    #[arg(long, env = "KD_SETUP_TIMEOUT_SECONDS", default_value_t = 120, value_parser = clap::value_parser!(u64).range(1..))]
+    setup_timeout_seconds: u64,
+    /// Longest a notification (`startscript --addnodes|--delnodes|--reconnect`) may run before it
+    /// counts as failed (and is retried).
+    #[arg(long, env = "KD_NOTIFY_TIMEOUT_SECONDS", default_value_t = 600, value_parser = clap::value_parser!(u64).range(1..))]
+    notify_timeout_seconds: u64,
     /// Mutating API requests per second to each member cluster.
     #[arg(long, env = "KD_WRITE_QPS", default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..))]
     write_qps: u32,
@@ -224,6 +234,11 @@ async fn run(args: RunArgs, replica: String) -> anyhow::Result<()> {
         status_window: Duration::from_millis(args.status_window_ms),
         backoff: Backoff::default(),
         replica: replica.clone(),
+        guest: kubedirector::reconcile::guest::Limits {
+            concurrency: usize::from(args.guest_concurrency),
+            setup_timeout: Duration::from_secs(args.setup_timeout_seconds),
+            notify_timeout: Duration::from_secs(args.notify_timeout_seconds),
+        },
     };
     let sharding = (args.shards > 0).then(|| ShardOptions {
         shards: args.shards,

@@ -6,7 +6,7 @@ set -uo pipefail
 cd "$(dirname "$0")/.."
 # shellcheck source=testbed/env.sh
 . testbed/env.sh
-timed=(fault:: sharding:: fleet::a_300)
+timed=(fault:: sharding:: fleet::a_300 guest::a_hanging)
 testbed/down.sh >/dev/null 2>&1
 trap 'testbed/down.sh >/dev/null 2>&1' EXIT
 rc=0

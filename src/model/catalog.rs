@@ -102,6 +102,8 @@ pub struct ResolvedApp {
     pub systemd_required: bool,
     pub selected_roles: Vec<String>,
     pub roles: Vec<ResolvedRole>,
+    /// `config.configMeta`: configmeta's `config_metadata`.
+    pub config_meta: BTreeMap<String, String>,
 }
 
 impl ResolvedApp {
@@ -140,6 +142,7 @@ pub fn resolve_app(name: &str, catalog: AppCatalog, spec: &KubeDirectorAppSpec) 
         systemd_required: spec.systemd_required.unwrap_or(false),
         selected_roles: spec.config.selected_roles.clone(),
         roles,
+        config_meta: spec.config.config_meta.clone().unwrap_or_default(),
     })
 }
 

@@ -7,6 +7,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use crate::api::cluster::{MemberState, MemberStateDetail, MemberStatus, RoleStatus};
 
+use super::guest::{self, Finished};
 use super::names;
 
 /// What the cache says about one member's pod.
@@ -26,6 +27,11 @@ pub struct Observed {
     pub pods: BTreeMap<String, PodFacts>,
     pub services: BTreeSet<String>,
     pub pvcs: BTreeSet<String>,
+    /// Finished `configure` runs by pod, as the guest runner reported them (for one container each).
+    pub setups: BTreeMap<String, Finished>,
+    /// By pod: the arguments of the notification at the head of its queue that has finished (run, or
+    /// given up after its retries).
+    pub notified: BTreeMap<String, Vec<String>>,
 }
 
 /// How a role's members are laid out, from the spec and the app.
@@ -37,6 +43,8 @@ pub struct RoleShape<'a> {
     pub desired: usize,
     pub opens_ports: bool,
     pub has_setup: bool,
+    /// Bytes of each output tail kept in a config error's detail.
+    pub max_log_size_dump: usize,
     /// volumeClaimTemplate names (`p`, `b0`, …): a member's PVCs are `<claim>-<pod>`.
     pub claims: &'a [String],
     pub block_device_paths: &'a [String],
@@ -122,12 +130,21 @@ fn advance(m: &mut MemberStatus, shape: &RoleShape, observed: &Observed, step: &
     let pod = observed.pods.get(&m.pod).filter(|p| !p.terminating);
     let container = pod.filter(|p| p.running).and_then(|p| p.container_id.clone());
     // Run the transitions to a fixed point, so one reconcile takes a member as far as the facts allow.
+    let setup = observed.setups.get(&m.pod);
     loop {
         let before = m.state;
-        transition(m, shape, container.as_ref());
+        transition(m, shape, container.as_ref(), setup);
         if m.state == before {
             break;
         }
+    }
+    let head_done = m
+        .state_detail
+        .pending_notify_cmds
+        .first()
+        .is_some_and(|n| observed.notified.get(&m.pod) == Some(&n.arguments));
+    if head_done {
+        m.state_detail.pending_notify_cmds.remove(0);
     }
     if m.state != MemberState::Deleting {
         return true;
@@ -152,7 +169,7 @@ fn advance(m: &mut MemberStatus, shape: &RoleShape, observed: &Observed, step: &
     !done
 }
 
-fn transition(m: &mut MemberStatus, shape: &RoleShape, container: Option<&String>) {
+fn transition(m: &mut MemberStatus, shape: &RoleShape, container: Option<&String>, setup: Option<&Finished>) {
     match m.state {
         MemberState::CreatePending => {
             if let Some(id) = container {
@@ -163,7 +180,7 @@ fn transition(m: &mut MemberStatus, shape: &RoleShape, container: Option<&String
         MemberState::Creating => match container {
             Some(id) => {
                 m.state_detail.configuring_container = Some(id.clone());
-                advance_creating(m, shape);
+                advance_creating(m, shape, setup);
             }
             None => m.state = MemberState::CreatePending,
         },
@@ -172,6 +189,8 @@ fn transition(m: &mut MemberStatus, shape: &RoleShape, container: Option<&String
             if container.is_some_and(|id| m.state_detail.last_configured_container.as_ref() != Some(id)) {
                 m.state = MemberState::CreatePending;
                 m.state_detail.configuring_container = None;
+                // The new container is set up with the whole membership: queued news are moot.
+                m.state_detail.pending_notify_cmds.clear();
             }
         }
         MemberState::DeletePending => m.state = MemberState::Deleting,
@@ -179,12 +198,25 @@ fn transition(m: &mut MemberStatus, shape: &RoleShape, container: Option<&String
     }
 }
 
-/// `creating` → `configured` at once when the role runs no setup package. Roles with a package stay
-/// `creating` until the setup runner (issue 9) reports; nothing here blocks on it.
-fn advance_creating(m: &mut MemberStatus, shape: &RoleShape) {
+/// `creating` → `configured` at once when the role runs no setup package; with one, once the guest
+/// runner reports `configure` finished in this very container: exit 0 → `configured`, else
+/// `config error` with the output tails. Nothing here waits for the guest.
+fn advance_creating(m: &mut MemberStatus, shape: &RoleShape, setup: Option<&Finished>) {
     if !shape.has_setup {
         m.state = MemberState::Configured;
         m.state_detail.last_configured_container = m.state_detail.configuring_container.take();
         m.state_detail.config_error_detail = None;
+        return;
     }
+    let Some(done) = setup.filter(|f| m.state_detail.configuring_container.as_ref() == Some(&f.container)) else {
+        return;
+    };
+    if done.exit_code == 0 {
+        m.state = MemberState::Configured;
+        m.state_detail.config_error_detail = None;
+    } else {
+        m.state = MemberState::ConfigError;
+        m.state_detail.config_error_detail = Some(guest::config_error_detail(done, shape.max_log_size_dump));
+    }
+    m.state_detail.last_configured_container = m.state_detail.configuring_container.take();
 }

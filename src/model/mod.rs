@@ -3,7 +3,9 @@
 
 pub mod cardinality;
 pub mod catalog;
+pub mod configmeta;
 pub mod desired;
+pub mod guest;
 pub mod labels;
 pub mod members;
 pub mod names;
@@ -12,5 +14,7 @@ pub mod settings;
 pub mod status;
 pub mod validate;
 
+#[cfg(test)]
+mod guest_tests;
 #[cfg(test)]
 mod tests;

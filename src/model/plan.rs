@@ -9,7 +9,9 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use crate::api::cluster::{ClusterState, KubeDirectorClusterSpec, KubeDirectorClusterStatus, MemberState};
 
 use super::catalog::{self, ResolvedApp};
+use super::configmeta;
 use super::desired::{self, ClusterFacts, RoleInput};
+use super::guest;
 use super::members::{self, Observed, RoleShape};
 use super::names;
 use super::settings::Settings;
@@ -39,6 +41,8 @@ pub struct ClusterPlan {
     pub delete_services: Vec<String>,
     pub delete_pvcs: Vec<String>,
     pub status: KubeDirectorClusterStatus,
+    /// Commands to run inside members (setup, notifications), with their configmeta.
+    pub guest_work: Vec<guest::Work>,
     /// Spec errors: nothing is created or changed, the status says why.
     pub errors: Vec<FieldError>,
 }
@@ -133,6 +137,7 @@ pub fn plan_cluster(input: &ClusterInput) -> ClusterPlan {
             desired: desired_members,
             opens_ports: role.opens_ports(),
             has_setup: role.setup_package.is_some(),
+            max_log_size_dump: usize::try_from(role.max_log_size_dump).unwrap_or(0),
             claims: &claims,
             block_device_paths: &block_paths,
         };
@@ -213,6 +218,7 @@ pub fn plan_cluster(input: &ClusterInput) -> ClusterPlan {
             desired: 0,
             opens_ports: false,
             has_setup: false,
+            max_log_size_dump: 0,
             claims: &claims,
             block_device_paths: &[],
         };
@@ -226,6 +232,8 @@ pub fn plan_cluster(input: &ClusterInput) -> ClusterPlan {
     }
 
     let prev_state = input.prev.and_then(|s| s.state);
+    let domain = configmeta::domain(&facts.headless_name, input.namespace);
+    guest::queue_notifications(prev_state, prev_roles, &mut roles, input.app, &domain);
     let mut state = status::cluster_state(prev_state, &roles);
     if orphans && state == ClusterState::Configured {
         state = if matches!(prev_state, None | Some(ClusterState::Creating)) {
@@ -236,6 +244,19 @@ pub fn plan_cluster(input: &ClusterInput) -> ClusterPlan {
     }
     let rollup = status::rollup(&roles, input.observed);
     let prev_conditions = input.prev.map(|s| s.conditions.as_slice()).unwrap_or_default();
+    plan.guest_work = guest::work(
+        &configmeta::Cluster {
+            name: input.name,
+            namespace: input.namespace,
+            uid: input.uid,
+            headless_service: &facts.headless_name,
+            spec,
+            app: input.app,
+            roles: &roles,
+            connections: &serde_json::json!({"clusters": {}, "configmaps": {}, "secrets": {}}),
+        },
+        input.observed,
+    );
     plan.status = KubeDirectorClusterStatus {
         state: Some(state),
         conditions: status::conditions(

@@ -18,7 +18,7 @@ use super::settings::Settings;
 use super::validate::StorageClasses;
 use super::{labels, names};
 
-fn fixture<T: serde::de::DeserializeOwned>(text: &str, yaml: bool) -> T {
+pub(super) fn fixture<T: serde::de::DeserializeOwned>(text: &str, yaml: bool) -> T {
     if yaml {
         serde_yaml::from_str(text).expect("fixture YAML")
     } else {
@@ -31,7 +31,7 @@ fn spark_app() -> ResolvedApp {
     resolve_app("spark-like", AppCatalog::Local, &app.spec).expect("resolves")
 }
 
-fn centos_app() -> ResolvedApp {
+pub(super) fn centos_app() -> ResolvedApp {
     let app: KubeDirectorApp = fixture(include_str!("../../tests/fixtures/valid/app-centos-like.yaml"), true);
     resolve_app("centos-like", AppCatalog::System, &app.spec).expect("resolves")
 }
@@ -40,7 +40,7 @@ fn spark_cluster() -> KubeDirectorCluster {
     fixture(include_str!("../../tests/fixtures/valid/cluster-spark-like.yaml"), true)
 }
 
-fn centos_cluster() -> KubeDirectorCluster {
+pub(super) fn centos_cluster() -> KubeDirectorCluster {
     fixture(
         include_str!("../../tests/fixtures/valid/cluster-centos-like.json"),
         false,
@@ -58,7 +58,7 @@ fn now() -> Time {
     Time(jiff::Timestamp::UNIX_EPOCH)
 }
 
-fn plan(
+pub(super) fn plan(
     cluster: &KubeDirectorCluster,
     app: &ResolvedApp,
     prev: Option<&KubeDirectorClusterStatus>,
@@ -108,7 +108,7 @@ fn port_names(c: &Container) -> Vec<String> {
 }
 
 /// Every pod of the plan's members is running with the given container id suffix.
-fn all_running(plan: &ClusterPlan, suffix: &str) -> Observed {
+pub(super) fn all_running(plan: &ClusterPlan, suffix: &str) -> Observed {
     let mut observed = Observed::default();
     for m in plan.status.roles.iter().flat_map(|r| &r.members) {
         let facts = PodFacts {

@@ -92,6 +92,15 @@ pub async fn reconcile(obj: Arc<DynamicObject>, ctx: &Ctx) -> Result<Outcome, Er
     }
     let ns = obj.namespace().ok_or(Error::MissingNamespace)?;
     let name = obj.name_any();
+    let key = ClusterKey {
+        namespace: ns.clone(),
+        name: name.clone(),
+    };
+    let version = obj.resource_version().unwrap_or_default();
+    if ctx.superseded.is_stale(&key, &version, tokio::time::Instant::now()) {
+        debug!(context = %ctx.context, cluster = %name, namespace = %ns, "cache still holds the version we wrote over; waiting for the watch");
+        return Ok(Outcome::Throttled(Duration::from_millis(50)));
+    }
     let finalizers = obj.finalizers().to_vec();
 
     if obj.meta().deletion_timestamp.is_some() {
@@ -100,7 +109,11 @@ pub async fn reconcile(obj: Arc<DynamicObject>, ctx: &Ctx) -> Result<Outcome, Er
             apply::set_finalizers(ctx, &obj, finalizers.into_iter().filter(|f| f != FINALIZER).collect()).await?;
             info!(context = %ctx.context, cluster = %name, namespace = %ns, "finalizer removed");
         }
-        ctx.coalescer.forget(&ClusterKey { namespace: ns, name });
+        if let Some(prev) = previous_status(&obj) {
+            ctx.guest.forget(&ns, &prev.roles);
+        }
+        ctx.coalescer.forget(&key);
+        ctx.superseded.forget(&key);
         return Ok(Outcome::Done);
     }
     if !finalizers.iter().any(|f| f == FINALIZER) {
@@ -122,10 +135,13 @@ pub async fn reconcile(obj: Arc<DynamicObject>, ctx: &Ctx) -> Result<Outcome, Er
         Err(message) => return block(ctx, &obj, "AppNotFound", message).await,
     };
     let classes = observe::storage_classes(ctx);
-    let (observed, children) = observe::observe(ctx, &ns, &name);
+    let (mut observed, children) = observe::observe(ctx, &ns, &name);
     let prev = cluster.status.clone();
+    if let Some(p) = &prev {
+        ctx.guest.fill(&ns, &p.roles, &mut observed);
+    }
     let uid = obj.uid().unwrap_or_default();
-    let plan = plan::plan_cluster(&ClusterInput {
+    let mut plan = plan::plan_cluster(&ClusterInput {
         name: &name,
         namespace: &ns,
         uid: &uid,
@@ -182,10 +198,6 @@ pub async fn reconcile(obj: Arc<DynamicObject>, ctx: &Ctx) -> Result<Outcome, Er
 
     if prev.as_ref() != Some(&plan.status) {
         // Status changes within the coalescing window of the last write wait and go out as one.
-        let key = ClusterKey {
-            namespace: ns.clone(),
-            name: name.clone(),
-        };
         let now = tokio::time::Instant::now();
         if let Err(wait) = ctx.coalescer.admit(&key, now) {
             ctx.metrics
@@ -196,6 +208,7 @@ pub async fn reconcile(obj: Arc<DynamicObject>, ctx: &Ctx) -> Result<Outcome, Er
         }
         apply::replace_status(ctx, &obj, &plan.status).await?;
         ctx.coalescer.wrote(&key, now);
+        ctx.superseded.wrote_over(&key, &version, now);
         let (before, after) = (prev.as_ref().and_then(|s| s.state), plan.status.state);
         if before != after {
             let show = |s: Option<ClusterState>| {
@@ -218,6 +231,10 @@ pub async fn reconcile(obj: Arc<DynamicObject>, ctx: &Ctx) -> Result<Outcome, Er
             .await;
         }
     }
+    // Guest commands start only from a status that is recorded (unchanged, or just written): a
+    // notification queued in a status that was never written must not run, or it would run again once
+    // queued for real. They report by putting the key back on the queue; the worker goes on.
+    ctx.guest.submit(&key, std::mem::take(&mut plan.guest_work));
     debug!(context = %ctx.context, cluster = %name, namespace = %ns, applied = writes.applied, skipped = writes.skipped, deleted = writes.deleted, "reconciled");
     Ok(Outcome::RequeueAfter(RESYNC))
 }

@@ -68,6 +68,8 @@ pub struct Ctx {
     pub budget: WriteBudget,
     /// At most one status write per cluster per window.
     pub coalescer: StatusCoalescer<ClusterKey>,
+    /// Versions of clusters this process wrote a status over: not to be planned from again.
+    pub superseded: super::freshness::Superseded<ClusterKey>,
     pub metrics: Arc<Metrics>,
     pub stores: Stores,
     /// Holds the system app catalog and kd-global-config.
@@ -77,4 +79,6 @@ pub struct Ctx {
     pub cluster_resource: ApiResource,
     /// This replica's identity, on every reconcile span.
     pub replica: String,
+    /// Runs setup and notification commands inside members, off the workers.
+    pub guest: Arc<super::guest::Runner>,
 }

@@ -48,6 +48,8 @@ pub struct Options {
     pub backoff: Backoff,
     /// This replica's identity (shard Leases, spans).
     pub replica: String,
+    /// Guest commands: concurrency and timeouts.
+    pub guest: super::guest::Limits,
 }
 
 /// What the fleet can see of a running member: readiness and health.
@@ -211,6 +213,20 @@ pub async fn run_member(
         sc_events.map(move |r| r.map(|_| all_keys(&for_classes))).boxed(),
     ];
 
+    // Guest commands that finish (or whose poll delay passes) put their cluster back on the queue.
+    let (wake, woken) = tokio::sync::mpsc::unbounded_channel::<ClusterKey>();
+    let woken = futures::stream::unfold(
+        woken,
+        |mut rx| async move { rx.recv().await.map(|k| (Ok(vec![k]), rx)) },
+    );
+    let mut streams = streams;
+    streams.push(woken.boxed());
+    let guest = Arc::new(super::guest::Runner::new(
+        context.clone(),
+        client.clone(),
+        options.guest.clone(),
+        wake,
+    ));
     let budget = WriteBudget::new(options.write_qps, options.write_burst)?;
     let recorder = Recorder::new(
         client.clone(),
@@ -233,6 +249,7 @@ pub async fn run_member(
         client,
         budget,
         coalescer: StatusCoalescer::new(options.status_window),
+        superseded: super::freshness::Superseded::new(Duration::from_secs(10)),
         metrics: metrics.clone(),
         stores,
         operator_namespace: options.operator_namespace.clone(),
@@ -240,6 +257,7 @@ pub async fn run_member(
         field_manager: options.field_manager.clone(),
         cluster_resource: cluster_ar.clone(),
         replica: options.replica.clone(),
+        guest,
     });
 
     let healthy = Arc::new(AtomicBool::new(false));
@@ -360,6 +378,7 @@ pub async fn run_member(
                     queue.done(&key, Outcome::Done);
                     queue.forget(&key);
                     ctx.coalescer.forget(&key);
+                    ctx.superseded.forget(&key);
                     continue;
                 };
                 // Sharded: only while this replica holds the key's shard, and never past its renew

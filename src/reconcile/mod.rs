@@ -6,4 +6,6 @@ pub mod context;
 pub mod crashpoint;
 pub mod driver;
 pub mod error;
+pub mod freshness;
+pub mod guest;
 pub mod observe;

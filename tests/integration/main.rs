@@ -10,6 +10,7 @@ mod chart;
 mod crds;
 mod fault;
 mod fleet;
+mod guest;
 mod health;
 mod http;
 mod leases;

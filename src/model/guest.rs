@@ -1,0 +1,261 @@
+//! Decisions about work inside members (the in-guest contract), as pure functions: what a finished
+//! guest command means for a member, which lifecycle notifications a membership change queues, how
+//! often a running setup is polled. The commands themselves run in `reconcile::guest`, never in a
+//! worker.
+
+use std::time::Duration;
+
+use crate::api::app::LifecycleEvent;
+use crate::api::cluster::{ClusterState, MemberState, MemberStatus, NotificationDesc, RoleStatus};
+
+use super::catalog::ResolvedApp;
+use super::configmeta;
+
+/// The result of one finished guest command, as its script reported it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Finished {
+    /// The container the command ran in: a result for an older container means nothing.
+    pub container: String,
+    pub exit_code: i32,
+    /// The tails of the command's stdout and stderr (at most maxLogSizeDump bytes each).
+    pub stdout_tail: String,
+    pub stderr_tail: String,
+}
+
+/// What the setup script reported about `configure` in one container.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum SetupReport {
+    /// Started now, or already running from an earlier call.
+    Running,
+    Done(Finished),
+}
+
+/// Parses the guest script's report: a first line `kd-result running|started|done <code>`, then for
+/// `done` the stdout tail. `stderr` is the stderr tail. Anything else is an error naming what came.
+pub fn parse_report(container: &str, stdout: &str, stderr: &str) -> Result<SetupReport, String> {
+    let (first, rest) = stdout.split_once('\n').unwrap_or((stdout, ""));
+    let mut words = first.split_whitespace();
+    if words.next() != Some("kd-result") {
+        return Err(format!(
+            "the guest command did not report (first line {:?}, stderr {:?})",
+            cut(first, 120),
+            cut(stderr, 200)
+        ));
+    }
+    match (words.next(), words.next()) {
+        (Some("running" | "started"), None) => Ok(SetupReport::Running),
+        (Some("done"), Some(code)) => {
+            let exit_code = code
+                .parse::<i32>()
+                .map_err(|_| format!("the guest command reported exit code {code:?}"))?;
+            Ok(SetupReport::Done(Finished {
+                container: container.to_string(),
+                exit_code,
+                stdout_tail: rest.to_string(),
+                stderr_tail: stderr.to_string(),
+            }))
+        }
+        _ => Err(format!("the guest command reported {:?}", cut(first, 120))),
+    }
+}
+
+fn cut(s: &str, max: usize) -> &str {
+    match s.char_indices().nth(max) {
+        Some((i, _)) => &s[..i],
+        None => s,
+    }
+}
+
+/// The last `max` bytes of `s`, cut at a character boundary.
+pub fn tail(s: &str, max: usize) -> &str {
+    if s.len() <= max {
+        return s;
+    }
+    let mut start = s.len() - max;
+    while !s.is_char_boundary(start) {
+        start += 1;
+    }
+    &s[start..]
+}
+
+/// `stateDetail.configErrorDetail` of a failed setup.
+pub fn config_error_detail(f: &Finished, max_log: usize) -> String {
+    format!(
+        "configure exited with {} in container {}; stdout tail: {:?}; stderr tail: {:?}",
+        f.exit_code,
+        f.container,
+        tail(&f.stdout_tail, max_log),
+        tail(&f.stderr_tail, max_log)
+    )
+}
+
+/// How long to wait before polling a running setup again: 1 s, doubling per poll up to 30 s, so a
+/// script that runs for hours costs a few execs a minute.
+pub fn poll_delay(polls: u32) -> Duration {
+    Duration::from_secs(1u64 << polls.min(5)).min(Duration::from_secs(30))
+}
+
+/// Retries of a failed notification before it is dropped: 2 s, doubling up to 60 s.
+pub const NOTIFY_ATTEMPTS: u32 = 6;
+
+pub fn notify_retry_delay(failures: u32) -> Duration {
+    Duration::from_secs(2u64 << failures.min(5)).min(Duration::from_secs(60))
+}
+
+/// Whether members of `role` run `startscript` for `event`: they have a setup package and their
+/// eventList (none = every event) names it.
+fn wants(app: &ResolvedApp, role: &str, event: LifecycleEvent) -> bool {
+    app.role(role)
+        .is_some_and(|r| r.setup_package.is_some() && r.event_list.as_ref().is_none_or(|list| list.contains(&event)))
+}
+
+fn leaving(m: &MemberStatus) -> bool {
+    matches!(m.state, MemberState::DeletePending | MemberState::Deleting)
+}
+
+/// `startscript` arguments of a membership notification.
+pub fn notification(event: &str, role: &str, fqdns: &[String]) -> NotificationDesc {
+    NotificationDesc {
+        arguments: vec![
+            format!("--{event}"),
+            "--nodegroup".to_string(),
+            configmeta::NODEGROUP.to_string(),
+            "--role".to_string(),
+            role.to_string(),
+            "--fqdns".to_string(),
+            fqdns.join(","),
+        ],
+    }
+}
+
+/// Queues `addnodes`/`delnodes` on the members that stay, after a step from `prev` to `next` roles:
+/// members configured for the first time in this step are announced (only once the cluster had been
+/// configured: at creation every member reads the full membership from its configmeta), members that
+/// started leaving in this step are announced as deleted. Receivers are configured members whose
+/// role's eventList allows the event; the queue lives in their status, so nothing is lost when the
+/// replica changes.
+pub fn queue_notifications(
+    prev_state: Option<ClusterState>,
+    prev: &[RoleStatus],
+    next: &mut [RoleStatus],
+    app: &ResolvedApp,
+    domain: &str,
+) {
+    let was = |pod: &str| prev.iter().flat_map(|r| &r.members).find(|m| m.pod == pod);
+    let mut events: Vec<(&'static str, LifecycleEvent, String, Vec<String>)> = Vec::new();
+    for role in next.iter() {
+        let joined: Vec<String> = role
+            .members
+            .iter()
+            .filter(|m| m.state == MemberState::Configured)
+            .filter(|m| {
+                was(&m.pod).is_none_or(|p| {
+                    p.state != MemberState::Configured && p.state_detail.last_configured_container.is_none()
+                })
+            })
+            .map(|m| configmeta::fqdn(&m.pod, domain))
+            .collect();
+        if !joined.is_empty() && matches!(prev_state, Some(ClusterState::Configured | ClusterState::Updating)) {
+            events.push(("addnodes", LifecycleEvent::Addnodes, role.id.clone(), joined));
+        }
+        let left: Vec<String> = role
+            .members
+            .iter()
+            .filter(|m| leaving(m) && was(&m.pod).is_some_and(|p| !leaving(p)))
+            .map(|m| configmeta::fqdn(&m.pod, domain))
+            .collect();
+        if !left.is_empty() {
+            events.push(("delnodes", LifecycleEvent::Delnodes, role.id.clone(), left));
+        }
+    }
+    for (name, event, role_id, fqdns) in events {
+        for receiver_role in next.iter_mut() {
+            if !wants(app, &receiver_role.id, event) {
+                continue;
+            }
+            for m in &mut receiver_role.members {
+                if m.state == MemberState::Configured && !fqdns.contains(&configmeta::fqdn(&m.pod, domain)) {
+                    m.state_detail
+                        .pending_notify_cmds
+                        .push(notification(name, &role_id, &fqdns));
+                }
+            }
+        }
+    }
+}
+
+/// One command to run inside a member.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Work {
+    pub pod: String,
+    pub container: String,
+    pub kind: WorkKind,
+    pub max_log_size_dump: usize,
+    /// The member's configmeta.json, written before the command runs.
+    pub configmeta: serde_json::Value,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum WorkKind {
+    /// Fetch the package (once per container) and start or poll `startscript --configure`.
+    Setup { package_url: String },
+    /// Run `startscript <arguments>` (the head of the member's notification queue).
+    Notify { arguments: Vec<String> },
+}
+
+/// The guest commands the members of a status need now: setup for members `creating` in a role with
+/// a package (until a result for their container is known), the head notification for configured
+/// members with a queue.
+pub fn work(c: &configmeta::Cluster, observed: &super::members::Observed) -> Vec<Work> {
+    let mut out = Vec::new();
+    for role in c.roles {
+        let Some(app_role) = c.app.role(&role.id) else {
+            continue;
+        };
+        let Some(package) = &app_role.setup_package else {
+            continue;
+        };
+        for m in &role.members {
+            let kind = match (m.state, &m.state_detail.configuring_container) {
+                (MemberState::Creating, Some(container)) => {
+                    let known = observed.setups.get(&m.pod).is_some_and(|f| &f.container == container);
+                    if known {
+                        continue;
+                    }
+                    (
+                        container.clone(),
+                        WorkKind::Setup {
+                            package_url: package.package_url.clone(),
+                        },
+                    )
+                }
+                (MemberState::Configured, _) => {
+                    let (Some(head), Some(container)) = (
+                        m.state_detail.pending_notify_cmds.first(),
+                        &m.state_detail.last_configured_container,
+                    ) else {
+                        continue;
+                    };
+                    (
+                        container.clone(),
+                        WorkKind::Notify {
+                            arguments: head.arguments.clone(),
+                        },
+                    )
+                }
+                _ => continue,
+            };
+            let Some(configmeta) = configmeta::for_member(c, &m.pod) else {
+                continue;
+            };
+            out.push(Work {
+                pod: m.pod.clone(),
+                container: kind.0,
+                kind: kind.1,
+                max_log_size_dump: usize::try_from(app_role.max_log_size_dump).unwrap_or(0),
+                configmeta,
+            });
+        }
+    }
+    out
+}

@@ -1,0 +1,325 @@
+//! The in-guest decisions: setup results, notifications on expand and shrink, configmeta, work lists.
+
+use crate::api::app::{LifecycleEvent, SetupPackage};
+use crate::api::cluster::{ClusterState, KubeDirectorClusterStatus, MemberState};
+
+use super::catalog::ResolvedApp;
+use super::guest::{self, Finished, SetupReport, WorkKind};
+use super::members::Observed;
+use super::plan::ClusterPlan;
+use super::tests::{all_running, centos_app, centos_cluster, plan};
+
+/// The centos-like app with a setup package on every role.
+fn app_with_setup() -> ResolvedApp {
+    let mut app = centos_app();
+    for r in &mut app.roles {
+        r.setup_package = Some(SetupPackage {
+            package_url: "file:///pkg/setup.tgz".to_string(),
+            use_new_setup_layout: None,
+        });
+    }
+    app
+}
+
+/// Every member's setup finished in its current container with `code`.
+fn finish_setups(observed: &mut Observed, status: &KubeDirectorClusterStatus, code: i32) {
+    for m in status.roles.iter().flat_map(|r| &r.members) {
+        if let Some(c) = &m.state_detail.configuring_container {
+            observed.setups.insert(
+                m.pod.clone(),
+                Finished {
+                    container: c.clone(),
+                    exit_code: code,
+                    stdout_tail: "out".to_string(),
+                    stderr_tail: "boom".to_string(),
+                },
+            );
+        }
+    }
+}
+
+fn members_of<'a>(p: &'a ClusterPlan, role: &str) -> &'a [crate::api::cluster::MemberStatus] {
+    &p.status.roles.iter().find(|r| r.id == role).expect("role").members
+}
+
+/// Plans until configured: created, running, setups finished with exit 0.
+fn configured(cluster: &crate::api::KubeDirectorCluster, app: &ResolvedApp) -> (ClusterPlan, Observed) {
+    let p1 = plan(cluster, app, None, &Observed::default());
+    let mut observed = all_running(&p1, "a");
+    let p2 = plan(cluster, app, Some(&p1.status), &observed);
+    assert!(p2.guest_work.iter().all(|w| matches!(w.kind, WorkKind::Setup { .. })));
+    assert_eq!(
+        p2.guest_work.len(),
+        p2.status.roles.iter().map(|r| r.members.len()).sum::<usize>()
+    );
+    finish_setups(&mut observed, &p2.status, 0);
+    let p3 = plan(cluster, app, Some(&p2.status), &observed);
+    assert_eq!(p3.status.state, Some(ClusterState::Configured), "{:?}", p3.status.roles);
+    assert!(
+        p3.guest_work.is_empty(),
+        "nothing to run once configured: {:?}",
+        p3.guest_work
+    );
+    (p3, observed)
+}
+
+#[test]
+fn setup_result_decides_configured_or_config_error() {
+    let cluster = centos_cluster();
+    let app = app_with_setup();
+    let p1 = plan(&cluster, &app, None, &Observed::default());
+    let mut observed = all_running(&p1, "a");
+    let p2 = plan(&cluster, &app, Some(&p1.status), &observed);
+    assert!(
+        p2.status
+            .roles
+            .iter()
+            .flat_map(|r| &r.members)
+            .all(|m| m.state == MemberState::Creating)
+    );
+
+    // A result for another container means nothing.
+    let pod = members_of(&p2, "LoadBalancer")[0].pod.clone();
+    observed.setups.insert(
+        pod.clone(),
+        Finished {
+            container: "kwok://old".to_string(),
+            exit_code: 0,
+            stdout_tail: String::new(),
+            stderr_tail: String::new(),
+        },
+    );
+    let p3 = plan(&cluster, &app, Some(&p2.status), &observed);
+    assert_eq!(members_of(&p3, "LoadBalancer")[0].state, MemberState::Creating);
+
+    // Exit 3: config error with both tails; the cluster is not Ready and says why.
+    finish_setups(&mut observed, &p3.status, 3);
+    let p4 = plan(&cluster, &app, Some(&p3.status), &observed);
+    let lb = &members_of(&p4, "LoadBalancer")[0];
+    assert_eq!(lb.state, MemberState::ConfigError);
+    let detail = lb.state_detail.config_error_detail.clone().unwrap_or_default();
+    assert!(
+        detail.contains("exited with 3") && detail.contains("out") && detail.contains("boom"),
+        "{detail}"
+    );
+    assert!(p4.status.member_state_rollup.config_errors);
+
+    // Deleting the pod (new container id) sets the member up again.
+    let observed = all_running(&p4, "b");
+    let p5 = plan(&cluster, &app, Some(&p4.status), &observed);
+    let lb = &members_of(&p5, "LoadBalancer")[0];
+    assert_eq!(lb.state, MemberState::Creating);
+    assert!(
+        p5.guest_work
+            .iter()
+            .any(|w| w.pod == lb.pod && w.container.ends_with("-b"))
+    );
+}
+
+#[test]
+fn expand_queues_addnodes_on_existing_members_only() {
+    let mut cluster = centos_cluster();
+    let app = app_with_setup();
+    let (p3, _) = configured(&cluster, &app);
+    let before: Vec<String> = members_of(&p3, "vanilla_centos")
+        .iter()
+        .map(|m| m.pod.clone())
+        .collect();
+    let n = before.len();
+
+    cluster.spec.roles[0].members = Some(i32::try_from(n + 2).expect("small"));
+    let p4 = plan(&cluster, &app, Some(&p3.status), &all_running(&p3, "a"));
+    let mut observed = all_running(&p4, "a");
+    let p5 = plan(&cluster, &app, Some(&p4.status), &observed);
+    finish_setups(&mut observed, &p5.status, 0);
+    let p6 = plan(&cluster, &app, Some(&p5.status), &observed);
+    let vc = members_of(&p6, "vanilla_centos");
+    assert_eq!(vc.len(), n + 2);
+    let new_fqdns: Vec<String> = vc[n..]
+        .iter()
+        .map(|m| format!("{}.{}.ns.svc.cluster.local", m.pod, p6.status.cluster_service))
+        .collect();
+    let expected = guest::notification("addnodes", "vanilla_centos", &new_fqdns);
+    for m in &vc[..n] {
+        assert_eq!(m.state_detail.pending_notify_cmds, vec![expected.clone()], "{}", m.pod);
+    }
+    for m in &vc[n..] {
+        assert!(
+            m.state_detail.pending_notify_cmds.is_empty(),
+            "new members are not told about themselves"
+        );
+    }
+    // v1.node's eventList is empty: it hears nothing.
+    assert!(
+        members_of(&p6, "v1.node")
+            .iter()
+            .all(|m| m.state_detail.pending_notify_cmds.is_empty())
+    );
+    // LoadBalancer (eventList unset = all) hears it too.
+    assert!(
+        members_of(&p6, "LoadBalancer")
+            .iter()
+            .all(|m| m.state_detail.pending_notify_cmds == vec![expected.clone()])
+    );
+    // The head of each queue becomes work, with configmeta naming the new members.
+    let work: Vec<_> = p6
+        .guest_work
+        .iter()
+        .filter(|w| matches!(w.kind, WorkKind::Notify { .. }))
+        .collect();
+    assert_eq!(work.len(), n + 1);
+    let fqdns = &work[0].configmeta["nodegroups"]["1"]["roles"]["vanilla_centos"]["fqdns"];
+    assert_eq!(fqdns.as_array().map(Vec::len), Some(n + 2));
+
+    // Once delivered (the runner reports it), the head is dropped.
+    for w in &work {
+        if let WorkKind::Notify { arguments } = &w.kind {
+            observed.notified.insert(w.pod.clone(), arguments.clone());
+        }
+    }
+    let p7 = plan(&cluster, &app, Some(&p6.status), &observed);
+    assert!(
+        p7.status
+            .roles
+            .iter()
+            .flat_map(|r| &r.members)
+            .all(|m| m.state_detail.pending_notify_cmds.is_empty())
+    );
+    assert!(p7.guest_work.is_empty());
+}
+
+#[test]
+fn shrink_queues_delnodes_and_creation_queues_nothing() {
+    let mut cluster = centos_cluster();
+    cluster.spec.roles[0].members = Some(3);
+    let app = app_with_setup();
+    let (p3, _) = configured(&cluster, &app);
+    assert!(
+        p3.status
+            .roles
+            .iter()
+            .flat_map(|r| &r.members)
+            .all(|m| m.state_detail.pending_notify_cmds.is_empty())
+    );
+
+    cluster.spec.roles[0].members = Some(1);
+    let p4 = plan(&cluster, &app, Some(&p3.status), &all_running(&p3, "a"));
+    let vc = members_of(&p4, "vanilla_centos");
+    let gone: Vec<String> = vc
+        .iter()
+        .filter(|m| m.state == MemberState::Deleting)
+        .map(|m| format!("{}.{}.ns.svc.cluster.local", m.pod, p4.status.cluster_service))
+        .collect();
+    assert_eq!(gone.len(), 2);
+    let expected = guest::notification("delnodes", "vanilla_centos", &gone);
+    assert_eq!(vc[0].state_detail.pending_notify_cmds, vec![expected]);
+    assert!(vc[1..].iter().all(|m| m.state_detail.pending_notify_cmds.is_empty()));
+}
+
+#[test]
+fn event_list_without_addnodes_hears_nothing() {
+    let mut cluster = centos_cluster();
+    let mut app = app_with_setup();
+    for r in &mut app.roles {
+        r.event_list = Some(vec![LifecycleEvent::Configure, LifecycleEvent::Delnodes]);
+    }
+    let (p3, _) = configured(&cluster, &app);
+    cluster.spec.roles[0].members = Some(5);
+    let p4 = plan(&cluster, &app, Some(&p3.status), &all_running(&p3, "a"));
+    let mut observed = all_running(&p4, "a");
+    let p5 = plan(&cluster, &app, Some(&p4.status), &observed);
+    finish_setups(&mut observed, &p5.status, 0);
+    let p6 = plan(&cluster, &app, Some(&p5.status), &observed);
+    assert_eq!(p6.status.state, Some(ClusterState::Configured));
+    assert!(
+        p6.status
+            .roles
+            .iter()
+            .flat_map(|r| &r.members)
+            .all(|m| m.state_detail.pending_notify_cmds.is_empty())
+    );
+}
+
+#[test]
+fn configmeta_has_the_contract_structure() {
+    let cluster = centos_cluster();
+    let app = app_with_setup();
+    let p1 = plan(&cluster, &app, None, &Observed::default());
+    let p2 = plan(&cluster, &app, Some(&p1.status), &all_running(&p1, "a"));
+    let lb = p2
+        .guest_work
+        .iter()
+        .find(|w| w.pod == members_of(&p2, "LoadBalancer")[0].pod)
+        .expect("LB setup work");
+    let cm = &lb.configmeta;
+    let domain = format!("{}.ns.svc.cluster.local", p2.status.cluster_service);
+    assert_eq!(cm["version"], "7");
+    assert_eq!(cm["cluster"]["name"], cluster.metadata.name.clone().unwrap_or_default());
+    assert_eq!(cm["cluster"]["id"], "uid-1");
+    assert_eq!(cm["node"]["role_id"], "LoadBalancer");
+    assert_eq!(cm["node"]["nodegroup_id"], "1");
+    assert_eq!(cm["node"]["domain"], domain.as_str());
+    assert_eq!(cm["node"]["fqdn"], format!("{}.{domain}", lb.pod).as_str());
+    assert_eq!(cm["node"]["distro_id"], "example/centos8");
+    let node_id = members_of(&p2, "LoadBalancer")[0].node_id.to_string();
+    assert_eq!(cm["node"]["id"], node_id.as_str());
+    let role = &cm["nodegroups"]["1"]["roles"]["vanilla_centos"];
+    let pods: Vec<String> = members_of(&p2, "vanilla_centos")
+        .iter()
+        .map(|m| format!("{}.{domain}", m.pod))
+        .collect();
+    assert_eq!(role["fqdns"], serde_json::json!(pods));
+    assert_eq!(role["services"], serde_json::json!(["ssh", "noport"]));
+    assert_eq!(
+        role["fqdn_mappings"][&pods[0]],
+        members_of(&p2, "vanilla_centos")[0].node_id.to_string().as_str()
+    );
+    assert_eq!(cm["nodegroups"]["1"]["catalog_entry_version"], "1.3");
+    // A service with a port has endpoints per member; one without has none.
+    assert_eq!(
+        cm["services"]["ssh"]["1"]["vanilla_centos"]["endpoints"][0],
+        format!("{}:22", pods[0]).as_str()
+    );
+    assert_eq!(
+        cm["services"]["noport"]["1"]["vanilla_centos"]["endpoints"],
+        serde_json::json!([])
+    );
+    for key in ["distros", "connections"] {
+        assert!(cm[key].is_object(), "{key}");
+    }
+}
+
+#[test]
+fn guest_reports_parse_strictly() {
+    assert_eq!(
+        guest::parse_report("c", "kd-result running\n", ""),
+        Ok(SetupReport::Running)
+    );
+    assert_eq!(
+        guest::parse_report("c", "kd-result started\n", ""),
+        Ok(SetupReport::Running)
+    );
+    let done = guest::parse_report("c", "kd-result done 2\nlast words", "err tail");
+    assert_eq!(
+        done,
+        Ok(SetupReport::Done(Finished {
+            container: "c".to_string(),
+            exit_code: 2,
+            stdout_tail: "last words".to_string(),
+            stderr_tail: "err tail".to_string(),
+        }))
+    );
+    assert!(guest::parse_report("c", "sh: not found\n", "").is_err());
+    assert!(guest::parse_report("c", "kd-result done x\n", "").is_err());
+    assert!(guest::parse_report("c", "kd-result maybe\n", "").is_err());
+}
+
+#[test]
+fn tails_cut_on_character_boundaries_and_polls_slow_down() {
+    assert_eq!(guest::tail("abcdef", 3), "def");
+    assert_eq!(guest::tail("ab", 3), "ab");
+    assert_eq!(guest::tail("aé", 1), "");
+    let delays: Vec<u64> = (0..8).map(|n| guest::poll_delay(n).as_secs()).collect();
+    assert_eq!(delays, vec![1, 2, 4, 8, 16, 30, 30, 30]);
+    assert!(guest::notify_retry_delay(10).as_secs() <= 60);
+}

@@ -1,0 +1,79 @@
+# The operator's side of the in-guest contract, run by exec in container `app` as
+#   sh -c <this> kd-guest setup  <container-id> <max-log> <bytes> <package-url>
+#   sh -c <this> kd-guest notify <container-id> <max-log> <bytes> <startscript arguments...>
+# with the member's configmeta.json (<bytes> long) on stdin. Exactly that many bytes are read: an
+# exec's stdin is not reliably closed at the far end (kwok's simulation never sees EOF), so nothing
+# here waits for one. Every call returns quickly except `notify`, which runs
+# the script in the foreground (the operator bounds it with a timeout, outside any worker).
+# It reports on the first line of stdout: `kd-result started|running` or `kd-result done <code>`,
+# followed by the tail of the script's stdout (its stderr tail goes to stderr); the exec itself
+# exits 0 so that the report never depends on how an exec transports exit codes.
+# KD_GUEST_ROOT is unset in a real container; a simulated guest (kwok's local exec) sets it to the
+# member's own directory.
+set -u
+op="$1"; cid="$2"; max="$3"; len="$4"; shift 4
+R="${KD_GUEST_ROOT:-}"
+G="$R/opt/guestconfig"
+E="$R/etc/guestconfig"
+mkdir -p "$G" "$E" || { echo "kd-result done 126"; echo "cannot create $G and $E" >&2; exit 0; }
+
+inject() {
+  head -c "$len" > "$E/configmeta.json.kd-new" && mv -f "$E/configmeta.json.kd-new" "$E/configmeta.json"
+}
+
+startscript() {
+  for s in "$G"/*/startscript "$G/startscript"; do
+    [ -f "$s" ] && { echo "$s"; return 0; }
+  done
+  return 1
+}
+
+report() { # code stdout-file stderr-file
+  echo "kd-result done $1"
+  [ -f "$2" ] && tail -c "$max" "$2"
+  [ -f "$3" ] && tail -c "$max" "$3" >&2
+  exit 0
+}
+
+case "$op" in
+setup)
+  url="$1"
+  st="$G/configure.status"
+  # The exit code recorded for this container (ids hold `/` and `.`: compared as plain strings).
+  code="$([ -f "$st" ] && awk -v c="$cid=" 'index($0, c) == 1 { v = substr($0, length(c) + 1) } END { print v }' "$st")"
+  if [ -n "$code" ]; then
+    report "$code" "$G/configure.stdout" "$G/configure.stderr"
+  fi
+  if [ -f "$G/configure.started" ] && [ "$(cat "$G/configure.started")" = "$cid" ]; then
+    echo "kd-result running"
+    exit 0
+  fi
+  inject || { echo "kd-result done 126"; echo "cannot write $E/configmeta.json" >&2; exit 0; }
+  pkg="$G/kd-package.tgz"
+  case "$url" in
+    file://*) cp "${url#file://}" "$pkg" 2> "$G/fetch.err" ;;
+    http://*|https://*)
+      if command -v curl > /dev/null; then curl -fsSL -o "$pkg" "$url" 2> "$G/fetch.err"
+      else wget -q -O "$pkg" "$url" 2> "$G/fetch.err"; fi ;;
+    *) echo "unsupported package URL $url" > "$G/fetch.err"; false ;;
+  esac || { echo "kd-result done 125"; echo "fetching $url failed:"; cat "$G/fetch.err"; exit 0; }
+  tar -xzf "$pkg" -C "$G" 2> "$G/fetch.err" || { echo "kd-result done 125"; echo "unpacking $url failed:"; cat "$G/fetch.err"; exit 0; }
+  s="$(startscript)" || { echo "kd-result done 127"; echo "no startscript in $url"; exit 0; }
+  chmod +x "$s"
+  rm -f "$st"
+  echo "$cid" > "$G/configure.started"
+  # Detached, with every descriptor redirected: the exec returns at once.
+  (cd "$G" && nohup sh -c '"$1" --configure > "$2/configure.stdout" 2> "$2/configure.stderr"; echo "$3=$?" >> "$2/configure.status"' \
+     kd-configure "$s" "$G" "$cid" < /dev/null > /dev/null 2>&1 &)
+  echo "kd-result started"
+  ;;
+notify)
+  inject || { echo "kd-result done 126"; echo "cannot write $E/configmeta.json" >&2; exit 0; }
+  s="$(startscript)" || { echo "kd-result done 127"; echo "no startscript in $G"; exit 0; }
+  (cd "$G" && "$s" "$@" > "$G/notify.stdout" 2> "$G/notify.stderr" < /dev/null)
+  report "$?" "$G/notify.stdout" "$G/notify.stderr"
+  ;;
+*)
+  echo "kd-result done 2"; echo "unknown operation $op" >&2
+  ;;
+esac
