@@ -135,6 +135,7 @@ pub fn floor_group(name: &str, namespace: &str, w: &Workload, placement: Placeme
             settings: &settings,
             classes: &classes,
             observed: &observed,
+            connections: &kubedirector::model::connections::empty(),
             now: now.clone(),
         });
         if !p.errors.is_empty() {

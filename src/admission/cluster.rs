@@ -6,6 +6,7 @@ use serde_json::{Value, json};
 
 use crate::api::KubeDirectorClusterSpec;
 use crate::model::catalog::{ResolvedApp, apply_cluster_defaults, find_app};
+use crate::model::connections;
 use crate::model::settings::Settings;
 use crate::model::validate::{self, FieldError, effective_storage_class, parse_quantity};
 
@@ -98,7 +99,20 @@ pub fn validate(
         }
     }
     errors.extend(secrets(ns, spec, world));
+    errors.extend(connection_refs(ns, spec));
     errors
+}
+
+/// References in `spec.connections` must have one of the three forms (whether the objects exist is
+/// not checked: a connection may name what is created later, and its arrival reconnects).
+fn connection_refs(ns: &str, spec: &KubeDirectorClusterSpec) -> Vec<FieldError> {
+    let (_, bad) = connections::targets(spec.connections.as_ref(), "", ns);
+    bad.into_iter()
+        .map(|e| match e.split_once(": ") {
+            Some((field, message)) => err(field, message),
+            None => err("spec.connections", e),
+        })
+        .collect()
 }
 
 fn apps_named(world: &dyn World, ns: &str) -> String {

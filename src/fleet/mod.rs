@@ -18,6 +18,7 @@ use tracing::{error, info, warn};
 
 use crate::admission::caches::{Caches, Worlds};
 use crate::admission::server::{self as webhook, WebhookOptions};
+use crate::reconcile::connections::Hub;
 use crate::reconcile::driver::{self, MemberHandle, Options};
 use crate::shard::manager::{self as shard_manager, ShardOptions, Shards};
 use crate::telemetry::metrics::Metrics;
@@ -93,6 +94,7 @@ struct Shared<'a> {
     shards: &'a Option<Arc<Shards>>,
     members: &'a Members,
     worlds: Option<Arc<Worlds>>,
+    hub: Arc<Hub>,
 }
 
 fn start(context: String, client: Client, shared: &Shared<'_>, fingerprint: String) -> Running {
@@ -102,6 +104,7 @@ fn start(context: String, client: Client, shared: &Shared<'_>, fingerprint: Stri
         shards,
         members,
         worlds,
+        hub,
     } = shared;
     // Admission decisions for this member read their own caches (all namespaces).
     let admission = worlds.as_ref().map(|w| {
@@ -114,6 +117,7 @@ fn start(context: String, client: Client, shared: &Shared<'_>, fingerprint: Stri
         (w.clone(), task)
     });
     let (stop, stopped) = oneshot::channel::<()>();
+    let hub = Arc::clone(hub);
     let (member, metrics, registry, shards) = (
         Options::clone(member),
         Arc::clone(metrics),
@@ -130,7 +134,8 @@ fn start(context: String, client: Client, shared: &Shared<'_>, fingerprint: Stri
         let shutdown = async move {
             let _ = stopped.await;
         };
-        if let Err(e) = driver::run_member(name.clone(), client, member, metrics, shards, shutdown, register).await {
+        if let Err(e) = driver::run_member(name.clone(), client, member, hub, metrics, shards, shutdown, register).await
+        {
             error!(context = %name, error = %e, "member cluster failed");
         }
         if let Some((worlds, task)) = admission {
@@ -220,6 +225,7 @@ pub async fn run(
             shards: &shards,
             members: &members,
             worlds: admission.as_ref().map(|a| a.worlds.clone()),
+            hub: Hub::new(),
         };
         let started = start("in-cluster".to_string(), client, &shared, String::new());
         running.insert("in-cluster".to_string(), started);
@@ -271,6 +277,7 @@ pub async fn run(
         shards: &shards,
         members: &members,
         worlds: admission.as_ref().map(|a| a.worlds.clone()),
+        hub: Hub::new(),
     };
     tokio::pin!(shutdown);
     loop {

@@ -95,6 +95,16 @@ pub fn for_member(c: &Cluster, pod: &str) -> Option<Value> {
     Some(doc)
 }
 
+/// What a connected cluster contributes to `connections.clusters`: its configmeta without `node`
+/// (and without its own connections).
+pub fn for_cluster(c: &Cluster) -> Value {
+    let mut doc = shared(c, &domain(c.headless_service, c.namespace));
+    if let Some(obj) = doc.as_object_mut() {
+        obj.remove("connections");
+    }
+    doc
+}
+
 /// Everything but `node`: the same for every member.
 fn shared(c: &Cluster, domain: &str) -> Value {
     let config_meta: Map<String, Value> = c

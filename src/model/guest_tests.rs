@@ -7,7 +7,7 @@ use super::catalog::ResolvedApp;
 use super::guest::{self, Finished, SetupReport, WorkKind};
 use super::members::Observed;
 use super::plan::ClusterPlan;
-use super::tests::{all_running, centos_app, centos_cluster, plan};
+use super::tests::{all_running, centos_app, centos_cluster, plan, plan_with};
 
 /// The centos-like app with a setup package on every role.
 fn app_with_setup() -> ResolvedApp {
@@ -322,4 +322,53 @@ fn tails_cut_on_character_boundaries_and_polls_slow_down() {
     let delays: Vec<u64> = (0..8).map(|n| guest::poll_delay(n).as_secs()).collect();
     assert_eq!(delays, vec![1, 2, 4, 8, 16, 30, 30, 30]);
     assert!(guest::notify_retry_delay(10).as_secs() <= 60);
+}
+
+#[test]
+fn a_change_of_connected_content_queues_reconnect_until_delivered() {
+    let cluster = centos_cluster();
+    let app = app_with_setup();
+    let (p3, mut observed) = configured(&cluster, &app);
+    let first = p3.status.last_connection_hash.clone();
+    assert!(!first.is_empty(), "the hash is recorded from the start");
+
+    // Same content again: nothing to tell.
+    let same = plan(&cluster, &app, Some(&p3.status), &observed);
+    assert!(same.guest_work.is_empty());
+    assert_eq!(same.status.last_connection_hash, first);
+
+    // A connected ConfigMap changed: every configured member with a package hears --reconnect, and
+    // the cluster is `updating` until they have.
+    let changed =
+        serde_json::json!({"clusters": {}, "configmaps": {"settings": [{"data": {"k": "2"}}]}, "secrets": {}});
+    let p4 = plan_with(&cluster, &app, Some(&p3.status), &observed, &changed);
+    assert_ne!(p4.status.last_connection_hash, first);
+    assert_eq!(p4.status.state, Some(ClusterState::Updating));
+    let reconnect = crate::model::connections::reconnect();
+    let members: Vec<_> = p4.status.roles.iter().flat_map(|r| &r.members).collect();
+    assert!(
+        members
+            .iter()
+            .all(|m| m.state_detail.pending_notify_cmds == vec![reconnect.clone()])
+    );
+    // Each notification carries the new content in configmeta.
+    assert_eq!(p4.guest_work.len(), members.len());
+    assert!(p4.guest_work.iter().all(|w| w.configmeta["connections"] == changed));
+    // Planned again before delivery: queued once, not twice.
+    let again = plan_with(&cluster, &app, Some(&p4.status), &observed, &changed);
+    assert!(
+        again
+            .status
+            .roles
+            .iter()
+            .flat_map(|r| &r.members)
+            .all(|m| m.state_detail.pending_notify_cmds.len() == 1)
+    );
+
+    for m in &members {
+        observed.notified.insert(m.pod.clone(), reconnect.arguments.clone());
+    }
+    let p5 = plan_with(&cluster, &app, Some(&p4.status), &observed, &changed);
+    assert_eq!(p5.status.state, Some(ClusterState::Configured));
+    assert!(p5.guest_work.is_empty());
 }

@@ -4,6 +4,7 @@
 pub mod cardinality;
 pub mod catalog;
 pub mod configmeta;
+pub mod connections;
 pub mod desired;
 pub mod guest;
 pub mod labels;

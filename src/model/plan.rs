@@ -10,6 +10,7 @@ use crate::api::cluster::{ClusterState, KubeDirectorClusterSpec, KubeDirectorClu
 
 use super::catalog::{self, ResolvedApp};
 use super::configmeta;
+use super::connections;
 use super::desired::{self, ClusterFacts, RoleInput};
 use super::guest;
 use super::members::{self, Observed, RoleShape};
@@ -29,6 +30,8 @@ pub struct ClusterInput<'a> {
     pub settings: &'a Settings,
     pub classes: &'a StorageClasses,
     pub observed: &'a Observed,
+    /// `connections` of configmeta: the connected objects' content (`connections::empty()` if none).
+    pub connections: &'a serde_json::Value,
     pub now: Time,
 }
 
@@ -234,7 +237,20 @@ pub fn plan_cluster(input: &ClusterInput) -> ClusterPlan {
     let prev_state = input.prev.and_then(|s| s.state);
     let domain = configmeta::domain(&facts.headless_name, input.namespace);
     guest::queue_notifications(prev_state, prev_roles, &mut roles, input.app, &domain);
+    // A change of the connected content tells the configured members (`--reconnect`); the first hash
+    // is only recorded (members configure with the connections in their configmeta).
+    let connection_hash = connections::content_hash(input.connections);
+    let prev_hash = input.prev.map(|s| s.last_connection_hash.as_str()).unwrap_or_default();
+    if !prev_hash.is_empty()
+        && prev_hash != connection_hash
+        && matches!(prev_state, Some(ClusterState::Configured | ClusterState::Updating))
+    {
+        connections::queue_reconnect(&mut roles, input.app);
+    }
     let mut state = status::cluster_state(prev_state, &roles);
+    if state == ClusterState::Configured && connections::reconnect_pending(&roles) {
+        state = ClusterState::Updating;
+    }
     if orphans && state == ClusterState::Configured {
         state = if matches!(prev_state, None | Some(ClusterState::Creating)) {
             ClusterState::Creating
@@ -253,7 +269,7 @@ pub fn plan_cluster(input: &ClusterInput) -> ClusterPlan {
             spec,
             app: input.app,
             roles: &roles,
-            connections: &serde_json::json!({"clusters": {}, "configmaps": {}, "secrets": {}}),
+            connections: input.connections,
         },
         input.observed,
     );
@@ -277,7 +293,7 @@ pub fn plan_cluster(input: &ClusterInput) -> ClusterPlan {
         cluster_service: facts.headless_name.clone(),
         last_node_id,
         roles,
-        last_connection_hash: input.prev.map(|s| s.last_connection_hash.clone()).unwrap_or_default(),
+        last_connection_hash: connection_hash,
         restore_progress: input.prev.and_then(|s| s.restore_progress.clone()),
         observed_generation: input.generation,
     };

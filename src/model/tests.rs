@@ -64,6 +64,17 @@ pub(super) fn plan(
     prev: Option<&KubeDirectorClusterStatus>,
     observed: &Observed,
 ) -> ClusterPlan {
+    plan_with(cluster, app, prev, observed, &super::connections::empty())
+}
+
+/// `plan` with the given connected content.
+pub(super) fn plan_with(
+    cluster: &KubeDirectorCluster,
+    app: &ResolvedApp,
+    prev: Option<&KubeDirectorClusterStatus>,
+    observed: &Observed,
+    connections: &serde_json::Value,
+) -> ClusterPlan {
     plan_cluster(&ClusterInput {
         name: cluster.metadata.name.as_deref().expect("name"),
         namespace: "ns",
@@ -75,6 +86,7 @@ pub(super) fn plan(
         settings: &Settings::default(),
         classes: &classes(),
         observed,
+        connections,
         now: now(),
     })
 }

@@ -11,6 +11,7 @@ use tracing::{debug, info, warn};
 
 use crate::api::KubeDirectorCluster;
 use crate::api::cluster::{ClusterState, KubeDirectorClusterStatus};
+use crate::model::connections;
 use crate::model::labels::FINALIZER;
 use crate::model::plan::{self, ClusterInput};
 use crate::model::validate;
@@ -135,6 +136,16 @@ pub async fn reconcile(obj: Arc<DynamicObject>, ctx: &Ctx) -> Result<Outcome, Er
         Err(message) => return block(ctx, &obj, "AppNotFound", message).await,
     };
     let classes = observe::storage_classes(ctx);
+    let (targets, bad_refs) = connections::targets(cluster.spec.connections.as_ref(), &ctx.context, &ns);
+    if !bad_refs.is_empty() {
+        return block(ctx, &obj, "InvalidSpec", bad_refs.join("; ")).await;
+    }
+    // Connected objects not found are left out (and logged): the cluster works without them, and
+    // their arrival changes the content hash, which tells the members (`--reconnect`).
+    let (connected, missing) = ctx.hub.resolve(&targets);
+    if !missing.is_empty() {
+        debug!(context = %ctx.context, cluster = %name, namespace = %ns, ?missing, "connected objects not found");
+    }
     let (mut observed, children) = observe::observe(ctx, &ns, &name);
     let prev = cluster.status.clone();
     if let Some(p) = &prev {
@@ -152,6 +163,7 @@ pub async fn reconcile(obj: Arc<DynamicObject>, ctx: &Ctx) -> Result<Outcome, Er
         settings: &settings,
         classes: &classes,
         observed: &observed,
+        connections: &connected,
         now: now(),
     });
     if !plan.errors.is_empty() {

@@ -3,7 +3,7 @@
 
 use futures::FutureExt;
 use k8s_openapi::api::apps::v1::StatefulSet;
-use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod, Service};
+use k8s_openapi::api::core::v1::{ConfigMap, PersistentVolumeClaim, Pod, Secret, Service};
 use k8s_openapi::api::storage::v1::StorageClass;
 use kube::Client;
 use kube::api::{ApiResource, DynamicObject};
@@ -26,6 +26,9 @@ pub struct Stores {
     pub pods: Store<Pod>,
     pub pvcs: Store<PersistentVolumeClaim>,
     pub storage_classes: Store<StorageClass>,
+    /// ConfigMaps and Secrets that connections may name (only those with a type label).
+    pub configmaps: Store<ConfigMap>,
+    pub secrets: Store<Secret>,
 }
 
 impl Stores {
@@ -49,7 +52,9 @@ impl Stores {
             && one(&self.services)?
             && one(&self.pods)?
             && one(&self.pvcs)?
-            && one(&self.storage_classes)?)
+            && one(&self.storage_classes)?
+            && one(&self.configmaps)?
+            && one(&self.secrets)?)
     }
 }
 
@@ -81,4 +86,6 @@ pub struct Ctx {
     pub replica: String,
     /// Runs setup and notification commands inside members, off the workers.
     pub guest: Arc<super::guest::Runner>,
+    /// Every member cluster's caches and queue, for connections.
+    pub hub: Arc<super::connections::Hub>,
 }

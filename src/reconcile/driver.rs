@@ -10,7 +10,7 @@ use futures::stream::BoxStream;
 use futures::{Stream, StreamExt};
 use k8s_openapi::NamespaceResourceScope;
 use k8s_openapi::api::apps::v1::StatefulSet;
-use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod, Service};
+use k8s_openapi::api::core::v1::{ConfigMap, PersistentVolumeClaim, Pod, Secret, Service};
 use k8s_openapi::api::storage::v1::StorageClass;
 use kube::api::{ApiResource, DynamicObject};
 use kube::runtime::events::{Recorder, Reporter};
@@ -21,6 +21,7 @@ use tokio::sync::broadcast;
 use tracing::{Instrument, info, warn};
 
 use crate::api::{KubeDirectorApp, KubeDirectorCluster, KubeDirectorConfig};
+use crate::model::connections::{Kind, Target};
 use crate::model::labels;
 use crate::queue::backoff::Backoff;
 use crate::queue::coalesce::StatusCoalescer;
@@ -31,6 +32,7 @@ use crate::telemetry::metrics::{Metrics, OutcomeLabels};
 use crate::telemetry::trace;
 
 use super::cluster::{outcome_of_error, reconcile};
+use super::connections::{CM_TYPE, Hub, MemberView, SECRET_TYPE};
 use super::context::{ClusterKey, Ctx, Stores};
 
 /// Settings shared by every member cluster.
@@ -98,6 +100,27 @@ where
     (store, events.boxed())
 }
 
+/// A cache of the objects of a kind that carry `label` (ConfigMaps and Secrets typed for
+/// connections), and the (namespace, name) of each change.
+fn typed<K>(
+    api: Api<K>,
+    label: &str,
+) -> (
+    Store<K>,
+    impl Stream<Item = Result<(String, String), watcher::Error>> + Send + 'static,
+)
+where
+    K: Resource<DynamicType = ()> + Clone + std::fmt::Debug + serde::de::DeserializeOwned + Send + Sync + 'static,
+{
+    let (store, writer) = reflector::store();
+    let config = watcher::Config::default().any_semantic().labels(label);
+    let events = reflector::reflector(writer, watcher(api, config))
+        .default_backoff()
+        .touched_objects()
+        .map(|r| r.map(|o: K| (o.namespace().unwrap_or_default(), o.name_any())));
+    (store, events)
+}
+
 /// A cache of one of our kinds, read untyped so that one malformed object cannot break the watch.
 fn ours(
     api: Api<DynamicObject>,
@@ -125,10 +148,12 @@ fn all_keys(store: &Store<DynamicObject>) -> Vec<ClusterKey> {
 }
 
 /// Runs one member cluster until `shutdown` resolves; in-flight reconciles finish first.
+#[allow(clippy::too_many_arguments)] // the member's parts, each built by the fleet
 pub async fn run_member(
     context: String,
     client: Client,
     options: Options,
+    hub: Arc<Hub>,
     metrics: Arc<Metrics>,
     shards: Option<Arc<Shards>>,
     shutdown: impl std::future::Future<Output = ()> + Send,
@@ -160,6 +185,8 @@ pub async fn run_member(
     let (services, svc_events) = children(scoped::<Service>(&client, &ns));
     let (pods, pod_events) = children(scoped::<Pod>(&client, &ns));
     let (pvcs, pvc_events) = children(scoped::<PersistentVolumeClaim>(&client, &ns));
+    let (configmaps, cm_events) = typed(scoped::<ConfigMap>(&client, &ns), CM_TYPE);
+    let (secrets, secret_events) = typed(scoped::<Secret>(&client, &ns), SECRET_TYPE);
     let (storage_classes, sc_writer) = reflector::store::<StorageClass>();
     let sc_events = reflector::reflector(
         sc_writer,
@@ -189,13 +216,32 @@ pub async fn run_member(
         }
     };
     let (for_configs, for_classes) = (clusters.clone(), clusters.clone());
+    // A connected ConfigMap or Secret changed: the clusters connected to it, in any member cluster.
+    let connected = |kind: Kind| {
+        let (hub, context) = (hub.clone(), context.clone());
+        move |(ns, name): (String, String)| {
+            hub.changed(&Target {
+                kind,
+                context: context.clone(),
+                namespace: ns,
+                name,
+            });
+            Vec::new()
+        }
+    };
+    let (on_configmap, on_secret) = (connected(Kind::ConfigMap), connected(Kind::Secret));
     let streams: Vec<Events> = vec![
         {
-            let clusters = clusters.clone();
+            let (clusters, hub, context) = (clusters.clone(), hub.clone(), context.clone());
             cluster_events
                 .map(move |r| {
                     r.map(|event| match event {
-                        watcher::Event::Apply(c) | watcher::Event::Delete(c) | watcher::Event::InitApply(c) => {
+                        watcher::Event::Apply(c) | watcher::Event::InitApply(c) => {
+                            hub.cluster_applied(&context, &c);
+                            key_of(c.namespace(), c.name_any()).into_iter().collect()
+                        }
+                        watcher::Event::Delete(c) => {
+                            hub.cluster_deleted(&context, &c);
                             key_of(c.namespace(), c.name_any()).into_iter().collect()
                         }
                         watcher::Event::Init => Vec::new(),
@@ -211,6 +257,8 @@ pub async fn run_member(
         app_events.map(move |r| r.map(&by_app)).boxed(),
         config_events.map(move |r| r.map(|_| all_keys(&for_configs))).boxed(),
         sc_events.map(move |r| r.map(|_| all_keys(&for_classes))).boxed(),
+        cm_events.map(move |r| r.map(&on_configmap)).boxed(),
+        secret_events.map(move |r| r.map(&on_secret)).boxed(),
     ];
 
     // Guest commands that finish (or whose poll delay passes) put their cluster back on the queue.
@@ -225,7 +273,7 @@ pub async fn run_member(
         context.clone(),
         client.clone(),
         options.guest.clone(),
-        wake,
+        wake.clone(),
     ));
     let budget = WriteBudget::new(options.write_qps, options.write_burst)?;
     let recorder = Recorder::new(
@@ -243,7 +291,21 @@ pub async fn run_member(
         pods,
         pvcs,
         storage_classes,
+        configmaps: configmaps.clone(),
+        secrets: secrets.clone(),
     };
+    hub.register(
+        &context,
+        MemberView {
+            clusters: clusters.clone(),
+            apps: stores.apps.clone(),
+            configmaps,
+            secrets,
+            operator_namespace: options.operator_namespace.clone(),
+            wake: wake.clone(),
+            cluster_resource: cluster_ar.clone(),
+        },
+    );
     let ctx = Arc::new(Ctx {
         context: context.clone(),
         client,
@@ -258,6 +320,7 @@ pub async fn run_member(
         cluster_resource: cluster_ar.clone(),
         replica: options.replica.clone(),
         guest,
+        hub: hub.clone(),
     });
 
     let healthy = Arc::new(AtomicBool::new(false));
@@ -456,6 +519,7 @@ pub async fn run_member(
         a.abort();
     }
     metrics.cluster_healthy.get_or_create(&labels).set(0);
+    hub.deregister(&context);
     info!(%context, "member cluster stopped");
     Ok(())
 }

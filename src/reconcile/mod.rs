@@ -2,6 +2,7 @@
 
 pub mod apply;
 pub mod cluster;
+pub mod connections;
 pub mod context;
 pub mod crashpoint;
 pub mod driver;

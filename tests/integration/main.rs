@@ -7,6 +7,7 @@ mod common;
 
 mod admission;
 mod chart;
+mod connections;
 mod crds;
 mod fault;
 mod fleet;
