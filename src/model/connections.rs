@@ -161,8 +161,9 @@ pub fn reconnect() -> NotificationDesc {
     }
 }
 
-/// Queues `--reconnect` on every configured member whose role runs a setup package (once: not when
-/// one is already waiting).
+/// Queues `--reconnect` on every member whose role runs a setup package and that has seen the old
+/// content: configured, or `creating` (its setup may have started with it; the notification waits
+/// until it is configured). Once: not when one is already waiting.
 pub fn queue_reconnect(roles: &mut [RoleStatus], app: &ResolvedApp) {
     let note = reconnect();
     for role in roles.iter_mut() {
@@ -171,7 +172,8 @@ pub fn queue_reconnect(roles: &mut [RoleStatus], app: &ResolvedApp) {
         }
         for m in &mut role.members {
             let queue = &mut m.state_detail.pending_notify_cmds;
-            if m.state == MemberState::Configured && !queue.contains(&note) {
+            let seen = matches!(m.state, MemberState::Configured | MemberState::Creating);
+            if seen && !queue.contains(&note) {
                 queue.push(note.clone());
             }
         }

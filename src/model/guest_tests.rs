@@ -372,3 +372,42 @@ fn a_change_of_connected_content_queues_reconnect_until_delivered() {
     assert_eq!(p5.status.state, Some(ClusterState::Configured));
     assert!(p5.guest_work.is_empty());
 }
+
+#[test]
+fn a_change_while_creating_reaches_members_whose_setup_may_have_seen_the_old_content() {
+    let cluster = centos_cluster();
+    let app = app_with_setup();
+    let p1 = plan(&cluster, &app, None, &Observed::default());
+    let observed = all_running(&p1, "a");
+    let p2 = plan(&cluster, &app, Some(&p1.status), &observed);
+    assert!(
+        p2.status
+            .roles
+            .iter()
+            .flat_map(|r| &r.members)
+            .all(|m| m.state == MemberState::Creating)
+    );
+    let changed = serde_json::json!({"clusters": {"db": {}}, "configmaps": {}, "secrets": {}});
+    let p3 = plan_with(&cluster, &app, Some(&p2.status), &observed, &changed);
+    let reconnect = crate::model::connections::reconnect();
+    assert!(
+        p3.status
+            .roles
+            .iter()
+            .flat_map(|r| &r.members)
+            .all(|m| m.state_detail.pending_notify_cmds == vec![reconnect.clone()]),
+        "queued on creating members"
+    );
+    // Not run before they are configured: only setup work.
+    assert!(p3.guest_work.iter().all(|w| matches!(w.kind, WorkKind::Setup { .. })));
+    // Members whose pods do not run yet (create pending) will read the new content at setup.
+    let p0 = plan(&cluster, &app, None, &Observed::default());
+    let p0b = plan_with(&cluster, &app, Some(&p0.status), &Observed::default(), &changed);
+    assert!(
+        p0b.status
+            .roles
+            .iter()
+            .flat_map(|r| &r.members)
+            .all(|m| m.state_detail.pending_notify_cmds.is_empty())
+    );
+}

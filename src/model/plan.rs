@@ -237,14 +237,11 @@ pub fn plan_cluster(input: &ClusterInput) -> ClusterPlan {
     let prev_state = input.prev.and_then(|s| s.state);
     let domain = configmeta::domain(&facts.headless_name, input.namespace);
     guest::queue_notifications(prev_state, prev_roles, &mut roles, input.app, &domain);
-    // A change of the connected content tells the configured members (`--reconnect`); the first hash
-    // is only recorded (members configure with the connections in their configmeta).
+    // A change of the connected content tells the members that have seen the old one (`--reconnect`);
+    // the first hash is only recorded (members configure with the connections in their configmeta).
     let connection_hash = connections::content_hash(input.connections);
     let prev_hash = input.prev.map(|s| s.last_connection_hash.as_str()).unwrap_or_default();
-    if !prev_hash.is_empty()
-        && prev_hash != connection_hash
-        && matches!(prev_state, Some(ClusterState::Configured | ClusterState::Updating))
-    {
+    if !prev_hash.is_empty() && prev_hash != connection_hash {
         connections::queue_reconnect(&mut roles, input.app);
     }
     let mut state = status::cluster_state(prev_state, &roles);

@@ -110,8 +110,11 @@ async fn a_changed_connected_configmap_or_remote_cluster_reconnects_only_the_con
         .await
         .expect("create Secret");
 
+    // The remote cluster is there (with its status) before the connected one is created, so that
+    // the connected members configure with it and nothing has changed for them afterwards.
     create(&c2, &ns, &cluster("remote", "setup-test", 1)).await;
     create(&c1, &ns, &cluster("db", "setup-test", 1)).await;
+    settled(&c2, &ns, "remote", &op.log).await;
     let mut connected = cluster("app", "setup-test", 2);
     connected["spec"]["connections"] = json!({
         "clusters": [format!("kwok-kd-2/{ns}/remote")], "configmaps": ["cfg"], "secrets": ["creds"]
