@@ -6,9 +6,11 @@
 use std::time::Duration;
 
 use crate::api::app::LifecycleEvent;
-use crate::api::cluster::{ClusterState, MemberState, MemberStatus, NotificationDesc, RoleStatus};
+use crate::api::cluster::{
+    ClusterState, FileInjection, MemberState, MemberStatus, NotificationDesc, RoleSpec, RoleStatus,
+};
 
-use super::catalog::ResolvedApp;
+use super::catalog::{ResolvedApp, ResolvedRole};
 use super::configmeta;
 
 /// The result of one finished guest command, as its script reported it.
@@ -195,26 +197,39 @@ pub struct Work {
     pub configmeta: serde_json::Value,
 }
 
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq)]
 pub enum WorkKind {
-    /// Fetch the package (once per container) and start or poll `startscript --configure`.
-    Setup { package_url: String },
+    /// Inject the role's files and fetch the package (once per container), then start or poll
+    /// `startscript --configure`. Without a package (injections only) the setup is done once the
+    /// files are in.
+    Setup {
+        package_url: Option<String>,
+        injections: Vec<FileInjection>,
+    },
     /// Run `startscript <arguments>` (the head of the member's notification queue).
     Notify { arguments: Vec<String> },
 }
 
+/// Whether members of a role are set up inside (a package to run, or files to inject): they stay
+/// `creating` until that is done.
+pub fn has_setup(app_role: &ResolvedRole, role_spec: Option<&RoleSpec>) -> bool {
+    app_role.setup_package.is_some() || role_spec.is_some_and(|r| !r.file_injections.is_empty())
+}
+
 /// The guest commands the members of a status need now: setup for members `creating` in a role with
-/// a package (until a result for their container is known), the head notification for configured
-/// members with a queue.
+/// a package or file injections (until a result for their container is known), the head
+/// notification for configured members with a queue.
 pub fn work(c: &configmeta::Cluster, observed: &super::members::Observed) -> Vec<Work> {
     let mut out = Vec::new();
     for role in c.roles {
         let Some(app_role) = c.app.role(&role.id) else {
             continue;
         };
-        let Some(package) = &app_role.setup_package else {
+        let role_spec = c.spec.roles.iter().find(|r| r.id == role.id);
+        if !has_setup(app_role, role_spec) {
             continue;
-        };
+        }
+        let injections = role_spec.map(|r| r.file_injections.clone()).unwrap_or_default();
         for m in &role.members {
             let kind = match (m.state, &m.state_detail.configuring_container) {
                 (MemberState::Creating, Some(container)) => {
@@ -225,7 +240,8 @@ pub fn work(c: &configmeta::Cluster, observed: &super::members::Observed) -> Vec
                     (
                         container.clone(),
                         WorkKind::Setup {
-                            package_url: package.package_url.clone(),
+                            package_url: app_role.setup_package.as_ref().map(|p| p.package_url.clone()),
+                            injections: injections.clone(),
                         },
                     )
                 }

@@ -411,3 +411,45 @@ fn a_change_while_creating_reaches_members_whose_setup_may_have_seen_the_old_con
             .all(|m| m.state_detail.pending_notify_cmds.is_empty())
     );
 }
+
+#[test]
+fn file_injections_alone_make_a_setup_and_travel_with_it() {
+    let mut cluster = centos_cluster();
+    let app = centos_app(); // vanilla_centos has no package
+    cluster.spec.roles[0].file_injections = vec![crate::api::cluster::FileInjection {
+        src_url: "https://files.example.invalid/a.conf".to_string(),
+        dest_dir: "/etc/a".to_string(),
+        permissions: None,
+    }];
+    let p1 = plan(&cluster, &app, None, &Observed::default());
+    let p2 = plan(&cluster, &app, Some(&p1.status), &all_running(&p1, "a"));
+    let vc = members_of(&p2, "vanilla_centos");
+    assert!(
+        vc.iter().all(|m| m.state == MemberState::Creating),
+        "waits for its files"
+    );
+    let work: Vec<_> = p2
+        .guest_work
+        .iter()
+        .filter(|w| vc.iter().any(|m| m.pod == w.pod))
+        .collect();
+    assert_eq!(work.len(), vc.len());
+    for w in work {
+        match &w.kind {
+            WorkKind::Setup {
+                package_url,
+                injections,
+            } => {
+                assert_eq!(package_url, &None);
+                assert_eq!(injections.len(), 1);
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+    // v1.node (no package, no injections) is configured at once.
+    assert!(
+        members_of(&p2, "v1.node")
+            .iter()
+            .all(|m| m.state == MemberState::Configured)
+    );
+}

@@ -139,7 +139,7 @@ pub fn plan_cluster(input: &ClusterInput) -> ClusterPlan {
             statefulset: &sts_name,
             desired: desired_members,
             opens_ports: role.opens_ports(),
-            has_setup: role.setup_package.is_some(),
+            has_setup: guest::has_setup(role, Some(role_spec)),
             max_log_size_dump: usize::try_from(role.max_log_size_dump).unwrap_or(0),
             claims: &claims,
             block_device_paths: &block_paths,

@@ -176,9 +176,22 @@ impl Runner {
             stdin.len().to_string(),
         ];
         let timeout = match &w.kind {
-            WorkKind::Setup { package_url } => {
+            WorkKind::Setup {
+                package_url,
+                injections,
+            } => {
                 args[0] = "setup".to_string();
-                args.push(package_url.clone());
+                args.push(package_url.clone().unwrap_or_default());
+                for f in injections {
+                    let p = f.permissions.clone().unwrap_or_default();
+                    args.extend([
+                        f.src_url.clone(),
+                        f.dest_dir.clone(),
+                        p.file_mode.map(|m| m.to_string()).unwrap_or_default(),
+                        p.file_owner.unwrap_or_default(),
+                        p.file_group.unwrap_or_default(),
+                    ]);
+                }
                 self.limits.setup_timeout
             }
             WorkKind::Notify { arguments } => {

@@ -1,5 +1,5 @@
 # The operator's side of the in-guest contract, run by exec in container `app` as
-#   sh -c <this> kd-guest setup  <container-id> <max-log> <bytes> <package-url>
+#   sh -c <this> kd-guest setup  <container-id> <max-log> <bytes> <package-url|""> [<src> <dest-dir> <mode> <owner> <group>]...
 #   sh -c <this> kd-guest notify <container-id> <max-log> <bytes> <startscript arguments...>
 # with the member's configmeta.json (<bytes> long) on stdin. Exactly that many bytes are read: an
 # exec's stdin is not reliably closed at the far end (kwok's simulation never sees EOF), so nothing
@@ -28,6 +28,20 @@ startscript() {
   return 1
 }
 
+fetch() { # url file; errors in $G/fetch.err
+  case "$1" in
+    file://*) cp "${1#file://}" "$2" ;;
+    http://*|https://*)
+      if command -v curl > /dev/null; then curl -fsSL -o "$2" "$1"
+      else wget -q -O "$2" "$1"; fi ;;
+    *) echo "unsupported URL $1 (allowed: file://, http://, https://)" >&2; false ;;
+  esac 2> "$G/fetch.err"
+}
+
+failed() { # code message: a setup that cannot proceed, reported as finished with `code`
+  echo "kd-result done $1"; echo "$2"; [ -s "$G/fetch.err" ] && cat "$G/fetch.err"; exit 0
+}
+
 report() { # code stdout-file stderr-file
   echo "kd-result done $1"
   [ -f "$2" ] && tail -c "$max" "$2"
@@ -48,16 +62,25 @@ setup)
     echo "kd-result running"
     exit 0
   fi
-  inject || { echo "kd-result done 126"; echo "cannot write $E/configmeta.json" >&2; exit 0; }
+  : > "$G/fetch.err"
+  inject || failed 126 "cannot write $E/configmeta.json"
+  shift
+  # The role's fileInjections, in order: fetched into <dest-dir>, mode (numeric) and owner applied.
+  while [ "$#" -ge 5 ]; do
+    src="$1"; dest="$R$2"; mode="$3"; owner="$4"; group="$5"; shift 5
+    mkdir -p "$dest" || failed 124 "cannot create $2"
+    f="$dest/$(basename "${src%%\?*}")"
+    fetch "$src" "$f" || failed 124 "file injection $src failed:"
+    if [ -n "$mode" ]; then chmod "$(printf '%o' "$mode")" "$f" || failed 124 "chmod $mode $f failed"; fi
+    if [ -n "$owner$group" ]; then chown "$owner${group:+:$group}" "$f" || failed 124 "chown $owner:$group $f failed"; fi
+  done
+  if [ -z "$url" ]; then # files only, no package: done
+    echo "$cid=0" >> "$st"
+    report 0 /dev/null /dev/null
+  fi
   pkg="$G/kd-package.tgz"
-  case "$url" in
-    file://*) cp "${url#file://}" "$pkg" 2> "$G/fetch.err" ;;
-    http://*|https://*)
-      if command -v curl > /dev/null; then curl -fsSL -o "$pkg" "$url" 2> "$G/fetch.err"
-      else wget -q -O "$pkg" "$url" 2> "$G/fetch.err"; fi ;;
-    *) echo "unsupported package URL $url" > "$G/fetch.err"; false ;;
-  esac || { echo "kd-result done 125"; echo "fetching $url failed:"; cat "$G/fetch.err"; exit 0; }
-  tar -xzf "$pkg" -C "$G" 2> "$G/fetch.err" || { echo "kd-result done 125"; echo "unpacking $url failed:"; cat "$G/fetch.err"; exit 0; }
+  fetch "$url" "$pkg" || failed 125 "fetching $url failed:"
+  tar -xzf "$pkg" -C "$G" 2> "$G/fetch.err" || failed 125 "unpacking $url failed:"
   s="$(startscript)" || { echo "kd-result done 127"; echo "no startscript in $url"; exit 0; }
   chmod +x "$s"
   rm -f "$st"

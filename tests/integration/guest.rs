@@ -272,12 +272,37 @@ fn count(calls: &[String], prefix: &str) -> usize {
 #[ignore = "needs the test bed: make integration"]
 async fn setup_runs_once_per_member_and_membership_changes_notify_the_others() {
     let s = setup("guest", Vec::new(), None, &[]).await;
-    create(&s.client, &s.ns, &cluster("g", "setup-test", 2)).await;
+    // Two file injections, before configure: one by file:// with a mode, one over http://.
+    let local = s.guests.root.join("package/inject.conf");
+    std::fs::write(&local, "injected=1\n").expect("injection source");
+    let port = crate::http::serve("served=2\n");
+    let mut g = cluster("g", "setup-test", 2);
+    g["spec"]["roles"][0]["fileInjections"] = json!([
+        {"srcURL": format!("file://{}", local.display()), "destDir": "/etc/kd-inject", "permissions": {"fileMode": 0o600}},
+        {"srcURL": format!("http://127.0.0.1:{port}/files/served.conf?v=1"), "destDir": "/etc/kd-inject"}
+    ]);
+    create(&s.client, &s.ns, &g).await;
     let c = s.wait_settled("g", Duration::from_secs(120)).await;
     let first = pods(&c);
     assert_eq!(first.len(), 2);
     let domain = domain(&c, &s.ns);
     for pod in &first {
+        let dir = s.guests.root.join(pod).join("etc/kd-inject");
+        assert_eq!(
+            std::fs::read_to_string(dir.join("inject.conf")).ok().as_deref(),
+            Some("injected=1\n"),
+            "{pod}"
+        );
+        assert_eq!(
+            std::fs::read_to_string(dir.join("served.conf")).ok().as_deref(),
+            Some("served=2\n"),
+            "{pod}"
+        );
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(dir.join("inject.conf"))
+            .map(|m| m.permissions().mode() & 0o777)
+            .ok();
+        assert_eq!(mode, Some(0o600), "{pod}");
         assert_eq!(s.guests.calls(pod), vec!["--configure".to_string()], "{pod}");
         // configmeta as the contract has it.
         let cm = s.guests.configmeta(pod);

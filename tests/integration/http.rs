@@ -28,3 +28,19 @@ pub fn request(port: u16, method: &str, path: &str, json_body: Option<&str>) -> 
         .unwrap_or_default();
     Some((code, body))
 }
+
+/// Serves `body` to every GET on 127.0.0.1 (a thread, for the test's lifetime); returns the port.
+pub fn serve(body: &'static str) -> u16 {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    std::thread::spawn(move || {
+        for mut stream in listener.incoming().flatten() {
+            let mut buf = [0u8; 4096];
+            let _ = stream.read(&mut buf);
+            let head = format!("HTTP/1.0 200 OK\r\nContent-Length: {}\r\n\r\n", body.len());
+            let _ = stream.write_all(head.as_bytes());
+            let _ = stream.write_all(body.as_bytes());
+        }
+    });
+    port
+}
