@@ -38,6 +38,16 @@ fn finish_setups(observed: &mut Observed, status: &KubeDirectorClusterStatus, co
     }
 }
 
+/// Every member of the plan's status.
+fn members(p: &ClusterPlan) -> impl Iterator<Item = &crate::api::cluster::MemberStatus> {
+    p.status.roles.iter().flat_map(|r| &r.members)
+}
+
+/// No member has a notification waiting.
+fn no_notifications(p: &ClusterPlan) -> bool {
+    members(p).all(|m| m.state_detail.pending_notify_cmds.is_empty())
+}
+
 fn members_of<'a>(p: &'a ClusterPlan, role: &str) -> &'a [crate::api::cluster::MemberStatus] {
     &p.status.roles.iter().find(|r| r.id == role).expect("role").members
 }
@@ -70,13 +80,7 @@ fn setup_result_decides_configured_or_config_error() {
     let p1 = plan(&cluster, &app, None, &Observed::default());
     let mut observed = all_running(&p1, "a");
     let p2 = plan(&cluster, &app, Some(&p1.status), &observed);
-    assert!(
-        p2.status
-            .roles
-            .iter()
-            .flat_map(|r| &r.members)
-            .all(|m| m.state == MemberState::Creating)
-    );
+    assert!(members(&p2).all(|m| m.state == MemberState::Creating));
 
     // A result for another container means nothing.
     let pod = members_of(&p2, "LoadBalancer")[0].pod.clone();
@@ -178,13 +182,7 @@ fn expand_queues_addnodes_on_existing_members_only() {
         }
     }
     let p7 = plan(&cluster, &app, Some(&p6.status), &observed);
-    assert!(
-        p7.status
-            .roles
-            .iter()
-            .flat_map(|r| &r.members)
-            .all(|m| m.state_detail.pending_notify_cmds.is_empty())
-    );
+    assert!(no_notifications(&p7));
     assert!(p7.guest_work.is_empty());
 }
 
@@ -194,13 +192,7 @@ fn shrink_queues_delnodes_and_creation_queues_nothing() {
     cluster.spec.roles[0].members = Some(3);
     let app = app_with_setup();
     let (p3, _) = configured(&cluster, &app);
-    assert!(
-        p3.status
-            .roles
-            .iter()
-            .flat_map(|r| &r.members)
-            .all(|m| m.state_detail.pending_notify_cmds.is_empty())
-    );
+    assert!(no_notifications(&p3));
 
     cluster.spec.roles[0].members = Some(1);
     let p4 = plan(&cluster, &app, Some(&p3.status), &all_running(&p3, "a"));
@@ -231,13 +223,7 @@ fn event_list_without_addnodes_hears_nothing() {
     finish_setups(&mut observed, &p5.status, 0);
     let p6 = plan(&cluster, &app, Some(&p5.status), &observed);
     assert_eq!(p6.status.state, Some(ClusterState::Configured));
-    assert!(
-        p6.status
-            .roles
-            .iter()
-            .flat_map(|r| &r.members)
-            .all(|m| m.state_detail.pending_notify_cmds.is_empty())
-    );
+    assert!(no_notifications(&p6));
 }
 
 #[test]
@@ -345,27 +331,20 @@ fn a_change_of_connected_content_queues_reconnect_until_delivered() {
     assert_ne!(p4.status.last_connection_hash, first);
     assert_eq!(p4.status.state, Some(ClusterState::Updating));
     let reconnect = crate::model::connections::reconnect();
-    let members: Vec<_> = p4.status.roles.iter().flat_map(|r| &r.members).collect();
+    let queued: Vec<_> = members(&p4).collect();
     assert!(
-        members
+        queued
             .iter()
             .all(|m| m.state_detail.pending_notify_cmds == vec![reconnect.clone()])
     );
     // Each notification carries the new content in configmeta.
-    assert_eq!(p4.guest_work.len(), members.len());
+    assert_eq!(p4.guest_work.len(), queued.len());
     assert!(p4.guest_work.iter().all(|w| w.configmeta["connections"] == changed));
     // Planned again before delivery: queued once, not twice.
     let again = plan_with(&cluster, &app, Some(&p4.status), &observed, &changed);
-    assert!(
-        again
-            .status
-            .roles
-            .iter()
-            .flat_map(|r| &r.members)
-            .all(|m| m.state_detail.pending_notify_cmds.len() == 1)
-    );
+    assert!(members(&again).all(|m| m.state_detail.pending_notify_cmds.len() == 1));
 
-    for m in &members {
+    for m in &queued {
         observed.notified.insert(m.pod.clone(), reconnect.arguments.clone());
     }
     let p5 = plan_with(&cluster, &app, Some(&p4.status), &observed, &changed);
@@ -380,22 +359,12 @@ fn a_change_while_creating_reaches_members_whose_setup_may_have_seen_the_old_con
     let p1 = plan(&cluster, &app, None, &Observed::default());
     let observed = all_running(&p1, "a");
     let p2 = plan(&cluster, &app, Some(&p1.status), &observed);
-    assert!(
-        p2.status
-            .roles
-            .iter()
-            .flat_map(|r| &r.members)
-            .all(|m| m.state == MemberState::Creating)
-    );
+    assert!(members(&p2).all(|m| m.state == MemberState::Creating));
     let changed = serde_json::json!({"clusters": {"db": {}}, "configmaps": {}, "secrets": {}});
     let p3 = plan_with(&cluster, &app, Some(&p2.status), &observed, &changed);
     let reconnect = crate::model::connections::reconnect();
     assert!(
-        p3.status
-            .roles
-            .iter()
-            .flat_map(|r| &r.members)
-            .all(|m| m.state_detail.pending_notify_cmds == vec![reconnect.clone()]),
+        members(&p3).all(|m| m.state_detail.pending_notify_cmds == vec![reconnect.clone()]),
         "queued on creating members"
     );
     // Not run before they are configured: only setup work.
@@ -403,13 +372,7 @@ fn a_change_while_creating_reaches_members_whose_setup_may_have_seen_the_old_con
     // Members whose pods do not run yet (create pending) will read the new content at setup.
     let p0 = plan(&cluster, &app, None, &Observed::default());
     let p0b = plan_with(&cluster, &app, Some(&p0.status), &Observed::default(), &changed);
-    assert!(
-        p0b.status
-            .roles
-            .iter()
-            .flat_map(|r| &r.members)
-            .all(|m| m.state_detail.pending_notify_cmds.is_empty())
-    );
+    assert!(no_notifications(&p0b));
 }
 
 #[test]
