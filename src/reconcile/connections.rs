@@ -14,7 +14,7 @@ use tokio::sync::mpsc::UnboundedSender;
 use tracing::debug;
 
 use crate::api::KubeDirectorCluster;
-use crate::api::cluster::KubeDirectorClusterSpec;
+use crate::api::cluster::Connections;
 use crate::model::catalog;
 use crate::model::configmeta;
 use crate::model::connections::{self, Index, Kind, Source, Target};
@@ -61,8 +61,11 @@ impl Hub {
         let (Some(ns), name) = (obj.namespace(), obj.name_any()) else {
             return;
         };
-        let spec: Option<KubeDirectorClusterSpec> = serde_json::from_value(obj.data["spec"].clone()).ok();
-        let (targets, _) = connections::targets(spec.as_ref().and_then(|s| s.connections.as_ref()), context, &ns);
+        // Every cluster event passes here (status writes too): read only `spec.connections`.
+        let refs: Option<Connections> = obj.data["spec"]
+            .get("connections")
+            .and_then(|c| serde_json::from_value(c.clone()).ok());
+        let (targets, _) = connections::targets(refs.as_ref(), context, &ns);
         let source = Source {
             context: context.to_string(),
             namespace: ns.clone(),
@@ -166,13 +169,8 @@ fn cluster_entry(m: &MemberView, t: &Target) -> Option<Value> {
     let obj = m.clusters.get(&oref)?;
     let cluster: KubeDirectorCluster = catalog::parse(&obj).ok()?;
     let status = cluster.status.as_ref()?;
-    let lookup = |catalog_ns: &str| {
-        m.apps.state().into_iter().find(|a| {
-            a.metadata.namespace.as_deref() == Some(catalog_ns) && a.metadata.name.as_deref() == Some(&cluster.spec.app)
-        })
-    };
-    let app = catalog::find_app(
-        lookup,
+    let app = super::observe::find_app_in(
+        &m.apps,
         &m.operator_namespace,
         &t.namespace,
         &cluster.spec.app,

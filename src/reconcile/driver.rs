@@ -372,6 +372,12 @@ pub async fn run_member(
                             queue.add(k);
                         }
                     }
+                    // An expired resource version (410) is routine: the watcher lists again by itself.
+                    // A sparse watch (typed ConfigMaps, say) may then emit nothing for a long time,
+                    // so counting it as a failure would leave the member marked unhealthy.
+                    Err(watcher::Error::WatchError(status)) if status.code == 410 => {
+                        tracing::debug!(%context, error = %status, "watch expired; listing again");
+                    }
                     Err(e) => {
                         if !failing {
                             warn!(%context, error = %e, "watch failed; member cluster marked unhealthy");

@@ -4,10 +4,12 @@ use std::collections::BTreeMap;
 
 use k8s_openapi::api::core::v1::Pod;
 use kube::ResourceExt;
+use kube::api::{ApiResource, DynamicObject};
+use kube::runtime::reflector::{ObjectRef, Store};
 
-use crate::api::KubeDirectorConfig;
 use crate::api::cluster::AppCatalog;
 use crate::api::config::GLOBAL_CONFIG_NAME;
+use crate::api::{KubeDirectorApp, KubeDirectorConfig};
 use crate::model::catalog::{self, ResolvedApp};
 use crate::model::labels;
 use crate::model::members::{Observed, PodFacts};
@@ -137,11 +139,18 @@ pub fn storage_classes(ctx: &Ctx) -> StorageClasses {
 
 /// The app of a cluster: local catalog (the cluster's namespace), then the system catalog.
 pub fn find_app(ctx: &Ctx, ns: &str, app: &str, requested: Option<AppCatalog>) -> Result<ResolvedApp, String> {
-    let lookup =
-        |catalog_ns: &str| {
-            ctx.stores.apps.state().into_iter().find(|a| {
-                a.metadata.namespace.as_deref() == Some(catalog_ns) && a.metadata.name.as_deref() == Some(app)
-            })
-        };
-    catalog::find_app(lookup, &ctx.operator_namespace, ns, app, requested)
+    find_app_in(&ctx.stores.apps, &ctx.operator_namespace, ns, app, requested)
+}
+
+/// `find_app` in any member cluster's app cache (connections read other members' clusters).
+pub fn find_app_in(
+    apps: &Store<DynamicObject>,
+    operator_ns: &str,
+    ns: &str,
+    app: &str,
+    requested: Option<AppCatalog>,
+) -> Result<ResolvedApp, String> {
+    let resource = ApiResource::erase::<KubeDirectorApp>(&());
+    let lookup = |catalog_ns: &str| apps.get(&ObjectRef::new_with(app, resource.clone()).within(catalog_ns));
+    catalog::find_app(lookup, operator_ns, ns, app, requested)
 }

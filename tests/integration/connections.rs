@@ -7,7 +7,6 @@ use std::time::Duration;
 
 use k8s_openapi::api::core::v1::{ConfigMap, Secret};
 use kube::api::{Patch, PatchParams, PostParams};
-use kube::runtime::wait::await_condition;
 use kube::{Api, Client};
 use serde_json::{Value, json};
 
@@ -22,24 +21,21 @@ use crate::testbed;
 /// Configured at its generation with nothing left to deliver.
 async fn settled(client: &Client, ns: &str, name: &str, log: &std::path::Path) -> KubeDirectorCluster {
     let api: Api<KubeDirectorCluster> = Api::namespaced(client.clone(), ns);
-    let done = |c: Option<&KubeDirectorCluster>| {
-        c.is_some_and(|c| {
-            is_configured(c)
-                && c.status
-                    .iter()
-                    .flat_map(|s| &s.roles)
-                    .flat_map(|r| &r.members)
-                    .all(|m| m.state_detail.pending_notify_cmds.is_empty())
-        })
+    let done = |c: &KubeDirectorCluster| {
+        is_configured(c)
+            && c.status
+                .iter()
+                .flat_map(|s| &s.roles)
+                .flat_map(|r| &r.members)
+                .all(|m| m.state_detail.pending_notify_cmds.is_empty())
     };
     let what = format!("{name} settled (log: {})", log.display());
     testbed::wait_for(
         &what,
         Duration::from_secs(120),
-        await_condition(api.clone(), name, done),
+        testbed::cluster_until(&api, name, done),
     )
-    .await
-    .expect("watch");
+    .await;
     api.get(name).await.expect("get")
 }
 

@@ -10,7 +10,6 @@ use std::time::Duration;
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::{ApiResource, DeleteParams, DynamicObject, GroupVersionKind, Patch, PatchParams, PostParams};
-use kube::runtime::wait::await_condition;
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client, ResourceExt};
 use serde_json::{Value, json};
@@ -198,17 +197,15 @@ impl Setup {
     }
 
     /// Waits until `done` holds for the cluster.
-    pub async fn wait(&self, name: &str, what: &str, limit: Duration, done: impl Fn(&KubeDirectorCluster) -> bool) {
+    pub async fn wait(
+        &self,
+        name: &str,
+        what: &str,
+        limit: Duration,
+        done: impl Fn(&KubeDirectorCluster) -> bool + Clone,
+    ) {
         let what = format!("{name}: {what} (log: {})", self.operator.log.display());
-        testbed::wait_for(
-            &what,
-            limit,
-            await_condition(self.clusters(), name, move |c: Option<&KubeDirectorCluster>| {
-                c.is_some_and(&done)
-            }),
-        )
-        .await
-        .expect("watch cluster");
+        testbed::wait_for(&what, limit, testbed::cluster_until(&self.clusters(), name, done)).await;
     }
 
     /// Configured at its generation, and no notification left to deliver.

@@ -132,3 +132,25 @@ pub fn kd_api(client: &Client, ns: &str, kind: &str) -> Api<DynamicObject> {
     let gvk = GroupVersionKind::gvk(kubedirector::api::GROUP, kubedirector::api::VERSION, kind);
     Api::namespaced_with(client.clone(), ns, &ApiResource::from_gvk(&gvk))
 }
+
+/// Waits until `done` holds for the cluster `name`, watching; a watch that expires (410, the bed's
+/// etcd compacts often) is started again rather than failing the test.
+pub async fn cluster_until(
+    api: &Api<kubedirector::api::KubeDirectorCluster>,
+    name: &str,
+    done: impl Fn(&kubedirector::api::KubeDirectorCluster) -> bool + Clone,
+) {
+    loop {
+        let cond = done.clone();
+        match await_condition(
+            api.clone(),
+            name,
+            move |c: Option<&kubedirector::api::KubeDirectorCluster>| c.is_some_and(&cond),
+        )
+        .await
+        {
+            Ok(_) => return,
+            Err(e) => eprintln!("watch on cluster {name} ended ({e}); watching again"),
+        }
+    }
+}
