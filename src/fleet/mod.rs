@@ -78,7 +78,17 @@ async fn client_for(kubeconfig: &Kubeconfig, context: &str) -> anyhow::Result<Cl
     let config = Config::from_custom_kubeconfig(kubeconfig.clone(), &opts)
         .await
         .with_context(|| format!("context {context}: unusable"))?;
-    Client::try_from(config).with_context(|| format!("context {context}: cannot build a client"))
+    Client::try_from(without_client_retries(config))
+        .with_context(|| format!("context {context}: cannot build a client"))
+}
+
+/// kube's client retries 429/503/504 by itself (up to 15 times, its own backoff growing towards
+/// 1,000 s), inside the request: a reconcile would hold its worker through an API server's
+/// overload and then sleep on long after it ended. The work queue does this instead: it honours
+/// Retry-After, frees the worker, caps the backoff at 15 s and retries at once when watches recover.
+fn without_client_retries(mut config: Config) -> Config {
+    config.default_retry = false;
+    config
 }
 
 /// Admission, when it is on: the endpoint's settings and every member's caches.
@@ -208,7 +218,7 @@ pub async fn run(
     let initial = load(&options)?;
     let Some(mut kubeconfig) = initial else {
         let config = Config::incluster().context("in-cluster configuration")?;
-        let client = Client::try_from(config)?;
+        let client = Client::try_from(without_client_retries(config))?;
         let manager = match sharding {
             Some(s) => Some(start_sharding(
                 client.clone(),

@@ -51,7 +51,7 @@ async fn write<T>(
     let result = call.instrument(span.clone()).await;
     let outcome = match &result {
         Ok(_) => "ok",
-        Err(kube::Error::Api(s)) if s.code == 404 && verb == "delete" => "gone",
+        Err(kube::Error::Api(s)) if s.code == 404 && (verb == "delete" || kind == CLUSTER_KIND) => "gone",
         Err(e) => {
             let code = if let kube::Error::Api(s) = e { s.code } else { 0 };
             ctx.metrics.api_error(&ctx.context, code);
@@ -175,7 +175,10 @@ pub async fn replace_status(ctx: &Ctx, obj: &DynamicObject, status: &impl Serial
     let (api, name) = (cluster_api(ctx, &ns), obj.name_any());
     let params = PostParams::default();
     let call = api.replace_status(&name, &params, &updated);
-    write(ctx, "update_status", CLUSTER_KIND, &name, call).await.map(|_| ())
+    write(ctx, "update_status", CLUSTER_KIND, &name, call)
+        .await
+        .map(|_| ())
+        .map_err(gone)
 }
 
 /// Sets the finalizer list, conditional on the resourceVersion we read.
@@ -186,5 +189,37 @@ pub async fn set_finalizers(ctx: &Ctx, obj: &DynamicObject, finalizers: Vec<Stri
     let (api, name) = (cluster_api(ctx, &ns), obj.name_any());
     let (params, patch) = (PatchParams::default(), Patch::Merge(patch));
     let call = api.patch(&name, &params, &patch);
-    write(ctx, "patch", CLUSTER_KIND, &name, call).await.map(|_| ())
+    write(ctx, "patch", CLUSTER_KIND, &name, call)
+        .await
+        .map(|_| ())
+        .map_err(gone)
+}
+
+/// A 404 on a write to the cluster itself: it was deleted after we read it (a user deleting a
+/// cluster that is still being created does this), which is no failure to back off from.
+fn gone(e: Error) -> Error {
+    match e {
+        Error::Api(kube::Error::Api(s)) if s.code == 404 => Error::ClusterGone,
+        e => e,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn api_error(code: u16) -> Error {
+        Error::Api(kube::Error::Api(Box::new(kube::core::Status {
+            code,
+            ..Default::default()
+        })))
+    }
+
+    #[test]
+    fn a_404_on_the_cluster_means_it_is_gone_and_other_errors_stay() {
+        assert!(matches!(gone(api_error(404)), Error::ClusterGone));
+        assert_eq!(gone(api_error(409)).code(), Some(409));
+        assert_eq!(gone(api_error(429)).code(), Some(429));
+        assert!(matches!(gone(Error::MissingNamespace), Error::MissingNamespace));
+    }
 }

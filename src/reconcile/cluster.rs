@@ -255,6 +255,10 @@ pub async fn reconcile(obj: Arc<DynamicObject>, ctx: &Ctx) -> Result<Outcome, Er
 pub fn outcome_of_error(key: &ClusterKey, error: &Error, ctx: &Ctx) -> Outcome {
     match error {
         Error::Throttled(wait) => Outcome::Throttled(*wait),
+        Error::ClusterGone => {
+            debug!(context = %ctx.context, cluster = %key.name, namespace = %key.namespace, "deleted while reconciling");
+            Outcome::Done
+        }
         e if e.is_conflict() => {
             debug!(context = %ctx.context, cluster = %key.name, namespace = %key.namespace, "stale view, retrying");
             Outcome::Failed { retry_after: None }
@@ -264,6 +268,14 @@ pub fn outcome_of_error(key: &ClusterKey, error: &Error, ctx: &Ctx) -> Outcome {
             warn!(context = %ctx.context, cluster = %key.name, namespace = %key.namespace, error = %e,
                 "reconcile failed: permission denied; the operator's ServiceAccount lacks an RBAC rule (see the chart's ClusterRole)");
             Outcome::Failed { retry_after: None }
+        }
+        e if e.code() == Some(429) => {
+            // Flow control, not a fault: counted in kubedirector_api_errors_total{code="429"}; a warning
+            // per key and retry would flood the log for as long as the API server is overloaded.
+            debug!(context = %ctx.context, cluster = %key.name, namespace = %key.namespace, retry_after = ?e.retry_after(), "API server asked to slow down");
+            Outcome::Failed {
+                retry_after: e.retry_after(),
+            }
         }
         e => {
             warn!(context = %ctx.context, cluster = %key.name, namespace = %key.namespace, error = %e, "reconcile failed");

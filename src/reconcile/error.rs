@@ -14,6 +14,10 @@ pub enum Error {
     },
     #[error("{kind} {name} exists but belongs to another owner; rename or delete it")]
     NotOwned { kind: &'static str, name: String },
+    /// The cluster was deleted after we read it: nothing is left to reconcile, and its deletion
+    /// event follows on the watch.
+    #[error("the cluster was deleted while it was being reconciled")]
+    ClusterGone,
     #[error("the caches stopped before they were ready")]
     CacheGone,
     /// The member cluster's write budget is spent; not a failure, the key waits for it.
