@@ -1,13 +1,20 @@
-//! A member cluster whose API server hangs for 60 s (SIGSTOP) must not slow the others, and its own
-//! clusters must converge once it is back. Latency is create → `configured` as seen by a watch, in
-//! the same run with and without the fault; the ratio is printed and only a gross loss of isolation
-//! fails the test (these machines are too noisy for a tight timing assertion).
+//! A member cluster whose API server hangs (SIGSTOP) or answers 429 for 60 s must not slow the
+//! others, and its own clusters must converge once it is back.
+//!
+//! Latency is create → `configured` as seen by a watch, on kd-1 and kd-2, in phases of one run: A
+//! without the fault, B during it, as A B A B A. The B's are compared with the A's, which bracket
+//! them, so a drift over the run cancels out (an earlier A-then-B design could not tell a slowdown
+//! from the bed warming up, and its 40 samples made p99 the maximum). Arrivals are steady and each
+//! cluster is deleted once configured, so every phase meets the same population on the bed. The
+//! ratios are printed; only a gross loss of isolation fails the test, since these machines are too
+//! noisy for a tight timing assertion (figures over many runs: docs/operations.md).
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
+use kube::api::DeleteParams;
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client, ResourceExt};
 
@@ -19,32 +26,235 @@ use crate::operator::Operator;
 use crate::proxy::{FaultProxy, kubeconfig_with};
 use crate::testbed;
 
-/// Records, by watch, the first instant each cluster of `ns` is configured.
-fn watch_configured(client: Client, ns: &str) -> Arc<Mutex<BTreeMap<String, Instant>>> {
-    let seen: Arc<Mutex<BTreeMap<String, Instant>>> = Arc::default();
+/// How long each phase creates clusters, and how often (one per healthy member cluster each time).
+const PHASE: Duration = Duration::from_secs(60);
+const EVERY: Duration = Duration::from_millis(1000);
+
+type Seen = Arc<Mutex<BTreeMap<String, Instant>>>;
+
+/// Records, by watch, the first instant each cluster of `ns` is configured; with `delete`, then
+/// deletes it, so the bed does not fill up over the phases.
+fn watch_configured(client: Client, ns: &str, delete: bool) -> Seen {
+    let seen: Seen = Arc::default();
     let api = Api::<KubeDirectorCluster>::namespaced(client, ns);
     let out = seen.clone();
     tokio::spawn(async move {
-        let mut events = watcher(api, watcher::Config::default())
+        let mut events = watcher(api.clone(), watcher::Config::default())
             .default_backoff()
             .applied_objects()
             .boxed();
         while let Some(Ok(c)) = events.next().await {
-            if is_configured(&c) {
-                out.lock()
-                    .expect("lock")
-                    .entry(c.name_any())
-                    .or_insert_with(Instant::now);
+            if !is_configured(&c) || c.metadata.deletion_timestamp.is_some() {
+                continue;
+            }
+            let first = {
+                let mut out = out.lock().expect("lock");
+                let first = !out.contains_key(&c.name_any());
+                out.entry(c.name_any()).or_insert_with(Instant::now);
+                first
+            };
+            if first && delete {
+                let (api, name) = (api.clone(), c.name_any());
+                tokio::spawn(async move {
+                    // A failed delete only leaves one more object on the bed.
+                    let _ = api.delete(&name, &DeleteParams::default()).await;
+                });
             }
         }
     });
     seen
 }
 
-fn p99(mut v: Vec<f64>) -> f64 {
+/// Nearest-rank quantile.
+fn quantile(v: &[f64], q: f64) -> f64 {
+    let mut v = v.to_vec();
     v.sort_by(f64::total_cmp);
-    let idx = ((v.len() as f64 * 0.99).ceil() as usize).saturating_sub(1);
+    let idx = ((v.len() as f64 * q).ceil() as usize).saturating_sub(1);
     v.get(idx).copied().unwrap_or(f64::NAN)
+}
+
+/// The healthy member clusters (kd-1, kd-2) and what their watches have seen.
+struct Probe {
+    clients: Vec<Client>,
+    seen: Vec<Seen>,
+    ns: String,
+}
+
+impl Probe {
+    fn new(clients: &[Client], ns: &str) -> Probe {
+        Probe {
+            clients: clients.to_vec(),
+            seen: clients.iter().map(|c| watch_configured(c.clone(), ns, true)).collect(),
+            ns: ns.to_string(),
+        }
+    }
+
+    /// Creates a cluster on each healthy member every `every` for `span`, waits until all are
+    /// configured and returns each one's latency (create → configured).
+    async fn phase(&self, prefix: &str, span: Duration, every: Duration) -> Vec<f64> {
+        let mut created: Vec<(usize, String, Instant)> = Vec::new();
+        let mut tick = tokio::time::interval(every);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let start = Instant::now();
+        for i in 0.. {
+            tick.tick().await;
+            if start.elapsed() >= span {
+                break;
+            }
+            for (which, client) in self.clients.iter().enumerate() {
+                let name = format!("{prefix}-{which}-{i:03}");
+                let at = Instant::now();
+                create(client, &self.ns, &small_cluster(&name)).await;
+                created.push((which, name, at));
+            }
+        }
+        let deadline = Instant::now() + Duration::from_secs(120);
+        loop {
+            let missing = created
+                .iter()
+                .filter(|(w, n, _)| !self.seen[*w].lock().expect("lock").contains_key(n))
+                .count();
+            if missing == 0 {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{prefix}: {missing} of {} clusters not configured in time",
+                created.len()
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        created
+            .iter()
+            .map(|(w, n, at)| self.seen[*w].lock().expect("lock")[n].duration_since(*at).as_secs_f64())
+            .collect()
+    }
+}
+
+/// Latencies of the phases without the fault (A) and with it (B), each pooled over the cycles.
+#[derive(Default)]
+struct Phases {
+    without: Vec<f64>,
+    with: Vec<f64>,
+    /// p99 of each phase in order (A, B, A, B, A), to show the spread from phase to phase.
+    each: Vec<(char, f64)>,
+}
+
+impl Phases {
+    fn add(&mut self, faulty: bool, latencies: Vec<f64>) {
+        let tag = if faulty { 'B' } else { 'A' };
+        self.each.push((tag, quantile(&latencies, 0.99)));
+        if faulty { &mut self.with } else { &mut self.without }.extend(latencies);
+    }
+
+    /// B's quantile over A's.
+    fn ratio(&self, q: f64) -> f64 {
+        quantile(&self.with, q) / quantile(&self.without, q)
+    }
+
+    fn summary(&self) -> String {
+        let line = |v: &[f64]| {
+            format!(
+                "p50 {:.3} s p99 {:.3} s (n {})",
+                quantile(v, 0.5),
+                quantile(v, 0.99),
+                v.len()
+            )
+        };
+        let each: Vec<String> = self.each.iter().map(|(t, p)| format!("{t} {p:.3}")).collect();
+        format!(
+            "without {}; with {}; ratio with / without: p50 {:.2}, p99 {:.2} (p99 by phase: {})",
+            line(&self.without),
+            line(&self.with),
+            self.ratio(0.5),
+            self.ratio(0.99),
+            each.join(", ")
+        )
+    }
+
+    /// Gross loss of isolation (the others waiting on the faulty member) would show as seconds.
+    fn assert_isolated(&self) {
+        let (without, with) = (quantile(&self.without, 0.99), quantile(&self.with, 0.99));
+        assert!(
+            with <= without * 1.5 + 0.5,
+            "other clusters slowed down: {}",
+            self.summary()
+        );
+    }
+}
+
+/// What happens to kd-3 during B.
+enum Fault<'a> {
+    /// Its API server process is stopped (SIGSTOP): requests hang, connections stay open.
+    Hang { pid: u32, frozen: Option<Frozen> },
+    /// The operator's requests to it are answered 429 with a Retry-After.
+    Throttle(&'a FaultProxy),
+}
+
+impl Fault<'_> {
+    /// Gives kd-3 five clusters of its own (`stuck-<cycle>-<i>`) and starts the fault.
+    async fn start(&mut self, kd3: &Client, ns: &str, cycle: usize) {
+        let stuck = |i| small_cluster(&format!("stuck-{cycle}-{i}"));
+        match self {
+            // The test reaches kd-3 directly, so its clusters must exist before it hangs.
+            Fault::Hang { pid, frozen } => {
+                for i in 0..5 {
+                    create(kd3, ns, &stuck(i)).await;
+                }
+                *frozen = Some(Frozen::stop(*pid));
+            }
+            // Rejecting first makes the operator meet the 429s with its very first writes.
+            Fault::Throttle(proxy) => {
+                proxy.reject(true);
+                for i in 0..5 {
+                    create(kd3, ns, &stuck(i)).await;
+                }
+            }
+        }
+    }
+
+    fn end(&mut self) {
+        match self {
+            Fault::Hang { frozen, .. } => drop(frozen.take()),
+            Fault::Throttle(proxy) => proxy.reject(false),
+        }
+    }
+}
+
+/// How many times the fault comes and goes.
+const CYCLES: usize = 2;
+
+/// Runs A (B A) × CYCLES: each B is a 60 s fault on kd-3 while kd-1 and kd-2 get the same steady
+/// workload as in A; each A after a fault starts once kd-3's clusters have converged. Pooling the
+/// A's, which bracket the B's, cancels a drift over the run. Returns the latencies, the fault's
+/// durations and kd-3's convergence times after each fault.
+async fn cycles(
+    probe: &Probe,
+    fault: &mut Fault<'_>,
+    kd3: &Client,
+    seen_kd3: &Seen,
+    operator: &Operator,
+) -> (Phases, Vec<f64>, Vec<f64>) {
+    let mut phases = Phases::default();
+    let (mut outages, mut recoveries) = (Vec::new(), Vec::new());
+    // The first phase of a fresh namespace and operator ran slower in trials: warm up well.
+    probe.phase("warm", Duration::from_secs(30), EVERY).await;
+    phases.add(false, probe.phase("a0", PHASE, EVERY).await);
+    for cycle in 1..=CYCLES {
+        fault.start(kd3, &probe.ns, cycle).await;
+        let outage = Instant::now();
+        phases.add(true, probe.phase(&format!("b{cycle}"), PHASE, EVERY).await);
+        tokio::time::sleep(PHASE.saturating_sub(outage.elapsed())).await;
+        fault.end();
+        outages.push(outage.elapsed().as_secs_f64());
+        recoveries.push(wait_stuck(seen_kd3, cycle, operator).await.as_secs_f64());
+        phases.add(false, probe.phase(&format!("a{cycle}"), PHASE, EVERY).await);
+    }
+    (phases, outages, recoveries)
+}
+
+fn seconds(v: &[f64]) -> String {
+    v.iter().map(|s| format!("{s:.1}")).collect::<Vec<_>>().join(", ")
 }
 
 /// Sends SIGCONT when dropped, so a failing test never leaves an API server frozen.
@@ -83,53 +293,13 @@ fn apiserver_pid(cluster: &str) -> u32 {
         .expect("pid")
 }
 
-/// Creates `per_cluster` clusters on each client in batches of one per client every `every`, and
-/// returns each one's latency (create → configured) once all are configured.
-async fn workload(
-    clients: &[Client],
-    seen: &[Arc<Mutex<BTreeMap<String, Instant>>>],
-    ns: &str,
-    prefix: &str,
-    per_cluster: usize,
-    every: Duration,
-) -> Vec<f64> {
-    let mut created: Vec<(usize, String, Instant)> = Vec::new();
-    for i in 0..per_cluster {
-        for (which, client) in clients.iter().enumerate() {
-            let name = format!("{prefix}-{which}-{i:02}");
-            let at = Instant::now();
-            create(client, ns, &small_cluster(&name)).await;
-            created.push((which, name, at));
-        }
-        tokio::time::sleep(every).await;
-    }
-    let deadline = Instant::now() + Duration::from_secs(120);
-    loop {
-        let done = created
-            .iter()
-            .all(|(w, n, _)| seen[*w].lock().expect("lock").contains_key(n));
-        if done {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{prefix}: not every cluster configured in time"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    created
-        .iter()
-        .map(|(w, n, at)| seen[*w].lock().expect("lock")[n].duration_since(*at).as_secs_f64())
-        .collect()
-}
-
-/// Waits until the five `stuck-*` clusters of the third member are configured.
-async fn wait_stuck(seen: &Arc<Mutex<BTreeMap<String, Instant>>>, operator: &Operator) -> Duration {
+/// Waits until the five `stuck-<cycle>-*` clusters of the third member are configured.
+async fn wait_stuck(seen: &Seen, cycle: usize, operator: &Operator) -> Duration {
     let resumed = Instant::now();
     let deadline = resumed + Duration::from_secs(90);
     loop {
         let n = (0..5)
-            .filter(|i| seen.lock().expect("lock").contains_key(&format!("stuck-{i}")))
+            .filter(|i| seen.lock().expect("lock").contains_key(&format!("stuck-{cycle}-{i}")))
             .count();
         if n == 5 {
             return resumed.elapsed();
@@ -150,53 +320,21 @@ async fn a_hung_member_api_server_does_not_slow_the_others() {
     let (ns, sys) = (testbed::unique("fault"), testbed::unique("fault-sys"));
     let clients = prepare(&contexts, &ns, &sys).await;
     let operator = Operator::start_with(&members(&contexts, &ns), &ns, &sys);
-    let healthy = &clients[..2];
-    let seen: Vec<_> = healthy.iter().map(|c| watch_configured(c.clone(), &ns)).collect();
-    let seen_kd3 = watch_configured(clients[2].clone(), &ns);
+    let probe = Probe::new(&clients[..2], &ns);
+    let seen_kd3 = watch_configured(clients[2].clone(), &ns, false);
+    let mut fault = Fault::Hang {
+        pid: apiserver_pid("kd-3"),
+        frozen: None,
+    };
 
-    // Warm-up (connections, caches), then the baseline without a fault.
-    workload(healthy, &seen, &ns, "warm", 2, Duration::from_millis(200)).await;
-    let baseline = workload(healthy, &seen, &ns, "base", 20, Duration::from_millis(1000)).await;
-
-    // kd-3 gets work, then its API server hangs for 60 s while kd-1 and kd-2 get the same workload.
-    for i in 0..5 {
-        create(&clients[2], &ns, &small_cluster(&format!("stuck-{i}"))).await;
-    }
-    let frozen = Frozen::stop(apiserver_pid("kd-3"));
-    let outage = Instant::now();
-    let faulted = workload(healthy, &seen, &ns, "fault", 20, Duration::from_millis(1000)).await;
-    let left = Duration::from_secs(60).saturating_sub(outage.elapsed());
-    tokio::time::sleep(left).await;
-    drop(frozen);
-    let resumed = Instant::now();
-
-    let deadline = resumed + Duration::from_secs(90);
-    loop {
-        let n = (0..5)
-            .filter(|i| seen_kd3.lock().expect("lock").contains_key(&format!("stuck-{i}")))
-            .count();
-        if n == 5 {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "kd-3: {n} of 5 clusters configured 90 s after its API server returned (log {})",
-            operator.log.display()
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-    let recovery = resumed.elapsed();
-    let (b, f) = (p99(baseline.clone()), p99(faulted.clone()));
-    let ratio = f / b;
+    let (phases, outages, recoveries) = cycles(&probe, &mut fault, &clients[2], &seen_kd3, &operator).await;
     eprintln!(
-        "hung API server on kd-3 for 60 s: p99 create→configured on kd-1/kd-2 {b:.3} s without, {f:.3} s with the fault (ratio {ratio:.2}); kd-3 converged {:.1} s after it returned",
-        recovery.as_secs_f64()
+        "kd-3's API server hung (SIGSTOP) {CYCLES} times for {} s; create→configured on kd-1/kd-2: {}; kd-3 converged {} s after it returned",
+        seconds(&outages),
+        phases.summary(),
+        seconds(&recoveries)
     );
-    // Gross loss of isolation (the other members waiting on the hung one) would show as seconds.
-    assert!(
-        f <= b * 1.5 + 0.5,
-        "other clusters slowed down: p99 {b:.3} s → {f:.3} s"
-    );
+    phases.assert_isolated();
 }
 
 #[tokio::test]
@@ -225,38 +363,26 @@ async fn an_api_server_answering_429_does_not_slow_the_others() {
         &ns,
         &sys,
     );
-    let healthy = &clients[..2];
-    let seen: Vec<_> = healthy.iter().map(|c| watch_configured(c.clone(), &ns)).collect();
-    let seen_kd3 = watch_configured(clients[2].clone(), &ns);
+    let probe = Probe::new(&clients[..2], &ns);
+    let seen_kd3 = watch_configured(clients[2].clone(), &ns, false);
+    let mut fault = Fault::Throttle(&proxy);
 
-    workload(healthy, &seen, &ns, "warm", 2, Duration::from_millis(200)).await;
-    let baseline = workload(healthy, &seen, &ns, "base", 20, Duration::from_millis(1000)).await;
-
-    // kd-3 answers 429 to every request of the operator for 60 s.
-    proxy.reject(true);
-    let outage = Instant::now();
-    for i in 0..5 {
-        create(&clients[2], &ns, &small_cluster(&format!("stuck-{i}"))).await;
-    }
-    let faulted = workload(healthy, &seen, &ns, "fault", 20, Duration::from_millis(1000)).await;
-    tokio::time::sleep(Duration::from_secs(60).saturating_sub(outage.elapsed())).await;
-    proxy.reject(false);
-    let recovery = wait_stuck(&seen_kd3, &operator).await;
-
-    let (b, f) = (p99(baseline), p99(faulted));
+    let (phases, outages, recoveries) = cycles(&probe, &mut fault, &clients[2], &seen_kd3, &operator).await;
     let early = proxy.early_retries();
+    let (writes, watches, reads) = proxy.rejected_by_kind();
     eprintln!(
-        "kd-3 answering 429 (Retry-After {} s) for 60 s: {} requests rejected; p99 create→configured on kd-1/kd-2 {b:.3} s without, {f:.3} s with (ratio {:.2}); kd-3 converged {:.1} s after; retries earlier than Retry-After: {}",
+        "kd-3 answering 429 (Retry-After {} s) {CYCLES} times for {} s: {} requests rejected ({writes} writes, {watches} watches, {reads} other reads); create→configured on kd-1/kd-2: {}; kd-3 converged {} s after; retries earlier than Retry-After: {}",
         proxy.retry_after_secs,
+        seconds(&outages),
         proxy.rejected(),
-        f / b,
-        recovery.as_secs_f64(),
+        phases.summary(),
+        seconds(&recoveries),
         early.len()
     );
-    assert!(proxy.rejected() > 0, "the operator never reached the proxy");
-    assert!(early.is_empty(), "Retry-After not honoured: {early:#?}");
     assert!(
-        f <= b * 1.5 + 0.5,
-        "other clusters slowed down: p99 {b:.3} s → {f:.3} s"
+        writes > 0,
+        "the operator wrote nothing to kd-3 during the fault, so Retry-After was never put to the test"
     );
+    assert!(early.is_empty(), "Retry-After not honoured: {early:#?}");
+    phases.assert_isolated();
 }

@@ -26,6 +26,7 @@ pub struct Seen {
     pub at: Instant,
     pub method: String,
     pub path: String,
+    pub query: String,
     pub rejected: bool,
 }
 
@@ -56,6 +57,7 @@ async fn handle(
             at: Instant::now(),
             method: req.method().to_string(),
             path,
+            query: req.uri().query().unwrap_or_default().to_string(),
             rejected,
         });
     }
@@ -136,6 +138,21 @@ impl FaultProxy {
             }
         }
         early
+    }
+
+    /// Rejected requests by kind: (writes, watches, other reads).
+    pub fn rejected_by_kind(&self) -> (usize, usize, usize) {
+        let seen = self.seen.lock().map(|s| s.clone()).unwrap_or_default();
+        let rejected = seen.iter().filter(|s| s.rejected);
+        let (mut writes, mut watches, mut reads) = (0, 0, 0);
+        for s in rejected {
+            match s.method.as_str() {
+                "POST" | "PUT" | "PATCH" | "DELETE" => writes += 1,
+                _ if s.query.split('&').any(|p| p == "watch=true" || p == "watch=1") => watches += 1,
+                _ => reads += 1,
+            }
+        }
+        (writes, watches, reads)
     }
 
     pub fn rejected(&self) -> usize {
