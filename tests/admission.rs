@@ -5,6 +5,7 @@
 
 #[path = "common/admission.rs"]
 mod cases;
+mod common;
 
 use std::sync::Arc;
 
@@ -395,11 +396,6 @@ proptest! {
     }
 }
 
-fn percentile(sorted: &[f64], p: f64) -> f64 {
-    let rank = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
-    sorted[rank.clamp(1, sorted.len()) - 1]
-}
-
 /// The in-process benchmark (`make bench`): latency of whole reviews (parse, decide, serialise) for a
 /// cluster create, an app create and a cluster update, against a baseline in the same run: only
 /// parsing the same AdmissionReview. Figures are printed, not asserted (noisy machines).
@@ -447,10 +443,8 @@ fn validation_latency_benchmark() {
             std::hint::black_box(out);
             review_us.push(t.elapsed().as_secs_f64() * 1e6);
         }
-        review_us.sort_by(f64::total_cmp);
-        parse_us.sort_by(f64::total_cmp);
-        let (p50, p99) = (percentile(&review_us, 50.0), percentile(&review_us, 99.0));
-        let (b50, b99) = (percentile(&parse_us, 50.0), percentile(&parse_us, 99.0));
+        let (p50, p99) = (common::quantile(&review_us, 0.5), common::quantile(&review_us, 0.99));
+        let (b50, b99) = (common::quantile(&parse_us, 0.5), common::quantile(&parse_us, 0.99));
         println!(
             "  {what:<24} p50 {p50:7.1} µs  p99 {p99:7.1} µs  max {:8.1} µs | baseline (parse only) p50 {b50:6.1} µs p99 {b99:6.1} µs | ratio p50 {:.1}, p99 {:.1}",
             review_us[N - 1],

@@ -1,4 +1,4 @@
-//! Helpers shared by test binaries: fixtures and JSON comparison.
+//! Helpers shared by test binaries: fixtures, JSON comparison, quantiles of timings.
 #![allow(dead_code)] // each test binary uses a different subset
 
 use std::path::{Path, PathBuf};
@@ -60,4 +60,12 @@ pub fn lost_fields(want: &Value, got: &Value, path: &str, out: &mut Vec<String>)
         (w, g) if w == g => {}
         (w, g) => out.push(format!("{path}: {w} became {g}")),
     }
+}
+
+/// Nearest-rank quantile (`q` in 0..=1) of samples in any order; NaN when there are none.
+pub fn quantile(samples: &[f64], q: f64) -> f64 {
+    let mut v = samples.to_vec();
+    v.sort_by(f64::total_cmp);
+    let rank = (v.len() as f64 * q).ceil() as usize;
+    v.get(rank.clamp(1, v.len().max(1)) - 1).copied().unwrap_or(f64::NAN)
 }

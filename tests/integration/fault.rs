@@ -21,6 +21,7 @@ use kube::{Api, Client, ResourceExt};
 use kubedirector::api::KubeDirectorCluster;
 use kubedirector::model::status::is_configured;
 
+use crate::common::quantile;
 use crate::fleet::{create, members, prepare, small_cluster};
 use crate::operator::Operator;
 use crate::proxy::{FaultProxy, kubeconfig_with};
@@ -43,7 +44,10 @@ fn watch_configured(client: Client, ns: &str, delete: bool) -> Seen {
             .default_backoff()
             .applied_objects()
             .boxed();
-        while let Some(Ok(c)) = events.next().await {
+        // A watch error (a 410 after the bed's etcd compacts, kd-3 hung) only means the watcher
+        // lists again: stopping here would leave the phase waiting for events that never come.
+        while let Some(event) = events.next().await {
+            let Ok(c) = event else { continue };
             if !is_configured(&c) || c.metadata.deletion_timestamp.is_some() {
                 continue;
             }
@@ -63,14 +67,6 @@ fn watch_configured(client: Client, ns: &str, delete: bool) -> Seen {
         }
     });
     seen
-}
-
-/// Nearest-rank quantile.
-fn quantile(v: &[f64], q: f64) -> f64 {
-    let mut v = v.to_vec();
-    v.sort_by(f64::total_cmp);
-    let idx = ((v.len() as f64 * q).ceil() as usize).saturating_sub(1);
-    v.get(idx).copied().unwrap_or(f64::NAN)
 }
 
 /// The healthy member clusters (kd-1, kd-2) and what their watches have seen.

@@ -18,6 +18,7 @@ use kubedirector::api::KubeDirectorCluster;
 use kubedirector::api::cluster::MemberState;
 use kubedirector::model::status::is_configured;
 
+use crate::common::quantile;
 use crate::operator::Operator;
 use crate::reconcile::create;
 use crate::testbed;
@@ -448,11 +449,8 @@ async fn create_and_time(s: &Setup, prefix: &str, n: usize, limit: Duration) -> 
     took.into_values().collect()
 }
 
-fn quantile(v: &[Duration], q: f64) -> Duration {
-    let mut v = v.to_vec();
-    v.sort();
-    let i = ((v.len() as f64) * q).ceil() as usize;
-    v[i.clamp(1, v.len()) - 1]
+fn secs(v: &[Duration]) -> Vec<f64> {
+    v.iter().map(Duration::as_secs_f64).collect()
 }
 
 /// No guest command holds a worker. The operator runs with ONE worker per member cluster, so a
@@ -505,9 +503,9 @@ async fn a_hanging_setup_script_holds_no_worker() {
     let after = create_and_time(&s, "c", 50, limit).await;
     let ratio = |q: f64| {
         let (a, b, c) = (
-            quantile(&without, q).as_secs_f64(),
-            quantile(&with, q).as_secs_f64(),
-            quantile(&after, q).as_secs_f64(),
+            quantile(&secs(&without), q),
+            quantile(&secs(&with), q),
+            quantile(&secs(&after), q),
         );
         format!(
             "p{:.0} {a:.2} / {b:.2} / {c:.2} s, ratio {:.2}",

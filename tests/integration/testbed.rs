@@ -150,7 +150,11 @@ pub async fn cluster_until(
         .await
         {
             Ok(_) => return,
-            Err(e) => eprintln!("watch on cluster {name} ended ({e}); watching again"),
+            Err(e) => {
+                eprintln!("watch on cluster {name} ended ({e}); watching again");
+                // A persistent error (the caller's `wait_for` limit ends it) must not spin.
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
         }
     }
 }
