@@ -238,6 +238,10 @@ pub enum ClusterState {
     Updating,
     Configured,
     Deleting,
+    /// Set by KubeDirector's admission webhook when the spec changes; its reconciler then processes
+    /// the change as an update. Read (and written by our webhook) the same way.
+    #[serde(rename = "spec modified")]
+    SpecModified,
 }
 
 /// Whether any member needs attention.
@@ -332,6 +336,16 @@ pub struct MemberStateDetail {
     pub pending_notify_cmds: Vec<NotificationDesc>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_connection_version: Option<i64>,
+    /// KubeDirector's copies of the start script's output and of a scheduling failure, and the
+    /// progress of its storage init container: kept as read, so no field KubeDirector wrote is lost.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub start_script_stdout_message: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub start_script_stderr_message: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scheduling_error_message: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub storage_init_progress: Option<String>,
 }
 
 /// One queued notification (`startscript` arguments) for a member.

@@ -40,6 +40,12 @@ pub struct KubeDirectorConfigSpec {
     pub master_encryption_key: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub backup_cluster_status: Option<bool>,
+    /// A restored cluster may start before the objects it connects to are back.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub allow_restore_without_connections: Option<bool>,
+    /// Honour `sharedMemory` even on Kubernetes versions KubeDirector considered too old for it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub force_shared_memory_size_support: Option<bool>,
     /// Added to every member pod.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pod_labels: Option<BTreeMap<String, String>>,

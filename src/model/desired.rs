@@ -32,6 +32,8 @@ const SEED_MOUNT: &str = "/mnt/kd-persist";
 const SEED_MARKER: &str = ".kd-persist-seeded";
 pub const GPU_RESOURCE: &str = "nvidia.com/gpu";
 const DEFAULT_BLOCK_PREFIX: &str = "/dev/kdblock";
+/// The headless Service's placeholder port (KubeDirector's).
+const HEADLESS_PORT: i32 = 8888;
 
 /// Facts about the cluster shared by every child.
 #[derive(Clone, Debug)]
@@ -83,13 +85,25 @@ fn stamp(meta: &mut ObjectMeta, hash: String) {
 
 /// The cluster's headless Service: DNS for every member, ready or not.
 pub fn headless_service(c: &ClusterFacts) -> Service {
-    let labels = merged(&cluster_labels(c.name, c.app, None), &[&c.settings.service_labels]);
+    let labels = merged(
+        &labels::service_labels(c.name, c.app, None),
+        &[&c.settings.service_labels],
+    );
     let annotations = merged(&labels::app_annotations(c.app), &[&c.settings.service_annotations]);
     let mut svc = Service {
         metadata: c.meta(&c.headless_name, labels, annotations),
         spec: Some(ServiceSpec {
             cluster_ip: Some("None".to_string()),
             publish_not_ready_addresses: Some(true),
+            // KubeDirector's placeholder port: a Service without ports has no endpoints on older
+            // Kubernetes versions, and adopted headless Services have it.
+            ports: Some(vec![ServicePort {
+                name: Some("port".to_string()),
+                port: HEADLESS_PORT,
+                target_port: Some(IntOrString::Int(HEADLESS_PORT)),
+                protocol: Some("TCP".to_string()),
+                ..Default::default()
+            }]),
             selector: Some(BTreeMap::from([(labels::HEADLESS.to_string(), c.name.to_string())])),
             ..Default::default()
         }),
@@ -101,11 +115,26 @@ pub fn headless_service(c: &ClusterFacts) -> Service {
 }
 
 /// One member's Service, or `None` when its role opens no port (status says "n/a").
-pub fn member_service(c: &ClusterFacts, role_spec: &RoleSpec, role: &ResolvedRole, pod: &str) -> Option<Service> {
+/// `name` is the member's recorded Service name.
+pub fn member_service(
+    c: &ClusterFacts,
+    role_spec: &RoleSpec,
+    role: &ResolvedRole,
+    pod: &str,
+    name: &str,
+) -> Option<Service> {
     let ports: Vec<ServicePort> = role
         .ported_services()
         .map(|(svc, port)| ServicePort {
-            name: Some(svc.id.clone()),
+            // KubeDirector's names: the URL scheme (or `generic`) and the service id.
+            name: Some(format!(
+                "{}-{}",
+                svc.endpoint
+                    .as_set()
+                    .and_then(|e| e.url_scheme.as_deref())
+                    .unwrap_or("generic"),
+                svc.id
+            )),
             port,
             target_port: Some(IntOrString::Int(port)),
             protocol: Some("TCP".to_string()),
@@ -117,7 +146,7 @@ pub fn member_service(c: &ClusterFacts, role_spec: &RoleSpec, role: &ResolvedRol
     }
     let empty = BTreeMap::new();
     let labels = merged(
-        &cluster_labels(c.name, c.app, Some(&role.id)),
+        &labels::service_labels(c.name, c.app, Some(&role.id)),
         &[
             &c.settings.service_labels,
             role_spec.service_labels.as_ref().unwrap_or(&empty),
@@ -131,10 +160,11 @@ pub fn member_service(c: &ClusterFacts, role_spec: &RoleSpec, role: &ResolvedRol
         ],
     );
     let mut svc = Service {
-        metadata: c.meta(&names::member_service(pod), labels, annotations),
+        metadata: c.meta(name, labels, annotations),
         spec: Some(ServiceSpec {
             type_: Some(c.service_type.as_str().to_string()),
             selector: Some(BTreeMap::from([(labels::POD_NAME.to_string(), pod.to_string())])),
+            publish_not_ready_addresses: Some(true),
             ports: Some(ports),
             ..Default::default()
         }),
@@ -402,10 +432,9 @@ pub fn statefulset(c: &ClusterFacts, r: &RoleInput) -> StatefulSet {
         ..Default::default()
     };
 
-    let selector = BTreeMap::from([
-        (labels::CLUSTER.to_string(), c.name.to_string()),
-        (labels::ROLE.to_string(), role.id.clone()),
-    ]);
+    // KubeDirector's selector: every label of the role (StatefulSets made before kept theirs, as the
+    // selector is immutable and never sent again).
+    let selector = role_labels.clone();
     let mut sts = StatefulSet {
         metadata: c.meta(r.statefulset_name, role_labels, labels::app_annotations(c.app)),
         spec: Some(StatefulSetSpec {
@@ -443,5 +472,9 @@ pub fn statefulset(c: &ClusterFacts, r: &RoleInput) -> StatefulSet {
     };
     let hash = spec_hash(&(&sts.metadata.labels, &sts.metadata.annotations, &sts.spec));
     stamp(&mut sts.metadata, hash);
+    sts.metadata.annotations.get_or_insert_with(BTreeMap::new).insert(
+        labels::ROLE_INPUTS.to_string(),
+        super::rollout::role_inputs(spec, role.image.as_deref().unwrap_or_default()),
+    );
     sts
 }

@@ -12,6 +12,8 @@ pub const HEADLESS: &str = "kubedirector.hpe.com/headless";
 pub const PRETTY_NAME: &str = "kubedirector.hpe.com/kdapp-prettyName";
 /// Digest of the desired spec of a child: equal digest = nothing to write.
 pub const SPEC_HASH: &str = "kubedirector.hpe.com/spec-hash";
+/// On a StatefulSet: digest of the role inputs its pod template was built from (`model::rollout`).
+pub const ROLE_INPUTS: &str = "kubedirector.hpe.com/role-inputs";
 /// Set by the StatefulSet controller on every pod.
 pub const POD_NAME: &str = "statefulset.kubernetes.io/pod-name";
 pub const FINALIZER: &str = "kubedirector.hpe.com/cleanup";
@@ -27,6 +29,14 @@ pub fn cluster_labels(cr_name: &str, app: &ResolvedApp, role: Option<&str>) -> B
     if let Some(role) = role {
         labels.insert(ROLE.to_string(), role.to_string());
     }
+    labels
+}
+
+/// Labels of a cluster's Services, as KubeDirector sets them: no `headless` label (Services are no
+/// pods of the headless domain); `role` on member Services only.
+pub fn service_labels(cr_name: &str, app: &ResolvedApp, role: Option<&str>) -> BTreeMap<String, String> {
+    let mut labels = cluster_labels(cr_name, app, role);
+    labels.remove(HEADLESS);
     labels
 }
 

@@ -42,6 +42,8 @@ pub struct RoleShape<'a> {
     /// 0 when the role was removed from the spec.
     pub desired: usize,
     pub opens_ports: bool,
+    /// New members' Services are named as their pods (`names::bare_member_services`).
+    pub bare_services: bool,
     pub has_setup: bool,
     /// Bytes of each output tail kept in a config error's detail.
     pub max_log_size_dump: usize,
@@ -61,7 +63,7 @@ pub struct RoleStep {
 fn new_member(shape: &RoleShape, pod: String, node_id: i64) -> MemberStatus {
     MemberStatus {
         service: if shape.opens_ports {
-            names::member_service(&pod)
+            names::member_service_named(shape.bare_services, &pod)
         } else {
             "n/a".to_string()
         },
@@ -153,14 +155,15 @@ fn advance(m: &mut MemberStatus, shape: &RoleShape, observed: &Observed, step: &
     if observed.pods.contains_key(&m.pod) {
         return true;
     }
-    let service = names::member_service(&m.pod);
+    // The recorded name: KubeDirector's CrNameRole members have bare ones.
+    let service = m.service.clone();
     let pvcs: Vec<String> = shape
         .claims
         .iter()
         .map(|c| names::pvc(c, &m.pod))
         .filter(|p| observed.pvcs.contains(p))
         .collect();
-    let service_left = observed.services.contains(&service);
+    let service_left = service != "n/a" && observed.services.contains(&service);
     if service_left {
         step.delete_services.push(service);
     }

@@ -83,8 +83,28 @@ pub fn ordinal_of(statefulset: &str, pod: &str) -> Option<usize> {
     pod.strip_prefix(statefulset)?.strip_prefix('-')?.parse().ok()
 }
 
+/// A member's Service under the UID scheme: `s-<pod>`.
 pub fn member_service(pod: &str) -> String {
     format!("s-{pod}")
+}
+
+/// A member's Service: `s-<pod>`, or the pod's own name (`bare`, KubeDirector's CrNameRole form).
+pub fn member_service_named(bare: bool, pod: &str) -> String {
+    if bare { pod.to_string() } else { member_service(pod) }
+}
+
+/// Whether new members of a role get bare Service names: as the role's recorded members have them
+/// (a cluster keeps one form, whoever made it), else KubeDirector's rule for the scheme.
+pub fn bare_member_services<'a>(scheme: NamingScheme, recorded: impl IntoIterator<Item = (&'a str, &'a str)>) -> bool {
+    for (pod, service) in recorded {
+        if service == pod {
+            return true;
+        }
+        if service == member_service(pod) {
+            return false;
+        }
+    }
+    scheme == NamingScheme::CrNameRole
 }
 
 /// The volumeClaimTemplate holding the persisted directories; its PVCs are `p-<pod>`.
@@ -162,11 +182,23 @@ mod tests {
     }
 
     #[test]
+    fn member_services_keep_the_form_their_role_has() {
+        assert!(!bare_member_services(NamingScheme::Uid, []));
+        assert!(bare_member_services(NamingScheme::CrNameRole, []));
+        // A CrNameRole cluster made by an earlier version of this operator keeps `s-`.
+        assert!(!bare_member_services(NamingScheme::CrNameRole, [("c-w-0", "s-c-w-0")]));
+        assert!(bare_member_services(NamingScheme::Uid, [("c-w-0", "c-w-0")]));
+        // Members without a Service ("n/a") say nothing.
+        assert!(bare_member_services(NamingScheme::CrNameRole, [("c-w-0", "n/a")]));
+    }
+
+    #[test]
     fn ordinals_round_trip() {
         assert_eq!(ordinal_of("kdss-abcde", &pod("kdss-abcde", 12)), Some(12));
         assert_eq!(ordinal_of("kdss-abcde", "kdss-abcdef-1"), None);
         assert_eq!(pvc(STORAGE_CLAIM, "kdss-abcde-0"), "p-kdss-abcde-0");
         assert_eq!(member_service("kdss-abcde-0"), "s-kdss-abcde-0");
+        assert_eq!(member_service_named(true, "c-worker-0"), "c-worker-0");
         assert_eq!(pod_of_pvc("p-kdss-abcde-0"), Some("kdss-abcde-0"));
         assert_eq!(pod_of_pvc("b12-kdss-abcde-3"), Some("kdss-abcde-3"));
         assert_eq!(pod_of_pvc("data-x-0"), None);

@@ -4,7 +4,7 @@
 
 use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::core::v1::Service;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 
 use crate::api::cluster::{ClusterState, KubeDirectorClusterSpec, KubeDirectorClusterStatus, MemberState};
 
@@ -73,6 +73,11 @@ pub fn blocked_status(
     status
 }
 
+/// The conditions of a blocked cluster whose status cannot be read: the only part written then.
+pub fn blocked_conditions(prev: &[Condition], message: &str, generation: Option<i64>, now: &Time) -> Vec<Condition> {
+    status::conditions(prev, None, &Default::default(), Some(message), generation, now)
+}
+
 pub fn plan_cluster(input: &ClusterInput) -> ClusterPlan {
     let settings = input.settings;
     let defaulted = catalog::apply_cluster_defaults(input.spec, input.app, settings.default_naming_scheme);
@@ -134,11 +139,16 @@ pub fn plan_cluster(input: &ClusterInput) -> ClusterPlan {
         }
         let block_paths = desired::block_device_paths(role_spec);
         claims.extend((0..block_paths.len()).map(names::block_claim));
+        let recorded = prev
+            .iter()
+            .flat_map(|r| r.members.iter())
+            .map(|m| (m.pod.as_str(), m.service.as_str()));
         let shape = RoleShape {
             id: &role.id,
             statefulset: &sts_name,
             desired: desired_members,
             opens_ports: role.opens_ports(),
+            bare_services: names::bare_member_services(scheme, recorded),
             has_setup: guest::has_setup(role, Some(role_spec)),
             max_log_size_dump: usize::try_from(role.max_log_size_dump).unwrap_or(0),
             claims: &claims,
@@ -168,7 +178,7 @@ pub fn plan_cluster(input: &ClusterInput) -> ClusterPlan {
         for m in &step.status.members {
             if !matches!(m.state, MemberState::DeletePending | MemberState::Deleting) {
                 plan.member_services
-                    .extend(desired::member_service(&facts, role_spec, role, &m.pod));
+                    .extend(desired::member_service(&facts, role_spec, role, &m.pod, &m.service));
             }
         }
         plan.delete_services.extend(step.delete_services);
@@ -188,7 +198,8 @@ pub fn plan_cluster(input: &ClusterInput) -> ClusterPlan {
     };
     let mut orphans = false;
     for svc in &input.observed.services {
-        if svc.strip_prefix("s-").is_some_and(orphan_of) {
+        // `s-<pod>`, or `<pod>` itself (KubeDirector's CrNameRole members).
+        if svc.strip_prefix("s-").is_some_and(orphan_of) || orphan_of(svc) {
             orphans = true;
             if !plan.delete_services.contains(svc) {
                 plan.delete_services.push(svc.clone());
@@ -220,6 +231,7 @@ pub fn plan_cluster(input: &ClusterInput) -> ClusterPlan {
             statefulset: &prev.stateful_set,
             desired: 0,
             opens_ports: false,
+            bare_services: false,
             has_setup: false,
             max_log_size_dump: 0,
             claims: &claims,
@@ -286,7 +298,8 @@ pub fn plan_cluster(input: &ClusterInput) -> ClusterPlan {
             .map(|s| s.generation_uid.clone())
             .filter(|g| !g.is_empty())
             .unwrap_or_else(|| input.uid.to_string()),
-        spec_generation_to_process: None,
+        // KubeDirector's own counter (bumped by its webhook on spec changes): kept as recorded.
+        spec_generation_to_process: input.prev.and_then(|s| s.spec_generation_to_process),
         cluster_service: facts.headless_name.clone(),
         last_node_id,
         roles,

@@ -34,7 +34,8 @@ pub fn cluster_state(prev: Option<ClusterState>, roles: &[RoleStatus]) -> Cluste
             }
         }
         Some(ClusterState::Deleting) => ClusterState::Deleting,
-        Some(ClusterState::Configured | ClusterState::Updating) => {
+        // `spec modified` (KubeDirector's webhook marks a spec change so) is processed as an update.
+        Some(ClusterState::Configured | ClusterState::Updating | ClusterState::SpecModified) => {
             if changing {
                 ClusterState::Updating
             } else {
@@ -80,11 +81,17 @@ pub fn conditions(
         }
         (None, Some(ClusterState::Configured)) => (true, "Configured", "every member is configured".to_string()),
         (None, Some(ClusterState::Updating)) => (false, "Updating", "members are joining or leaving".to_string()),
+        (None, Some(ClusterState::SpecModified)) => {
+            (false, "SpecModified", "a spec change is being processed".to_string())
+        }
         (None, Some(ClusterState::Deleting)) => (false, "Deleting", "the cluster is being deleted".to_string()),
         (None, Some(ClusterState::Creating) | None) => (false, "Creating", "members are being created".to_string()),
     };
-    let progressing =
-        invalid.is_none() && matches!(state, Some(ClusterState::Creating | ClusterState::Updating) | None);
+    let progressing = invalid.is_none()
+        && matches!(
+            state,
+            Some(ClusterState::Creating | ClusterState::Updating | ClusterState::SpecModified) | None
+        );
     let (degraded, degraded_reason, degraded_msg) = if let Some(msg) = invalid {
         (true, "InvalidSpec", msg.to_string())
     } else if rollup.config_errors {

@@ -306,14 +306,22 @@ fn crnamerole_cluster_gets_contract_children() {
         .iter()
         .filter_map(|s| s.metadata.name.as_deref())
         .collect();
+    // KubeDirector's CrNameRole member Services are named as their pods.
     assert_eq!(
         svc_names,
         vec![
-            "s-spark-one-controller-0",
-            "s-spark-one-worker-0",
-            "s-spark-one-worker-1",
-            "s-spark-one-worker-2"
+            "spark-one-controller-0",
+            "spark-one-worker-0",
+            "spark-one-worker-1",
+            "spark-one-worker-2"
         ]
+    );
+    assert!(
+        p.status
+            .roles
+            .iter()
+            .flat_map(|r| &r.members)
+            .all(|m| m.service == m.pod)
     );
     let svc = &p.member_services[0];
     assert_eq!(svc.spec.as_ref().and_then(|s| s.type_.as_deref()), Some("ClusterIP"));

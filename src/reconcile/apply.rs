@@ -6,6 +6,7 @@
 use k8s_openapi::NamespaceResourceScope;
 use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Service};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use kube::api::{DeleteParams, DynamicObject, Patch, PatchParams, PostParams};
 use kube::{Api, Resource, ResourceExt};
 use serde::Serialize;
@@ -13,12 +14,12 @@ use serde::de::DeserializeOwned;
 use serde_json::json;
 use tracing::Instrument;
 
-use crate::model::labels;
+use crate::model::{labels, rollout};
 
 use super::context::Ctx;
 use super::crashpoint;
 use super::error::Error;
-use super::observe::ChildState;
+use super::observe::{ChildState, StatefulSetState};
 
 /// Counts of what one reconcile wrote, for logs and tests.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -120,6 +121,78 @@ where
     Ok(())
 }
 
+/// A role's StatefulSet: created by server-side apply when missing; an existing one (ours or
+/// KubeDirector's) gets a JSON patch of only what `model::rollout` decides (replicas, the recorded
+/// role inputs, and the template only when the user changed the role). Immutable fields (selector,
+/// serviceName, volumeClaimTemplates) are never sent, so a StatefulSet built by KubeDirector with
+/// other values for them is adopted as it is.
+pub async fn ensure_statefulset(
+    ctx: &Ctx,
+    ns: &str,
+    desired: &StatefulSet,
+    current: Option<&StatefulSetState>,
+    owner_uid: &str,
+    writes: &mut Writes,
+) -> Result<(), Error> {
+    let Some(current) = current else {
+        return ensure(ctx, ns, desired, None, owner_uid, writes).await;
+    };
+    let name = desired.name_any();
+    if current.owner_uid.as_deref().is_some_and(|uid| uid != owner_uid) {
+        return Err(Error::NotOwned {
+            kind: "StatefulSet",
+            name,
+        });
+    }
+    let spec = desired.spec.as_ref();
+    let replicas = spec.and_then(|s| s.replicas).unwrap_or(0);
+    let inputs = desired
+        .annotations()
+        .get(labels::ROLE_INPUTS)
+        .cloned()
+        .unwrap_or_default();
+    let update = rollout::update(&current.existing, replicas, &inputs);
+    if update.is_empty() {
+        writes.skipped += 1;
+        ctx.metrics
+            .writes_skipped
+            .get_or_create(&ctx.metrics.cluster(&ctx.context))
+            .inc();
+        return Ok(());
+    }
+    let mut ops = Vec::new();
+    if let Some(inputs) = &update.record_inputs {
+        if current.has_annotations {
+            let key = labels::ROLE_INPUTS.replace('~', "~0").replace('/', "~1");
+            ops.push(json!({"op": "add", "path": format!("/metadata/annotations/{key}"), "value": inputs}));
+        } else {
+            ops.push(json!({"op": "add", "path": "/metadata/annotations", "value": {labels::ROLE_INPUTS: inputs}}));
+        }
+    }
+    if let Some(n) = update.replicas {
+        ops.push(json!({"op": "replace", "path": "/spec/replicas", "value": n}));
+    }
+    if update.template {
+        let template = spec.map(|s| &s.template);
+        ops.push(json!({"op": "replace", "path": "/spec/template", "value": template}));
+    }
+    let patch: json_patch::Patch =
+        serde_json::from_value(serde_json::Value::Array(ops)).map_err(|source| Error::Serialize {
+            what: "StatefulSet patch",
+            source,
+        })?;
+    take_budget(ctx)?;
+    let api: Api<StatefulSet> = Api::namespaced(ctx.client.clone(), ns);
+    let params = PatchParams {
+        field_manager: Some(ctx.field_manager.clone()),
+        ..Default::default()
+    };
+    let patch = Patch::<()>::Json(patch);
+    write(ctx, "patch", "StatefulSet", &name, api.patch(&name, &params, &patch)).await?;
+    writes.applied += 1;
+    Ok(())
+}
+
 const CLUSTER_KIND: &str = "KubeDirectorCluster";
 
 fn kind_of<K: Resource<DynamicType = ()>>() -> &'static str {
@@ -176,6 +249,21 @@ pub async fn replace_status(ctx: &Ctx, obj: &DynamicObject, status: &impl Serial
     let params = PostParams::default();
     let call = api.replace_status(&name, &params, &updated);
     write(ctx, "update_status", CLUSTER_KIND, &name, call)
+        .await
+        .map(|_| ())
+        .map_err(gone)
+}
+
+/// Writes only `status.conditions` (a merge patch conditional on the resourceVersion we read), for a
+/// status whose other fields could not be read and so must stay exactly as stored.
+pub async fn patch_status_conditions(ctx: &Ctx, obj: &DynamicObject, conditions: &[Condition]) -> Result<(), Error> {
+    let ns = obj.namespace().ok_or(Error::MissingNamespace)?;
+    let patch = json!({"metadata": {"resourceVersion": obj.resource_version()}, "status": {"conditions": conditions}});
+    take_budget(ctx)?;
+    let (api, name) = (cluster_api(ctx, &ns), obj.name_any());
+    let (params, patch) = (PatchParams::default(), Patch::Merge(patch));
+    let call = api.patch_status(&name, &params, &patch);
+    write(ctx, "patch_status", CLUSTER_KIND, &name, call)
         .await
         .map(|_| ())
         .map_err(gone)

@@ -3,7 +3,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use kube::api::DynamicObject;
 use kube::runtime::events::{Event, EventType};
 use kube::{Resource, ResourceExt};
@@ -31,11 +31,31 @@ fn now() -> Time {
     Time(jiff::Timestamp::now())
 }
 
-fn previous_status(obj: &DynamicObject) -> Option<KubeDirectorClusterStatus> {
-    obj.data
-        .get("status")
-        .cloned()
-        .and_then(|s| serde_json::from_value(s).ok())
+/// The status as stored: absent, read, or present but unreadable by these types (written by another
+/// version of KubeDirector, or by hand). An unreadable status is never replaced.
+enum Previous {
+    Absent,
+    Read(Box<KubeDirectorClusterStatus>),
+    Unreadable,
+}
+
+fn previous_status(obj: &DynamicObject) -> Previous {
+    match obj.data.get("status").filter(|s| !s.is_null()) {
+        None => Previous::Absent,
+        Some(s) => match serde_json::from_value(s.clone()) {
+            Ok(status) => Previous::Read(Box::new(status)),
+            Err(_) => Previous::Unreadable,
+        },
+    }
+}
+
+impl Previous {
+    fn readable(&self) -> Option<&KubeDirectorClusterStatus> {
+        match self {
+            Previous::Read(s) => Some(s),
+            _ => None,
+        }
+    }
 }
 
 /// Events are best-effort: they come out of the same write budget as everything else, and are
@@ -67,15 +87,33 @@ async fn publish(ctx: &Ctx, obj: &DynamicObject, type_: EventType, reason: &str,
 }
 
 /// Writes a status that says why the cluster cannot proceed, with an Event when the reason is new.
+/// A status these types cannot read gets only its conditions written (a merge patch): everything
+/// else in it stays as stored, since replacing what was not read would lose member and child names.
 async fn block(ctx: &Ctx, obj: &DynamicObject, reason: &str, message: String) -> Result<Outcome, Error> {
     let prev = previous_status(obj);
-    let prev_message = prev
-        .as_ref()
-        .and_then(|s| s.conditions.iter().find(|c| c.type_ == "Degraded"))
+    let prev_conditions: Vec<Condition> = obj
+        .data
+        .get("status")
+        .and_then(|s| s.get("conditions"))
+        .and_then(|c| serde_json::from_value(c.clone()).ok())
+        .unwrap_or_default();
+    let prev_message = prev_conditions
+        .iter()
+        .find(|c| c.type_ == "Degraded")
         .map(|c| c.message.clone());
-    let status = plan::blocked_status(prev.as_ref(), &message, obj.meta().generation, &now());
-    if prev.as_ref() != Some(&status) {
-        apply::replace_status(ctx, obj, &status).await?;
+    match &prev {
+        Previous::Unreadable => {
+            let conditions = plan::blocked_conditions(&prev_conditions, &message, obj.meta().generation, &now());
+            if conditions != prev_conditions {
+                apply::patch_status_conditions(ctx, obj, &conditions).await?;
+            }
+        }
+        Previous::Absent | Previous::Read(_) => {
+            let status = plan::blocked_status(prev.readable(), &message, obj.meta().generation, &now());
+            if prev.readable() != Some(&status) {
+                apply::replace_status(ctx, obj, &status).await?;
+            }
+        }
     }
     if prev_message.as_deref() != Some(message.as_str()) {
         warn!(context = %ctx.context, cluster = %obj.name_any(), %message, "cluster blocked");
@@ -110,7 +148,7 @@ pub async fn reconcile(obj: Arc<DynamicObject>, ctx: &Ctx) -> Result<Outcome, Er
             apply::set_finalizers(ctx, &obj, finalizers.into_iter().filter(|f| f != FINALIZER).collect()).await?;
             info!(context = %ctx.context, cluster = %name, namespace = %ns, "finalizer removed");
         }
-        if let Some(prev) = previous_status(&obj) {
+        if let Some(prev) = previous_status(&obj).readable() {
             ctx.guest.forget(&ns, &prev.roles);
         }
         ctx.coalescer.forget(&key);
@@ -127,6 +165,8 @@ pub async fn reconcile(obj: Arc<DynamicObject>, ctx: &Ctx) -> Result<Outcome, Er
     let cluster: KubeDirectorCluster = match observe::parse(&obj) {
         Ok(c) => c,
         Err(e) => {
+            // Nothing is planned from a half-read object: without the recorded status, every child
+            // would be created a second time.
             return block(ctx, &obj, "InvalidObject", format!("the object cannot be read: {e}")).await;
         }
     };
@@ -183,7 +223,7 @@ pub async fn reconcile(obj: Arc<DynamicObject>, ctx: &Ctx) -> Result<Outcome, Er
         .await?;
     }
     for sts in &plan.statefulsets {
-        apply::ensure(
+        apply::ensure_statefulset(
             ctx,
             &ns,
             sts,

@@ -13,6 +13,7 @@ use crate::api::{KubeDirectorApp, KubeDirectorConfig};
 use crate::model::catalog::{self, ResolvedApp};
 use crate::model::labels;
 use crate::model::members::{Observed, PodFacts};
+use crate::model::rollout;
 use crate::model::settings::Settings;
 use crate::model::validate::StorageClasses;
 
@@ -25,10 +26,18 @@ pub struct ChildState {
     pub owner_uid: Option<String>,
 }
 
+/// An existing StatefulSet: who controls it, and what `model::rollout` decides from.
+#[derive(Clone, Debug, Default)]
+pub struct StatefulSetState {
+    pub owner_uid: Option<String>,
+    pub has_annotations: bool,
+    pub existing: rollout::Existing,
+}
+
 /// Children of one cluster by kind and name, for the apply step.
 #[derive(Clone, Debug, Default)]
 pub struct Children {
-    pub statefulsets: BTreeMap<String, ChildState>,
+    pub statefulsets: BTreeMap<String, StatefulSetState>,
     pub services: BTreeMap<String, ChildState>,
 }
 
@@ -100,7 +109,20 @@ pub fn observe(ctx: &Ctx, ns: &str, cluster: &str) -> (Observed, Children) {
     }
     for sts in ctx.stores.statefulsets.state() {
         if belongs(&sts.metadata, ns, cluster) {
-            children.statefulsets.insert(sts.name_any(), child_state(&sts.metadata));
+            let meta = &sts.metadata;
+            let state = StatefulSetState {
+                owner_uid: child_state(meta).owner_uid,
+                has_annotations: meta.annotations.is_some(),
+                existing: rollout::Existing {
+                    replicas: sts.spec.as_ref().and_then(|s| s.replicas),
+                    role_inputs: meta
+                        .annotations
+                        .as_ref()
+                        .and_then(|a| a.get(labels::ROLE_INPUTS))
+                        .cloned(),
+                },
+            };
+            children.statefulsets.insert(sts.name_any(), state);
         }
     }
     (observed, children)

@@ -19,5 +19,6 @@ mod operator;
 mod proxy;
 mod reconcile;
 mod sharding;
+mod takeover;
 mod testbed;
 mod traces;

@@ -621,11 +621,13 @@ async fn an_unreadable_cluster_object_does_not_break_the_watch() {
         .and_then(|s| s.open_api_v3_schema.as_mut())
         .expect("schema");
     let props = schema.properties.as_mut().expect("properties");
-    props.insert(
-        "spec".to_string(),
-        serde_json::from_value(json!({"type": "object", "x-kubernetes-preserve-unknown-fields": true}))
-            .expect("schema"),
-    );
+    for field in ["spec", "status"] {
+        props.insert(
+            field.to_string(),
+            serde_json::from_value(json!({"type": "object", "x-kubernetes-preserve-unknown-fields": true}))
+                .expect("schema"),
+        );
+    }
     let crds = Api::<k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition>::all(
         client.clone(),
     );
@@ -645,6 +647,25 @@ async fn an_unreadable_cluster_object_does_not_break_the_watch() {
     broken["spec"]["roles"] = json!("three please");
     create(&client, &ns, &broken).await;
     create(&client, &ns, &example(CLUSTER)).await;
+    // A status these types cannot read (lastNodeID of the wrong type, as another version might
+    // write): it must be reported, and never replaced by one that forgets its children's names.
+    let mut odd = example(CLUSTER);
+    odd["metadata"]["name"] = json!("odd-status");
+    create(&client, &ns, &odd).await;
+    let odd_status = json!({"state": "configured", "clusterService": "kdhs-keep1", "lastNodeID": "three",
+        "generationUID": "g-1", "lastConnectionHash": "",
+        "memberStateRollup": {"membershipChanging": false, "membersDown": false, "membersInitializing": false,
+            "membersWaiting": false, "membersRestarting": false, "configErrors": false, "membersNotScheduled": false},
+        "roles": [{"id": "seed", "statefulSet": "kdss-keep1", "members": [
+            {"pod": "kdss-keep1-0", "service": "s-kdss-keep1-0", "state": "configured", "nodeID": 1, "stateDetail": {}}]}]});
+    let raw = testbed::kd_api(&client, &ns, "KubeDirectorCluster");
+    raw.patch_status(
+        "odd-status",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"status": odd_status})),
+    )
+    .await
+    .expect("write the odd status");
     let operator = Operator::start("kwok-kd-2", &ns, &system_ns);
     let env = Env {
         client,
@@ -670,8 +691,48 @@ async fn an_unreadable_cluster_object_does_not_break_the_watch() {
     testbed::wait_for(
         "condition on the broken object",
         Duration::from_secs(30),
-        await_condition(api, "broken", reported),
+        await_condition(api.clone(), "broken", reported),
     )
     .await
     .expect("watch");
+
+    let odd_reported = |o: Option<&DynamicObject>| {
+        o.and_then(|o| o.data["status"]["conditions"].as_array().cloned())
+            .is_some_and(|cs| {
+                cs.iter().any(|c| {
+                    c["type"] == "Degraded"
+                        && c["status"] == "True"
+                        && c["message"]
+                            .as_str()
+                            .is_some_and(|m| m.contains("cannot be read") && m.contains("status.lastNodeID"))
+                })
+            })
+    };
+    testbed::wait_for(
+        "condition on the cluster with the unreadable status",
+        Duration::from_secs(30),
+        await_condition(api.clone(), "odd-status", odd_reported),
+    )
+    .await
+    .expect("watch");
+    let stored = api.get("odd-status").await.expect("odd-status");
+    let mut kept = stored.data["status"].clone();
+    kept.as_object_mut().expect("status").remove("conditions");
+    assert_eq!(kept, odd_status, "nothing but the conditions was written");
+    let children = labelled::<StatefulSet>(&env, "odd-status").await.len()
+        + labelled::<Service>(&env, "odd-status").await.len()
+        + labelled::<Pod>(&env, "odd-status").await.len();
+    assert_eq!(children, 0, "no child is made from a status that was not read");
+    let events = Api::<Event>::namespaced(env.client.clone(), &env.ns)
+        .list(&ListParams::default().fields("involvedObject.name=odd-status"))
+        .await
+        .expect("events");
+    assert!(
+        events
+            .items
+            .iter()
+            .any(|e| e.reason.as_deref() == Some("InvalidObject")),
+        "an Event says why: {:?}",
+        events.items.iter().map(|e| &e.reason).collect::<Vec<_>>()
+    );
 }
