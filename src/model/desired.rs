@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 
 use k8s_openapi::api::apps::v1::{StatefulSet, StatefulSetPersistentVolumeClaimRetentionPolicy, StatefulSetSpec};
 use k8s_openapi::api::core::v1::{
-    Capabilities, Container, ContainerPort, EmptyDirVolumeSource, EnvVar, HostPathVolumeSource, PersistentVolumeClaim,
+    Capabilities, Container, ContainerPort, EmptyDirVolumeSource, EnvVar, PersistentVolumeClaim,
     PersistentVolumeClaimSpec, PersistentVolumeClaimVolumeSource, PodSpec, PodTemplateSpec, SecretVolumeSource,
     SecurityContext, Service, ServicePort, ServiceSpec, Volume, VolumeDevice, VolumeMount, VolumeResourceRequirements,
 };
@@ -21,17 +21,14 @@ use crate::api::common::ServiceType;
 use super::catalog::{ResolvedApp, ResolvedRole};
 use super::labels::{self, cluster_labels, merged};
 use super::names;
+use super::podparts;
 use super::settings::Settings;
 use super::validate::parse_quantity;
 
-/// Directories persisted when a role asks for storage but its app names none (KubeDirector's choice).
-pub const FALLBACK_PERSIST_DIRS: [&str; 4] = ["/usr", "/opt", "/var", "/data"];
-/// Where the storage volume is mounted in the init container that seeds it.
-const SEED_MOUNT: &str = "/mnt/kd-persist";
-/// Written once the persisted directories were copied into the volume, so restarts never overwrite data.
-const SEED_MARKER: &str = ".kd-persist-seeded";
-pub const GPU_RESOURCE: &str = "nvidia.com/gpu";
+pub const NVIDIA_PREFIX: &str = "nvidia.com/";
 const DEFAULT_BLOCK_PREFIX: &str = "/dev/kdblock";
+/// KubeDirector's size of a block device when the role names none.
+const DEFAULT_BLOCK_SIZE: &str = "1Gi";
 /// The headless Service's placeholder port (KubeDirector's).
 const HEADLESS_PORT: i32 = 8888;
 
@@ -55,7 +52,8 @@ impl ClusterFacts<'_> {
             name: self.name.to_string(),
             uid: self.uid.to_string(),
             controller: Some(true),
-            block_owner_deletion: Some(true),
+            // As KubeDirector sets it (and without the RBAC on the cluster's finalizers `true` needs).
+            block_owner_deletion: Some(false),
         }
     }
 
@@ -186,14 +184,14 @@ pub struct RoleInput<'a> {
     pub block_storage_class: Option<String>,
 }
 
+/// Any `nvidia.com/` resource (GPUs, MIG slices, …) with a non-zero amount.
 pub fn gpu_requested(spec: &RoleSpec) -> bool {
-    let amount = |m: &Option<BTreeMap<String, Quantity>>| {
-        m.as_ref()
-            .and_then(|m| m.get(GPU_RESOURCE))
-            .and_then(parse_quantity)
-            .unwrap_or(0.0)
+    let any = |m: &Option<BTreeMap<String, Quantity>>| {
+        m.iter()
+            .flatten()
+            .any(|(k, q)| k.starts_with(NVIDIA_PREFIX) && parse_quantity(q).unwrap_or(0.0) > 0.0)
     };
-    amount(&spec.resources.limits) > 0.0 || amount(&spec.resources.requests) > 0.0
+    any(&spec.resources.limits) || any(&spec.resources.requests)
 }
 
 pub fn block_device_paths(spec: &RoleSpec) -> Vec<String> {
@@ -204,14 +202,6 @@ pub fn block_device_paths(spec: &RoleSpec) -> Vec<String> {
     (0..block.num_devices.unwrap_or(1).max(0))
         .map(|i| format!("{prefix}{i}"))
         .collect()
-}
-
-fn persist_dirs(role: &ResolvedRole) -> Vec<String> {
-    if role.persist_dirs.is_empty() {
-        FALLBACK_PERSIST_DIRS.iter().map(|d| d.to_string()).collect()
-    } else {
-        role.persist_dirs.clone()
-    }
 }
 
 fn memory_dir(name: &str, size: Option<Quantity>) -> Volume {
@@ -235,18 +225,11 @@ fn mount(name: &str, path: &str, sub_path: Option<String>, read_only: bool) -> V
     }
 }
 
-fn claim_template(
-    c: &ClusterFacts,
-    role: &ResolvedRole,
-    name: &str,
-    class: Option<String>,
-    size: &Quantity,
-    block: bool,
-) -> PersistentVolumeClaim {
+fn claim_template(name: &str, class: Option<String>, size: &Quantity, block: bool) -> PersistentVolumeClaim {
     PersistentVolumeClaim {
+        // Only a name, as KubeDirector's: the StatefulSet controller gives PVCs the selector's labels.
         metadata: ObjectMeta {
             name: Some(name.to_string()),
-            labels: Some(cluster_labels(c.name, c.app, Some(&role.id))),
             ..Default::default()
         },
         spec: Some(PersistentVolumeClaimSpec {
@@ -290,31 +273,48 @@ pub fn statefulset(c: &ClusterFacts, r: &RoleInput) -> StatefulSet {
             ..Default::default()
         });
     }
-
-    let mut volumes = vec![
-        memory_dir("kd-tmp", None),
-        memory_dir("kd-run", None),
-        memory_dir("kd-run-lock", None),
-    ];
-    let mut mounts = vec![
-        mount("kd-tmp", "/tmp", None, false),
-        mount("kd-run", "/run", None, false),
-        mount("kd-run-lock", "/run/lock", None, false),
-    ];
-    if c.app.systemd_required {
-        volumes.push(Volume {
-            name: "kd-cgroup".to_string(),
-            host_path: Some(HostPathVolumeSource {
-                path: "/sys/fs/cgroup".to_string(),
-                type_: None,
-            }),
+    // The new setup layout installs configcli's Python module under /usr/local.
+    let new_layout = role
+        .setup_package
+        .as_ref()
+        .is_some_and(|p| p.use_new_setup_layout == Some(true));
+    if new_layout && !env.iter().any(|e| e.name == "PYTHONUSERBASE") {
+        env.push(EnvVar {
+            name: "PYTHONUSERBASE".to_string(),
+            value: Some("/usr/local".to_string()),
             ..Default::default()
         });
-        mounts.push(mount("kd-cgroup", "/sys/fs/cgroup", None, true));
     }
+
+    // Mounts in KubeDirector's order: persisted directories, in-memory volumes, secret, systemd.
+    let image = role.image.clone();
+    let mut claims = Vec::new();
+    let mut init_containers = Vec::new();
+    let mut mounts = Vec::new();
+    if let Some(storage) = &spec.storage {
+        claims.push(claim_template(
+            names::STORAGE_CLAIM,
+            r.storage_class.clone(),
+            &storage.size,
+            false,
+        ));
+        let dirs = podparts::persisted_dirs(&role.persist_dirs, role.setup_package.as_ref());
+        init_containers.push(podparts::storage_init(image.clone(), &spec.resources, &dirs));
+        for d in &dirs {
+            mounts.push(mount(
+                names::STORAGE_CLAIM,
+                d,
+                Some(d.trim_start_matches('/').to_string()),
+                false,
+            ));
+        }
+    }
+    let (mut volumes, tmpfs_mounts) = podparts::tmpfs();
+    mounts.extend(tmpfs_mounts);
     if let Some(secret) = &spec.secret {
+        let name = format!("secret-vol-{}", secret.name);
         volumes.push(Volume {
-            name: "kd-secret".to_string(),
+            name: name.clone(),
             secret: Some(SecretVolumeSource {
                 secret_name: Some(secret.name.clone()),
                 default_mode: secret.default_mode,
@@ -322,8 +322,17 @@ pub fn statefulset(c: &ClusterFacts, r: &RoleInput) -> StatefulSet {
             }),
             ..Default::default()
         });
-        mounts.push(mount("kd-secret", &secret.mount_path, None, true));
+        mounts.push(mount(
+            &name,
+            &secret.mount_path,
+            None,
+            secret.read_only.unwrap_or(false),
+        ));
     }
+    let (systemd_volumes, systemd_mounts) =
+        podparts::systemd(c.app.systemd_required, c.settings.native_systemd_support);
+    volumes.extend(systemd_volumes);
+    mounts.extend(systemd_mounts);
     if let Some(size) = &spec.shared_memory {
         volumes.push(memory_dir("kd-shm", Some(size.clone())));
         mounts.push(mount("kd-shm", "/dev/shm", None, false));
@@ -342,60 +351,15 @@ pub fn statefulset(c: &ClusterFacts, r: &RoleInput) -> StatefulSet {
         mounts.push(mount(&name, &projection.mount_path, None, read_only));
     }
 
-    let image = role.image.clone();
-    let mut claims = Vec::new();
-    let mut init_containers = Vec::new();
-    if let Some(storage) = &spec.storage {
-        claims.push(claim_template(
-            c,
-            role,
-            names::STORAGE_CLAIM,
-            r.storage_class.clone(),
-            &storage.size,
-            false,
-        ));
-        let dirs = persist_dirs(role);
-        // Copy each directory's image content into the volume once; the marker keeps restarts from
-        // overwriting what the app wrote since.
-        let copies: Vec<String> = dirs
-            .iter()
-            .map(|d| {
-                format!("mkdir -p '{SEED_MOUNT}{d}' && if [ -d '{d}' ]; then cp -a '{d}/.' '{SEED_MOUNT}{d}/'; fi")
-            })
-            .collect();
-        let script = format!(
-            "set -e; if [ ! -f '{SEED_MOUNT}/{SEED_MARKER}' ]; then {}; touch '{SEED_MOUNT}/{SEED_MARKER}'; fi",
-            copies.join("; ")
-        );
-        init_containers.push(Container {
-            name: "init-persist".to_string(),
-            image: image.clone(),
-            command: Some(vec!["/bin/sh".to_string(), "-c".to_string(), script]),
-            volume_mounts: Some(vec![mount(names::STORAGE_CLAIM, SEED_MOUNT, None, false)]),
-            ..Default::default()
-        });
-        for d in &dirs {
-            mounts.push(mount(
-                names::STORAGE_CLAIM,
-                d,
-                Some(d.trim_start_matches('/').to_string()),
-                false,
-            ));
-        }
-    }
     let mut devices = Vec::new();
     if let Some(block) = &spec.block_storage {
-        let size = block.size.clone().unwrap_or_else(|| Quantity("10Gi".to_string()));
+        let size = block
+            .size
+            .clone()
+            .unwrap_or_else(|| Quantity(DEFAULT_BLOCK_SIZE.to_string()));
         for (i, path) in block_device_paths(spec).into_iter().enumerate() {
             let claim = names::block_claim(i);
-            claims.push(claim_template(
-                c,
-                role,
-                &claim,
-                r.block_storage_class.clone(),
-                &size,
-                true,
-            ));
+            claims.push(claim_template(&claim, r.block_storage_class.clone(), &size, true));
             devices.push(VolumeDevice {
                 name: claim,
                 device_path: path,
@@ -429,6 +393,7 @@ pub fn statefulset(c: &ClusterFacts, r: &RoleInput) -> StatefulSet {
         }),
         volume_mounts: Some(mounts),
         volume_devices: (!devices.is_empty()).then_some(devices),
+        lifecycle: Some(podparts::dns_hook(&c.headless_name)),
         ..Default::default()
     };
 
@@ -462,6 +427,8 @@ pub fn statefulset(c: &ClusterFacts, r: &RoleInput) -> StatefulSet {
                     volumes: Some(volumes),
                     affinity: spec.affinity.clone(),
                     service_account_name: spec.service_account_name.clone(),
+                    // A token only for members that name the account they need it for.
+                    automount_service_account_token: Some(spec.service_account_name.is_some()),
                     ..Default::default()
                 }),
             },

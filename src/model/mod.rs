@@ -11,6 +11,7 @@ pub mod labels;
 pub mod members;
 pub mod names;
 pub mod plan;
+pub mod podparts;
 pub mod rollout;
 pub mod settings;
 pub mod status;

@@ -14,6 +14,8 @@ pub struct Settings {
     pub default_storage_class: Option<String>,
     pub default_naming_scheme: NamingScheme,
     pub svc_domain_base: String,
+    /// The nodes' runtime gives containers their own cgroup tree: systemd apps get no host mounts.
+    pub native_systemd_support: bool,
     pub pod_labels: BTreeMap<String, String>,
     pub pod_annotations: BTreeMap<String, String>,
     pub service_labels: BTreeMap<String, String>,
@@ -38,6 +40,7 @@ impl Settings {
                 .cluster_svc_domain_base
                 .filter(|s| !s.is_empty())
                 .unwrap_or_else(|| DEFAULT_SVC_DOMAIN_BASE.to_string()),
+            native_systemd_support: c.native_systemd_support.unwrap_or(false),
             pod_labels: c.pod_labels.unwrap_or_default(),
             pod_annotations: c.pod_annotations.unwrap_or_default(),
             service_labels: c.service_labels.unwrap_or_default(),

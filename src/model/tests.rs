@@ -241,11 +241,13 @@ fn crnamerole_cluster_gets_contract_children() {
     for tmpfs in ["/tmp", "/run", "/run/lock", "/dev/shm", "/etc/creds", "/data"] {
         assert!(mounts.contains_key(tmpfs), "mount {tmpfs} missing: {mounts:?}");
     }
+    // KubeDirector's rule: /etc always, and the app's /etc/spark collapses into it.
     assert_eq!(
-        mounts.get("/etc/spark"),
-        Some(&Some("etc/spark".to_string())),
+        mounts.get("/etc"),
+        Some(&Some("etc".to_string())),
         "persist dir by subPath"
     );
+    assert!(!mounts.contains_key("/etc/spark"), "inside a persisted directory");
     assert_eq!(mounts.get("/home"), Some(&Some("home".to_string())));
     let claims = s.volume_claim_templates.as_ref().expect("claims");
     assert_eq!(claims[0].metadata.name.as_deref(), Some("p"));
@@ -256,7 +258,7 @@ fn crnamerole_cluster_gets_contract_children() {
     let pod_spec = s.template.spec.as_ref().expect("pod spec");
     assert_eq!(
         pod_spec.init_containers.as_ref().map(|i| i[0].name.as_str()),
-        Some("init-persist")
+        Some("init")
     );
     assert_eq!(pod_spec.service_account_name.as_deref(), Some("spark-runner"));
     assert!(pod_spec.affinity.is_some());

@@ -490,6 +490,9 @@ async fn clusters_built_by_kubedirector_are_taken_over_without_restarting_a_pod(
     testbed::install_crds(&client).await;
     let ns = testbed::namespace(&client, "takeover").await;
     let system_ns = testbed::namespace(&client, "takeover-sys").await;
+    // kwok runs the operator's execs locally, so the setup package of `with-package`'s new member
+    // runs (and fails: its package is not there), as it would in a real member.
+    let _guests = crate::guest::Guests::start(&client, &ns, Vec::new());
     // One spare volume for the expand of `uid-storage` (the pool of kd-local volumes is shared).
     let spare: Value = json!({"apiVersion": "v1", "kind": "PersistentVolume", "metadata": {"name": format!("{ns}-spare")},
         "spec": {"capacity": {"storage": "10Gi"}, "accessModes": ["ReadWriteOnce"], "storageClassName": "kd-local",
