@@ -261,3 +261,100 @@ fn pod_templates_and_services_are_built_as_kubedirector_built_them() {
     }
     assert_eq!(compared, 8, "every StatefulSet of every fixture was compared");
 }
+
+fn upstream(dir: &str) -> Vec<(String, Result<Value, String>)> {
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(format!("../shared/kubedirector/{dir}"));
+    let mut out: Vec<(String, Result<Value, String>)> = std::fs::read_dir(&root)
+        .unwrap_or_else(|e| panic!("{}: {e}", root.display()))
+        .map(|e| e.expect("entry").path())
+        .map(|p| {
+            let text = std::fs::read_to_string(&p).expect("read");
+            let parsed = if p.extension().is_some_and(|e| e == "json") {
+                serde_json::from_str(&text).map_err(|e| e.to_string())
+            } else {
+                serde_yaml::from_str(&text).map_err(|e| e.to_string())
+            };
+            (p.file_name().expect("name").to_string_lossy().into_owned(), parsed)
+        })
+        .collect();
+    out.sort_by(|a, b| a.0.cmp(&b.0));
+    out
+}
+
+/// KubeDirector's own example catalog and clusters, unchanged: every app passes our admission
+/// (defaulting, then validation) and resolves; every cluster passes admission against those apps.
+/// One upstream file is not valid YAML (kubectl refuses it too) and is named here, not skipped silently.
+#[test]
+fn the_upstream_catalog_and_example_clusters_are_accepted() {
+    use kubedirector::admission::world::Snapshot;
+    let system = "kubedirector";
+    let mut apps = Vec::new();
+    for (file, parsed) in upstream("example_catalog") {
+        let mut obj = parsed.unwrap_or_else(|e| panic!("{file}: {e}"));
+        let spec: kubedirector::api::app::KubeDirectorAppSpec =
+            serde_json::from_value(obj["spec"].clone()).unwrap_or_else(|e| panic!("{file}: {e}"));
+        kubedirector::admission::app::mutate(&mut obj, &spec);
+        let spec: kubedirector::api::app::KubeDirectorAppSpec =
+            serde_json::from_value(obj["spec"].clone()).expect("mutated app");
+        let errors = kubedirector::admission::app::validate(&spec);
+        assert!(errors.is_empty(), "{file}: {errors:?}");
+        let name = obj["metadata"]["name"].as_str().expect("name").to_string();
+        resolve_app(&name, AppCatalog::System, &spec).unwrap_or_else(|e| panic!("{file}: {e:?}"));
+        apps.push(obj);
+    }
+    assert_eq!(apps.len(), 20, "every upstream app");
+    // Each app in the system catalog and in the clusters' namespace (some clusters ask for `local`).
+    let ns = "apps";
+    let mut objects = Vec::new();
+    for app in &apps {
+        for catalog_ns in [system, ns] {
+            let mut a = app.clone();
+            a["metadata"]["namespace"] = json!(catalog_ns);
+            objects.push(std::sync::Arc::new(serde_json::from_value(a).expect("app object")));
+        }
+    }
+    let world = Snapshot {
+        operator_namespace: system.to_string(),
+        apps: objects,
+        storage_classes: StorageClasses {
+            // The examples name `local-path` (rancher local-path-provisioner) where they name one.
+            names: vec!["local-path".to_string(), "standard".to_string()],
+            cluster_default: Some("standard".to_string()),
+        },
+        ..Default::default()
+    };
+    let mut accepted = 0;
+    let (mut unparsable, mut refused) = (Vec::new(), Vec::new());
+    for (file, parsed) in upstream("example_clusters") {
+        let Ok(mut obj) = parsed else {
+            unparsable.push(file);
+            continue;
+        };
+        let spec: kubedirector::api::cluster::KubeDirectorClusterSpec =
+            serde_json::from_value(obj["spec"].clone()).unwrap_or_else(|e| panic!("{file}: {e}"));
+        kubedirector::admission::cluster::mutate(&mut obj, ns, &spec, &world);
+        let spec: kubedirector::api::cluster::KubeDirectorClusterSpec =
+            serde_json::from_value(obj["spec"].clone()).expect("mutated cluster");
+        let errors = kubedirector::admission::cluster::validate(ns, &spec, None, &world);
+        if errors.is_empty() {
+            accepted += 1;
+        } else {
+            refused.push((file, errors.iter().map(|e| e.field.clone()).collect::<Vec<_>>()));
+        }
+    }
+    assert_eq!(
+        unparsable,
+        ["cr-cluster-datafabric610.yaml"],
+        "upstream's one broken file"
+    );
+    // Upstream's training-engine example asks for a role its app does not have (KubeDirector's
+    // validator refuses unknown roles too).
+    assert_eq!(
+        refused,
+        [(
+            "cr-cluster-training-engine.yaml".to_string(),
+            vec!["spec.roles[2].id".to_string()]
+        )]
+    );
+    assert_eq!(accepted, 20);
+}
