@@ -358,3 +358,82 @@ fn the_upstream_catalog_and_example_clusters_are_accepted() {
     );
     assert_eq!(accepted, 20);
 }
+
+/// The new setup layout (no KubeDirector-written object of it is at hand, so against KubeDirector's
+/// doc/app-filesystem-layout.md): upstream's cassandra311 with storage persists `/etc`, the layout's
+/// four directories and the app's own, and its members get `PYTHONUSERBASE=/usr/local`.
+#[test]
+fn the_new_setup_layout_persists_its_directories_and_sets_pythonuserbase() {
+    let app: KubeDirectorApp =
+        serde_json::from_value(upstream_one("example_catalog/cr-app-cassandra-3.11.json")).expect("app");
+    let resolved = resolve_app("cassandra311", AppCatalog::System, &app.spec).expect("resolves");
+    let mut cr: KubeDirectorCluster =
+        serde_json::from_value(upstream_one("example_clusters/cr-cluster-cassandra311-stor.yaml")).expect("cluster");
+    cr.metadata.namespace = Some("apps".to_string());
+    cr.metadata.uid = Some("u-1".to_string());
+    let (settings, connections) = (Settings::default(), kubedirector::model::connections::empty());
+    let classes = StorageClasses {
+        names: vec!["standard".to_string()],
+        cluster_default: Some("standard".to_string()),
+    };
+    let plan = plan_cluster(&ClusterInput {
+        name: "cassandra-persistent",
+        namespace: "apps",
+        uid: "u-1",
+        generation: Some(1),
+        spec: &cr.spec,
+        prev: None,
+        app: &resolved,
+        settings: &settings,
+        classes: &classes,
+        observed: &Observed::default(),
+        connections: &connections,
+        now: Time(jiff::Timestamp::UNIX_EPOCH),
+    });
+    assert!(plan.errors.is_empty(), "{:?}", plan.errors);
+    for sts in &plan.statefulsets {
+        let pod = sts
+            .spec
+            .as_ref()
+            .and_then(|s| s.template.spec.as_ref())
+            .expect("pod spec");
+        let app = &pod.containers[0];
+        let persisted: Vec<&str> = app
+            .volume_mounts
+            .iter()
+            .flatten()
+            .filter(|m| m.name == "p")
+            .map(|m| m.mount_path.as_str())
+            .collect();
+        assert_eq!(
+            persisted,
+            [
+                "/etc",
+                "/opt/guestconfig",
+                "/var/log/guestconfig",
+                "/usr/local/bin",
+                "/usr/local/lib",
+                "/var/lib/cassandra",
+                "/var/log/cassandra",
+                "/data"
+            ]
+        );
+        let env: Vec<(&str, Option<&str>)> = app
+            .env
+            .iter()
+            .flatten()
+            .map(|e| (e.name.as_str(), e.value.as_deref()))
+            .collect();
+        assert!(env.contains(&("PYTHONUSERBASE", Some("/usr/local"))), "{env:?}");
+    }
+}
+
+fn upstream_one(path: &str) -> Value {
+    let p = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(format!("../shared/kubedirector/{path}"));
+    let text = std::fs::read_to_string(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
+    if path.ends_with(".json") {
+        serde_json::from_str(&text).expect("JSON")
+    } else {
+        serde_yaml::from_str(&text).expect("YAML")
+    }
+}

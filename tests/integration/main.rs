@@ -6,6 +6,7 @@
 mod common;
 
 mod admission;
+mod catalog;
 mod chart;
 mod connections;
 mod crds;

@@ -483,6 +483,77 @@ async fn expand_shrink_delete(client: &Client, ns: &str, before: &Recorded, log:
     .await;
 }
 
+/// `uid-plain` loses its `worker` role (its StatefulSet, Services and members go, the other role is
+/// untouched), then gets it back: a new StatefulSet, members numbered on from lastNodeID.
+async fn remove_and_add_a_role(client: &Client, ns: &str, before: &Recorded, log: &std::path::Path) {
+    let name = before.name.as_str();
+    assert_eq!(name, "uid-plain");
+    let crs = Api::<KubeDirectorCluster>::namespaced(client.clone(), ns);
+    let cr = crs.get(name).await.expect("cluster");
+    let worker = cr
+        .spec
+        .roles
+        .iter()
+        .find(|r| r.id == "worker")
+        .cloned()
+        .expect("worker role");
+    let old_sts = before
+        .status
+        .roles
+        .iter()
+        .find(|r| r.id == "worker")
+        .expect("worker status")
+        .stateful_set
+        .clone();
+    let remove = json!([{"op": "remove", "path": "/spec/roles/1"}]);
+    crs.patch(
+        name,
+        &PatchParams::default(),
+        &Patch::<()>::Json(serde_json::from_value(remove).expect("patch")),
+    )
+    .await
+    .expect("remove the role");
+    wait_settled(client, ns, name, 1, log).await;
+    let sts: BTreeSet<String> = labelled::<StatefulSet>(client, ns, name)
+        .await
+        .iter()
+        .map(|s| s.name_any())
+        .collect();
+    assert!(
+        !sts.contains(&old_sts),
+        "the removed role's StatefulSet is gone: {sts:?}"
+    );
+    let pods: BTreeMap<String, String> = labelled::<Pod>(client, ns, name)
+        .await
+        .iter()
+        .map(|p| (p.name_any(), p.uid().expect("uid")))
+        .collect();
+    let controller_pod = &before.status.roles[0].members[0].pod;
+    assert_eq!(
+        pods.get(controller_pod),
+        before.pod_uids.get(controller_pod),
+        "the other role's pod kept"
+    );
+    assert_eq!(pods.len(), 1);
+
+    let add = json!([{"op": "add", "path": "/spec/roles/-", "value": worker}]);
+    crs.patch(
+        name,
+        &PatchParams::default(),
+        &Patch::<()>::Json(serde_json::from_value(add).expect("patch")),
+    )
+    .await
+    .expect("add the role back");
+    wait_settled(client, ns, name, 3, log).await;
+    let status = crs.get(name).await.expect("cluster").status.expect("status");
+    let role = status.roles.iter().find(|r| r.id == "worker").expect("worker again");
+    assert!(role.stateful_set.starts_with("kdss-") && role.stateful_set != old_sts);
+    let ids: Vec<i64> = role.members.iter().map(|m| m.node_id).collect();
+    let last = before.status.last_node_id;
+    assert_eq!(ids, [last + 1, last + 2], "numbered on from lastNodeID");
+    assert!(role.members.iter().all(|m| m.service == format!("s-{}", m.pod)));
+}
+
 #[tokio::test]
 #[ignore = "needs the test bed: make integration"]
 async fn clusters_built_by_kubedirector_are_taken_over_without_restarting_a_pod() {
@@ -535,6 +606,10 @@ async fn clusters_built_by_kubedirector_are_taken_over_without_restarting_a_pod(
     // The config error of `with-package` stays: its container did not change.
     let with_package = record(&client, "with-package", &ns).await;
     assert_eq!(with_package.status.roles[0].members[0].state, MemberState::ConfigError);
+
+    remove_and_add_a_role(&client, &ns, &recorded[0], &log).await;
+    // Its worker role is new now: the expand below compares with that.
+    recorded[0] = record(&client, "uid-plain", &ns).await;
 
     let mut work = Vec::new();
     for before in recorded.iter().rev() {
