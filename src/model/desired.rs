@@ -45,7 +45,7 @@ pub struct ClusterFacts<'a> {
 }
 
 impl ClusterFacts<'_> {
-    fn owner(&self) -> OwnerReference {
+    pub fn owner(&self) -> OwnerReference {
         OwnerReference {
             api_version: format!("{}/{}", crate::api::GROUP, crate::api::VERSION),
             kind: "KubeDirectorCluster".to_string(),

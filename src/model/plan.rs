@@ -4,7 +4,7 @@
 
 use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::core::v1::Service;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, OwnerReference, Time};
 
 use crate::api::cluster::{ClusterState, KubeDirectorClusterSpec, KubeDirectorClusterStatus, MemberState};
 
@@ -48,6 +48,8 @@ pub struct ClusterPlan {
     pub guest_work: Vec<guest::Work>,
     /// Spec errors: nothing is created or changed, the status says why.
     pub errors: Vec<FieldError>,
+    /// The owner reference every child carries (also given to PVCs that nothing owns).
+    pub owner: Option<OwnerReference>,
 }
 
 /// The status to write when the cluster cannot be planned (missing app, invalid spec, unreadable
@@ -112,6 +114,7 @@ pub fn plan_cluster(input: &ClusterInput) -> ClusterPlan {
     let mut last_node_id = input.prev.map(|s| s.last_node_id).unwrap_or(0);
     let mut plan = ClusterPlan {
         headless: Some(desired::headless_service(&facts)),
+        owner: Some(facts.owner()),
         ..Default::default()
     };
     let mut roles = Vec::new();

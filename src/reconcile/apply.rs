@@ -6,7 +6,7 @@
 use k8s_openapi::NamespaceResourceScope;
 use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Service};
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, OwnerReference};
 use kube::api::{DeleteParams, DynamicObject, Patch, PatchParams, PostParams};
 use kube::{Api, Resource, ResourceExt};
 use serde::Serialize;
@@ -191,6 +191,43 @@ pub async fn ensure_statefulset(
     write(ctx, "patch", "StatefulSet", &name, api.patch(&name, &params, &patch)).await?;
     writes.applied += 1;
     Ok(())
+}
+
+/// Makes the cluster the owner of a PVC nothing owns, so the garbage collector removes it with the
+/// cluster (KubeDirector's PVC webhook did this at creation). Conditional on the version read.
+pub async fn own_pvc(
+    ctx: &Ctx,
+    ns: &str,
+    name: &str,
+    version: &str,
+    owner: &OwnerReference,
+    writes: &mut Writes,
+) -> Result<(), Error> {
+    take_budget(ctx)?;
+    let api: Api<PersistentVolumeClaim> = Api::namespaced(ctx.client.clone(), ns);
+    let patch = json!({"metadata": {"ownerReferences": [owner], "resourceVersion": version}});
+    let params = PatchParams {
+        field_manager: Some(ctx.field_manager.clone()),
+        ..Default::default()
+    };
+    let patch = Patch::Merge(patch);
+    match write(
+        ctx,
+        "patch",
+        "PersistentVolumeClaim",
+        name,
+        api.patch(name, &params, &patch),
+    )
+    .await
+    {
+        Ok(_) => {
+            writes.applied += 1;
+            Ok(())
+        }
+        // Deleted meanwhile: nothing to own.
+        Err(Error::Api(kube::Error::Api(s))) if s.code == 404 => Ok(()),
+        Err(e) => Err(e),
+    }
 }
 
 const CLUSTER_KIND: &str = "KubeDirectorCluster";

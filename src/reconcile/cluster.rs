@@ -13,6 +13,7 @@ use crate::api::KubeDirectorCluster;
 use crate::api::cluster::{ClusterState, KubeDirectorClusterStatus};
 use crate::model::connections;
 use crate::model::labels::FINALIZER;
+use crate::model::names;
 use crate::model::plan::{self, ClusterInput};
 use crate::model::validate;
 
@@ -243,6 +244,21 @@ pub async fn reconcile(obj: Arc<DynamicObject>, ctx: &Ctx) -> Result<Outcome, Er
     }
     for svc in &plan.delete_services {
         apply::delete_service(ctx, &ns, svc, &mut writes).await?;
+    }
+    if let Some(owner) = &plan.owner {
+        for (pvc, version) in &children.unowned_pvcs {
+            // Only claims of StatefulSets that keep them: the others' claims get their StatefulSet
+            // as owner from the StatefulSet controller.
+            let retained = names::pod_of_pvc(pvc).is_some_and(|pod| {
+                children
+                    .statefulsets
+                    .iter()
+                    .any(|(sts, state)| state.retains_claims && names::ordinal_of(sts, pod).is_some())
+            });
+            if retained && !plan.delete_pvcs.contains(pvc) {
+                apply::own_pvc(ctx, &ns, pvc, version, owner, &mut writes).await?;
+            }
+        }
     }
     for pvc in &plan.delete_pvcs {
         apply::delete_pvc(ctx, &ns, pvc, &mut writes).await?;

@@ -30,6 +30,9 @@ pub struct ChildState {
 #[derive(Clone, Debug, Default)]
 pub struct StatefulSetState {
     pub owner_uid: Option<String>,
+    /// Its PVCs outlive their pods (`Retain`, KubeDirector's StatefulSets): nothing but the cluster
+    /// can own them.
+    pub retains_claims: bool,
     pub has_annotations: bool,
     pub existing: rollout::Existing,
 }
@@ -38,6 +41,9 @@ pub struct StatefulSetState {
 #[derive(Clone, Debug, Default)]
 pub struct Children {
     pub statefulsets: BTreeMap<String, StatefulSetState>,
+    /// PVCs of the cluster that nothing owns, with their resourceVersion: claims KubeDirector made
+    /// while its PVC webhook was down, and claims its (Retain) StatefulSets make for new members.
+    pub unowned_pvcs: BTreeMap<String, String>,
     pub services: BTreeMap<String, ChildState>,
 }
 
@@ -105,13 +111,23 @@ pub fn observe(ctx: &Ctx, ns: &str, cluster: &str) -> (Observed, Children) {
     for pvc in ctx.stores.pvcs.state() {
         if belongs(&pvc.metadata, ns, cluster) {
             observed.pvcs.insert(pvc.name_any());
+            let owned = pvc.metadata.owner_references.as_ref().is_some_and(|o| !o.is_empty());
+            if !owned && pvc.metadata.deletion_timestamp.is_none() {
+                let version = pvc.metadata.resource_version.clone().unwrap_or_default();
+                children.unowned_pvcs.insert(pvc.name_any(), version);
+            }
         }
     }
     for sts in ctx.stores.statefulsets.state() {
         if belongs(&sts.metadata, ns, cluster) {
             let meta = &sts.metadata;
+            let retention = sts
+                .spec
+                .as_ref()
+                .and_then(|s| s.persistent_volume_claim_retention_policy.as_ref());
             let state = StatefulSetState {
                 owner_uid: child_state(meta).owner_uid,
+                retains_claims: retention.and_then(|r| r.when_deleted.as_deref()).unwrap_or("Retain") == "Retain",
                 has_annotations: meta.annotations.is_some(),
                 existing: rollout::Existing {
                     replicas: sts.spec.as_ref().and_then(|s| s.replicas),

@@ -31,6 +31,8 @@ const CLUSTERS: [&str; 7] = [
     "ubuntu18.04",
 ];
 const CLUSTER_LABEL: &str = "kubedirector.hpe.com/kdcluster";
+/// A claim of `uid-storage` replayed without its owner.
+const UNOWNED_PVC: &str = "p-kdss-jmn5w-1";
 
 fn fixture(name: &str) -> Vec<Value> {
     let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(format!("../shared/kubedirector/takeover/{name}.json"));
@@ -130,6 +132,10 @@ async fn replay(client: &Client, name: &str, ns: &str, system_ns: &str) -> Recor
         let mut p = fresh(&pvc, Some(ns));
         owned_by(&mut p, &uid);
         drop_bind_annotations(&mut p);
+        // As if KubeDirector's PVC webhook (failurePolicy Ignore) had been down for this claim.
+        if p["metadata"]["name"] == UNOWNED_PVC {
+            p["metadata"].as_object_mut().expect("meta").remove("ownerReferences");
+        }
         if let Some(v) = p["spec"]["volumeName"].as_str().map(pv_name) {
             p["spec"]["volumeName"] = json!(v);
         }
@@ -603,6 +609,34 @@ async fn clusters_built_by_kubedirector_are_taken_over_without_restarting_a_pod(
         }
         check_untouched(before, &after);
     }
+    // Every claim of `uid-storage` is the cluster's now, also the one nothing owned.
+    let cr_uid = Api::<KubeDirectorCluster>::namespaced(client.clone(), &ns)
+        .get("uid-storage")
+        .await
+        .expect("uid-storage")
+        .metadata
+        .uid;
+    let owned_by_cluster = |p: &PersistentVolumeClaim| {
+        p.owner_references()
+            .iter()
+            .any(|o| o.controller == Some(true) && Some(&o.uid) == cr_uid.as_ref())
+    };
+    let claims_owned = || async {
+        loop {
+            let claims = labelled::<PersistentVolumeClaim>(&client, &ns, "uid-storage").await;
+            if claims.len() == 2 && claims.iter().all(owned_by_cluster) {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    };
+    testbed::wait_for(
+        "uid-storage's claims owned by the cluster",
+        Duration::from_secs(30),
+        claims_owned(),
+    )
+    .await;
+
     // The config error of `with-package` stays: its container did not change.
     let with_package = record(&client, "with-package", &ns).await;
     assert_eq!(with_package.status.roles[0].members[0].state, MemberState::ConfigError);
