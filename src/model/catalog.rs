@@ -102,8 +102,10 @@ pub struct ResolvedApp {
     pub systemd_required: bool,
     pub selected_roles: Vec<String>,
     pub roles: Vec<ResolvedRole>,
-    /// `config.configMeta`: configmeta's `config_metadata`.
-    pub config_meta: BTreeMap<String, String>,
+    /// `config.configMeta`: configmeta's `config_metadata` (null when the app has none).
+    pub config_meta: Option<BTreeMap<String, String>>,
+    /// configmeta's `version`.
+    pub config_schema_version: i64,
 }
 
 impl ResolvedApp {
@@ -142,7 +144,8 @@ pub fn resolve_app(name: &str, catalog: AppCatalog, spec: &KubeDirectorAppSpec) 
         systemd_required: spec.systemd_required.unwrap_or(false),
         selected_roles: spec.config.selected_roles.clone(),
         roles,
-        config_meta: spec.config.config_meta.clone().unwrap_or_default(),
+        config_meta: spec.config.config_meta.clone(),
+        config_schema_version: spec.config_schema_version,
     })
 }
 

@@ -145,13 +145,32 @@ impl Index {
 
 /// Connections' configmeta when nothing is connected.
 pub fn empty() -> Value {
-    serde_json::json!({"clusters": {}, "configmaps": {}, "secrets": {}})
+    super::configmeta::connections([])
 }
 
 /// The hash of the connected content (`status.lastConnectionHash`): FNV-1a of its canonical JSON
-/// (object keys sorted), so only a change of content counts, not a no-op update.
+/// (object keys sorted, lists sorted), so only a change of content counts: not a no-op update, and
+/// not the reordering of a connected cluster's members as their states change (configmeta lists
+/// them by state, as KubeDirector does).
 pub fn content_hash(connections: &Value) -> String {
-    format!("{:016x}", names::fnv1a64(connections.to_string().as_bytes()))
+    format!("{:016x}", names::fnv1a64(canonical(connections).to_string().as_bytes()))
+}
+
+/// Whether `hash` is one `content_hash` made (16 hex digits; KubeDirector's md5 has 32).
+pub fn is_our_hash(hash: &str) -> bool {
+    hash.len() == 16 && hash.bytes().all(|b| b.is_ascii_hexdigit())
+}
+
+fn canonical(v: &Value) -> Value {
+    match v {
+        Value::Array(items) => {
+            let mut items: Vec<Value> = items.iter().map(canonical).collect();
+            items.sort_by_key(|i| i.to_string());
+            Value::Array(items)
+        }
+        Value::Object(map) => Value::Object(map.iter().map(|(k, v)| (k.clone(), canonical(v))).collect()),
+        other => other.clone(),
+    }
 }
 
 /// The `startscript` arguments of a connection change.
@@ -187,6 +206,20 @@ pub fn reconnect_pending(roles: &[RoleStatus]) -> bool {
         .iter()
         .flat_map(|r| &r.members)
         .any(|m| m.state_detail.pending_notify_cmds.contains(&note))
+}
+
+#[cfg(test)]
+mod hash_tests {
+    use super::*;
+
+    #[test]
+    fn the_hash_ignores_order_but_not_content() {
+        let a = serde_json::json!({"clusters": {"c": {"fqdns": ["x", "y"]}}});
+        let b = serde_json::json!({"clusters": {"c": {"fqdns": ["y", "x"]}}});
+        let c = serde_json::json!({"clusters": {"c": {"fqdns": ["y"]}}});
+        assert_eq!(content_hash(&a), content_hash(&b));
+        assert_ne!(content_hash(&a), content_hash(&c));
+    }
 }
 
 #[cfg(test)]

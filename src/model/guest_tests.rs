@@ -255,20 +255,24 @@ fn configmeta_has_the_contract_structure() {
         .map(|m| format!("{}.{domain}", m.pod))
         .collect();
     assert_eq!(role["fqdns"], serde_json::json!(pods));
-    assert_eq!(role["services"], serde_json::json!(["ssh", "noport"]));
+    // KubeDirector's structure: a map of service objects per role, referenced from `services`.
+    let services: Vec<&String> = role["services"].as_object().expect("a map").keys().collect();
+    assert_eq!(services, ["noport", "ssh"]);
     assert_eq!(
         role["fqdn_mappings"][&pods[0]],
         members_of(&p2, "vanilla_centos")[0].node_id.to_string().as_str()
     );
     assert_eq!(cm["nodegroups"]["1"]["catalog_entry_version"], "1.3");
     // A service with a port has endpoints per member; one without has none.
+    // (no urlScheme: KubeDirector's `://host:port`)
     assert_eq!(
-        cm["services"]["ssh"]["1"]["vanilla_centos"]["endpoints"][0],
-        format!("{}:22", pods[0]).as_str()
+        role["services"]["ssh"]["endpoints"][0],
+        format!("://{}:22", pods[0]).as_str()
     );
+    assert_eq!(role["services"]["noport"]["endpoints"], serde_json::json!([]));
     assert_eq!(
-        cm["services"]["noport"]["1"]["vanilla_centos"]["endpoints"],
-        serde_json::json!([])
+        cm["services"]["ssh"]["1"]["vanilla_centos"]["bdvlibrefkey"],
+        serde_json::json!(["nodegroups", "1", "roles", "vanilla_centos", "services", "ssh"])
     );
     for key in ["distros", "connections"] {
         assert!(cm[key].is_object(), "{key}");
@@ -415,4 +419,17 @@ fn file_injections_alone_make_a_setup_and_travel_with_it() {
             .iter()
             .all(|m| m.state == MemberState::Configured)
     );
+}
+
+#[test]
+fn a_hash_kubedirector_recorded_is_replaced_without_a_reconnect() {
+    let cluster = centos_cluster();
+    let app = app_with_setup();
+    let (p3, observed) = configured(&cluster, &app);
+    let mut taken_over = p3.status.clone();
+    // KubeDirector's md5 of no connections, as its clusters carry it.
+    taken_over.last_connection_hash = "d41d8cd98f00b204e9800998ecf8427e".to_string();
+    let p = plan(&cluster, &app, Some(&taken_over), &observed);
+    assert!(no_notifications(&p), "no --reconnect on takeover");
+    assert_eq!(p.status.last_connection_hash, p3.status.last_connection_hash);
 }

@@ -13,6 +13,7 @@ pub mod names;
 pub mod plan;
 pub mod podparts;
 pub mod rollout;
+pub mod secretkeys;
 pub mod settings;
 pub mod status;
 pub mod validate;

@@ -15,6 +15,7 @@ use super::desired::{self, ClusterFacts, RoleInput};
 use super::guest;
 use super::members::{self, Observed, RoleShape};
 use super::names;
+use super::secretkeys;
 use super::settings::Settings;
 use super::status;
 use super::validate::{self, FieldError, StorageClasses};
@@ -73,6 +74,30 @@ pub fn blocked_status(
     );
     status.observed_generation = generation;
     status
+}
+
+/// The roles' secret keys, decrypted for configmeta. One that does not open under the master key
+/// is left out, as KubeDirector leaves it out (admission refuses such values where it can).
+pub fn secret_keys(
+    spec: &KubeDirectorClusterSpec,
+    settings: &Settings,
+) -> std::collections::BTreeMap<String, std::collections::BTreeMap<String, String>> {
+    spec.roles
+        .iter()
+        .filter(|r| !r.secret_keys.is_empty())
+        .map(|r| {
+            let opened = r
+                .secret_keys
+                .iter()
+                .filter_map(|k| {
+                    let master = settings.master_encryption_key.as_deref()?;
+                    let value = secretkeys::decrypt(master, k.encrypted_value.as_deref()?).ok()?;
+                    Some((k.name.clone(), value))
+                })
+                .collect();
+            (r.id.clone(), opened)
+        })
+        .collect()
 }
 
 /// The conditions of a blocked cluster whose status cannot be read: the only part written then.
@@ -250,13 +275,15 @@ pub fn plan_cluster(input: &ClusterInput) -> ClusterPlan {
     }
 
     let prev_state = input.prev.and_then(|s| s.state);
-    let domain = configmeta::domain(&facts.headless_name, input.namespace);
+    let domain = configmeta::domain(&facts.headless_name, input.namespace, &settings.svc_domain_base);
     guest::queue_notifications(prev_state, prev_roles, &mut roles, input.app, &domain);
     // A change of the connected content tells the members that have seen the old one (`--reconnect`);
     // the first hash is only recorded (members configure with the connections in their configmeta).
     let connection_hash = connections::content_hash(input.connections);
     let prev_hash = input.prev.map(|s| s.last_connection_hash.as_str()).unwrap_or_default();
-    if !prev_hash.is_empty() && prev_hash != connection_hash {
+    // A hash KubeDirector recorded (an md5) cannot be compared with ours: on takeover it is only
+    // replaced, or every connected member would hear a --reconnect for nothing.
+    if connections::is_our_hash(prev_hash) && prev_hash != connection_hash {
         connections::queue_reconnect(&mut roles, input.app);
     }
     let mut state = status::cluster_state(prev_state, &roles);
@@ -282,6 +309,8 @@ pub fn plan_cluster(input: &ClusterInput) -> ClusterPlan {
             app: input.app,
             roles: &roles,
             connections: input.connections,
+            domain_base: &settings.svc_domain_base,
+            secret_keys: &secret_keys(spec, settings),
         },
         input.observed,
     );

@@ -6,7 +6,7 @@ use crate::api::common::{NamingScheme, ServiceType};
 use crate::api::config::KubeDirectorConfigSpec;
 
 /// DNS suffix of member FQDNs when kd-global-config does not set `clusterSvcDomainBase`.
-pub const DEFAULT_SVC_DOMAIN_BASE: &str = "svc.cluster.local";
+pub const DEFAULT_SVC_DOMAIN_BASE: &str = ".svc.cluster.local";
 
 #[derive(Clone, Debug, PartialEq)]
 pub struct Settings {
@@ -16,6 +16,8 @@ pub struct Settings {
     pub svc_domain_base: String,
     /// The nodes' runtime gives containers their own cgroup tree: systemd apps get no host mounts.
     pub native_systemd_support: bool,
+    /// Hex AES key of the roles' secret keys (`masterEncryptionKey`).
+    pub master_encryption_key: Option<String>,
     pub pod_labels: BTreeMap<String, String>,
     pub pod_annotations: BTreeMap<String, String>,
     pub service_labels: BTreeMap<String, String>,
@@ -41,6 +43,7 @@ impl Settings {
                 .filter(|s| !s.is_empty())
                 .unwrap_or_else(|| DEFAULT_SVC_DOMAIN_BASE.to_string()),
             native_systemd_support: c.native_systemd_support.unwrap_or(false),
+            master_encryption_key: c.master_encryption_key.filter(|k| !k.is_empty()),
             pod_labels: c.pod_labels.unwrap_or_default(),
             pod_annotations: c.pod_annotations.unwrap_or_default(),
             service_labels: c.service_labels.unwrap_or_default(),

@@ -183,7 +183,7 @@ pub async fn reconcile(obj: Arc<DynamicObject>, ctx: &Ctx) -> Result<Outcome, Er
     }
     // Connected objects not found are left out (and logged): the cluster works without them, and
     // their arrival changes the content hash, which tells the members (`--reconnect`).
-    let (connected, missing) = ctx.hub.resolve(&targets);
+    let (connected, missing) = ctx.hub.resolve(&targets, &settings.svc_domain_base);
     if !missing.is_empty() {
         debug!(context = %ctx.context, cluster = %name, namespace = %ns, ?missing, "connected objects not found");
     }

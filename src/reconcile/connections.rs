@@ -2,21 +2,24 @@
 //! cluster's reconcile can read connected objects in any member cluster (`context/namespace/name`),
 //! and a change of a connected object wakes the clusters connected to it, wherever they are.
 
+use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
+
+use base64::Engine;
 
 use dashmap::DashMap;
 use k8s_openapi::api::core::v1::{ConfigMap, Secret};
 use kube::ResourceExt;
 use kube::api::DynamicObject;
 use kube::runtime::reflector::{ObjectRef, Store};
-use serde_json::{Map, Value, json};
+use serde_json::{Map, Value};
 use tokio::sync::mpsc::UnboundedSender;
 use tracing::debug;
 
 use crate::api::KubeDirectorCluster;
 use crate::api::cluster::Connections;
 use crate::model::catalog;
-use crate::model::configmeta;
+use crate::model::configmeta::{self, Connected};
 use crate::model::connections::{self, Index, Kind, Source, Target};
 
 use super::context::ClusterKey;
@@ -119,52 +122,59 @@ impl Hub {
     }
 
     /// configmeta's `connections` for a cluster's references, and what could not be found.
-    pub fn resolve(&self, targets: &[Target]) -> (Value, Vec<String>) {
-        let mut out = connections::empty();
+    /// `domain_base` is the connecting cluster's `clusterSvcDomainBase` (also used for connected
+    /// clusters in other member clusters, whose kd-global-config is not read here).
+    pub fn resolve(&self, targets: &[Target], domain_base: &str) -> (Value, Vec<String>) {
+        let mut found = Vec::new();
         let mut missing = Vec::new();
         for t in targets {
-            let found = self.members.get(&t.context).and_then(|m| match t.kind {
-                Kind::Cluster => cluster_entry(&m, t).map(|v| ("clusters", t.name.clone(), v, false)),
+            let entry = self.members.get(&t.context).and_then(|m| match t.kind {
+                Kind::Cluster => cluster_entry(&m, t, domain_base).map(|doc| Connected::Cluster {
+                    name: t.name.clone(),
+                    doc,
+                }),
                 Kind::ConfigMap => {
                     let cm = m.configmaps.get(&ObjectRef::new(&t.name).within(&t.namespace))?;
                     let type_ = cm.labels().get(CM_TYPE)?.clone();
-                    let data = json!({"metadata": metadata(&cm.metadata), "data": cm.data});
-                    Some(("configmaps", type_, data, true))
+                    let meta = &cm.metadata;
+                    let entry = configmeta::configmap_entry(
+                        &t.name,
+                        meta.labels.as_ref(),
+                        meta.annotations.as_ref(),
+                        cm.data.as_ref(),
+                    );
+                    Some(Connected::ConfigMap { type_, entry })
                 }
                 Kind::Secret => {
                     let secret = m.secrets.get(&ObjectRef::new(&t.name).within(&t.namespace))?;
                     let type_ = secret.labels().get(SECRET_TYPE)?.clone();
-                    let data = json!({"metadata": metadata(&secret.metadata), "data": secret.data});
-                    Some(("secrets", type_, data, true))
+                    let meta = &secret.metadata;
+                    // The API's base64 of each value, as KubeDirector passes it on.
+                    let data: Option<BTreeMap<String, String>> = secret.data.as_ref().map(|d| {
+                        d.iter()
+                            .map(|(k, v)| (k.clone(), base64::engine::general_purpose::STANDARD.encode(&v.0)))
+                            .collect()
+                    });
+                    let entry = configmeta::secret_entry(
+                        &t.name,
+                        meta.labels.as_ref(),
+                        meta.annotations.as_ref(),
+                        data.as_ref(),
+                    );
+                    Some(Connected::Secret { type_, entry })
                 }
             });
-            match found {
-                Some((field, key, value, listed)) => {
-                    let slot = &mut out[field][&key];
-                    if listed {
-                        if !slot.is_array() {
-                            *slot = Value::Array(Vec::new());
-                        }
-                        if let Value::Array(list) = slot {
-                            list.push(value);
-                        }
-                    } else {
-                        *slot = value;
-                    }
-                }
+            match entry {
+                Some(e) => found.push(e),
                 None => missing.push(format!("{} {}/{}/{}", t.kind.field(), t.context, t.namespace, t.name)),
             }
         }
-        (out, missing)
+        (configmeta::connections(found), missing)
     }
 }
 
-fn metadata(m: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta) -> Value {
-    json!({"name": m.name, "namespace": m.namespace, "labels": m.labels, "annotations": m.annotations})
-}
-
 /// A connected cluster's configmeta (without `node`), from the caches of its member cluster.
-fn cluster_entry(m: &MemberView, t: &Target) -> Option<Value> {
+fn cluster_entry(m: &MemberView, t: &Target, domain_base: &str) -> Option<Value> {
     let oref = ObjectRef::<DynamicObject>::new_with(&t.name, m.cluster_resource.clone()).within(&t.namespace);
     let obj = m.clusters.get(&oref)?;
     let cluster: KubeDirectorCluster = catalog::parse(&obj).ok()?;
@@ -179,7 +189,8 @@ fn cluster_entry(m: &MemberView, t: &Target) -> Option<Value> {
     .ok()?;
     let uid = obj.uid().unwrap_or_default();
     let empty = Value::Object(Map::new());
-    Some(configmeta::for_cluster(&configmeta::Cluster {
+    let no_keys = BTreeMap::new();
+    let c = configmeta::Cluster {
         name: &t.name,
         namespace: &t.namespace,
         uid: &uid,
@@ -188,5 +199,9 @@ fn cluster_entry(m: &MemberView, t: &Target) -> Option<Value> {
         app: &app,
         roles: &status.roles,
         connections: &empty,
-    }))
+        domain_base,
+        // A connected cluster's secret keys stay its own.
+        secret_keys: &no_keys,
+    };
+    Some(configmeta::for_cluster(&c, &t.name))
 }

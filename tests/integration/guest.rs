@@ -308,7 +308,12 @@ async fn setup_runs_once_per_member_and_membership_changes_notify_the_others() {
         assert_eq!(cm["node"]["role_id"], "node");
         assert_eq!(cm["node"]["domain"], domain.as_str());
         assert_eq!(cm["cluster"]["id"], c.metadata.uid.clone().unwrap_or_default().as_str());
-        assert_eq!(cm["cluster"]["config_metadata"]["answer"], "42");
+        assert_eq!(cm["nodegroups"]["1"]["config_metadata"]["answer"], "42");
+        assert_eq!(
+            cm["cluster"]["config_metadata"]["1"]["bdvlibrefkey"],
+            json!(["nodegroups", "1", "config_metadata"]),
+            "KubeDirector's reference, resolved by configcli"
+        );
         let fqdns: Vec<String> = first.iter().map(|p| format!("{p}.{domain}")).collect();
         assert_eq!(cm["nodegroups"]["1"]["roles"]["node"]["fqdns"], json!(fqdns));
         let ids: Vec<String> = c
@@ -319,9 +324,10 @@ async fn setup_runs_once_per_member_and_membership_changes_notify_the_others() {
             .map(|m| m.node_id.to_string())
             .collect();
         assert_eq!(cm["nodegroups"]["1"]["roles"]["node"]["node_ids"], json!(ids));
+        // KubeDirector's endpoint without a urlScheme, under the role's services.
         assert_eq!(
-            cm["services"]["ssh"]["1"]["node"]["endpoints"][0],
-            format!("{}:22", fqdns[0]).as_str()
+            cm["nodegroups"]["1"]["roles"]["node"]["services"]["ssh"]["endpoints"][0],
+            format!("://{}:22", fqdns[0]).as_str()
         );
     }
 
