@@ -97,9 +97,8 @@ pub fn poll_delay(polls: u32) -> Duration {
     Duration::from_secs(1u64 << polls.min(5)).min(Duration::from_secs(30))
 }
 
-/// Retries of a failed notification before it is dropped: 2 s, doubling up to 60 s.
-pub const NOTIFY_ATTEMPTS: u32 = 6;
-
+/// Delay before retrying a failed notification: 2 s, doubling up to 60 s. A notification is retried
+/// until it is delivered or its member is gone (as KubeDirector does), never dropped.
 pub fn notify_retry_delay(failures: u32) -> Duration {
     Duration::from_secs(2u64 << failures.min(5)).min(Duration::from_secs(60))
 }
@@ -113,6 +112,16 @@ fn wants(app: &ResolvedApp, role: &str, event: LifecycleEvent) -> bool {
 
 fn leaving(m: &MemberStatus) -> bool {
     matches!(m.state, MemberState::DeletePending | MemberState::Deleting)
+}
+
+/// The argv of a queued notification: each argument split at white space, as KubeDirector's shell
+/// splits them (it queues `"--nodegroup 1"` as one argument).
+pub fn notify_argv(arguments: &[String]) -> Vec<String> {
+    arguments
+        .iter()
+        .flat_map(|a| a.split_whitespace())
+        .map(str::to_string)
+        .collect()
 }
 
 /// `startscript` arguments of a membership notification.
@@ -205,6 +214,8 @@ pub enum WorkKind {
     Setup {
         package_url: Option<String>,
         injections: Vec<FileInjection>,
+        /// Run `startscript --configure` (the role's eventList allows it); else only install.
+        configure: bool,
     },
     /// Run `startscript <arguments>` (the head of the member's notification queue).
     Notify { arguments: Vec<String> },
@@ -242,6 +253,10 @@ pub fn work(c: &configmeta::Cluster, observed: &super::members::Observed) -> Vec
                         WorkKind::Setup {
                             package_url: app_role.setup_package.as_ref().map(|p| p.package_url.clone()),
                             injections: injections.clone(),
+                            configure: app_role
+                                .event_list
+                                .as_ref()
+                                .is_none_or(|events| events.contains(&LifecycleEvent::Configure)),
                         },
                     )
                 }

@@ -406,9 +406,11 @@ fn file_injections_alone_make_a_setup_and_travel_with_it() {
             WorkKind::Setup {
                 package_url,
                 injections,
+                configure,
             } => {
                 assert_eq!(package_url, &None);
                 assert_eq!(injections.len(), 1);
+                assert!(configure, "no eventList: every event");
             }
             other => panic!("{other:?}"),
         }
@@ -432,4 +434,36 @@ fn a_hash_kubedirector_recorded_is_replaced_without_a_reconnect() {
     let p = plan(&cluster, &app, Some(&taken_over), &observed);
     assert!(no_notifications(&p), "no --reconnect on takeover");
     assert_eq!(p.status.last_connection_hash, p3.status.last_connection_hash);
+}
+
+#[test]
+fn notification_arguments_are_split_as_kubedirectors_shell_splits_them() {
+    let queued = vec![
+        "--addnodes".to_string(),
+        "--nodegroup 1".to_string(),
+        "--role  worker".to_string(),
+    ];
+    assert_eq!(
+        guest::notify_argv(&queued),
+        ["--addnodes", "--nodegroup", "1", "--role", "worker"]
+    );
+}
+
+#[test]
+fn a_role_whose_event_list_lacks_configure_is_installed_but_not_configured() {
+    let cluster = centos_cluster();
+    let mut app = app_with_setup();
+    for r in &mut app.roles {
+        r.event_list = Some(vec![LifecycleEvent::Addnodes]);
+    }
+    let p1 = plan(&cluster, &app, None, &Observed::default());
+    let p2 = plan(&cluster, &app, Some(&p1.status), &all_running(&p1, "a"));
+    assert!(!p2.guest_work.is_empty());
+    assert!(
+        p2.guest_work
+            .iter()
+            .all(|w| matches!(w.kind, WorkKind::Setup { configure: false, .. })),
+        "{:?}",
+        p2.guest_work
+    );
 }

@@ -179,8 +179,10 @@ impl Runner {
             WorkKind::Setup {
                 package_url,
                 injections,
+                configure,
             } => {
                 args[0] = "setup".to_string();
+                args.push(if *configure { "1" } else { "0" }.to_string());
                 args.push(package_url.clone().unwrap_or_default());
                 for f in injections {
                     let p = f.permissions.clone().unwrap_or_default();
@@ -196,7 +198,7 @@ impl Runner {
             }
             WorkKind::Notify { arguments } => {
                 args[0] = "notify".to_string();
-                args.extend(arguments.iter().cloned());
+                args.extend(guest::notify_argv(arguments));
                 self.limits.notify_timeout
             }
         };
@@ -262,14 +264,8 @@ impl Runner {
                             Ok(SetupReport::Running) => "unexpected report".to_string(),
                             Err(e) => e,
                         };
-                        if g.notify_failures >= guest::NOTIFY_ATTEMPTS {
-                            warn!(context = %ctx, %pod, args = ?arguments, error = %why, attempts = g.notify_failures, "notification failed; giving up");
-                            g.notified = Some(arguments.clone());
-                            Duration::ZERO
-                        } else {
-                            warn!(context = %ctx, %pod, args = ?arguments, error = %why, "notification failed; retrying");
-                            guest::notify_retry_delay(g.notify_failures)
-                        }
+                        warn!(context = %ctx, %pod, args = ?arguments, error = %why, attempts = g.notify_failures, "notification failed; retrying");
+                        guest::notify_retry_delay(g.notify_failures)
                     }
                 }
             }

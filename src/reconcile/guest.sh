@@ -1,5 +1,5 @@
 # The operator's side of the in-guest contract, run by exec in container `app` as
-#   sh -c <this> kd-guest setup  <container-id> <max-log> <bytes> <package-url|""> [<src> <dest-dir> <mode> <owner> <group>]...
+#   sh -c <this> kd-guest setup  <container-id> <max-log> <bytes> <configure 1|0> <package-url|""> [<src> <dest-dir> <mode> <owner> <group>]...
 #   sh -c <this> kd-guest notify <container-id> <max-log> <bytes> <startscript arguments...>
 # with the member's configmeta.json (<bytes> long) on stdin. Exactly that many bytes are read: an
 # exec's stdin is not reliably closed at the far end (kwok's simulation never sees EOF), so nothing
@@ -51,12 +51,18 @@ report() { # code stdout-file stderr-file
 
 case "$op" in
 setup)
-  url="$1"
+  run="$1"; url="$2"; shift
   st="$G/configure.status"
   # The exit code recorded for this container (ids hold `/` and `.`: compared as plain strings).
   code="$([ -f "$st" ] && awk -v c="$cid=" 'index($0, c) == 1 { v = substr($0, length(c) + 1) } END { print v }' "$st")"
   if [ -n "$code" ]; then
     report "$code" "$G/configure.stdout" "$G/configure.stderr"
+  fi
+  # A new container whose /opt/guestconfig survived (a persistent volume) and holds a successful
+  # configure keeps it, as KubeDirector does: --configure is not run again.
+  if [ -f "$st" ] && grep -q '=0$' "$st"; then
+    echo "$cid=0" >> "$st"
+    report 0 "$G/configure.stdout" "$G/configure.stderr"
   fi
   if [ -f "$G/configure.started" ] && [ "$(cat "$G/configure.started")" = "$cid" ]; then
     echo "kd-result running"
@@ -84,6 +90,10 @@ setup)
   s="$(startscript)" || { echo "kd-result done 127"; echo "no startscript in $url"; exit 0; }
   chmod +x "$s"
   rm -f "$st"
+  if [ "$run" != 1 ]; then # the role's eventList has no `configure`: installed, never run
+    echo "$cid=0" >> "$st"
+    report 0 /dev/null /dev/null
+  fi
   echo "$cid" > "$G/configure.started"
   # Detached, with every descriptor redirected: the exec returns at once.
   (cd "$G" && nohup sh -c '"$1" --configure > "$2/configure.stdout" 2> "$2/configure.stderr"; echo "$3=$?" >> "$2/configure.status"' \

@@ -119,10 +119,26 @@ impl Guests {
             while let Some(Ok(pod)) = events.next().await {
                 let name = pod.name_any();
                 let home = dir.join(&name);
+                let uid = pod.uid().unwrap_or_default();
                 if home.exists() {
+                    // A new pod of that name: without a persistent volume its container starts
+                    // with a fresh /opt (configure.status gone); with one, /opt/guestconfig is kept.
+                    let seen = std::fs::read_to_string(home.join(".pod-uid")).unwrap_or_default();
+                    let has_pv = pod
+                        .spec
+                        .iter()
+                        .flat_map(|s| s.volumes.iter().flatten())
+                        .any(|v| v.persistent_volume_claim.is_some());
+                    if seen != uid && !uid.is_empty() {
+                        if !has_pv {
+                            let _ = std::fs::remove_dir_all(home.join("opt"));
+                        }
+                        std::fs::write(home.join(".pod-uid"), &uid).expect("pod uid");
+                    }
                     continue;
                 }
                 std::fs::create_dir_all(&home).expect("pod dir");
+                std::fs::write(home.join(".pod-uid"), &uid).expect("pod uid");
                 let cluster = pod
                     .labels()
                     .get("kubedirector.hpe.com/kdcluster")
@@ -524,4 +540,64 @@ async fn a_hanging_setup_script_holds_no_worker() {
         ratio(0.5),
         ratio(0.99)
     );
+}
+
+fn first_member(c: &KubeDirectorCluster) -> Option<kubedirector::api::cluster::MemberStatus> {
+    c.status.as_ref()?.roles.first()?.members.first().cloned()
+}
+
+#[tokio::test]
+#[ignore = "needs the test bed: make integration"]
+async fn a_restarted_member_keeps_its_configure_on_its_volume_and_is_set_up_again_without_one() {
+    let s = setup("guestpv", Vec::new(), None, &[]).await;
+    testbed::kd_local_storage_class(&s.client).await;
+    let pv: k8s_openapi::api::core::v1::PersistentVolume = serde_json::from_value(json!({
+        "metadata": {"name": format!("{}-0", s.ns)},
+        "spec": {"capacity": {"storage": "10Gi"}, "accessModes": ["ReadWriteOnce"], "storageClassName": "kd-local",
+                 "persistentVolumeReclaimPolicy": "Retain", "hostPath": {"path": format!("/tmp/{}-0", s.ns)}}
+    }))
+    .expect("PV");
+    Api::<k8s_openapi::api::core::v1::PersistentVolume>::all(s.client.clone())
+        .create(&PostParams::default(), &pv)
+        .await
+        .expect("create PV");
+    let mut with_pv = cluster("pv", "setup-test", 1);
+    with_pv["spec"]["roles"][0]["storage"] = json!({"size": "1Gi", "storageClassName": "kd-local"});
+    create(&s.client, &s.ns, &with_pv).await;
+    create(&s.client, &s.ns, &cluster("nopv", "setup-test", 1)).await;
+    for (name, configures) in [("pv", 1), ("nopv", 2)] {
+        let c = s.wait_settled(name, Duration::from_secs(120)).await;
+        let before = first_member(&c).expect("member");
+        Api::<Pod>::namespaced(s.client.clone(), &s.ns)
+            .delete(&before.pod, &DeleteParams::default().grace_period(0))
+            .await
+            .expect("delete pod");
+        let old = before.state_detail.last_configured_container.clone();
+        let restarted = move |c: &KubeDirectorCluster| {
+            first_member(c)
+                .is_some_and(|m| m.state == MemberState::Configured && m.state_detail.last_configured_container != old)
+        };
+        s.wait(
+            name,
+            "configured in its new container",
+            Duration::from_secs(120),
+            restarted,
+        )
+        .await;
+        let calls = s.guests.calls(&before.pod);
+        assert_eq!(count(&calls, "--configure"), configures, "{name}: {calls:?}");
+    }
+}
+
+#[tokio::test]
+#[ignore = "needs the test bed: make integration"]
+async fn a_role_without_configure_in_its_event_list_is_never_configured() {
+    let s = setup("guestev", Vec::new(), Some(json!(["addnodes"])), &[]).await;
+    create(&s.client, &s.ns, &cluster("ev", "setup-test", 2)).await;
+    let c = s.wait_settled("ev", Duration::from_secs(120)).await;
+    for m in c.status.iter().flat_map(|s| &s.roles).flat_map(|r| &r.members) {
+        assert_eq!(m.state, MemberState::Configured);
+        let calls = s.guests.calls(&m.pod);
+        assert_eq!(count(&calls, "--configure"), 0, "{}: {calls:?}", m.pod);
+    }
 }
