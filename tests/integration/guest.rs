@@ -34,6 +34,11 @@ case "$1" in
   while [ -f "$R/hang" ]; do sleep 1; done
   if [ -f "$R/fail" ]; then rm -f "$R/fail"; echo "configure failed on purpose"; echo "bad thing" >&2; exit 3; fi
   echo configured ;;
+--addnodes)
+  # With the marker, the first four deliveries fail.
+  if [ -f "$R/fail-notify" ] && [ "$(wc -l < "$R/notify-failures" 2>/dev/null || echo 0)" -lt 4 ]; then
+    echo x >> "$R/notify-failures"; echo "not now" >&2; exit 1
+  fi ;;
 esac
 exit 0
 "#;
@@ -600,4 +605,24 @@ async fn a_role_without_configure_in_its_event_list_is_never_configured() {
         let calls = s.guests.calls(&m.pod);
         assert_eq!(count(&calls, "--configure"), 0, "{}: {calls:?}", m.pod);
     }
+}
+
+#[tokio::test]
+#[ignore = "needs the test bed: make integration"]
+async fn a_notification_that_fails_four_times_is_delivered_on_the_fifth() {
+    let s = setup(
+        "guestretry",
+        vec![("nf".to_string(), "fail-notify".to_string())],
+        None,
+        &[],
+    )
+    .await;
+    create(&s.client, &s.ns, &cluster("nf", "setup-test", 1)).await;
+    let c = s.wait_settled("nf", Duration::from_secs(120)).await;
+    let first = first_member(&c).expect("member").pod;
+    s.set_members("nf", 2).await;
+    // Retries after 4, 8, 16 and 32 s (the runner doubles from 2 s): delivered, never dropped.
+    s.wait_settled("nf", Duration::from_secs(120)).await;
+    let calls = s.guests.calls(&first);
+    assert_eq!(count(&calls, "--addnodes"), 5, "{calls:?}");
 }
