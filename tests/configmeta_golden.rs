@@ -227,3 +227,82 @@ fn secret_keys_kubedirector_encrypted_decrypt_to_their_plaintexts() {
         assert_eq!(plain, case["plaintext"].as_str().expect("plaintext"));
     }
 }
+
+/// Members of roles with a `hasAuthToken` service get a token once (kept in status, different per
+/// member and per salt), carried on their Service as KubeDirector's annotation and in configmeta.
+#[test]
+fn auth_tokens_are_made_once_per_member_and_kept() {
+    use kubedirector::model::members::Observed;
+    use kubedirector::model::plan::{ClusterInput, plan_cluster};
+    use kubedirector::model::validate::StorageClasses;
+    let app = app_of(&read(dir("authtoken").join("app.json")));
+    let mut cluster: KubeDirectorCluster =
+        serde_json::from_value(read(dir("authtoken").join("cluster.json"))).expect("cluster");
+    cluster.status = None;
+    let (settings, connections) = (Settings::default(), kubedirector::model::connections::empty());
+    let classes = StorageClasses::default();
+    let plan = |prev: Option<&kubedirector::api::cluster::KubeDirectorClusterStatus>, salt: &str| {
+        plan_cluster(&ClusterInput {
+            name: "training-environment",
+            namespace: "demo-ns",
+            uid: "u-1",
+            generation: Some(1),
+            spec: &cluster.spec,
+            prev,
+            app: &app,
+            settings: &settings,
+            classes: &classes,
+            observed: &Observed::default(),
+            connections: &connections,
+            now: k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(jiff::Timestamp::UNIX_EPOCH),
+            token_salt: salt,
+        })
+    };
+    let first = plan(None, "salt-a");
+    let tokens: Vec<String> = first
+        .status
+        .roles
+        .iter()
+        .flat_map(|r| &r.members)
+        .map(|m| m.auth_token.clone().expect("a token"))
+        .collect();
+    assert_eq!(tokens.len(), 3);
+    assert!(
+        tokens
+            .iter()
+            .all(|t| t.len() == 32 && t.bytes().all(|b| b.is_ascii_hexdigit()))
+    );
+    assert_eq!(
+        tokens.iter().collect::<std::collections::BTreeSet<_>>().len(),
+        3,
+        "one per member"
+    );
+    for m in first.status.roles.iter().flat_map(|r| &r.members) {
+        let svc = first
+            .member_services
+            .iter()
+            .find(|s| s.metadata.name.as_deref() == Some(m.service.as_str()))
+            .expect("member Service");
+        let annotation = svc
+            .metadata
+            .annotations
+            .as_ref()
+            .and_then(|a| a.get("kubedirector.hpe.com/kd-auth-token"));
+        assert_eq!(annotation, m.auth_token.as_ref());
+    }
+    // Recorded, they are kept, whatever the next salt; a new salt makes other tokens.
+    let again = plan(Some(&first.status), "salt-b");
+    let kept: Vec<String> = again
+        .status
+        .roles
+        .iter()
+        .flat_map(|r| &r.members)
+        .filter_map(|m| m.auth_token.clone())
+        .collect();
+    assert_eq!(kept, tokens);
+    let other = plan(None, "salt-b");
+    assert_ne!(
+        other.status.roles[0].members[0].auth_token,
+        first.status.roles[0].members[0].auth_token
+    );
+}

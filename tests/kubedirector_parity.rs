@@ -89,6 +89,7 @@ fn plan(items: &[Value]) -> ClusterPlan {
         observed: &observed,
         connections: &connections,
         now: Time(jiff::Timestamp::UNIX_EPOCH),
+        token_salt: "",
     })
 }
 
@@ -391,6 +392,7 @@ fn the_new_setup_layout_persists_its_directories_and_sets_pythonuserbase() {
         observed: &Observed::default(),
         connections: &connections,
         now: Time(jiff::Timestamp::UNIX_EPOCH),
+        token_salt: "",
     });
     assert!(plan.errors.is_empty(), "{:?}", plan.errors);
     for sts in &plan.statefulsets {

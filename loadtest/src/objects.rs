@@ -137,6 +137,7 @@ pub fn floor_group(name: &str, namespace: &str, w: &Workload, placement: Placeme
             observed: &observed,
             connections: &kubedirector::model::connections::empty(),
             now: now.clone(),
+            token_salt: "",
         });
         if !p.errors.is_empty() {
             let all: Vec<String> = p.errors.iter().map(|e| e.to_string()).collect();

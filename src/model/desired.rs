@@ -15,7 +15,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta, 
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use serde::Serialize;
 
-use crate::api::cluster::RoleSpec;
+use crate::api::cluster::{MemberStatus, RoleSpec};
 use crate::api::common::ServiceType;
 
 use super::catalog::{ResolvedApp, ResolvedRole};
@@ -113,14 +113,15 @@ pub fn headless_service(c: &ClusterFacts) -> Service {
 }
 
 /// One member's Service, or `None` when its role opens no port (status says "n/a").
-/// `name` is the member's recorded Service name.
+/// The member's Service, named as its status records it; a member with an auth token carries it
+/// in the annotation KubeDirector uses (`kubedirector.hpe.com/kd-auth-token`).
 pub fn member_service(
     c: &ClusterFacts,
     role_spec: &RoleSpec,
     role: &ResolvedRole,
-    pod: &str,
-    name: &str,
+    m: &MemberStatus,
 ) -> Option<Service> {
+    let (pod, name) = (m.pod.as_str(), m.service.as_str());
     let ports: Vec<ServicePort> = role
         .ported_services()
         .map(|(svc, port)| ServicePort {
@@ -150,13 +151,16 @@ pub fn member_service(
             role_spec.service_labels.as_ref().unwrap_or(&empty),
         ],
     );
-    let annotations = merged(
+    let mut annotations = merged(
         &labels::app_annotations(c.app),
         &[
             &c.settings.service_annotations,
             role_spec.service_annotations.as_ref().unwrap_or(&empty),
         ],
     );
+    if let Some(token) = &m.auth_token {
+        annotations.insert(labels::AUTH_TOKEN.to_string(), token.clone());
+    }
     let mut svc = Service {
         metadata: c.meta(name, labels, annotations),
         spec: Some(ServiceSpec {

@@ -17,6 +17,8 @@ pub const ROLE_INPUTS: &str = "kubedirector.hpe.com/role-inputs";
 /// Set by the StatefulSet controller on every pod.
 pub const POD_NAME: &str = "statefulset.kubernetes.io/pod-name";
 pub const FINALIZER: &str = "kubedirector.hpe.com/cleanup";
+/// On a member's Service: the member's auth token (services with `hasAuthToken`).
+pub const AUTH_TOKEN: &str = "kubedirector.hpe.com/kd-auth-token";
 
 /// Labels of everything belonging to a cluster; `role` is left out for the headless Service.
 pub fn cluster_labels(cr_name: &str, app: &ResolvedApp, role: Option<&str>) -> BTreeMap<String, String> {

@@ -34,6 +34,9 @@ pub struct ClusterInput<'a> {
     /// `connections` of configmeta: the connected objects' content (`connections::empty()` if none).
     pub connections: &'a serde_json::Value,
     pub now: Time,
+    /// Fresh randomness from the caller, from which new members' auth tokens are derived (tokens
+    /// are recorded in status at once, so each is made once).
+    pub token_salt: &'a str,
 }
 
 #[derive(Clone, Debug, Default)]
@@ -182,7 +185,16 @@ pub fn plan_cluster(input: &ClusterInput) -> ClusterPlan {
             claims: &claims,
             block_device_paths: &block_paths,
         };
-        let step = members::step_role(prev, &shape, input.observed, &mut last_node_id);
+        let mut step = members::step_role(prev, &shape, input.observed, &mut last_node_id);
+        if role
+            .services
+            .iter()
+            .any(|s| s.endpoint.as_set().and_then(|e| e.has_auth_token) == Some(true))
+        {
+            for m in step.status.members.iter_mut().filter(|m| m.auth_token.is_none()) {
+                m.auth_token = Some(secretkeys::auth_token(input.token_salt, input.uid, &m.pod));
+            }
+        }
         let class_of = |requested: Option<&str>| {
             validate::effective_storage_class(requested, settings.default_storage_class.as_deref(), input.classes)
         };
@@ -206,7 +218,7 @@ pub fn plan_cluster(input: &ClusterInput) -> ClusterPlan {
         for m in &step.status.members {
             if !matches!(m.state, MemberState::DeletePending | MemberState::Deleting) {
                 plan.member_services
-                    .extend(desired::member_service(&facts, role_spec, role, &m.pod, &m.service));
+                    .extend(desired::member_service(&facts, role_spec, role, m));
             }
         }
         plan.delete_services.extend(step.delete_services);

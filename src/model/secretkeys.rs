@@ -42,6 +42,14 @@ pub fn decrypt(master_hex: &str, encrypted_hex: &str) -> Result<String, SecretKe
     String::from_utf8(plain.to_vec()).map_err(|_| SecretKeyError::Malformed)
 }
 
+/// A member's auth token: 32 hex digits, keyed by the caller's fresh `salt` (so not guessable from
+/// the names it is derived from), made once and then kept in status.
+pub fn auth_token(salt: &str, cluster_uid: &str, pod: &str) -> String {
+    let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, salt.as_bytes());
+    let tag = ring::hmac::sign(&key, format!("{cluster_uid}/{pod}").as_bytes());
+    hex::encode(&tag.as_ref()[..16])
+}
+
 /// Seals `plaintext` under `master_hex` with the caller's fresh random `nonce`.
 pub fn encrypt(master_hex: &str, nonce: [u8; NONCE_LEN], plaintext: &str) -> Result<String, SecretKeyError> {
     let key = key(master_hex)?;

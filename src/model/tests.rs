@@ -88,6 +88,7 @@ pub(super) fn plan_with(
         observed,
         connections,
         now: now(),
+        token_salt: "",
     })
 }
 

@@ -59,6 +59,16 @@ impl Previous {
     }
 }
 
+/// 16 random bytes, hex: what new members' auth tokens are derived from.
+fn token_salt() -> String {
+    use ring::rand::SecureRandom;
+    let mut bytes = [0u8; 16];
+    // The system's generator does not fail on the platforms we run on; a zero salt would still
+    // give distinct tokens per cluster and pod.
+    let _ = ring::rand::SystemRandom::new().fill(&mut bytes);
+    hex::encode(bytes)
+}
+
 /// Events are best-effort: they come out of the same write budget as everything else, and are
 /// skipped (and counted) rather than exceed it.
 async fn publish(ctx: &Ctx, obj: &DynamicObject, type_: EventType, reason: &str, note: String) {
@@ -206,6 +216,7 @@ pub async fn reconcile(obj: Arc<DynamicObject>, ctx: &Ctx) -> Result<Outcome, Er
         observed: &observed,
         connections: &connected,
         now: now(),
+        token_salt: &token_salt(),
     });
     if !plan.errors.is_empty() {
         return block(ctx, &obj, "InvalidSpec", validate::describe(&plan.errors)).await;
