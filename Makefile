@@ -51,7 +51,7 @@ lint: ## rustfmt check and clippy with warnings denied
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 
 unit: ## unit tests, API type round-trips and the CRD drift check (no cluster needed)
-	$(CARGO) test --lib --bins --test crd_drift --test api_types --test admission --test kubedirector_parity --test configmeta_golden
+	$(CARGO) test --lib --bins --test crd_drift --test api_types --test admission --test kubedirector_parity --test configmeta_golden --test configcli
 	$(CARGO) test -p kd-loadtest
 
 # Integration tests need the test bed: it is started here and always torn down, also on failure.

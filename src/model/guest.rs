@@ -216,6 +216,9 @@ pub enum WorkKind {
         injections: Vec<FileInjection>,
         /// Run `startscript --configure` (the role's eventList allows it); else only install.
         configure: bool,
+        /// The package's `useNewSetupLayout`: where configcli goes, configmeta.json's mode. `None`:
+        /// no package, no configcli.
+        new_layout: Option<bool>,
     },
     /// Run `startscript <arguments>` (the head of the member's notification queue).
     Notify { arguments: Vec<String> },
@@ -257,6 +260,10 @@ pub fn work(c: &configmeta::Cluster, observed: &super::members::Observed) -> Vec
                                 .event_list
                                 .as_ref()
                                 .is_none_or(|events| events.contains(&LifecycleEvent::Configure)),
+                            new_layout: app_role
+                                .setup_package
+                                .as_ref()
+                                .map(|p| p.use_new_setup_layout == Some(true)),
                         },
                     )
                 }

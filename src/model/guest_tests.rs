@@ -407,10 +407,12 @@ fn file_injections_alone_make_a_setup_and_travel_with_it() {
                 package_url,
                 injections,
                 configure,
+                new_layout,
             } => {
                 assert_eq!(package_url, &None);
                 assert_eq!(injections.len(), 1);
                 assert!(configure, "no eventList: every event");
+                assert_eq!(new_layout, &None, "no package, no configcli");
             }
             other => panic!("{other:?}"),
         }

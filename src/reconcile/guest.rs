@@ -27,6 +27,8 @@ use crate::model::members::Observed;
 use super::context::ClusterKey;
 
 const SCRIPT: &str = include_str!("guest.sh");
+/// Our configcli (module and commands), installed into members with a setup package.
+pub const CONFIGCLI: &str = include_str!("configcli.py");
 /// The container every guest command runs in (the contract's `app`).
 pub const CONTAINER: &str = "app";
 
@@ -168,7 +170,7 @@ impl Runner {
             return;
         };
         // The script reads exactly this many bytes of stdin (see guest.sh).
-        let stdin = serde_json::to_vec_pretty(&w.configmeta).unwrap_or_default();
+        let mut stdin = serde_json::to_vec_pretty(&w.configmeta).unwrap_or_default();
         let mut args = vec![
             String::new(),
             w.container.clone(),
@@ -180,8 +182,14 @@ impl Runner {
                 package_url,
                 injections,
                 configure,
+                new_layout,
             } => {
                 args[0] = "setup".to_string();
+                // configcli follows configmeta on stdin, for members with a package.
+                let cli = if new_layout.is_some() { CONFIGCLI } else { "" };
+                stdin.extend_from_slice(cli.as_bytes());
+                args.push(cli.len().to_string());
+                args.push(if *new_layout == Some(true) { "new" } else { "old" }.to_string());
                 args.push(if *configure { "1" } else { "0" }.to_string());
                 args.push(package_url.clone().unwrap_or_default());
                 for f in injections {

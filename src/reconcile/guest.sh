@@ -1,7 +1,8 @@
 # The operator's side of the in-guest contract, run by exec in container `app` as
-#   sh -c <this> kd-guest setup  <container-id> <max-log> <bytes> <configure 1|0> <package-url|""> [<src> <dest-dir> <mode> <owner> <group>]...
+#   sh -c <this> kd-guest setup  <container-id> <max-log> <bytes> <cli-bytes> <layout new|old> <configure 1|0> <package-url|""> [<src> <dest-dir> <mode> <owner> <group>]...
 #   sh -c <this> kd-guest notify <container-id> <max-log> <bytes> <startscript arguments...>
-# with the member's configmeta.json (<bytes> long) on stdin. Exactly that many bytes are read: an
+# with the member's configmeta.json (<bytes> long) on stdin, for `setup` followed by configcli's
+# Python source (<cli-bytes> long, 0 = do not install it). Exactly that many bytes are read: an
 # exec's stdin is not reliably closed at the far end (kwok's simulation never sees EOF), so nothing
 # here waits for one. Every call returns quickly except `notify`, which runs
 # the script in the foreground (the operator bounds it with a timeout, outside any worker).
@@ -17,8 +18,38 @@ G="$R/opt/guestconfig"
 E="$R/etc/guestconfig"
 mkdir -p "$G" "$E" || { echo "kd-result done 126"; echo "cannot create $G and $E" >&2; exit 0; }
 
-inject() {
-  head -c "$len" > "$E/configmeta.json.kd-new" && mv -f "$E/configmeta.json.kd-new" "$E/configmeta.json"
+inject() { # [mode]: KubeDirector's 644 (old layout) or 600 (new layout)
+  head -c "$len" > "$E/configmeta.json.kd-new" && chmod "${1:-644}" "$E/configmeta.json.kd-new" &&
+    mv -f "$E/configmeta.json.kd-new" "$E/configmeta.json"
+}
+
+# configcli where KubeDirector puts it: the module where the image's Python imports it (for the new
+# layout its user site under PYTHONUSERBASE=/usr/local), the commands in <base>/bin (/usr/local for
+# the new layout, /usr for the old; the new layout also links them into /usr/bin). Reads the source
+# from stdin; an image without Python gets no configcli (logged in configcli.install.log).
+install_configcli() { # cli-bytes layout
+  [ "$1" -gt 0 ] || return 0
+  src="$G/configcli.py.kd-new"
+  head -c "$1" > "$src" || return 1
+  py="$(command -v python3 || command -v python)" || {
+    echo "no python3 in the image: configcli not installed" > "$G/configcli.install.log"; rm -f "$src"; return 0; }
+  if [ "$2" = new ]; then
+    base=/usr/local
+    lib="$(PYTHONUSERBASE=/usr/local "$py" -c 'import site; print(site.getusersitepackages())')"
+  else
+    base=/usr
+    lib="$("$py" -c 'import site; print((site.getsitepackages() or [site.getusersitepackages()])[0])')"
+  fi
+  [ -n "$lib" ] || return 1
+  mkdir -p "$R$lib" "$R$base/bin" && mv -f "$src" "$R$lib/configcli.py" || return 1
+  printf '#!%s\nimport sys\nsys.path.insert(0, "%s")\nimport configcli\nsys.exit(configcli.main())\n' \
+    "$py" "$R$lib" > "$R$base/bin/configcli" && chmod 755 "$R$base/bin/configcli" || return 1
+  for l in ccli bdvcli bd_vcli configmacro; do ln -sf "$R$base/bin/configcli" "$R$base/bin/$l" || return 1; done
+  if [ "$2" = new ]; then
+    mkdir -p "$R/usr/bin"
+    for l in configcli ccli bdvcli bd_vcli configmacro; do ln -sf "$R$base/bin/configcli" "$R/usr/bin/$l" || return 1; done
+  fi
+  echo "configcli in $R$lib, commands in $R$base/bin" > "$G/configcli.install.log"
 }
 
 startscript() {
@@ -51,7 +82,7 @@ report() { # code stdout-file stderr-file
 
 case "$op" in
 setup)
-  run="$1"; url="$2"; shift
+  cli="$1"; layout="$2"; run="$3"; url="$4"; shift 3
   st="$G/configure.status"
   # The exit code recorded for this container (ids hold `/` and `.`: compared as plain strings).
   code="$([ -f "$st" ] && awk -v c="$cid=" 'index($0, c) == 1 { v = substr($0, length(c) + 1) } END { print v }' "$st")"
@@ -61,6 +92,9 @@ setup)
   # A new container whose /opt/guestconfig survived (a persistent volume) and holds a successful
   # configure keeps it, as KubeDirector does: --configure is not run again.
   if [ -f "$st" ] && grep -q '=0$' "$st"; then
+    # Fresh configmeta, and configcli again (the new layout's /usr/bin links are not persisted).
+    mode=644; [ "$layout" = new ] && mode=600
+    inject "$mode" && install_configcli "$cli" "$layout" || failed 126 "cannot write configmeta or configcli"
     echo "$cid=0" >> "$st"
     report 0 "$G/configure.stdout" "$G/configure.stderr"
   fi
@@ -69,7 +103,9 @@ setup)
     exit 0
   fi
   : > "$G/fetch.err"
-  inject || failed 126 "cannot write $E/configmeta.json"
+  mode=644; [ "$layout" = new ] && mode=600
+  inject "$mode" || failed 126 "cannot write $E/configmeta.json"
+  install_configcli "$cli" "$layout" || failed 126 "cannot install configcli"
   shift
   # The role's fileInjections, in order: fetched into <dest-dir>, mode (numeric) and owner applied.
   while [ "$#" -ge 5 ]; do

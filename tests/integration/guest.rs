@@ -30,6 +30,14 @@ echo "$*" >> "$R/calls.log"
 case "$1" in
 --configure)
   cp "$R/etc/guestconfig/configmeta.json" "$R/configmeta.at-configure.json"
+  # What a KubeDirector startscript asks configcli (both layouts link the commands into /usr/bin).
+  B="$R/usr/bin"
+  lib="$(dirname "$(find "$R" -name configcli.py -path '*-packages*' | head -n 1)")"
+  { "$B/bdvcli" --get node.role_id; "$B/bdvcli" --get services.ssh.1.node.fqdns
+    "$B/bd_vcli" --get_nodegroup_fqdns 1; "$B/ccli" --get distros.example/setup-test.1.roles.node.flavor.cores
+    "$B/configcli" --get cluster.config_metadata.1.answer
+    PYTHONPATH="$lib" python3 -c 'from configcli import ConfigCli; print(ConfigCli(shell=False).getCommandObject("namespace").getValue("node.fqdn"))'
+  } > "$R/configcli.read" 2>&1
   # "Hangs" until the test removes the marker (so nothing is left running after the test).
   while [ -f "$R/hang" ]; do sleep 1; done
   if [ -f "$R/fail" ]; then rm -f "$R/fail"; echo "configure failed on purpose"; echo "bad thing" >&2; exit 3; fi
@@ -189,6 +197,7 @@ impl Guests {
 pub struct Setup {
     pub client: Client,
     pub ns: String,
+    pub system_ns: String,
     pub operator: Operator,
     pub guests: Guests,
 }
@@ -208,6 +217,7 @@ pub async fn setup(purpose: &str, markers: Vec<(String, String)>, event_list: Op
     Setup {
         client,
         ns,
+        system_ns,
         operator,
         guests,
     }
@@ -625,4 +635,44 @@ async fn a_notification_that_fails_four_times_is_delivered_on_the_fifth() {
     s.wait_settled("nf", Duration::from_secs(120)).await;
     let calls = s.guests.calls(&first);
     assert_eq!(count(&calls, "--addnodes"), 5, "{calls:?}");
+}
+
+#[tokio::test]
+#[ignore = "needs the test bed: make integration"]
+async fn configcli_answers_the_startscript_in_both_layouts() {
+    let s = setup("guestcli", Vec::new(), None, &[]).await;
+    let mut new_layout = app("setup-new", &s.guests.root.join("package/pkg.tgz"), None);
+    new_layout["spec"]["defaultConfigPackage"]["useNewSetupLayout"] = json!(true);
+    create(&s.client, &s.system_ns, &new_layout).await;
+    create(&s.client, &s.ns, &cluster("old", "setup-test", 2)).await;
+    create(&s.client, &s.ns, &cluster("new", "setup-new", 2)).await;
+    for (name, commands, mode) in [("old", "usr/bin", 0o644), ("new", "usr/local/bin", 0o600)] {
+        let c = s.wait_settled(name, Duration::from_secs(120)).await;
+        let domain = domain(&c, &s.ns);
+        let members = pods(&c);
+        let fqdns: Vec<String> = members.iter().map(|p| format!("{p}.{domain}")).collect();
+        for pod in &members {
+            let home = s.guests.root.join(pod);
+            let read = std::fs::read_to_string(home.join("configcli.read")).unwrap_or_default();
+            let lines: Vec<&str> = read.lines().collect();
+            let want = [
+                "node".to_string(),
+                fqdns.join(","),
+                fqdns.join(","),
+                "1".to_string(),
+                "42".to_string(),
+                format!("{pod}.{domain}"),
+            ];
+            assert_eq!(lines, want, "{name} {pod}: what the startscript read");
+            use std::os::unix::fs::PermissionsExt;
+            let cm_mode = std::fs::metadata(home.join("etc/guestconfig/configmeta.json"))
+                .map(|m| m.permissions().mode() & 0o777)
+                .ok();
+            assert_eq!(cm_mode, Some(mode), "{name}: configmeta.json mode");
+            for cmd in ["configcli", "ccli", "bdvcli", "bd_vcli", "configmacro"] {
+                assert!(home.join(commands).join(cmd).exists(), "{name}: {commands}/{cmd}");
+                assert!(home.join("usr/bin").join(cmd).exists(), "{name}: usr/bin/{cmd}");
+            }
+        }
+    }
 }

@@ -1,0 +1,223 @@
+//! Our configcli (src/reconcile/configcli.py, installed into members) run with the machine's Python
+//! against configmeta documents KubeDirector generated (`../shared/kubedirector/configmeta/`): the
+//! queries app startscripts make, the Python API they import, and bad input (one line on stderr
+//! naming the key, exit code 1, never a traceback).
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+fn golden(case: &str, pod: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(format!(
+        "../shared/kubedirector/configmeta/{case}/configmeta-{pod}.json"
+    ))
+}
+
+/// The module and a `bdvcli` command as the guest script installs them, in a scratch directory.
+fn install() -> PathBuf {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/test-configcli");
+    std::fs::create_dir_all(&dir).expect("dir");
+    std::fs::write(dir.join("configcli.py"), kubedirector::reconcile::guest::CONFIGCLI).expect("module");
+    dir
+}
+
+struct Out {
+    code: i32,
+    stdout: String,
+    stderr: String,
+}
+
+fn run(dir: &Path, configmeta: &Path, prog: &str, args: &[&str]) -> Out {
+    let code = format!(
+        "import sys; sys.path.insert(0, {:?}); import configcli; sys.argv[0] = {prog:?}; sys.exit(configcli.main())",
+        dir.display().to_string()
+    );
+    let out = Command::new("python3")
+        .arg("-c")
+        .arg(code)
+        .args(args)
+        .env("CONFIGCLI_CONFIGMETA", configmeta)
+        .output()
+        .expect("python3");
+    Out {
+        code: out.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&out.stdout).trim_end_matches('\n').to_string(),
+        stderr: String::from_utf8_lossy(&out.stderr).to_string(),
+    }
+}
+
+fn get(dir: &Path, cm: &Path, key: &str) -> String {
+    let out = run(dir, cm, "bdvcli", &["--get", key]);
+    assert_eq!(out.code, 0, "--get {key}: {}", out.stderr);
+    out.stdout
+}
+
+#[test]
+fn startscript_queries_answer_from_kubedirectors_configmeta() {
+    let dir = install();
+    let cm = golden("spark-like", "kdss-b9w6k-0");
+    let domain = "kdhs-8x2vq.demo-ns.svc.cluster.local";
+    assert_eq!(get(&dir, &cm, "node.role_id"), "spark-worker");
+    assert_eq!(get(&dir, &cm, "node.fqdn"), format!("kdss-b9w6k-0.{domain}"));
+    assert_eq!(get(&dir, &cm, "node.depends_on"), "");
+    assert_eq!(get(&dir, &cm, "version"), "7");
+    assert_eq!(get(&dir, &cm, "cluster.isolated"), "false");
+    // Service lookups go through two references (services → role service → role fqdns).
+    assert_eq!(get(&dir, &cm, "services.spark-master"), "1");
+    assert_eq!(get(&dir, &cm, "services.spark-master.1"), "spark-master");
+    assert_eq!(
+        get(&dir, &cm, "services.spark-master.1.spark-master.fqdns"),
+        format!("kdss-7qx2m-0.{domain}")
+    );
+    assert_eq!(
+        get(&dir, &cm, "services.spark-worker.1.spark-worker.endpoints"),
+        format!("http://kdss-b9w6k-0.{domain}:8081,http://kdss-b9w6k-1.{domain}:8081")
+    );
+    // distros → nodegroups reference; a distro id with a slash.
+    assert_eq!(
+        get(&dir, &cm, "distros.bluedata/spark245.1.roles.spark-worker.flavor.cores"),
+        "2"
+    );
+    let workers = format!("kdss-b9w6k-0.{domain},kdss-b9w6k-1.{domain}");
+    assert_eq!(
+        get(&dir, &cm, "distros.bluedata/spark245.1.roles.spark-worker.fqdns"),
+        workers
+    );
+    for (flag, arg) in [
+        ("--get_local_group_fqdns", None),
+        ("--get_nodegroup_fqdns", Some("1")),
+        ("--get_all_fqdns", None),
+    ] {
+        let mut args = vec![flag];
+        args.extend(arg);
+        let out = run(&dir, &cm, "bd_vcli", &args);
+        assert_eq!(out.code, 0, "{flag}: {}", out.stderr);
+        let fqdns: Vec<&str> = out.stdout.split(',').collect();
+        assert_eq!(fqdns.len(), 5, "{flag}: {}", out.stdout);
+        assert!(out.stdout.contains(&workers), "{flag}: {}", out.stdout);
+    }
+    let macro_out = run(&dir, &cm, "configmacro", &["node", "--get_self_id"]);
+    assert_eq!((macro_out.code, macro_out.stdout.as_str()), (0, "3"));
+    let ns = run(&dir, &cm, "configcli", &["namespace", "node", "role_id"]);
+    assert_eq!((ns.code, ns.stdout.as_str()), (0, "spark-worker"));
+    let version = run(&dir, &cm, "ccli", &["--version"]);
+    assert_eq!(version.code, 0);
+
+    // Config metadata through the cluster's reference; connections (a list of Secrets read as one).
+    let auth = golden("authtoken", "kdss-c4m9x-0");
+    assert_eq!(get(&dir, &auth, "cluster.config_metadata.1.ml_engine"), "python");
+    assert_eq!(
+        get(
+            &dir,
+            &auth,
+            "distros.hpecp/training-engine.1.roles.LoadBalancer.services.gunicorn.authToken"
+        ),
+        "fcf26031667662681cbf28d8035b56d2"
+    );
+    let conn = golden("connections", "kdss-d8s4w-0");
+    assert_eq!(
+        get(&dir, &conn, "connections.secrets.dbcredentials.data.password"),
+        "czNjcjN0IQ=="
+    );
+    assert_eq!(
+        get(&dir, &conn, "connections.configmaps.appconfig.data.log_level"),
+        "INFO"
+    );
+    // A connected cluster's references are rooted in it.
+    assert_eq!(
+        get(&dir, &conn, "connections.clusters.cassandra-peer.services.cassandra.1"),
+        "seed,worker"
+    );
+    let keys = golden("secretkeys", "kdss-w2q7j-0");
+    assert_eq!(
+        get(
+            &dir,
+            &keys,
+            "distros.bluedata/cassandra311.1.roles.seed.secret_keys.cassandra_password"
+        ),
+        "Pa55w0rd!"
+    );
+}
+
+#[test]
+fn the_python_module_reads_what_startscripts_import() {
+    let dir = install();
+    let cm = golden("connections", "kdss-d8s4w-0");
+    let script = format!(
+        r#"import sys; sys.path.insert(0, {:?})
+from configcli import ConfigCli
+ns = ConfigCli(shell=False).getCommandObject("namespace")
+print(ns.getWithTokens(["node", "role_id"]))
+print(ns.getValue("cluster.isolated"))
+print(",".join(ns.getWithTokens("connections.secrets.dbcredentials.data".split("."))))
+print(ns.getWithTokens(["nodegroups", "1", "roles", "spark-worker", "fqdns"])[0].split(".")[0])
+m = ConfigCli().getCommandObject("macro").getSubcommandObject("nodegroup")
+print(len(m.getLocalGroupHosts()))
+try:
+    ns.getValue("node.nope")
+except KeyError as e:
+    print("KeyError", "nope" in str(e))
+"#,
+        dir.display().to_string()
+    );
+    let out = Command::new("python3")
+        .arg("-c")
+        .arg(script)
+        .env("CONFIGCLI_CONFIGMETA", &cm)
+        .output()
+        .expect("python3");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let lines: Vec<String> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(str::to_string)
+        .collect();
+    assert_eq!(
+        lines,
+        [
+            "spark-worker",
+            "False",
+            "password,username",
+            "kdss-d8s4w-0",
+            "3",
+            "KeyError True"
+        ]
+    );
+}
+
+#[test]
+fn bad_input_gets_one_line_naming_the_key_and_exit_1() {
+    let dir = install();
+    let cm = golden("spark-like", "kdss-b9w6k-0");
+    let missing = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/test-configcli/none.json");
+    for (args, cm, names) in [
+        (vec!["--get", "node.nope"], cm.clone(), "nope"),
+        (vec!["--get", "node.role_id.deeper"], cm.clone(), "node.role_id"),
+        (vec!["--get", "nosuchspace.x"], cm.clone(), "nosuchspace"),
+        (vec!["--get", "node.role_id"], missing, "cannot read"),
+        (
+            vec!["--cp", "--node", "x", "--src", "a", "--dest", "b"],
+            cm.clone(),
+            "remote copy",
+        ),
+        (
+            vec!["--execute", "--remote_node", "x", "--script", "s"],
+            cm.clone(),
+            "remote execute",
+        ),
+    ] {
+        let out = run(&dir, &cm, "bdvcli", &args);
+        assert_eq!(out.code, 1, "{args:?}: {}", out.stderr);
+        assert_eq!(out.stdout, "", "{args:?}");
+        assert!(!out.stderr.contains("Traceback"), "{args:?}: {}", out.stderr);
+        assert_eq!(out.stderr.trim_end().lines().count(), 1, "{args:?}: {}", out.stderr);
+        assert!(out.stderr.contains(names), "{args:?}: {}", out.stderr);
+    }
+    // What the agent did for waits and service registration: nothing, said so, no failure (upstream
+    // made these no-ops too, and startscripts call them unconditionally).
+    let out = run(&dir, &cm, "bdvcli", &["--wait", "services.x.1.y"]);
+    assert_eq!(out.code, 0);
+    assert!(
+        out.stderr.contains("dsync wait") && out.stderr.contains("not available"),
+        "{}",
+        out.stderr
+    );
+}
