@@ -23,15 +23,7 @@ use kubedirector::model::settings::Settings;
 use kubedirector::model::validate::StorageClasses;
 use kubedirector::reconcile::observe::pod_facts;
 
-const CLUSTERS: [&str; 7] = [
-    "uid-plain",
-    "uid-storage",
-    "shrunk",
-    "mid-expand",
-    "with-package",
-    "connected",
-    "ubuntu18.04",
-];
+use common::TAKEOVER_CLUSTERS as CLUSTERS;
 
 fn items(name: &str) -> Vec<Value> {
     let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(format!("../shared/kubedirector/takeover/{name}.json"));

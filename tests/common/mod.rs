@@ -5,6 +5,18 @@ use std::path::{Path, PathBuf};
 
 use serde_json::Value;
 
+/// The clusters of `../shared/kubedirector/takeover/` (objects KubeDirector built), in replay order:
+/// `connected` names `uid-plain`.
+pub const TAKEOVER_CLUSTERS: [&str; 7] = [
+    "uid-plain",
+    "uid-storage",
+    "shrunk",
+    "mid-expand",
+    "with-package",
+    "connected",
+    "ubuntu18.04",
+];
+
 pub fn fixtures_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
 }

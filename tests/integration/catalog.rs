@@ -8,8 +8,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use k8s_openapi::api::apps::v1::StatefulSet;
-use k8s_openapi::api::core::v1::{Node, PersistentVolume};
-use k8s_openapi::api::storage::v1::StorageClass;
+use k8s_openapi::api::core::v1::Node;
 use kube::api::{DynamicObject, ListParams, Patch, PatchParams, PostParams};
 use kube::{Api, Client, ResourceExt};
 use serde_json::{Value, json};
@@ -49,28 +48,8 @@ async fn create(api: &Api<DynamicObject>, obj: &Value) {
 /// The class the examples name, with volumes only this test's claims can use (the examples ask
 /// for 20–40 GiB, more than the shared kd-local volumes hold).
 async fn local_path_storage(client: &Client, ns: &str, n: usize) {
-    let sc: StorageClass = serde_json::from_value(json!({
-        "metadata": {"name": "local-path"}, "provisioner": "kubernetes.io/no-provisioner", "volumeBindingMode": "Immediate"
-    }))
-    .expect("StorageClass");
-    match Api::<StorageClass>::all(client.clone())
-        .create(&PostParams::default(), &sc)
-        .await
-    {
-        Ok(_) => {}
-        Err(kube::Error::Api(s)) if s.code == 409 => {}
-        Err(e) => panic!("StorageClass: {e}"),
-    }
-    let pvs = Api::<PersistentVolume>::all(client.clone());
-    for i in 0..n {
-        let pv: PersistentVolume = serde_json::from_value(json!({
-            "metadata": {"name": format!("{ns}-{i}")},
-            "spec": {"capacity": {"storage": "100Gi"}, "accessModes": ["ReadWriteOnce"], "storageClassName": "local-path",
-                     "persistentVolumeReclaimPolicy": "Retain", "hostPath": {"path": format!("/tmp/{ns}-{i}")}}
-        }))
-        .expect("PV");
-        pvs.create(&PostParams::default(), &pv).await.expect("create PV");
-    }
+    testbed::storage_class(client, "local-path").await;
+    testbed::volumes(client, "local-path", ns, n, "100Gi").await;
 }
 
 /// GPUs on one fake node, for the examples that ask for one (kwok keeps what a status patch sets).

@@ -345,20 +345,34 @@ async fn setup_runs_once_per_member_and_membership_changes_notify_the_others() {
             json!(["nodegroups", "1", "config_metadata"]),
             "KubeDirector's reference, resolved by configcli"
         );
-        let fqdns: Vec<String> = first.iter().map(|p| format!("{p}.{domain}")).collect();
-        assert_eq!(cm["nodegroups"]["1"]["roles"]["node"]["fqdns"], json!(fqdns));
-        let ids: Vec<String> = c
+        // Members in KubeDirector's order (by state when the configmeta was written), so compared as sets.
+        let role = &cm["nodegroups"]["1"]["roles"]["node"];
+        let sorted = |v: &Value| {
+            let mut l: Vec<String> = v
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|x| x.as_str().map(str::to_string))
+                .collect();
+            l.sort();
+            l
+        };
+        let mut fqdns: Vec<String> = first.iter().map(|p| format!("{p}.{domain}")).collect();
+        fqdns.sort();
+        assert_eq!(sorted(&role["fqdns"]), fqdns);
+        let mut ids: Vec<String> = c
             .status
             .iter()
             .flat_map(|s| &s.roles)
             .flat_map(|r| &r.members)
             .map(|m| m.node_id.to_string())
             .collect();
-        assert_eq!(cm["nodegroups"]["1"]["roles"]["node"]["node_ids"], json!(ids));
-        // KubeDirector's endpoint without a urlScheme, under the role's services.
+        ids.sort();
+        assert_eq!(sorted(&role["node_ids"]), ids);
+        // KubeDirector's endpoint without a urlScheme, under the role's services, in the fqdns' order.
         assert_eq!(
-            cm["nodegroups"]["1"]["roles"]["node"]["services"]["ssh"]["endpoints"][0],
-            format!("://{}:22", fqdns[0]).as_str()
+            role["services"]["ssh"]["endpoints"][0],
+            format!("://{}:22", role["fqdns"][0].as_str().unwrap_or_default()).as_str()
         );
     }
 
@@ -566,16 +580,7 @@ fn first_member(c: &KubeDirectorCluster) -> Option<kubedirector::api::cluster::M
 async fn a_restarted_member_keeps_its_configure_on_its_volume_and_is_set_up_again_without_one() {
     let s = setup("guestpv", Vec::new(), None, &[]).await;
     testbed::kd_local_storage_class(&s.client).await;
-    let pv: k8s_openapi::api::core::v1::PersistentVolume = serde_json::from_value(json!({
-        "metadata": {"name": format!("{}-0", s.ns)},
-        "spec": {"capacity": {"storage": "10Gi"}, "accessModes": ["ReadWriteOnce"], "storageClassName": "kd-local",
-                 "persistentVolumeReclaimPolicy": "Retain", "hostPath": {"path": format!("/tmp/{}-0", s.ns)}}
-    }))
-    .expect("PV");
-    Api::<k8s_openapi::api::core::v1::PersistentVolume>::all(s.client.clone())
-        .create(&PostParams::default(), &pv)
-        .await
-        .expect("create PV");
+    testbed::volumes(&s.client, "kd-local", &s.ns, 1, "10Gi").await;
     let mut with_pv = cluster("pv", "setup-test", 1);
     with_pv["spec"]["roles"][0]["storage"] = json!({"size": "1Gi", "storageClassName": "kd-local"});
     create(&s.client, &s.ns, &with_pv).await;
@@ -654,11 +659,23 @@ async fn configcli_answers_the_startscript_in_both_layouts() {
         for pod in &members {
             let home = s.guests.root.join(pod);
             let read = std::fs::read_to_string(home.join("configcli.read")).unwrap_or_default();
-            let lines: Vec<&str> = read.lines().collect();
+            // FQDN lists come in the members' order at that moment (by state): compared as sets.
+            let as_set = |l: &str| {
+                let mut v: Vec<&str> = l.split(',').collect();
+                v.sort();
+                v.join(",")
+            };
+            let lines: Vec<String> = read
+                .lines()
+                .enumerate()
+                .map(|(i, l)| if i == 1 || i == 2 { as_set(l) } else { l.to_string() })
+                .collect();
+            let mut sorted = fqdns.clone();
+            sorted.sort();
             let want = [
                 "node".to_string(),
-                fqdns.join(","),
-                fqdns.join(","),
+                sorted.join(","),
+                sorted.join(","),
                 "1".to_string(),
                 "42".to_string(),
                 format!("{pod}.{domain}"),

@@ -6,7 +6,7 @@ use std::collections::BTreeSet;
 use std::time::Duration;
 
 use k8s_openapi::api::apps::v1::StatefulSet;
-use k8s_openapi::api::core::v1::{Event, PersistentVolume, PersistentVolumeClaim, Pod, Service};
+use k8s_openapi::api::core::v1::{Event, PersistentVolumeClaim, Pod, Service};
 use kube::api::{DeleteParams, DynamicObject, ListParams, Patch, PatchParams, PostParams};
 use kube::runtime::wait::await_condition;
 use kube::{Api, Client, Resource, ResourceExt};
@@ -36,20 +36,10 @@ pub async fn create(client: &Client, ns: &str, obj: &Value) {
         .unwrap_or_else(|e| panic!("create {kind}: {e}"));
 }
 
-/// StorageClass kd-local (shared) and `n` PersistentVolumes for this test: the PV controller of the
-/// real controller-manager binds PVCs to them.
+/// StorageClass kd-local (shared) and `n` PersistentVolumes for this test.
 async fn local_storage(client: &Client, ns: &str, n: usize) {
     testbed::kd_local_storage_class(client).await;
-    let pvs = Api::<PersistentVolume>::all(client.clone());
-    for i in 0..n {
-        let pv: PersistentVolume = serde_json::from_value(json!({
-            "metadata": {"name": format!("{ns}-{i}")},
-            "spec": {"capacity": {"storage": "10Gi"}, "accessModes": ["ReadWriteOnce"], "storageClassName": "kd-local",
-                     "persistentVolumeReclaimPolicy": "Retain", "hostPath": {"path": format!("/tmp/{ns}-{i}")}}
-        }))
-        .expect("PV");
-        pvs.create(&PostParams::default(), &pv).await.expect("create PV");
-    }
+    testbed::volumes(client, "kd-local", ns, n, "10Gi").await;
 }
 
 pub struct Env {
@@ -106,15 +96,19 @@ pub async fn wait_configured(env: &Env, name: &str, limit: Duration) -> KubeDire
 }
 
 async fn set_members(env: &Env, name: &str, role_index: usize, members: i32) {
+    set_role_members(&clusters(env), name, role_index, members).await;
+}
+
+/// Sets `spec.roles[role_index].members` of cluster `name`.
+pub async fn set_role_members(api: &Api<KubeDirectorCluster>, name: &str, role_index: usize, members: i32) {
     let patch = json!([{"op": "replace", "path": format!("/spec/roles/{role_index}/members"), "value": members}]);
-    clusters(env)
-        .patch(
-            name,
-            &PatchParams::default(),
-            &Patch::<()>::Json(serde_json::from_value(patch).expect("patch")),
-        )
-        .await
-        .expect("patch members");
+    api.patch(
+        name,
+        &PatchParams::default(),
+        &Patch::<()>::Json(serde_json::from_value(patch).expect("patch")),
+    )
+    .await
+    .expect("patch members");
 }
 
 async fn labelled<K>(env: &Env, cluster: &str) -> Vec<K>

@@ -21,15 +21,7 @@ use crate::operator::Operator;
 use crate::testbed;
 
 /// Every fixture; `connected` names `uid-plain`, so it comes after it.
-const CLUSTERS: [&str; 7] = [
-    "uid-plain",
-    "uid-storage",
-    "shrunk",
-    "mid-expand",
-    "with-package",
-    "connected",
-    "ubuntu18.04",
-];
+use crate::common::TAKEOVER_CLUSTERS as CLUSTERS;
 const CLUSTER_LABEL: &str = "kubedirector.hpe.com/kdcluster";
 /// A claim of `uid-storage` replayed without its owner.
 const UNOWNED_PVC: &str = "p-kdss-jmn5w-1";
@@ -386,15 +378,8 @@ fn check_untouched(before: &Recorded, after: &Recorded) {
 }
 
 async fn set_members(client: &Client, ns: &str, name: &str, role: usize, members: i64) {
-    let patch = json!([{"op": "replace", "path": format!("/spec/roles/{role}/members"), "value": members}]);
-    Api::<KubeDirectorCluster>::namespaced(client.clone(), ns)
-        .patch(
-            name,
-            &PatchParams::default(),
-            &Patch::<()>::Json(serde_json::from_value(patch).expect("patch")),
-        )
-        .await
-        .expect("patch members");
+    let api = Api::<KubeDirectorCluster>::namespaced(client.clone(), ns);
+    crate::reconcile::set_role_members(&api, name, role, members as i32).await;
 }
 
 /// Expand the cluster's first role by one (a new member named KubeDirector's way, node id
@@ -571,10 +556,7 @@ async fn clusters_built_by_kubedirector_are_taken_over_without_restarting_a_pod(
     // runs (and fails: its package is not there), as it would in a real member.
     let _guests = crate::guest::Guests::start(&client, &ns, Vec::new());
     // One spare volume for the expand of `uid-storage` (the pool of kd-local volumes is shared).
-    let spare: Value = json!({"apiVersion": "v1", "kind": "PersistentVolume", "metadata": {"name": format!("{ns}-spare")},
-        "spec": {"capacity": {"storage": "10Gi"}, "accessModes": ["ReadWriteOnce"], "storageClassName": "kd-local",
-                 "persistentVolumeReclaimPolicy": "Retain", "hostPath": {"path": format!("/tmp/{ns}-spare")}}});
-    create(&api::<PersistentVolume>(&client, None), &spare).await;
+    testbed::volumes(&client, "kd-local", &format!("{ns}-spare"), 1, "10Gi").await;
     let mut recorded = Vec::new();
     for name in CLUSTERS {
         recorded.push(replay(&client, name, &ns, &system_ns).await);

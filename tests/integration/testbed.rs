@@ -4,7 +4,7 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
-use k8s_openapi::api::core::v1::Namespace;
+use k8s_openapi::api::core::v1::{Namespace, PersistentVolume};
 use k8s_openapi::api::storage::v1::StorageClass;
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::api::{ApiResource, DynamicObject, GroupVersionKind, ObjectMeta, Patch, PatchParams, PostParams};
@@ -106,8 +106,13 @@ pub async fn install_crds(client: &Client) {
 
 /// StorageClass kd-local (shared by the tests; PVs are pre-created, the real PV controller binds).
 pub async fn kd_local_storage_class(client: &Client) {
+    storage_class(client, "kd-local").await;
+}
+
+/// A StorageClass without a provisioner, binding at once (created if missing).
+pub async fn storage_class(client: &Client, name: &str) {
     let sc: StorageClass = serde_json::from_value(serde_json::json!({
-        "metadata": {"name": "kd-local"}, "provisioner": "kubernetes.io/no-provisioner", "volumeBindingMode": "Immediate"
+        "metadata": {"name": name}, "provisioner": "kubernetes.io/no-provisioner", "volumeBindingMode": "Immediate"
     }))
     .expect("StorageClass");
     match Api::<StorageClass>::all(client.clone())
@@ -117,6 +122,21 @@ pub async fn kd_local_storage_class(client: &Client) {
         Ok(_) => {}
         Err(kube::Error::Api(s)) if s.code == 409 => {}
         Err(e) => panic!("StorageClass: {e}"),
+    }
+}
+
+/// `n` hostPath PersistentVolumes `<prefix>-<i>` of class `class` and `size` (Retain); the PV
+/// controller of the real controller-manager binds claims to them.
+pub async fn volumes(client: &Client, class: &str, prefix: &str, n: usize, size: &str) {
+    let pvs = Api::<PersistentVolume>::all(client.clone());
+    for i in 0..n {
+        let pv: PersistentVolume = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": format!("{prefix}-{i}")},
+            "spec": {"capacity": {"storage": size}, "accessModes": ["ReadWriteOnce"], "storageClassName": class,
+                     "persistentVolumeReclaimPolicy": "Retain", "hostPath": {"path": format!("/tmp/{prefix}-{i}")}}
+        }))
+        .expect("PV");
+        pvs.create(&PostParams::default(), &pv).await.expect("create PV");
     }
 }
 
