@@ -221,3 +221,44 @@ fn bad_input_gets_one_line_naming_the_key_and_exit_1() {
         out.stderr
     );
 }
+
+/// The guest script with `KD_GUEST_ROOT` at `root`, as kwok's simulated exec runs it.
+fn guest(root: &Path, args: &[&str]) -> String {
+    let out = Command::new("sh")
+        .arg("-c")
+        .arg(kubedirector::reconcile::guest::SCRIPT)
+        .arg("kd-guest")
+        .args(args)
+        .env("KD_GUEST_ROOT", root)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("sh");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .to_string()
+}
+
+/// KubeDirector's `configure.status` (`<container>=<code>`, no newline) on a member's volume: a new
+/// container keeps a success; KubeDirector's "still running" is not run a second time.
+#[test]
+fn the_guest_script_reads_kubedirectors_configure_status() {
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/test-configcli/guest-status");
+    let _ = std::fs::remove_dir_all(&root);
+    let g = root.join("opt/guestconfig");
+    std::fs::create_dir_all(&g).expect("dir");
+    std::fs::write(g.join("configure.status"), "kwok://old-app=0").expect("status");
+    let setup = |cid: &str| guest(&root, &["setup", cid, "64", "0", "0", "old", "1", ""]);
+    assert_eq!(setup("kwok://new-app"), "kd-result done 0");
+    let status = std::fs::read_to_string(g.join("configure.status")).expect("status");
+    assert_eq!(status, "kwok://old-app=0\nkwok://new-app=0\n");
+    assert_eq!(
+        setup("kwok://new-app"),
+        "kd-result done 0",
+        "recorded for this container"
+    );
+
+    std::fs::write(g.join("configure.status"), "kwok://busy-app=").expect("status");
+    assert_eq!(setup("kwok://busy-app"), "kd-result running");
+}

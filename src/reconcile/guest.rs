@@ -26,7 +26,8 @@ use crate::model::members::Observed;
 
 use super::context::ClusterKey;
 
-const SCRIPT: &str = include_str!("guest.sh");
+/// The guest side of the in-guest contract (see the script's header).
+pub const SCRIPT: &str = include_str!("guest.sh");
 /// Our configcli (module and commands), installed into members with a setup package.
 pub const CONFIGCLI: &str = include_str!("configcli.py");
 /// The container every guest command runs in (the contract's `app`).

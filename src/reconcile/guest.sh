@@ -73,6 +73,11 @@ failed() { # code message: a setup that cannot proceed, reported as finished wit
   echo "kd-result done $1"; echo "$2"; [ -s "$G/fetch.err" ] && cat "$G/fetch.err"; exit 0
 }
 
+record() { # code: this container's line in configure.status (KubeDirector's file has no final newline)
+  if [ -s "$st" ] && [ -n "$(tail -c 1 "$st")" ]; then echo >> "$st"; fi
+  echo "$cid=$1" >> "$st"
+}
+
 report() { # code stdout-file stderr-file
   echo "kd-result done $1"
   [ -f "$2" ] && tail -c "$max" "$2"
@@ -89,13 +94,18 @@ setup)
   if [ -n "$code" ]; then
     report "$code" "$G/configure.stdout" "$G/configure.stderr"
   fi
+  # KubeDirector's own record of a configure still running in this container (`<id>=`, no code yet).
+  if [ -f "$st" ] && awk -v l="$cid=" '$0 == l { f = 1 } END { exit !f }' "$st"; then
+    echo "kd-result running"
+    exit 0
+  fi
   # A new container whose /opt/guestconfig survived (a persistent volume) and holds a successful
   # configure keeps it, as KubeDirector does: --configure is not run again.
   if [ -f "$st" ] && grep -q '=0$' "$st"; then
     # Fresh configmeta, and configcli again (the new layout's /usr/bin links are not persisted).
     mode=644; [ "$layout" = new ] && mode=600
     inject "$mode" && install_configcli "$cli" "$layout" || failed 126 "cannot write configmeta or configcli"
-    echo "$cid=0" >> "$st"
+    record 0
     report 0 "$G/configure.stdout" "$G/configure.stderr"
   fi
   if [ -f "$G/configure.started" ] && [ "$(cat "$G/configure.started")" = "$cid" ]; then
@@ -117,7 +127,7 @@ setup)
     if [ -n "$owner$group" ]; then chown "$owner${group:+:$group}" "$f" || failed 124 "chown $owner:$group $f failed"; fi
   done
   if [ -z "$url" ]; then # files only, no package: done
-    echo "$cid=0" >> "$st"
+    record 0
     report 0 /dev/null /dev/null
   fi
   pkg="$G/kd-package.tgz"
@@ -127,7 +137,7 @@ setup)
   chmod +x "$s"
   rm -f "$st"
   if [ "$run" != 1 ]; then # the role's eventList has no `configure`: installed, never run
-    echo "$cid=0" >> "$st"
+    record 0
     report 0 /dev/null /dev/null
   fi
   echo "$cid" > "$G/configure.started"
