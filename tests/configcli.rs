@@ -249,7 +249,7 @@ fn the_guest_script_reads_kubedirectors_configure_status() {
     let g = root.join("opt/guestconfig");
     std::fs::create_dir_all(&g).expect("dir");
     std::fs::write(g.join("configure.status"), "kwok://old-app=0").expect("status");
-    let setup = |cid: &str| guest(&root, &["setup", cid, "64", "0", "0", "old", "1", ""]);
+    let setup = |cid: &str| guest(&root, &["setup", cid, "64", "0", "0", "old", "1", "0", ""]);
     assert_eq!(setup("kwok://new-app"), "kd-result done 0");
     let status = std::fs::read_to_string(g.join("configure.status")).expect("status");
     assert_eq!(status, "kwok://old-app=0\nkwok://new-app=0\n");

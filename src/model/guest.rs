@@ -219,6 +219,8 @@ pub enum WorkKind {
         /// The package's `useNewSetupLayout`: where configcli goes, configmeta.json's mode. `None`:
         /// no package, no configcli.
         new_layout: Option<bool>,
+        /// The app runs systemd: nothing is set up before systemd answers in the member.
+        wait_systemd: bool,
     },
     /// Run `startscript <arguments>` (the head of the member's notification queue).
     Notify { arguments: Vec<String> },
@@ -264,6 +266,7 @@ pub fn work(c: &configmeta::Cluster, observed: &super::members::Observed) -> Vec
                                 .setup_package
                                 .as_ref()
                                 .map(|p| p.use_new_setup_layout == Some(true)),
+                            wait_systemd: c.app.systemd_required,
                         },
                     )
                 }

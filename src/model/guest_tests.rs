@@ -408,6 +408,7 @@ fn file_injections_alone_make_a_setup_and_travel_with_it() {
                 injections,
                 configure,
                 new_layout,
+                ..
             } => {
                 assert_eq!(package_url, &None);
                 assert_eq!(injections.len(), 1);

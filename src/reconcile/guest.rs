@@ -184,6 +184,7 @@ impl Runner {
                 injections,
                 configure,
                 new_layout,
+                wait_systemd,
             } => {
                 args[0] = "setup".to_string();
                 // configcli follows configmeta on stdin, for members with a package.
@@ -192,6 +193,7 @@ impl Runner {
                 args.push(cli.len().to_string());
                 args.push(if *new_layout == Some(true) { "new" } else { "old" }.to_string());
                 args.push(if *configure { "1" } else { "0" }.to_string());
+                args.push(if *wait_systemd { "1" } else { "0" }.to_string());
                 args.push(package_url.clone().unwrap_or_default());
                 for f in injections {
                     let p = f.permissions.clone().unwrap_or_default();

@@ -1,5 +1,5 @@
 # The operator's side of the in-guest contract, run by exec in container `app` as
-#   sh -c <this> kd-guest setup  <container-id> <max-log> <bytes> <cli-bytes> <layout new|old> <configure 1|0> <package-url|""> [<src> <dest-dir> <mode> <owner> <group>]...
+#   sh -c <this> kd-guest setup  <container-id> <max-log> <bytes> <cli-bytes> <layout new|old> <configure 1|0> <systemd 1|0> <package-url|""> [<src> <dest-dir> <mode> <owner> <group>]...
 #   sh -c <this> kd-guest notify <container-id> <max-log> <bytes> <startscript arguments...>
 # with the member's configmeta.json (<bytes> long) on stdin, for `setup` followed by configcli's
 # Python source (<cli-bytes> long, 0 = do not install it). Exactly that many bytes are read: an
@@ -87,7 +87,7 @@ report() { # code stdout-file stderr-file
 
 case "$op" in
 setup)
-  cli="$1"; layout="$2"; run="$3"; url="$4"; shift 3
+  cli="$1"; layout="$2"; run="$3"; sysd="$4"; url="$5"; shift 4
   st="$G/configure.status"
   # The exit code recorded for this container (ids hold `/` and `.`: compared as plain strings).
   code="$([ -f "$st" ] && awk -v c="$cid=" 'index($0, c) == 1 { v = substr($0, length(c) + 1) } END { print v }' "$st")"
@@ -109,6 +109,11 @@ setup)
     report 0 "$G/configure.stdout" "$G/configure.stderr"
   fi
   if [ -f "$G/configure.started" ] && [ "$(cat "$G/configure.started")" = "$cid" ]; then
+    echo "kd-result running"
+    exit 0
+  fi
+  # A systemd app is set up once systemd runs in the member, as KubeDirector waits for it.
+  if [ "$sysd" = 1 ] && ! "${KD_GUEST_SYSTEMCTL:-systemctl}" status systemd-journald > /dev/null 2>&1; then
     echo "kd-result running"
     exit 0
   fi

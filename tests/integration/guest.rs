@@ -33,10 +33,12 @@ case "$1" in
   # What a KubeDirector startscript asks configcli (both layouts link the commands into /usr/bin).
   B="$R/usr/bin"
   lib="$(dirname "$(find "$R" -name configcli.py -path '*-packages*' | head -n 1)")"
-  { "$B/bdvcli" --get node.role_id; "$B/bdvcli" --get services.ssh.1.node.fqdns
-    "$B/bd_vcli" --get_nodegroup_fqdns 1; "$B/ccli" --get distros.example/setup-test.1.roles.node.flavor.cores
+  ROLE="$("$B/bdvcli" --get node.role_id)"
+  { echo "$ROLE"; "$B/bdvcli" --get "services.ssh.1.$ROLE.fqdns"
+    "$B/bd_vcli" --get_nodegroup_fqdns 1; "$B/ccli" --get "distros.example/setup-test.1.roles.$ROLE.flavor.cores"
     "$B/configcli" --get cluster.config_metadata.1.answer
     PYTHONPATH="$lib" python3 -c 'from configcli import ConfigCli; print(ConfigCli(shell=False).getCommandObject("namespace").getValue("node.fqdn"))'
+    "$B/bdvcli" --get "services.ui.1.$ROLE.endpoints"; "$B/bdvcli" --get services.api.1
   } > "$R/configcli.read" 2>&1
   # "Hangs" until the test removes the marker (so nothing is left running after the test).
   while [ -f "$R/hang" ]; do sleep 1; done
@@ -152,6 +154,15 @@ impl Guests {
                 }
                 std::fs::create_dir_all(&home).expect("pod dir");
                 std::fs::write(home.join(".pod-uid"), &uid).expect("pod uid");
+                // systemd, simulated: it answers unless the member has the marker `systemd-down`.
+                let systemctl = home.join("systemctl");
+                std::fs::write(
+                    &systemctl,
+                    "#!/bin/sh\necho \"$*\" >> \"$KD_GUEST_ROOT/systemctl.calls\"\n[ ! -f \"$KD_GUEST_ROOT/systemd-down\" ]\n",
+                )
+                .expect("systemctl");
+                use std::os::unix::fs::PermissionsExt;
+                std::fs::set_permissions(&systemctl, std::fs::Permissions::from_mode(0o755)).expect("chmod");
                 let cluster = pod
                     .labels()
                     .get("kubedirector.hpe.com/kdcluster")
@@ -166,7 +177,8 @@ impl Guests {
                     "apiVersion": "kwok.x-k8s.io/v1alpha1", "kind": "Exec", "metadata": {"name": name},
                     "spec": {"execs": [{"containers": ["app"], "local": {
                         "workDir": home.display().to_string(),
-                        "envs": [{"name": "KD_GUEST_ROOT", "value": home.display().to_string()}]}}]}
+                        "envs": [{"name": "KD_GUEST_ROOT", "value": home.display().to_string()},
+                                 {"name": "KD_GUEST_SYSTEMCTL", "value": systemctl.display().to_string()}]}}]}
                 }))
                 .expect("Exec");
                 match execs.create(&PostParams::default(), &exec).await {
@@ -646,50 +658,123 @@ async fn a_notification_that_fails_four_times_is_delivered_on_the_fifth() {
 #[ignore = "needs the test bed: make integration"]
 async fn configcli_answers_the_startscript_in_both_layouts() {
     let s = setup("guestcli", Vec::new(), None, &[]).await;
-    let mut new_layout = app("setup-new", &s.guests.root.join("package/pkg.tgz"), None);
-    new_layout["spec"]["defaultConfigPackage"]["useNewSetupLayout"] = json!(true);
-    create(&s.client, &s.system_ns, &new_layout).await;
-    create(&s.client, &s.ns, &cluster("old", "setup-test", 2)).await;
-    create(&s.client, &s.ns, &cluster("new", "setup-new", 2)).await;
+    // Two roles and three services: ssh and ui on both, api on the controller only.
+    let two_roles = |name: &str, new_layout: bool| {
+        let mut a = app(name, &s.guests.root.join("package/pkg.tgz"), None);
+        a["spec"]["defaultConfigPackage"]["useNewSetupLayout"] = json!(new_layout);
+        a["spec"]["roles"] = json!([{"id": "controller", "cardinality": "1"}, {"id": "worker", "cardinality": "0+"}]);
+        a["spec"]["services"] = json!([
+            {"id": "ssh", "label": {"name": "SSH"}, "endpoint": {"port": 22}},
+            {"id": "ui", "label": {"name": "UI"}, "endpoint": {"port": 8080, "urlScheme": "http"}},
+            {"id": "api", "label": {"name": "API"}, "endpoint": {"port": 9090, "urlScheme": "https"}}]);
+        a["spec"]["config"]["selectedRoles"] = json!(["controller", "worker"]);
+        a["spec"]["config"]["roleServices"] = json!([
+            {"roleID": "controller", "serviceIDs": ["ssh", "ui", "api"]},
+            {"roleID": "worker", "serviceIDs": ["ssh", "ui"]}]);
+        a
+    };
+    create(&s.client, &s.system_ns, &two_roles("cli-old", false)).await;
+    create(&s.client, &s.system_ns, &two_roles("cli-new", true)).await;
+    for (name, app) in [("old", "cli-old"), ("new", "cli-new")] {
+        let mut c = cluster(name, app, 1);
+        c["spec"]["roles"] = json!([
+            {"id": "controller", "members": 1, "resources": {"limits": {"cpu": "1", "memory": "1Gi"}}},
+            {"id": "worker", "members": 2, "resources": {"limits": {"cpu": "1", "memory": "1Gi"}}}]);
+        create(&s.client, &s.ns, &c).await;
+    }
     for (name, commands, mode) in [("old", "usr/bin", 0o644), ("new", "usr/local/bin", 0o600)] {
         let c = s.wait_settled(name, Duration::from_secs(120)).await;
         let domain = domain(&c, &s.ns);
-        let members = pods(&c);
-        let fqdns: Vec<String> = members.iter().map(|p| format!("{p}.{domain}")).collect();
-        for pod in &members {
-            let home = s.guests.root.join(pod);
-            let read = std::fs::read_to_string(home.join("configcli.read")).unwrap_or_default();
-            // FQDN lists come in the members' order at that moment (by state): compared as sets.
-            let as_set = |l: &str| {
-                let mut v: Vec<&str> = l.split(',').collect();
-                v.sort();
-                v.join(",")
-            };
-            let lines: Vec<String> = read
-                .lines()
-                .enumerate()
-                .map(|(i, l)| if i == 1 || i == 2 { as_set(l) } else { l.to_string() })
-                .collect();
-            let mut sorted = fqdns.clone();
-            sorted.sort();
-            let want = [
-                "node".to_string(),
-                sorted.join(","),
-                sorted.join(","),
-                "1".to_string(),
-                "42".to_string(),
-                format!("{pod}.{domain}"),
-            ];
-            assert_eq!(lines, want, "{name} {pod}: what the startscript read");
-            use std::os::unix::fs::PermissionsExt;
-            let cm_mode = std::fs::metadata(home.join("etc/guestconfig/configmeta.json"))
-                .map(|m| m.permissions().mode() & 0o777)
-                .ok();
-            assert_eq!(cm_mode, Some(mode), "{name}: configmeta.json mode");
-            for cmd in ["configcli", "ccli", "bdvcli", "bd_vcli", "configmacro"] {
-                assert!(home.join(commands).join(cmd).exists(), "{name}: {commands}/{cmd}");
-                assert!(home.join("usr/bin").join(cmd).exists(), "{name}: usr/bin/{cmd}");
+        let roles = c.status.clone().expect("status").roles;
+        let mut all: Vec<String> = roles
+            .iter()
+            .flat_map(|r| &r.members)
+            .map(|m| format!("{}.{domain}", m.pod))
+            .collect();
+        all.sort();
+        for role in &roles {
+            let mut fqdns: Vec<String> = role.members.iter().map(|m| format!("{}.{domain}", m.pod)).collect();
+            fqdns.sort();
+            let ui: Vec<String> = fqdns.iter().map(|f| format!("http://{f}:8080")).collect();
+            for pod in role.members.iter().map(|m| &m.pod) {
+                let home = s.guests.root.join(pod);
+                let read = std::fs::read_to_string(home.join("configcli.read")).unwrap_or_default();
+                // FQDN lists come in the members' order at that moment (by state): compared as sets.
+                let as_set = |l: &str| {
+                    let mut v: Vec<&str> = l.split(',').collect();
+                    v.sort();
+                    v.join(",")
+                };
+                let lines: Vec<String> = read
+                    .lines()
+                    .enumerate()
+                    .map(|(i, l)| {
+                        if [1, 2, 6].contains(&i) {
+                            as_set(l)
+                        } else {
+                            l.to_string()
+                        }
+                    })
+                    .collect();
+                let want = [
+                    role.id.clone(),
+                    fqdns.join(","),
+                    all.join(","),
+                    "1".to_string(),
+                    "42".to_string(),
+                    format!("{pod}.{domain}"),
+                    ui.join(","),
+                    "controller".to_string(),
+                ];
+                assert_eq!(lines, want, "{name} {pod}: what the startscript read");
+                use std::os::unix::fs::PermissionsExt;
+                let cm_mode = std::fs::metadata(home.join("etc/guestconfig/configmeta.json"))
+                    .map(|m| m.permissions().mode() & 0o777)
+                    .ok();
+                assert_eq!(cm_mode, Some(mode), "{name}: configmeta.json mode");
+                for cmd in ["configcli", "ccli", "bdvcli", "bd_vcli", "configmacro"] {
+                    assert!(home.join(commands).join(cmd).exists(), "{name}: {commands}/{cmd}");
+                    assert!(home.join("usr/bin").join(cmd).exists(), "{name}: usr/bin/{cmd}");
+                }
             }
         }
     }
+}
+
+#[tokio::test]
+#[ignore = "needs the test bed: make integration"]
+async fn a_systemd_app_is_set_up_once_systemd_answers() {
+    let s = setup(
+        "guestsd",
+        vec![("sd".to_string(), "systemd-down".to_string())],
+        None,
+        &[],
+    )
+    .await;
+    let mut sd_app = app("setup-systemd", &s.guests.root.join("package/pkg.tgz"), None);
+    sd_app["spec"]["systemdRequired"] = json!(true);
+    create(&s.client, &s.system_ns, &sd_app).await;
+    create(&s.client, &s.ns, &cluster("sd", "setup-systemd", 1)).await;
+    // Asked twice while systemd is down: the member waits, nothing ran.
+    let what = "two systemd checks";
+    let checks = || async {
+        loop {
+            let c = s.clusters().get_opt("sd").await.ok().flatten();
+            if let Some(pod) = c.as_ref().and_then(first_member).map(|m| m.pod) {
+                let calls =
+                    std::fs::read_to_string(s.guests.root.join(&pod).join("systemctl.calls")).unwrap_or_default();
+                if calls.lines().count() >= 2 {
+                    return pod;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    };
+    let pod = testbed::wait_for(what, Duration::from_secs(60), checks()).await;
+    assert_eq!(count(&s.guests.calls(&pod), "--configure"), 0);
+    let c = s.clusters().get("sd").await.expect("sd");
+    assert_eq!(first_member(&c).map(|m| m.state), Some(MemberState::Creating));
+    std::fs::remove_file(s.guests.root.join(&pod).join("systemd-down")).expect("systemd up");
+    s.wait_settled("sd", Duration::from_secs(90)).await;
+    assert_eq!(count(&s.guests.calls(&pod), "--configure"), 1);
 }
