@@ -65,6 +65,9 @@ struct PodGuest {
     /// Setup polls (or failed setup calls) for the current container, for the poll delay.
     setup_calls: u32,
     setup_container: Option<String>,
+    /// The guest script answered a setup call for this container: configcli is installed (or
+    /// was not needed), so later polls need not carry its source again.
+    setup_answered: Option<String>,
     /// Arguments of the head notification that finished (ran, or gave up).
     notified: Option<Vec<String>>,
     /// Failed attempts of the current head notification.
@@ -187,8 +190,14 @@ impl Runner {
                 wait_systemd,
             } => {
                 args[0] = "setup".to_string();
-                // configcli follows configmeta on stdin, for members with a package.
-                let cli = if new_layout.is_some() { CONFIGCLI } else { "" };
+                // configcli follows configmeta on stdin, for members with a package, until the
+                // script has answered for this container (polls of a running configure do not
+                // install anything).
+                let answered = self
+                    .pods
+                    .get(&pod_key)
+                    .is_some_and(|g| g.setup_answered.as_ref() == Some(&w.container));
+                let cli = if new_layout.is_some() && !answered { CONFIGCLI } else { "" };
                 stdin.extend_from_slice(cli.as_bytes());
                 args.push(cli.len().to_string());
                 args.push(if *new_layout == Some(true) { "new" } else { "old" }.to_string());
@@ -243,7 +252,11 @@ impl Runner {
                     g.setup_calls = 0;
                 }
                 g.setup_calls += 1;
-                match result.and_then(|(out, err)| guest::parse_report(&w.container, &out, &err)) {
+                let report = result.and_then(|(out, err)| guest::parse_report(&w.container, &out, &err));
+                if report.is_ok() {
+                    g.setup_answered = Some(w.container.clone());
+                }
+                match report {
                     Ok(SetupReport::Done(f)) => {
                         info!(context = %ctx, %pod, exit_code = f.exit_code, "configure finished");
                         g.setup = Some(f);
