@@ -197,7 +197,11 @@ impl Runner {
                     .pods
                     .get(&pod_key)
                     .is_some_and(|g| g.setup_answered.as_ref() == Some(&w.container));
-                let cli = if new_layout.is_some() && !answered { CONFIGCLI } else { "" };
+                let cli = if new_layout.is_some() && !answered {
+                    CONFIGCLI
+                } else {
+                    ""
+                };
                 stdin.extend_from_slice(cli.as_bytes());
                 args.push(cli.len().to_string());
                 args.push(if *new_layout == Some(true) { "new" } else { "old" }.to_string());
