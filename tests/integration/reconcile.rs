@@ -684,42 +684,37 @@ async fn an_unreadable_cluster_object_does_not_break_the_watch() {
     wait_configured(&env, "cass", Duration::from_secs(60)).await;
     // The broken object is reported on itself, naming the field (read untyped: it does not fit the type).
     let api = testbed::kd_api(&env.client, &env.ns, "KubeDirectorCluster");
-    let reported = |o: Option<&DynamicObject>| {
-        o.and_then(|o| o.data["status"]["conditions"].as_array().cloned())
-            .is_some_and(|cs| {
-                cs.iter().any(|c| {
-                    c["type"] == "Ready"
-                        && c["status"] == "False"
-                        && c["message"]
-                            .as_str()
-                            .is_some_and(|m| m.contains("cannot be read") && m.contains("spec.roles"))
+    // A condition of `type` and `status` whose message says the object cannot be read at `field`.
+    let reported = |type_: &'static str, status: &'static str, field: &'static str| {
+        move |o: Option<&DynamicObject>| {
+            o.and_then(|o| o.data["status"]["conditions"].as_array().cloned())
+                .is_some_and(|cs| {
+                    cs.iter().any(|c| {
+                        c["type"] == type_
+                            && c["status"] == status
+                            && c["message"]
+                                .as_str()
+                                .is_some_and(|m| m.contains("cannot be read") && m.contains(field))
+                    })
                 })
-            })
+        }
     };
     testbed::wait_for(
         "condition on the broken object",
         Duration::from_secs(30),
-        await_condition(api.clone(), "broken", reported),
+        await_condition(api.clone(), "broken", reported("Ready", "False", "spec.roles")),
     )
     .await
     .expect("watch");
 
-    let odd_reported = |o: Option<&DynamicObject>| {
-        o.and_then(|o| o.data["status"]["conditions"].as_array().cloned())
-            .is_some_and(|cs| {
-                cs.iter().any(|c| {
-                    c["type"] == "Degraded"
-                        && c["status"] == "True"
-                        && c["message"]
-                            .as_str()
-                            .is_some_and(|m| m.contains("cannot be read") && m.contains("status.lastNodeID"))
-                })
-            })
-    };
     testbed::wait_for(
         "condition on the cluster with the unreadable status",
         Duration::from_secs(30),
-        await_condition(api.clone(), "odd-status", odd_reported),
+        await_condition(
+            api.clone(),
+            "odd-status",
+            reported("Degraded", "True", "status.lastNodeID"),
+        ),
     )
     .await
     .expect("watch");
