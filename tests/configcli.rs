@@ -250,7 +250,11 @@ fn the_guest_script_reads_kubedirectors_configure_status() {
     std::fs::create_dir_all(&g).expect("dir");
     std::fs::write(g.join("configure.status"), "kwok://old-app=0").expect("status");
     let setup = |cid: &str| guest(&root, &["setup", cid, "64", "0", "0", "old", "1", "0", ""]);
-    assert_eq!(setup("kwok://new-app"), "kd-result done 0");
+    assert_eq!(
+        setup("kwok://new-app"),
+        "kd-result done 0 fresh",
+        "kept, with configmeta written again"
+    );
     let status = std::fs::read_to_string(g.join("configure.status")).expect("status");
     assert_eq!(status, "kwok://old-app=0\nkwok://new-app=0\n");
     assert_eq!(
@@ -261,4 +265,57 @@ fn the_guest_script_reads_kubedirectors_configure_status() {
 
     std::fs::write(g.join("configure.status"), "kwok://busy-app=").expect("status");
     assert_eq!(setup("kwok://busy-app"), "kd-result running");
+}
+
+/// `refresh` writes a configured member's configmeta.json again (KubeDirector's modes: 644 for the
+/// old layout, 600 for the new) and says so; `notify` writes it in the same mode before the script.
+#[test]
+fn the_guest_script_refreshes_configmeta_in_the_layouts_mode() {
+    use std::io::Write;
+    use std::os::unix::fs::PermissionsExt;
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/test-configcli/guest-refresh");
+    let _ = std::fs::remove_dir_all(&root);
+    let with_stdin = |args: &[&str], input: &str| {
+        let mut child = Command::new("sh")
+            .arg("-c")
+            .arg(kubedirector::reconcile::guest::SCRIPT)
+            .arg("kd-guest")
+            .args(args)
+            .env("KD_GUEST_ROOT", &root)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .expect("sh");
+        child
+            .stdin
+            .take()
+            .expect("stdin")
+            .write_all(input.as_bytes())
+            .expect("write");
+        let out = child.wait_with_output().expect("wait");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let cm = root.join("etc/guestconfig/configmeta.json");
+    let mode = || std::fs::metadata(&cm).map(|m| m.permissions().mode() & 0o777).ok();
+    for (layout, want, doc) in [("old", 0o644, r#"{"v":1}"#), ("new", 0o600, r#"{"v":22}"#)] {
+        let len = doc.len().to_string();
+        let out = with_stdin(&["refresh", "kwok://c", "64", &len, layout], doc);
+        assert_eq!(out.lines().next(), Some("kd-result done 0 fresh"), "{layout}: {out}");
+        assert_eq!(std::fs::read_to_string(&cm).ok().as_deref(), Some(doc), "{layout}");
+        assert_eq!(mode(), Some(want), "{layout}");
+    }
+    // notify: configmeta first (in the layout's mode), then the startscript with its arguments.
+    let g = root.join("opt/guestconfig/pkg");
+    std::fs::create_dir_all(&g).expect("dir");
+    let script = g.join("startscript");
+    std::fs::write(&script, "#!/bin/sh\necho \"args: $*\"\n").expect("script");
+    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    let doc = r#"{"v":3}"#;
+    let len = doc.len().to_string();
+    let out = with_stdin(
+        &["notify", "kwok://c", "64", &len, "old", "--addnodes", "--fqdns", "a,b"],
+        doc,
+    );
+    assert_eq!(out, "kd-result done 0 fresh\nargs: --addnodes --fqdns a,b\n");
+    assert_eq!(mode(), Some(0o644));
 }

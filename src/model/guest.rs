@@ -22,6 +22,9 @@ pub struct Finished {
     /// The tails of the command's stdout and stderr (at most maxLogSizeDump bytes each).
     pub stdout_tail: String,
     pub stderr_tail: String,
+    /// The generation whose configmeta.json this container's setup wrote (`None`: not known to
+    /// this replica, e.g. the setup finished before it took over).
+    pub configmeta_generation: Option<i64>,
 }
 
 /// What the setup script reported about `configure` in one container.
@@ -32,9 +35,11 @@ pub enum SetupReport {
     Done(Finished),
 }
 
-/// Parses the guest script's report: a first line `kd-result running|started|done <code>`, then for
-/// `done` the stdout tail. `stderr` is the stderr tail. Anything else is an error naming what came.
-pub fn parse_report(container: &str, stdout: &str, stderr: &str) -> Result<SetupReport, String> {
+/// Parses the guest script's report: a first line `kd-result running|started|done <code> [fresh]`,
+/// then for `done` the stdout tail. `stderr` is the stderr tail. Anything else is an error naming
+/// what came. The second value says whether this very call wrote configmeta.json (`started`, or
+/// `fresh` after a code).
+pub fn parse_report(container: &str, stdout: &str, stderr: &str) -> Result<(SetupReport, bool), String> {
     let (first, rest) = stdout.split_once('\n').unwrap_or((stdout, ""));
     let mut words = first.split_whitespace();
     if words.next() != Some("kd-result") {
@@ -44,18 +49,21 @@ pub fn parse_report(container: &str, stdout: &str, stderr: &str) -> Result<Setup
             cut(stderr, 200)
         ));
     }
-    match (words.next(), words.next()) {
-        (Some("running" | "started"), None) => Ok(SetupReport::Running),
-        (Some("done"), Some(code)) => {
+    match (words.next(), words.next(), words.next()) {
+        (Some("running"), None, None) => Ok((SetupReport::Running, false)),
+        (Some("started"), None, None) => Ok((SetupReport::Running, true)),
+        (Some("done"), Some(code), fresh @ (None | Some("fresh"))) => {
             let exit_code = code
                 .parse::<i32>()
                 .map_err(|_| format!("the guest command reported exit code {code:?}"))?;
-            Ok(SetupReport::Done(Finished {
+            let done = Finished {
                 container: container.to_string(),
                 exit_code,
                 stdout_tail: rest.to_string(),
                 stderr_tail: stderr.to_string(),
-            }))
+                configmeta_generation: None,
+            };
+            Ok((SetupReport::Done(done), fresh.is_some()))
         }
         _ => Err(format!("the guest command reported {:?}", cut(first, 120))),
     }
@@ -204,6 +212,9 @@ pub struct Work {
     pub max_log_size_dump: usize,
     /// The member's configmeta.json, written before the command runs.
     pub configmeta: serde_json::Value,
+    /// The cluster's `metadata.generation` that configmeta was made for (recorded in the member's
+    /// `lastConfigDataGeneration` once it is in).
+    pub generation: i64,
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -222,8 +233,11 @@ pub enum WorkKind {
         /// The app runs systemd: nothing is set up before systemd answers in the member.
         wait_systemd: bool,
     },
+    /// Write a configured member's configmeta.json again (the cluster's spec changed since it was
+    /// written), as KubeDirector refreshes its ready members.
+    Refresh { new_layout: bool },
     /// Run `startscript <arguments>` (the head of the member's notification queue).
-    Notify { arguments: Vec<String> },
+    Notify { arguments: Vec<String>, new_layout: bool },
 }
 
 /// Whether members of a role are set up inside (a package to run, or files to inject): they stay
@@ -232,10 +246,34 @@ pub fn has_setup(app_role: &ResolvedRole, role_spec: Option<&RoleSpec>) -> bool 
     app_role.setup_package.is_some() || role_spec.is_some_and(|r| !r.file_injections.is_empty())
 }
 
+/// Whether a member's configmeta.json predates `generation` and must be written again before
+/// anything else happens in the cluster: configured members of roles with a setup package (only
+/// those read it), whose pod runs (a member that is down is set up afresh when it is back). A
+/// member without a recorded generation (configured by an older version of this operator) counts
+/// as stale.
+pub fn needs_refresh(
+    m: &MemberStatus,
+    has_package: bool,
+    observed: &super::members::Observed,
+    generation: i64,
+) -> bool {
+    has_package
+        && m.state == MemberState::Configured
+        && m.state_detail.last_configured_container.is_some()
+        && m.state_detail.last_config_data_generation != Some(generation)
+        && observed.pods.get(&m.pod).is_some_and(|p| p.running && !p.terminating)
+}
+
 /// The guest commands the members of a status need now: setup for members `creating` in a role with
 /// a package or file injections (until a result for their container is known), the head
-/// notification for configured members with a queue.
-pub fn work(c: &configmeta::Cluster, observed: &super::members::Observed) -> Vec<Work> {
+/// notification for configured members with a queue. When the spec changed (`generation`), the
+/// configured members first get a fresh configmeta.json, and no new member is set up and no
+/// notification sent before all of them have it (KubeDirector's order: its ready members are
+/// updated before a spec change is processed further).
+pub fn work(c: &configmeta::Cluster, observed: &super::members::Observed, generation: i64) -> Vec<Work> {
+    let package = |role: &str| c.app.role(role).and_then(|r| r.setup_package.as_ref());
+    let stale = |role: &str, m: &MemberStatus| needs_refresh(m, package(role).is_some(), observed, generation);
+    let refreshing = c.roles.iter().any(|r| r.members.iter().any(|m| stale(&r.id, m)));
     let mut out = Vec::new();
     for role in c.roles {
         let Some(app_role) = c.app.role(&role.id) else {
@@ -245,58 +283,80 @@ pub fn work(c: &configmeta::Cluster, observed: &super::members::Observed) -> Vec
         if !has_setup(app_role, role_spec) {
             continue;
         }
-        let injections = role_spec.map(|r| r.file_injections.clone()).unwrap_or_default();
+        let new_layout = app_role
+            .setup_package
+            .as_ref()
+            .map(|p| p.use_new_setup_layout == Some(true));
         for m in &role.members {
-            let kind = match (m.state, &m.state_detail.configuring_container) {
-                (MemberState::Creating, Some(container)) => {
-                    let known = observed.setups.get(&m.pod).is_some_and(|f| &f.container == container);
-                    if known {
-                        continue;
-                    }
+            let kind = if stale(&role.id, m) {
+                m.state_detail.last_configured_container.clone().map(|cid| {
                     (
-                        container.clone(),
-                        WorkKind::Setup {
-                            package_url: app_role.setup_package.as_ref().map(|p| p.package_url.clone()),
-                            injections: injections.clone(),
-                            configure: app_role
-                                .event_list
-                                .as_ref()
-                                .is_none_or(|events| events.contains(&LifecycleEvent::Configure)),
-                            new_layout: app_role
-                                .setup_package
-                                .as_ref()
-                                .map(|p| p.use_new_setup_layout == Some(true)),
-                            wait_systemd: c.app.systemd_required,
+                        cid,
+                        WorkKind::Refresh {
+                            new_layout: new_layout == Some(true),
                         },
                     )
-                }
-                (MemberState::Configured, _) => {
-                    let (Some(head), Some(container)) = (
-                        m.state_detail.pending_notify_cmds.first(),
-                        &m.state_detail.last_configured_container,
-                    ) else {
-                        continue;
-                    };
-                    (
-                        container.clone(),
-                        WorkKind::Notify {
-                            arguments: head.arguments.clone(),
-                        },
-                    )
-                }
-                _ => continue,
+                })
+            } else if refreshing {
+                None
+            } else {
+                member_work(app_role, role_spec, m, observed, new_layout, c.app.systemd_required)
+            };
+            let Some((container, kind)) = kind else {
+                continue;
             };
             let Some(configmeta) = configmeta::for_member(c, &m.pod) else {
                 continue;
             };
             out.push(Work {
                 pod: m.pod.clone(),
-                container: kind.0,
-                kind: kind.1,
+                container,
+                kind,
                 max_log_size_dump: usize::try_from(app_role.max_log_size_dump).unwrap_or(0),
                 configmeta,
+                generation,
             });
         }
     }
     out
+}
+
+/// A member's own next command, if any: setup while `creating` (until a result for its container is
+/// known), the head of its notification queue once configured.
+fn member_work(
+    app_role: &ResolvedRole,
+    role_spec: Option<&RoleSpec>,
+    m: &MemberStatus,
+    observed: &super::members::Observed,
+    new_layout: Option<bool>,
+    wait_systemd: bool,
+) -> Option<(String, WorkKind)> {
+    match (m.state, &m.state_detail.configuring_container) {
+        (MemberState::Creating, Some(container)) => {
+            if observed.setups.get(&m.pod).is_some_and(|f| &f.container == container) {
+                return None;
+            }
+            let setup = WorkKind::Setup {
+                package_url: app_role.setup_package.as_ref().map(|p| p.package_url.clone()),
+                injections: role_spec.map(|r| r.file_injections.clone()).unwrap_or_default(),
+                configure: app_role
+                    .event_list
+                    .as_ref()
+                    .is_none_or(|events| events.contains(&LifecycleEvent::Configure)),
+                new_layout,
+                wait_systemd,
+            };
+            Some((container.clone(), setup))
+        }
+        (MemberState::Configured, _) => {
+            let head = m.state_detail.pending_notify_cmds.first()?;
+            let container = m.state_detail.last_configured_container.clone()?;
+            let notify = WorkKind::Notify {
+                arguments: head.arguments.clone(),
+                new_layout: new_layout == Some(true),
+            };
+            Some((container, notify))
+        }
+        _ => None,
+    }
 }

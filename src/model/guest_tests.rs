@@ -32,10 +32,16 @@ fn finish_setups(observed: &mut Observed, status: &KubeDirectorClusterStatus, co
                     exit_code: code,
                     stdout_tail: "out".to_string(),
                     stderr_tail: "boom".to_string(),
+                    configmeta_generation: Some(generation_of(status)),
                 },
             );
         }
     }
+}
+
+/// The generation the status was planned for (what a setup's configmeta was made for).
+fn generation_of(status: &KubeDirectorClusterStatus) -> i64 {
+    status.observed_generation.unwrap_or(0)
 }
 
 /// Every member of the plan's status.
@@ -91,6 +97,7 @@ fn setup_result_decides_configured_or_config_error() {
             exit_code: 0,
             stdout_tail: String::new(),
             stderr_tail: String::new(),
+            configmeta_generation: None,
         },
     );
     let p3 = plan(&cluster, &app, Some(&p2.status), &observed);
@@ -177,7 +184,7 @@ fn expand_queues_addnodes_on_existing_members_only() {
 
     // Once delivered (the runner reports it), the head is dropped.
     for w in &work {
-        if let WorkKind::Notify { arguments } = &w.kind {
+        if let WorkKind::Notify { arguments, .. } = &w.kind {
             observed.notified.insert(w.pod.clone(), arguments.clone());
         }
     }
@@ -283,22 +290,25 @@ fn configmeta_has_the_contract_structure() {
 fn guest_reports_parse_strictly() {
     assert_eq!(
         guest::parse_report("c", "kd-result running\n", ""),
-        Ok(SetupReport::Running)
+        Ok((SetupReport::Running, false))
     );
+    // `started` always wrote configmeta.json; `done` says so with `fresh`.
     assert_eq!(
         guest::parse_report("c", "kd-result started\n", ""),
-        Ok(SetupReport::Running)
+        Ok((SetupReport::Running, true))
     );
+    let finished = Finished {
+        container: "c".to_string(),
+        exit_code: 2,
+        stdout_tail: "last words".to_string(),
+        stderr_tail: "err tail".to_string(),
+        configmeta_generation: None,
+    };
     let done = guest::parse_report("c", "kd-result done 2\nlast words", "err tail");
-    assert_eq!(
-        done,
-        Ok(SetupReport::Done(Finished {
-            container: "c".to_string(),
-            exit_code: 2,
-            stdout_tail: "last words".to_string(),
-            stderr_tail: "err tail".to_string(),
-        }))
-    );
+    assert_eq!(done, Ok((SetupReport::Done(finished.clone()), false)));
+    let done = guest::parse_report("c", "kd-result done 2 fresh\nlast words", "err tail");
+    assert_eq!(done, Ok((SetupReport::Done(finished), true)));
+    assert!(guest::parse_report("c", "kd-result done 0 stale\n", "").is_err());
     assert!(guest::parse_report("c", "sh: not found\n", "").is_err());
     assert!(guest::parse_report("c", "kd-result done x\n", "").is_err());
     assert!(guest::parse_report("c", "kd-result maybe\n", "").is_err());
@@ -468,5 +478,86 @@ fn a_role_whose_event_list_lacks_configure_is_installed_but_not_configured() {
             .all(|w| matches!(w.kind, WorkKind::Setup { configure: false, .. })),
         "{:?}",
         p2.guest_work
+    );
+}
+
+#[test]
+fn a_spec_change_refreshes_configured_members_before_new_ones_set_up() {
+    let mut cluster = centos_cluster();
+    cluster.metadata.generation = Some(1);
+    cluster.spec.roles[0].members = Some(2);
+    let app = app_with_setup();
+    let (p3, _) = configured(&cluster, &app);
+    assert!(members(&p3).all(|m| m.state_detail.last_config_data_generation == Some(1)));
+    let old: Vec<String> = members(&p3).map(|m| m.pod.clone()).collect();
+
+    // Expand (generation 2): the configured members get a fresh configmeta.json first; the new
+    // member, running, is not set up and no notification is sent until they all have it.
+    cluster.metadata.generation = Some(2);
+    cluster.spec.roles[0].members = Some(3);
+    let p4 = plan(&cluster, &app, Some(&p3.status), &all_running(&p3, "a"));
+    let mut observed = all_running(&p4, "a");
+    let p5 = plan(&cluster, &app, Some(&p4.status), &observed);
+    let new = members_of(&p5, "vanilla_centos")
+        .iter()
+        .find(|m| !old.contains(&m.pod))
+        .expect("new member");
+    assert_eq!(new.state, MemberState::Creating);
+    assert!(p5.guest_work.iter().all(|w| matches!(w.kind, WorkKind::Refresh { .. })));
+    let mut refreshed: Vec<String> = p5.guest_work.iter().map(|w| w.pod.clone()).collect();
+    refreshed.sort();
+    let mut expected = old.clone();
+    expected.sort();
+    assert_eq!(refreshed, expected);
+    assert_eq!(p5.status.state, Some(ClusterState::Updating));
+    let w = &p5.guest_work[0];
+    assert_eq!(w.generation, 2);
+    let fqdns = &w.configmeta["nodegroups"]["1"]["roles"]["vanilla_centos"]["fqdns"];
+    assert_eq!(
+        fqdns.as_array().map(Vec::len),
+        Some(3),
+        "the refresh lists the new member"
+    );
+
+    // One refreshed, one not yet: still nothing else.
+    observed.refreshed.insert(old[0].clone(), 2);
+    let p6 = plan(&cluster, &app, Some(&p5.status), &observed);
+    assert!(
+        p6.guest_work
+            .iter()
+            .all(|w| matches!(w.kind, WorkKind::Refresh { .. }) && w.pod != old[0])
+    );
+    // All refreshed: recorded, and the new member's setup starts in the same step.
+    for pod in &old {
+        observed.refreshed.insert(pod.clone(), 2);
+    }
+    let p7 = plan(&cluster, &app, Some(&p6.status), &observed);
+    for m in members(&p7).filter(|m| old.contains(&m.pod)) {
+        assert_eq!(m.state_detail.last_config_data_generation, Some(2), "{}", m.pod);
+    }
+    assert_eq!(p7.guest_work.len(), 1, "{:?}", p7.guest_work);
+    assert!(matches!(p7.guest_work[0].kind, WorkKind::Setup { .. }) && p7.guest_work[0].pod == new.pod);
+
+    // A configured member whose pod is down is not waited for; one configured by an older
+    // version (no generation recorded) is refreshed.
+    let mut status = p7.status.clone();
+    let mut down = observed.clone();
+    if let Some(p) = down.pods.get_mut(&old[0]) {
+        p.running = false;
+    }
+    status.roles[0].members[1].state_detail.last_config_data_generation = None;
+    cluster.metadata.generation = Some(3);
+    let p8 = plan(&cluster, &app, Some(&status), &down);
+    let kinds: Vec<(&str, bool)> = p8
+        .guest_work
+        .iter()
+        .map(|w| (w.pod.as_str(), matches!(w.kind, WorkKind::Refresh { .. })))
+        .collect();
+    assert!(!kinds.iter().any(|(pod, _)| *pod == old[0]), "{kinds:?}");
+    assert!(kinds.iter().any(|(pod, r)| *pod == old[1] && *r), "{kinds:?}");
+    assert_eq!(
+        p8.status.state,
+        Some(ClusterState::Updating),
+        "not configured before the refresh"
     );
 }

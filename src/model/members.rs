@@ -32,6 +32,8 @@ pub struct Observed {
     /// By pod: the arguments of the notification at the head of its queue that has finished (run, or
     /// given up after its retries).
     pub notified: BTreeMap<String, Vec<String>>,
+    /// By pod: the generation whose configmeta.json a refresh wrote into the member.
+    pub refreshed: BTreeMap<String, i64>,
 }
 
 /// How a role's members are laid out, from the spec and the app.
@@ -45,6 +47,9 @@ pub struct RoleShape<'a> {
     /// New members' Services are named as their pods (`names::bare_member_services`).
     pub bare_services: bool,
     pub has_setup: bool,
+    /// The role runs a setup package: its members read configmeta.json, whose generation is kept in
+    /// `lastConfigDataGeneration`.
+    pub has_package: bool,
     /// Bytes of each output tail kept in a config error's detail.
     pub max_log_size_dump: usize,
     /// volumeClaimTemplate names (`p`, `b0`, …): a member's PVCs are `<claim>-<pod>`.
@@ -148,6 +153,12 @@ fn advance(m: &mut MemberStatus, shape: &RoleShape, observed: &Observed, step: &
     if head_done {
         m.state_detail.pending_notify_cmds.remove(0);
     }
+    if let Some(g) = observed.refreshed.get(&m.pod)
+        && shape.has_package
+        && m.state == MemberState::Configured
+    {
+        m.state_detail.last_config_data_generation = Some(*g);
+    }
     if m.state != MemberState::Deleting {
         return true;
     }
@@ -214,6 +225,10 @@ fn advance_creating(m: &mut MemberStatus, shape: &RoleShape, setup: Option<&Fini
     let Some(done) = setup.filter(|f| m.state_detail.configuring_container.as_ref() == Some(&f.container)) else {
         return;
     };
+    if shape.has_package {
+        // 0: written by a setup this replica did not see start; the member is refreshed.
+        m.state_detail.last_config_data_generation = Some(done.configmeta_generation.unwrap_or(0));
+    }
     if done.exit_code == 0 {
         m.state = MemberState::Configured;
         m.state_detail.config_error_detail = None;

@@ -181,6 +181,7 @@ pub fn plan_cluster(input: &ClusterInput) -> ClusterPlan {
             opens_ports: role.opens_ports(),
             bare_services: names::bare_member_services(scheme, recorded),
             has_setup: guest::has_setup(role, Some(role_spec)),
+            has_package: role.setup_package.is_some(),
             max_log_size_dump: usize::try_from(role.max_log_size_dump).unwrap_or(0),
             claims: &claims,
             block_device_paths: &block_paths,
@@ -273,6 +274,7 @@ pub fn plan_cluster(input: &ClusterInput) -> ClusterPlan {
             opens_ports: false,
             bare_services: false,
             has_setup: false,
+            has_package: false,
             max_log_size_dump: 0,
             claims: &claims,
             block_device_paths: &[],
@@ -299,7 +301,16 @@ pub fn plan_cluster(input: &ClusterInput) -> ClusterPlan {
         connections::queue_reconnect(&mut roles, input.app);
     }
     let mut state = status::cluster_state(prev_state, &roles);
-    if state == ClusterState::Configured && connections::reconnect_pending(&roles) {
+    // Members still to hear of a change (a reconnect, or a configmeta.json from an older spec):
+    // the cluster is not yet configured at this generation.
+    let generation = input.generation.unwrap_or(0);
+    let refresh_pending = roles.iter().any(|r| {
+        let has_package = input.app.role(&r.id).is_some_and(|a| a.setup_package.is_some());
+        r.members
+            .iter()
+            .any(|m| guest::needs_refresh(m, has_package, input.observed, generation))
+    });
+    if state == ClusterState::Configured && (connections::reconnect_pending(&roles) || refresh_pending) {
         state = ClusterState::Updating;
     }
     if orphans && state == ClusterState::Configured {
@@ -325,6 +336,7 @@ pub fn plan_cluster(input: &ClusterInput) -> ClusterPlan {
             secret_keys: &secret_keys(spec, settings),
         },
         input.observed,
+        generation,
     );
     plan.status = KubeDirectorClusterStatus {
         state: Some(state),

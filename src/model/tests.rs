@@ -79,7 +79,7 @@ pub(super) fn plan_with(
         name: cluster.metadata.name.as_deref().expect("name"),
         namespace: "ns",
         uid: "uid-1",
-        generation: Some(1),
+        generation: cluster.metadata.generation.or(Some(1)),
         spec: &cluster.spec,
         prev,
         app,

@@ -68,6 +68,12 @@ struct PodGuest {
     /// The guest script answered a setup call for this container: configcli is installed (or
     /// was not needed), so later polls need not carry its source again.
     setup_answered: Option<String>,
+    /// The generation of the configmeta.json a setup call for `setup_container` wrote.
+    setup_generation: Option<i64>,
+    /// A refresh wrote the configmeta.json of this generation (until the status records it).
+    refreshed: Option<i64>,
+    /// Failed refresh attempts in a row, for the retry delay.
+    refresh_failures: u32,
     /// Arguments of the head notification that finished (ran, or gave up).
     notified: Option<Vec<String>>,
     /// Failed attempts of the current head notification.
@@ -117,6 +123,9 @@ impl Runner {
                     g.setup_container = None;
                 }
             }
+            if g.refreshed.is_some() && g.refreshed == m.state_detail.last_config_data_generation {
+                g.refreshed = None;
+            }
             // A finished notification the status no longer has at the head of the queue.
             if g.notified
                 .as_ref()
@@ -131,6 +140,9 @@ impl Runner {
             }
             if let Some(args) = &g.notified {
                 observed.notified.insert(m.pod.clone(), args.clone());
+            }
+            if let Some(generation) = g.refreshed {
+                observed.refreshed.insert(m.pod.clone(), generation);
             }
         }
     }
@@ -156,7 +168,8 @@ impl Runner {
                 // ended): never run again what has finished and only waits to be recorded.
                 let finished = match &w.kind {
                     WorkKind::Setup { .. } => g.setup.as_ref().is_some_and(|f| f.container == w.container),
-                    WorkKind::Notify { arguments } => g.notified.as_ref() == Some(arguments),
+                    WorkKind::Notify { arguments, .. } => g.notified.as_ref() == Some(arguments),
+                    WorkKind::Refresh { .. } => g.refreshed == Some(w.generation),
                 };
                 if finished {
                     continue;
@@ -204,7 +217,7 @@ impl Runner {
                 };
                 stdin.extend_from_slice(cli.as_bytes());
                 args.push(cli.len().to_string());
-                args.push(if *new_layout == Some(true) { "new" } else { "old" }.to_string());
+                args.push(layout(*new_layout == Some(true)).to_string());
                 args.push(if *configure { "1" } else { "0" }.to_string());
                 args.push(if *wait_systemd { "1" } else { "0" }.to_string());
                 args.push(package_url.clone().unwrap_or_default());
@@ -220,10 +233,16 @@ impl Runner {
                 }
                 self.limits.setup_timeout
             }
-            WorkKind::Notify { arguments } => {
+            WorkKind::Notify { arguments, new_layout } => {
                 args[0] = "notify".to_string();
+                args.push(layout(*new_layout).to_string());
                 args.extend(guest::notify_argv(arguments));
                 self.limits.notify_timeout
+            }
+            WorkKind::Refresh { new_layout } => {
+                args[0] = "refresh".to_string();
+                args.push(layout(*new_layout).to_string());
+                self.limits.setup_timeout
             }
         };
         let result = tokio::time::timeout(
@@ -248,58 +267,92 @@ impl Runner {
     fn record(&self, pod_key: &PodKey, w: &Work, result: Result<(String, String), String>) -> Duration {
         let mut g = self.pods.entry(pod_key.clone()).or_default();
         g.busy = false;
-        let (ctx, pod) = (&self.context, &pod_key.1);
+        let report = result.and_then(|(out, err)| guest::parse_report(&w.container, &out, &err));
         let delay = match &w.kind {
-            WorkKind::Setup { .. } => {
-                if g.setup_container.as_ref() != Some(&w.container) {
-                    g.setup_container = Some(w.container.clone());
-                    g.setup_calls = 0;
+            WorkKind::Setup { .. } => self.record_setup(&mut g, &pod_key.1, w, report),
+            WorkKind::Notify { arguments, .. } => self.record_notify(&mut g, &pod_key.1, w, arguments, report),
+            WorkKind::Refresh { .. } => match report {
+                Ok((SetupReport::Done(f), _)) if f.exit_code == 0 => {
+                    debug!(context = %self.context, pod = %pod_key.1, generation = w.generation, "configmeta refreshed");
+                    g.refreshed = Some(w.generation);
+                    g.refresh_failures = 0;
+                    Duration::ZERO
                 }
-                g.setup_calls += 1;
-                let report = result.and_then(|(out, err)| guest::parse_report(&w.container, &out, &err));
-                if report.is_ok() {
-                    g.setup_answered = Some(w.container.clone());
+                other => {
+                    g.refresh_failures += 1;
+                    let why = failure(other, w.max_log_size_dump);
+                    warn!(context = %self.context, pod = %pod_key.1, error = %why, "configmeta refresh failed; retrying");
+                    guest::notify_retry_delay(g.refresh_failures)
                 }
-                match report {
-                    Ok(SetupReport::Done(f)) => {
-                        info!(context = %ctx, %pod, exit_code = f.exit_code, "configure finished");
-                        g.setup = Some(f);
-                        Duration::ZERO
-                    }
-                    Ok(SetupReport::Running) => guest::poll_delay(g.setup_calls),
-                    Err(e) => {
-                        warn!(context = %ctx, %pod, error = %e, "setup call failed; retrying");
-                        guest::poll_delay(g.setup_calls)
-                    }
-                }
-            }
-            WorkKind::Notify { arguments } => {
-                if g.notify_args.as_ref() != Some(arguments) {
-                    g.notify_args = Some(arguments.clone());
-                    g.notify_failures = 0;
-                }
-                let outcome = result.and_then(|(out, err)| guest::parse_report(&w.container, &out, &err));
-                match outcome {
-                    Ok(SetupReport::Done(f)) if f.exit_code == 0 => {
-                        info!(context = %ctx, %pod, args = ?arguments, "notification delivered");
-                        g.notified = Some(arguments.clone());
-                        Duration::ZERO
-                    }
-                    other => {
-                        g.notify_failures += 1;
-                        let why = match other {
-                            Ok(SetupReport::Done(f)) => guest::config_error_detail(&f, w.max_log_size_dump),
-                            Ok(SetupReport::Running) => "unexpected report".to_string(),
-                            Err(e) => e,
-                        };
-                        warn!(context = %ctx, %pod, args = ?arguments, error = %why, attempts = g.notify_failures, "notification failed; retrying");
-                        guest::notify_retry_delay(g.notify_failures)
-                    }
-                }
-            }
+            },
         };
         g.not_before = Some(Instant::now() + delay);
         delay
+    }
+
+    fn record_setup(
+        &self,
+        g: &mut PodGuest,
+        pod: &str,
+        w: &Work,
+        report: Result<(SetupReport, bool), String>,
+    ) -> Duration {
+        if g.setup_container.as_ref() != Some(&w.container) {
+            g.setup_container = Some(w.container.clone());
+            g.setup_calls = 0;
+            g.setup_generation = None;
+        }
+        g.setup_calls += 1;
+        if report.is_ok() {
+            g.setup_answered = Some(w.container.clone());
+        }
+        match report {
+            Ok((report, fresh)) => {
+                if fresh {
+                    g.setup_generation = Some(w.generation);
+                }
+                match report {
+                    SetupReport::Done(mut f) => {
+                        info!(context = %self.context, %pod, exit_code = f.exit_code, "configure finished");
+                        f.configmeta_generation = g.setup_generation;
+                        g.setup = Some(f);
+                        Duration::ZERO
+                    }
+                    SetupReport::Running => guest::poll_delay(g.setup_calls),
+                }
+            }
+            Err(e) => {
+                warn!(context = %self.context, %pod, error = %e, "setup call failed; retrying");
+                guest::poll_delay(g.setup_calls)
+            }
+        }
+    }
+
+    fn record_notify(
+        &self,
+        g: &mut PodGuest,
+        pod: &str,
+        w: &Work,
+        arguments: &[String],
+        report: Result<(SetupReport, bool), String>,
+    ) -> Duration {
+        if g.notify_args.as_deref() != Some(arguments) {
+            g.notify_args = Some(arguments.to_vec());
+            g.notify_failures = 0;
+        }
+        match report {
+            Ok((SetupReport::Done(f), _)) if f.exit_code == 0 => {
+                info!(context = %self.context, %pod, args = ?arguments, "notification delivered");
+                g.notified = Some(arguments.to_vec());
+                Duration::ZERO
+            }
+            other => {
+                g.notify_failures += 1;
+                let why = failure(other, w.max_log_size_dump);
+                warn!(context = %self.context, %pod, args = ?arguments, error = %why, attempts = g.notify_failures, "notification failed; retrying");
+                guest::notify_retry_delay(g.notify_failures)
+            }
+        }
     }
 
     /// One exec: the script with `args`, `stdin` written (the script reads exactly its length);
@@ -344,6 +397,19 @@ impl Runner {
         }
         let _ = process.join().await;
         Ok((out, err))
+    }
+}
+
+fn layout(new: bool) -> &'static str {
+    if new { "new" } else { "old" }
+}
+
+/// Why a notification or refresh did not succeed, for the log.
+fn failure(report: Result<(SetupReport, bool), String>, max_log: usize) -> String {
+    match report {
+        Ok((SetupReport::Done(f), _)) => guest::config_error_detail(&f, max_log),
+        Ok((SetupReport::Running, _)) => "unexpected report".to_string(),
+        Err(e) => e,
     }
 }
 

@@ -1,13 +1,15 @@
 # The operator's side of the in-guest contract, run by exec in container `app` as
 #   sh -c <this> kd-guest setup  <container-id> <max-log> <bytes> <cli-bytes> <layout new|old> <configure 1|0> <systemd 1|0> <package-url|""> [<src> <dest-dir> <mode> <owner> <group>]...
-#   sh -c <this> kd-guest notify <container-id> <max-log> <bytes> <startscript arguments...>
+#   sh -c <this> kd-guest notify <container-id> <max-log> <bytes> <layout new|old> <startscript arguments...>
+#   sh -c <this> kd-guest refresh <container-id> <max-log> <bytes> <layout new|old>
 # with the member's configmeta.json (<bytes> long) on stdin, for `setup` followed by configcli's
 # Python source (<cli-bytes> long, 0 = do not install it). Exactly that many bytes are read: an
 # exec's stdin is not reliably closed at the far end (kwok's simulation never sees EOF), so nothing
 # here waits for one. Every call returns quickly except `notify`, which runs
 # the script in the foreground (the operator bounds it with a timeout, outside any worker).
-# It reports on the first line of stdout: `kd-result started|running` or `kd-result done <code>`,
-# followed by the tail of the script's stdout (its stderr tail goes to stderr); the exec itself
+# It reports on the first line of stdout: `kd-result started|running` or `kd-result done <code>`
+# (`done <code> fresh` when this call wrote configmeta.json; `started` always did), followed by
+# the tail of the script's stdout (its stderr tail goes to stderr); the exec itself
 # exits 0 so that the report never depends on how an exec transports exit codes.
 # KD_GUEST_ROOT is unset in a real container; a simulated guest (kwok's local exec) sets it to the
 # member's own directory.
@@ -18,9 +20,11 @@ G="$R/opt/guestconfig"
 E="$R/etc/guestconfig"
 mkdir -p "$G" "$E" || { echo "kd-result done 126"; echo "cannot create $G and $E" >&2; exit 0; }
 
-inject() { # [mode]: KubeDirector's 644 (old layout) or 600 (new layout)
-  head -c "$len" > "$E/configmeta.json.kd-new" && chmod "${1:-644}" "$E/configmeta.json.kd-new" &&
-    mv -f "$E/configmeta.json.kd-new" "$E/configmeta.json"
+fresh=""
+inject() { # layout: KubeDirector's mode is 644 for the old layout, 600 for the new
+  m=644; [ "$1" = new ] && m=600
+  head -c "$len" > "$E/configmeta.json.kd-new" && chmod "$m" "$E/configmeta.json.kd-new" &&
+    mv -f "$E/configmeta.json.kd-new" "$E/configmeta.json" && fresh=" fresh"
 }
 
 # configcli where KubeDirector puts it: the module where the image's Python imports it (for the new
@@ -79,7 +83,7 @@ record() { # code: this container's line in configure.status (KubeDirector's fil
 }
 
 report() { # code stdout-file stderr-file
-  echo "kd-result done $1"
+  echo "kd-result done $1$fresh"
   [ -f "$2" ] && tail -c "$max" "$2"
   [ -f "$3" ] && tail -c "$max" "$3" >&2
   exit 0
@@ -103,8 +107,7 @@ setup)
   # configure keeps it, as KubeDirector does: --configure is not run again.
   if [ -f "$st" ] && grep -q '=0$' "$st"; then
     # Fresh configmeta, and configcli again (the new layout's /usr/bin links are not persisted).
-    mode=644; [ "$layout" = new ] && mode=600
-    inject "$mode" && install_configcli "$cli" "$layout" || failed 126 "cannot write configmeta or configcli"
+    inject "$layout" && install_configcli "$cli" "$layout" || failed 126 "cannot write configmeta or configcli"
     record 0
     report 0 "$G/configure.stdout" "$G/configure.stderr"
   fi
@@ -118,8 +121,7 @@ setup)
     exit 0
   fi
   : > "$G/fetch.err"
-  mode=644; [ "$layout" = new ] && mode=600
-  inject "$mode" || failed 126 "cannot write $E/configmeta.json"
+  inject "$layout" || failed 126 "cannot write $E/configmeta.json"
   install_configcli "$cli" "$layout" || failed 126 "cannot install configcli"
   shift
   # The role's fileInjections, in order: fetched into <dest-dir>, mode (numeric) and owner applied.
@@ -152,10 +154,15 @@ setup)
   echo "kd-result started"
   ;;
 notify)
-  inject || { echo "kd-result done 126"; echo "cannot write $E/configmeta.json" >&2; exit 0; }
+  layout="$1"; shift
+  inject "$layout" || { echo "kd-result done 126"; echo "cannot write $E/configmeta.json" >&2; exit 0; }
   s="$(startscript)" || { echo "kd-result done 127"; echo "no startscript in $G"; exit 0; }
   (cd "$G" && "$s" "$@" > "$G/notify.stdout" 2> "$G/notify.stderr" < /dev/null)
   report "$?" "$G/notify.stdout" "$G/notify.stderr"
+  ;;
+refresh) # a configured member's configmeta.json, written again after a spec change
+  inject "$1" || { echo "kd-result done 126"; echo "cannot write $E/configmeta.json" >&2; exit 0; }
+  report 0 /dev/null /dev/null
   ;;
 *)
   echo "kd-result done 2"; echo "unknown operation $op" >&2

@@ -15,7 +15,7 @@ use kube::{Api, Client, ResourceExt};
 use serde_json::{Value, json};
 
 use kubedirector::api::KubeDirectorCluster;
-use kubedirector::api::cluster::MemberState;
+use kubedirector::api::cluster::{ClusterState, MemberState};
 use kubedirector::model::status::is_configured;
 
 use crate::common::quantile;
@@ -635,6 +635,88 @@ async fn a_role_without_configure_in_its_event_list_is_never_configured() {
         let calls = s.guests.calls(&m.pod);
         assert_eq!(count(&calls, "--configure"), 0, "{}: {calls:?}", m.pod);
     }
+}
+
+/// The FQDNs of a role in a member's configmeta.json, sorted.
+fn listed_fqdns(cm: &Value) -> Vec<String> {
+    let mut l: Vec<String> = cm["nodegroups"]["1"]["roles"]["node"]["fqdns"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|v| v.as_str().map(str::to_string))
+        .collect();
+    l.sort();
+    l
+}
+
+#[tokio::test]
+#[ignore = "needs the test bed: make integration"]
+async fn configured_members_get_the_new_configmeta_before_a_new_member_configures() {
+    // eventList without addnodes/delnodes: no notification carries configmeta, only the refresh.
+    let s = setup("guestcm", Vec::new(), Some(json!(["configure"])), &[]).await;
+    create(&s.client, &s.ns, &cluster("cm", "setup-test", 1)).await;
+    let c = s.wait_settled("cm", Duration::from_secs(120)).await;
+    let first = first_member(&c).expect("member").pod;
+    let domain = domain(&c, &s.ns);
+    // The first member cannot take a configmeta.json for now (a directory where the script writes
+    // its new copy): the new member must wait for it, however long.
+    let blocker = s
+        .guests
+        .root
+        .join(&first)
+        .join("etc/guestconfig/configmeta.json.kd-new");
+    std::fs::create_dir_all(&blocker).expect("blocker");
+    s.set_members("cm", 2).await;
+    s.wait("cm", "the new member running", Duration::from_secs(120), |c| {
+        c.status
+            .iter()
+            .flat_map(|s| &s.roles)
+            .flat_map(|r| &r.members)
+            .any(|m| m.state == MemberState::Creating)
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    let c = s.clusters().get("cm").await.expect("cluster");
+    let new = pods(&c).into_iter().find(|p| *p != first).expect("new member");
+    assert!(
+        s.guests.calls(&new).is_empty(),
+        "{new} was set up before {first} had the new configmeta"
+    );
+    assert_eq!(c.status.as_ref().and_then(|s| s.state), Some(ClusterState::Updating));
+    std::fs::remove_dir(&blocker).expect("unblock");
+    let c = s.wait_settled("cm", Duration::from_secs(120)).await;
+    let all = pods(&c);
+    assert_eq!(all.len(), 2);
+    let generation = c.metadata.generation;
+    let fqdns: Vec<String> = all.iter().map(|p| format!("{p}.{domain}")).collect();
+    assert_eq!(listed_fqdns(&s.guests.configmeta(&first)), fqdns);
+    assert_eq!(s.guests.calls(&first), vec!["--configure".to_string()]);
+    // Written into the first member before the new one's configure copied its own.
+    let modified = |path: PathBuf| {
+        std::fs::metadata(&path)
+            .and_then(|m| m.modified())
+            .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+    };
+    let refreshed = modified(s.guests.root.join(&first).join("etc/guestconfig/configmeta.json"));
+    let configured = modified(s.guests.root.join(&all[1]).join("configmeta.at-configure.json"));
+    assert!(refreshed <= configured, "{refreshed:?} > {configured:?}");
+    for m in c.status.iter().flat_map(|s| &s.roles).flat_map(|r| &r.members) {
+        assert_eq!(m.state_detail.last_config_data_generation, generation, "{}", m.pod);
+    }
+
+    // Shrink: the member that stays lists only itself again.
+    s.set_members("cm", 1).await;
+    let c = s.wait_settled("cm", Duration::from_secs(120)).await;
+    assert_eq!(pods(&c), vec![first.clone()]);
+    s.wait("cm", "the refresh recorded", Duration::from_secs(60), |c| {
+        first_member(c).is_some_and(|m| m.state_detail.last_config_data_generation == c.metadata.generation)
+    })
+    .await;
+    assert_eq!(
+        listed_fqdns(&s.guests.configmeta(&first)),
+        vec![format!("{first}.{domain}")]
+    );
+    assert_eq!(s.guests.calls(&first), vec!["--configure".to_string()]);
 }
 
 #[tokio::test]
