@@ -81,6 +81,10 @@ struct RunArgs {
     /// counts as failed (and is retried).
     #[arg(long, env = "KD_NOTIFY_TIMEOUT_SECONDS", default_value_t = 600, value_parser = clap::value_parser!(u64).range(1..))]
     notify_timeout_seconds: u64,
+    /// KubeDirector's `configcli.tgz`, installed into members (by its own `install` script) instead
+    /// of this operator's configcli.
+    #[arg(long, env = "KD_CONFIGCLI_PACKAGE")]
+    configcli_package: Option<std::path::PathBuf>,
     /// Mutating API requests per second to each member cluster.
     #[arg(long, env = "KD_WRITE_QPS", default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..))]
     write_qps: u32,
@@ -238,6 +242,11 @@ async fn run(args: RunArgs, replica: String) -> anyhow::Result<()> {
             concurrency: usize::from(args.guest_concurrency),
             setup_timeout: Duration::from_secs(args.setup_timeout_seconds),
             notify_timeout: Duration::from_secs(args.notify_timeout_seconds),
+            configcli: match &args.configcli_package {
+                None => kubedirector::reconcile::guest::Configcli::Ours,
+                Some(path) => kubedirector::reconcile::guest::Configcli::package(path)
+                    .map_err(|e| anyhow::anyhow!("--configcli-package: {e}"))?,
+            },
         },
     };
     let sharding = (args.shards > 0).then(|| ShardOptions {

@@ -6,6 +6,9 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+mod common;
+use common::fake_configcli_package;
+
 fn golden(case: &str, pod: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(format!(
         "../shared/kubedirector/configmeta/{case}/configmeta-{pod}.json"
@@ -249,7 +252,7 @@ fn the_guest_script_reads_kubedirectors_configure_status() {
     let g = root.join("opt/guestconfig");
     std::fs::create_dir_all(&g).expect("dir");
     std::fs::write(g.join("configure.status"), "kwok://old-app=0").expect("status");
-    let setup = |cid: &str| guest(&root, &["setup", cid, "64", "0", "0", "old", "1", "0", ""]);
+    let setup = |cid: &str| guest(&root, &["setup", cid, "64", "0", "0", "py", "old", "1", "0", ""]);
     assert_eq!(
         setup("kwok://new-app"),
         "kd-result done 0 fresh",
@@ -318,4 +321,74 @@ fn the_guest_script_refreshes_configmeta_in_the_layouts_mode() {
     );
     assert_eq!(out, "kd-result done 0 fresh\nargs: --addnodes --fqdns a,b\n");
     assert_eq!(mode(), Some(0o644));
+}
+
+/// `tgz`: KubeDirector's package, unpacked in /tmp and installed by its own script (`--user` and
+/// PYTHONUSERBASE=/usr/local for the new layout), `bdvcli`/`bd_vcli` linked, once per root.
+#[test]
+fn the_guest_script_installs_kubedirectors_configcli_package() {
+    use std::io::Write;
+    let base = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/test-configcli/package");
+    let _ = std::fs::remove_dir_all(&base);
+    std::fs::create_dir_all(&base).expect("dir");
+    let tgz = std::fs::read(fake_configcli_package(&base)).expect("tgz");
+    for (layout, bin) in [("old", "usr/bin"), ("new", "usr/local/bin")] {
+        let root = base.join(layout);
+        let setup = |cid: &str| {
+            let cm = b"{}";
+            let mut child = Command::new("sh")
+                .arg("-c")
+                .arg(kubedirector::reconcile::guest::SCRIPT)
+                .arg("kd-guest")
+                .args([
+                    "setup",
+                    cid,
+                    "64",
+                    "2",
+                    &tgz.len().to_string(),
+                    "tgz",
+                    layout,
+                    "0",
+                    "0",
+                    "",
+                ])
+                .env("KD_GUEST_ROOT", &root)
+                .stdin(std::process::Stdio::piped())
+                .stdout(std::process::Stdio::piped())
+                .spawn()
+                .expect("sh");
+            let mut stdin = child.stdin.take().expect("stdin");
+            stdin.write_all(cm).expect("configmeta");
+            stdin.write_all(&tgz).expect("package");
+            drop(stdin);
+            String::from_utf8_lossy(&child.wait_with_output().expect("wait").stdout).into_owned()
+        };
+        let out = setup("kwok://a");
+        assert!(out.starts_with("kd-result done 0 fresh"), "{layout}: {out}");
+        let calls = std::fs::read_to_string(root.join("configcli-install.calls")).unwrap_or_default();
+        let want = if layout == "new" {
+            "args=--user PYTHONUSERBASE=/usr/local\n"
+        } else {
+            "args= PYTHONUSERBASE=/usr/local\n"
+        };
+        assert_eq!(calls, want, "{layout}");
+        for link in ["bdvcli", "bd_vcli"] {
+            let out = Command::new(root.join(bin).join(link))
+                .arg("--get")
+                .arg("x")
+                .output()
+                .expect(link);
+            assert_eq!(
+                String::from_utf8_lossy(&out.stdout),
+                "kubedirector configcli --get x\n",
+                "{layout}"
+            );
+        }
+        assert!(!root.join("tmp/configcli.tgz").exists() && !root.join("tmp/configcli-1.0").exists());
+        // A new container on the same root: configcli is there, the package is not installed again.
+        std::fs::remove_file(root.join("opt/guestconfig/configure.status")).expect("status");
+        assert!(setup("kwok://b").starts_with("kd-result done 0"), "{layout}");
+        let calls = std::fs::read_to_string(root.join("configcli-install.calls")).unwrap_or_default();
+        assert_eq!(calls.lines().count(), 1, "{layout}: {calls}");
+    }
 }

@@ -33,6 +33,58 @@ pub const CONFIGCLI: &str = include_str!("configcli.py");
 /// The container every guest command runs in (the contract's `app`).
 pub const CONTAINER: &str = "app";
 
+/// The configcli installed into members with a setup package.
+#[derive(Clone, Default)]
+pub enum Configcli {
+    /// This project's (`CONFIGCLI`).
+    #[default]
+    Ours,
+    /// KubeDirector's `configcli.tgz`, installed as KubeDirector installs it (its `install` script).
+    Package(Arc<Vec<u8>>),
+}
+
+impl std::fmt::Debug for Configcli {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Ours => f.write_str("Ours"),
+            Self::Package(b) => write!(f, "Package({} bytes)", b.len()),
+        }
+    }
+}
+
+/// Largest configcli package taken: it travels on the exec's stdin of each member's first setup call.
+const MAX_PACKAGE: usize = 8 << 20;
+
+impl Configcli {
+    /// Reads KubeDirector's `configcli.tgz` (`--configcli-package`): it must be a gzip file of at
+    /// most 8 MiB.
+    pub fn package(path: &std::path::Path) -> Result<Self, String> {
+        let bytes = std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+        if !bytes.starts_with(&[0x1f, 0x8b]) {
+            return Err(format!(
+                "{} is not a gzip file (expected KubeDirector's configcli.tgz)",
+                path.display()
+            ));
+        }
+        if bytes.len() > MAX_PACKAGE {
+            return Err(format!(
+                "{} has {} bytes; at most {MAX_PACKAGE} are allowed",
+                path.display(),
+                bytes.len()
+            ));
+        }
+        Ok(Self::Package(Arc::new(bytes)))
+    }
+
+    /// What the guest script installs: the bytes, and their kind (`py` or `tgz`).
+    fn payload(&self) -> (&[u8], &'static str) {
+        match self {
+            Self::Ours => (CONFIGCLI.as_bytes(), "py"),
+            Self::Package(b) => (b.as_slice(), "tgz"),
+        }
+    }
+}
+
 #[derive(Clone, Debug)]
 pub struct Limits {
     /// Guest commands in flight at once, per member cluster.
@@ -41,6 +93,7 @@ pub struct Limits {
     pub setup_timeout: Duration,
     /// Longest a notification script may run.
     pub notify_timeout: Duration,
+    pub configcli: Configcli,
 }
 
 impl Default for Limits {
@@ -49,6 +102,7 @@ impl Default for Limits {
             concurrency: 32,
             setup_timeout: Duration::from_secs(120),
             notify_timeout: Duration::from_secs(600),
+            configcli: Configcli::Ours,
         }
     }
 }
@@ -210,13 +264,11 @@ impl Runner {
                     .pods
                     .get(&pod_key)
                     .is_some_and(|g| g.setup_answered.as_ref() == Some(&w.container));
-                let cli = if new_layout.is_some() && !answered {
-                    CONFIGCLI
-                } else {
-                    ""
-                };
-                stdin.extend_from_slice(cli.as_bytes());
+                let (cli, kind) = self.limits.configcli.payload();
+                let cli = if new_layout.is_some() && !answered { cli } else { &[] };
+                stdin.extend_from_slice(cli);
                 args.push(cli.len().to_string());
+                args.push(kind.to_string());
                 args.push(layout(*new_layout == Some(true)).to_string());
                 args.push(if *configure { "1" } else { "0" }.to_string());
                 args.push(if *wait_systemd { "1" } else { "0" }.to_string());
@@ -427,4 +479,25 @@ async fn read_capped(mut r: impl AsyncRead + Unpin, cap: usize) -> String {
         }
     }
     String::from_utf8_lossy(&kept).into_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Configcli;
+
+    #[test]
+    fn a_configcli_package_must_be_a_readable_gzip_file() {
+        let dir = std::env::temp_dir().join(format!("kd-configcli-flag-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        let missing = dir.join("missing.tgz");
+        let err = Configcli::package(&missing).err().unwrap_or_default();
+        assert!(err.contains("cannot read") && err.contains("missing.tgz"), "{err}");
+        let text = dir.join("configcli.tgz");
+        std::fs::write(&text, "not a tarball").expect("write");
+        let err = Configcli::package(&text).err().unwrap_or_default();
+        assert!(err.contains("not a gzip file"), "{err}");
+        std::fs::write(&text, [0x1f, 0x8b, 8, 0]).expect("write");
+        assert!(matches!(Configcli::package(&text), Ok(Configcli::Package(b)) if b.len() == 4));
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 }

@@ -1,9 +1,10 @@
 # The operator's side of the in-guest contract, run by exec in container `app` as
-#   sh -c <this> kd-guest setup  <container-id> <max-log> <bytes> <cli-bytes> <layout new|old> <configure 1|0> <systemd 1|0> <package-url|""> [<src> <dest-dir> <mode> <owner> <group>]...
+#   sh -c <this> kd-guest setup  <container-id> <max-log> <bytes> <cli-bytes> <cli-kind py|tgz> <layout new|old> <configure 1|0> <systemd 1|0> <package-url|""> [<src> <dest-dir> <mode> <owner> <group>]...
 #   sh -c <this> kd-guest notify <container-id> <max-log> <bytes> <layout new|old> <startscript arguments...>
 #   sh -c <this> kd-guest refresh <container-id> <max-log> <bytes> <layout new|old>
-# with the member's configmeta.json (<bytes> long) on stdin, for `setup` followed by configcli's
-# Python source (<cli-bytes> long, 0 = do not install it). Exactly that many bytes are read: an
+# with the member's configmeta.json (<bytes> long) on stdin, for `setup` followed by configcli
+# (<cli-bytes> long, 0 = do not install it): this operator's Python source (`py`) or KubeDirector's
+# configcli.tgz (`tgz`). Exactly that many bytes are read: an
 # exec's stdin is not reliably closed at the far end (kwok's simulation never sees EOF), so nothing
 # here waits for one. Every call returns quickly except `notify`, which runs
 # the script in the foreground (the operator bounds it with a timeout, outside any worker).
@@ -31,8 +32,10 @@ inject() { # layout: KubeDirector's mode is 644 for the old layout, 600 for the 
 # layout its user site under PYTHONUSERBASE=/usr/local), the commands in <base>/bin (/usr/local for
 # the new layout, /usr for the old; the new layout also links them into /usr/bin). Reads the source
 # from stdin; an image without Python gets no configcli (logged in configcli.install.log).
-install_configcli() { # cli-bytes layout
+install_configcli() { # cli-bytes kind layout
   [ "$1" -gt 0 ] || return 0
+  if [ "$2" = tgz ]; then install_package "$1" "$3"; return; fi
+  set -- "$1" "$3"
   src="$G/configcli.py.kd-new"
   head -c "$1" > "$src" || return 1
   py="$(command -v python3 || command -v python)" || {
@@ -54,6 +57,25 @@ install_configcli() { # cli-bytes layout
     for l in configcli ccli bdvcli bd_vcli configmacro; do ln -sf "$R$base/bin/configcli" "$R/usr/bin/$l" || return 1; done
   fi
   echo "configcli in $R$lib, commands in $R$base/bin" > "$G/configcli.install.log"
+}
+
+# KubeDirector's configcli.tgz, installed as KubeDirector does: unpacked in /tmp, its
+# `configcli-*/install` run (`--user` with PYTHONUSERBASE=/usr/local for the new layout), the
+# `bdvcli`/`bd_vcli` links made in <base>/bin; skipped when <base>/bin/configcli is there already.
+install_package() { # bytes layout
+  base=/usr; opt=""
+  if [ "$2" = new ]; then base=/usr/local; opt=--user; fi
+  if [ -e "$R$base/bin/configcli" ]; then head -c "$1" > /dev/null; return 0; fi
+  t="$R/tmp"
+  mkdir -p "$t" && head -c "$1" > "$t/configcli.tgz" || return 1
+  rm -rf "$t"/configcli-*/
+  (cd "$t" && tar xzf configcli.tgz) || return 1
+  for i in "$t"/configcli-*/install; do
+    [ -f "$i" ] || { echo "configcli.tgz holds no configcli-*/install" > "$G/configcli.install.log"; return 1; }
+    chmod u+x "$i" && PYTHONUSERBASE=/usr/local "$i" $opt > "$G/configcli.install.log" 2>&1 || return 1
+  done
+  rm -rf "$t"/configcli-* "$t/configcli.tgz"
+  ln -sf "$R$base/bin/configcli" "$R$base/bin/bdvcli" && ln -sf "$R$base/bin/configcli" "$R$base/bin/bd_vcli"
 }
 
 startscript() {
@@ -91,7 +113,7 @@ report() { # code stdout-file stderr-file
 
 case "$op" in
 setup)
-  cli="$1"; layout="$2"; run="$3"; sysd="$4"; url="$5"; shift 4
+  cli="$1"; kind="$2"; layout="$3"; run="$4"; sysd="$5"; url="$6"; shift 5
   st="$G/configure.status"
   # The exit code recorded for this container (ids hold `/` and `.`: compared as plain strings).
   code="$([ -f "$st" ] && awk -v c="$cid=" 'index($0, c) == 1 { v = substr($0, length(c) + 1) } END { print v }' "$st")"
@@ -107,7 +129,7 @@ setup)
   # configure keeps it, as KubeDirector does: --configure is not run again.
   if [ -f "$st" ] && grep -q '=0$' "$st"; then
     # Fresh configmeta, and configcli again (the new layout's /usr/bin links are not persisted).
-    inject "$layout" && install_configcli "$cli" "$layout" || failed 126 "cannot write configmeta or configcli"
+    inject "$layout" && install_configcli "$cli" "$kind" "$layout" || failed 126 "cannot write configmeta or configcli"
     record 0
     report 0 "$G/configure.stdout" "$G/configure.stderr"
   fi
@@ -122,7 +144,7 @@ setup)
   fi
   : > "$G/fetch.err"
   inject "$layout" || failed 126 "cannot write $E/configmeta.json"
-  install_configcli "$cli" "$layout" || failed 126 "cannot install configcli"
+  install_configcli "$cli" "$kind" "$layout" || failed 126 "cannot install configcli"
   shift
   # The role's fileInjections, in order: fetched into <dest-dir>, mode (numeric) and owner applied.
   while [ "$#" -ge 5 ]; do

@@ -81,3 +81,35 @@ pub fn quantile(samples: &[f64], q: f64) -> f64 {
     let rank = (v.len() as f64 * q).ceil() as usize;
     v.get(rank.clamp(1, v.len().max(1)) - 1).copied().unwrap_or(f64::NAN)
 }
+
+/// A stand-in for KubeDirector's configcli.tgz: `configcli-1.0/install` records how it was called
+/// and puts a `configcli` command where a real one would go (under the simulated guest's root).
+pub fn fake_configcli_package(dir: &Path) -> PathBuf {
+    use std::os::unix::fs::PermissionsExt;
+    let src = dir.join("configcli-1.0");
+    std::fs::create_dir_all(&src).expect("dir");
+    let install = r#"#!/bin/sh
+R="${KD_GUEST_ROOT:-}"
+base=/usr; [ "$1" = --user ] && base="$PYTHONUSERBASE"
+echo "args=$* PYTHONUSERBASE=$PYTHONUSERBASE" >> "$R/configcli-install.calls"
+mkdir -p "$R$base/bin"
+printf '#!/bin/sh\necho "kubedirector configcli $*"\n' > "$R$base/bin/configcli"
+chmod 755 "$R$base/bin/configcli"
+"#;
+    std::fs::write(src.join("install"), install).expect("install");
+    // Not executable in the tarball: KubeDirector makes it so before running it.
+    std::fs::set_permissions(src.join("install"), std::fs::Permissions::from_mode(0o644)).expect("chmod");
+    let tgz = dir.join("configcli.tgz");
+    let ok = std::process::Command::new("tar")
+        .args([
+            "-czf",
+            &tgz.display().to_string(),
+            "-C",
+            &dir.display().to_string(),
+            "configcli-1.0",
+        ])
+        .status()
+        .expect("tar");
+    assert!(ok.success());
+    tgz
+}

@@ -223,6 +223,10 @@ async fn chart_lints_and_the_api_server_accepts_what_it_renders() {
         ("podAntiAffinity=always", "podAntiAffinity"),
         ("shards=0", "shards: 0"),
         ("otlp.endpoint=jaeger:4318", "otlp"),
+        (
+            "guest.configcliPackage.configMap=Bad_Name",
+            "configcliPackage/configMap",
+        ),
     ] {
         let (ok, out, err) = helm(&["template", "x", &chart, "--set", set]);
         assert!(!ok, "--set {set} was accepted:\n{out}");
@@ -242,6 +246,7 @@ async fn chart_lints_and_the_api_server_accepts_what_it_renders() {
         "multiCluster.kubeconfig=apiVersion: v1",
         "multiCluster.contexts={kwok-kd-1,kwok-kd-2}",
         "otlp.endpoint=http://jaeger:4318",
+        "guest.configcliPackage.configMap=kd-configcli",
     ];
     let chart_path = chart_dir();
     let mut args = vec!["template", "dry", chart.as_str(), "--namespace", &ns, "--include-crds"];

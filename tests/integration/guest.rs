@@ -721,6 +721,39 @@ async fn configured_members_get_the_new_configmeta_before_a_new_member_configure
 
 #[tokio::test]
 #[ignore = "needs the test bed: make integration"]
+async fn with_configcli_package_members_get_kubedirectors_configcli() {
+    let dir = std::env::temp_dir().join(format!("kd-configcli-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("dir");
+    let tgz = crate::common::fake_configcli_package(&dir).display().to_string();
+    let s = setup("guesttgz", Vec::new(), None, &["--configcli-package", tgz.as_str()]).await;
+    create(&s.client, &s.ns, &cluster("tgz", "setup-test", 1)).await;
+    let c = s.wait_settled("tgz", Duration::from_secs(120)).await;
+    let root = s.guests.root.join(first_member(&c).expect("member").pod);
+    let calls = std::fs::read_to_string(root.join("configcli-install.calls")).unwrap_or_default();
+    assert_eq!(
+        calls, "args= PYTHONUSERBASE=/usr/local\n",
+        "installed once, by its own script"
+    );
+    let out = std::process::Command::new(root.join("usr/bin/bdvcli"))
+        .args(["--get", "node.role_id"])
+        .output()
+        .expect("bdvcli");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "kubedirector configcli --get node.role_id\n"
+    );
+    let ours = std::process::Command::new("find")
+        .arg(&root)
+        .args(["-name", "configcli.py"])
+        .output()
+        .expect("find");
+    assert!(ours.stdout.is_empty(), "our configcli was installed too");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test]
+#[ignore = "needs the test bed: make integration"]
 async fn a_notification_that_fails_four_times_is_delivered_on_the_fifth() {
     let s = setup(
         "guestretry",
