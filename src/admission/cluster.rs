@@ -24,6 +24,64 @@ fn app_of(world: &dyn World, ns: &str, spec: &KubeDirectorClusterSpec) -> Result
     find_app(lookup, world.operator_namespace(), ns, &spec.app, spec.app_catalog)
 }
 
+/// Seals each secret key's plaintext `value` into `encryptedValue` under kd-global-config's
+/// `masterEncryptionKey` (KubeDirector's format), so the plaintext is never stored. An
+/// `encryptedValue` given without a `value` must be the one already stored for that role and key
+/// (KubeDirector's rule: a sealed value copied from another cluster would open in this one's
+/// members). Returns the errors that refuse the request.
+pub fn seal_secret_keys(obj: &mut Value, old: Option<&KubeDirectorClusterSpec>, world: &dyn World) -> Vec<FieldError> {
+    let master = global_config(world).and_then(|c| c.master_encryption_key);
+    let mut errors = Vec::new();
+    let rng = ring::rand::SystemRandom::new();
+    let Some(roles) = obj.pointer_mut("/spec/roles").and_then(Value::as_array_mut) else {
+        return errors;
+    };
+    for (i, role) in roles.iter_mut().enumerate() {
+        let id = role.get("id").and_then(Value::as_str).unwrap_or_default().to_string();
+        let Some(keys) = role.get_mut("secretKeys").and_then(Value::as_array_mut) else {
+            continue;
+        };
+        for (j, key) in keys.iter_mut().enumerate() {
+            let field = format!("spec.roles[{i}].secretKeys[{j}]");
+            let name = key.get("name").and_then(Value::as_str).unwrap_or_default().to_string();
+            let value = key.get("value").and_then(Value::as_str).map(str::to_string);
+            let sealed = key.get("encryptedValue").and_then(Value::as_str).unwrap_or_default();
+            let Some(value) = value else {
+                let stored = old
+                    .and_then(|o| o.roles.iter().find(|r| r.id == id))
+                    .and_then(|r| r.secret_keys.iter().find(|k| k.name == name))
+                    .and_then(|k| k.encrypted_value.as_deref());
+                if !sealed.is_empty() && stored != Some(sealed) {
+                    errors.push(err(
+                        format!("{field}.encryptedValue"),
+                        format!("secret key {name:?}: encryptedValue cannot be set by hand; give the plaintext as value and it is encrypted on admission"),
+                    ));
+                }
+                continue;
+            };
+            let Some(master) = master.as_deref() else {
+                errors.push(err(
+                    format!("{field}.value"),
+                    format!("secret key {name:?} cannot be encrypted: kd-global-config has no masterEncryptionKey (create kd-global-config in the operator namespace; one is generated)"),
+                ));
+                continue;
+            };
+            let mut nonce = [0u8; crate::model::secretkeys::NONCE_LEN];
+            let opened = ring::rand::SecureRandom::fill(&rng, &mut nonce)
+                .map_err(|_| crate::model::secretkeys::SecretKeyError::BadMasterKey)
+                .and_then(|()| crate::model::secretkeys::encrypt(master, nonce, &value));
+            match opened {
+                Ok(hex) => *key = json!({"name": name, "encryptedValue": hex}),
+                Err(e) => errors.push(err(
+                    format!("{field}.value"),
+                    format!("secret key {name:?} cannot be encrypted: {e}"),
+                )),
+            }
+        }
+    }
+    errors
+}
+
 /// Fills in, where the user left them out: `appCatalog` (the catalog that has the app), `serviceType`
 /// (kd-global-config's, else LoadBalancer), `namingScheme`, each role's `members` (the cardinality's
 /// N), `secret` (from `defaultSecret`) and `storage.storageClassName` (kd-global-config's default,
@@ -100,6 +158,8 @@ pub fn validate(
     }
     errors.extend(secrets(ns, spec, world));
     errors.extend(connection_refs(ns, spec));
+    let master = global_config(world).and_then(|c| c.master_encryption_key);
+    errors.extend(crate::model::secretkeys::stored_errors(spec, master.as_deref(), true));
     errors
 }
 

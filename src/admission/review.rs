@@ -49,7 +49,7 @@ pub fn handle(
 }
 
 /// Whether deciding this request needs the clusters as they are now rather than as cached:
-/// validating an app update or delete, or a kd-global-config delete. `None` for unreadable bodies.
+/// validating an app update or delete, or a kd-global-config update (a key in use) or delete. `None` for unreadable bodies.
 pub fn needs_live_clusters(phase: Phase, body: &[u8]) -> Option<bool> {
     #[derive(serde::Deserialize)]
     struct Peek {
@@ -70,7 +70,7 @@ pub fn needs_live_clusters(phase: Phase, body: &[u8]) -> Option<bool> {
         phase == Phase::Validate
             && matches!(
                 (kind, op),
-                ("KubeDirectorApp", "UPDATE" | "DELETE") | ("KubeDirectorConfig", "DELETE")
+                ("KubeDirectorApp", "UPDATE" | "DELETE") | ("KubeDirectorConfig", "UPDATE" | "DELETE")
             ),
     )
 }
@@ -169,7 +169,26 @@ fn mutate(
             Err(_) => return response, // the validating webhook reports it
         },
         "KubeDirectorCluster" if !cluster::is_deleting(obj) => match typed::<KubeDirectorCluster>(obj) {
-            Ok(c) => cluster::mutate(&mut after, ns, &c.spec, world),
+            Ok(c) => {
+                let old = req
+                    .old_object
+                    .as_ref()
+                    .and_then(|o| typed::<KubeDirectorCluster>(o).ok())
+                    .map(|o| o.spec);
+                let errors = cluster::seal_secret_keys(&mut after, old.as_ref(), world);
+                if !errors.is_empty() {
+                    let subject = format!("{kind} {ns}/{}", display_name(req));
+                    return response.deny(format!(
+                        "{subject} is invalid: {}",
+                        describe_first(&errors, MAX_ERRORS_SHOWN)
+                    ));
+                }
+                cluster::mutate(&mut after, ns, &c.spec, world)
+            }
+            Err(_) => return response,
+        },
+        "KubeDirectorConfig" => match typed::<KubeDirectorConfig>(obj) {
+            Ok(c) => config::mutate(&mut after, &c.spec),
             Err(_) => return response,
         },
         _ => return response,
@@ -210,9 +229,10 @@ fn validate(req: &AdmissionRequest<DynamicObject>, kind: &str, ns: &str, world: 
             let old_spec = old.and_then(|o| typed::<KubeDirectorCluster>(o).ok()).map(|c| c.spec);
             cluster::validate(ns, &spec, old_spec.as_ref(), world)
         }
-        ("KubeDirectorConfig", Operation::Create | Operation::Update, Some(new), _) => {
+        ("KubeDirectorConfig", Operation::Create | Operation::Update, Some(new), old) => {
+            let old = old.and_then(|o| typed::<KubeDirectorConfig>(o).ok()).map(|c| c.spec);
             match typed::<KubeDirectorConfig>(new) {
-                Ok(c) => config::validate(name_of(new, name), ns, &c.spec, world),
+                Ok(c) => config::validate(name_of(new, name), ns, &c.spec, old.as_ref(), world),
                 Err(e) => vec![e],
             }
         }

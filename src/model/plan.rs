@@ -93,6 +93,10 @@ pub fn secret_keys(
                 .secret_keys
                 .iter()
                 .filter_map(|k| {
+                    // A plaintext value is stored only where no mutating webhook sealed it.
+                    if let Some(plain) = &k.value {
+                        return Some((k.name.clone(), plain.clone()));
+                    }
                     let master = settings.master_encryption_key.as_deref()?;
                     let value = secretkeys::decrypt(master, k.encrypted_value.as_deref()?).ok()?;
                     Some((k.name.clone(), value))
@@ -112,12 +116,17 @@ pub fn plan_cluster(input: &ClusterInput) -> ClusterPlan {
     let settings = input.settings;
     let defaulted = catalog::apply_cluster_defaults(input.spec, input.app, settings.default_naming_scheme);
     let spec = &defaulted;
-    let errors = validate::validate_cluster(
+    let mut errors = validate::validate_cluster(
         spec,
         input.app,
         settings.default_storage_class.as_deref(),
         input.classes,
     );
+    errors.extend(secretkeys::stored_errors(
+        spec,
+        settings.master_encryption_key.as_deref(),
+        false,
+    ));
     if !errors.is_empty() {
         let message = validate::describe(&errors);
         return ClusterPlan {
