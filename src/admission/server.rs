@@ -64,6 +64,7 @@ pub async fn serve(
     home: Client,
     operator_namespace: &str,
 ) -> Result<JoinHandle<()>, ServeError> {
+    let mut injector: Option<futures::future::BoxFuture<'static, ()>> = None;
     let resolver: Arc<dyn tokio_rustls::rustls::server::ResolvesServerCert> = match &options.cert {
         CertSource::Dir(dir) => Arc::new(FileCert::load(dir)?),
         CertSource::SelfSigned {
@@ -75,9 +76,14 @@ pub async fn serve(
             for name in configurations {
                 let n = tls::patch_ca_bundle(&home, name, &ca).await?;
                 if n == 0 {
-                    warn!(configuration = %name, "no Mutating/ValidatingWebhookConfiguration of that name: nothing to patch");
+                    warn!(configuration = %name, "no Mutating/ValidatingWebhookConfiguration of that name yet: the CA goes in when it appears");
                 }
             }
+            injector = Some(Box::pin(tls::keep_ca_injected(
+                home.clone(),
+                configurations.clone(),
+                ca,
+            )));
             Arc::new(FixedCert(tls::certified_key(
                 &pair,
                 &format!("Secret {operator_namespace}/{secret}"),
@@ -92,7 +98,9 @@ pub async fn serve(
             source,
         })?;
     info!(addr = %options.addr, "serving admission (/mutate, /validate)");
-    Ok(tokio::spawn(async move {
+    // The CA injector lives and ends with the accept loop (one task, aborted together).
+    let injector = injector.unwrap_or_else(|| Box::pin(futures::future::pending()));
+    let accept = async move {
         loop {
             let (tcp, peer) = match listener.accept().await {
                 Ok(c) => c,
@@ -122,6 +130,9 @@ pub async fn serve(
                 }
             });
         }
+    };
+    Ok(tokio::spawn(async move {
+        tokio::join!(accept, injector);
     }))
 }
 

@@ -314,6 +314,44 @@ pub async fn patch_ca_bundle(client: &Client, name: &str, ca: &str) -> Result<u3
     Ok(found)
 }
 
+/// Keeps `ca` in the webhook configurations named `names`, as cert-manager's CA injector does: each
+/// is watched (by name, so the chart's RBAC can stay scoped to it), and whenever one is created or
+/// changed without the CA (install ordering, a GitOps re-sync, `kubectl apply` of the manifests),
+/// the CA is written again. An event for a configuration that has it costs no write.
+pub async fn keep_ca_injected(client: Client, names: Vec<String>, ca: String) {
+    use futures::StreamExt;
+    use kube::runtime::{WatchStreamExt, watcher};
+    type Named = std::pin::Pin<Box<dyn futures::Stream<Item = (String, Result<(), String>)> + Send>>;
+    let mut streams: Vec<Named> = Vec::new();
+    for name in names {
+        let config = watcher::Config::default().fields(&format!("metadata.name={name}"));
+        let n = name.clone();
+        let mutating = watcher(Api::<MutatingWebhookConfiguration>::all(client.clone()), config.clone())
+            .default_backoff()
+            .applied_objects()
+            .map(move |r| (n.clone(), r.map(|_| ()).map_err(|e| e.to_string())));
+        let validating = watcher(Api::<ValidatingWebhookConfiguration>::all(client.clone()), config)
+            .default_backoff()
+            .applied_objects()
+            .map(move |r| (name.clone(), r.map(|_| ()).map_err(|e| e.to_string())));
+        streams.push(Box::pin(mutating));
+        streams.push(Box::pin(validating));
+    }
+    let mut events = futures::stream::select_all(streams);
+    while let Some((name, event)) = events.next().await {
+        match event {
+            Ok(()) => {
+                if let Err(e) = patch_ca_bundle(&client, &name, &ca).await {
+                    tracing::warn!(configuration = %name, error = %e, "cannot inject the webhook CA; retried on the next change");
+                }
+            }
+            Err(e) => {
+                tracing::warn!(configuration = %name, error = %e, "watching the webhook configuration failed; retrying")
+            }
+        }
+    }
+}
+
 /// Sets the bundle on every webhook of one configuration (conditional replace, retried on
 /// conflict); `false` when the configuration does not exist.
 async fn set_bundle<K>(

@@ -625,3 +625,88 @@ async fn secret_keys_are_stored_only_encrypted_under_a_generated_master_key() {
         .await;
     bed.cleanup().await;
 }
+
+/// The caBundle of every webhook of the configuration, if all have one.
+async fn ca_bundles(client: &Client, name: &str) -> (Option<Vec<u8>>, Option<Vec<u8>>) {
+    let m = Api::<MutatingWebhookConfiguration>::all(client.clone())
+        .get_opt(name)
+        .await
+        .ok()
+        .flatten();
+    let v = Api::<ValidatingWebhookConfiguration>::all(client.clone())
+        .get_opt(name)
+        .await
+        .ok()
+        .flatten();
+    let m = m
+        .and_then(|c| c.webhooks?.first()?.client_config.ca_bundle.clone())
+        .map(|b| b.0);
+    let v = v
+        .and_then(|c| c.webhooks?.first()?.client_config.ca_bundle.clone())
+        .map(|b| b.0);
+    (m, v)
+}
+
+#[tokio::test]
+#[ignore = "needs the test bed: make integration"]
+async fn a_webhook_configuration_recreated_or_replaced_without_the_ca_gets_it_back() {
+    let bed = bed("adm-ca").await;
+    let operator = bed.webhook_replica(&bed.managed, &bed.ns);
+    bed.wait_ready(&operator).await;
+    let (Some(ca), Some(_)) = ca_bundles(&bed.client, &bed.configuration).await else {
+        panic!("the CA was not injected at start");
+    };
+    let mutating = Api::<MutatingWebhookConfiguration>::all(bed.client.clone());
+    let validating = Api::<ValidatingWebhookConfiguration>::all(bed.client.clone());
+
+    // Re-created without it (as `kubectl apply` of the manifests after a delete would).
+    let mut m = mutating.get(&bed.configuration).await.expect("mutating");
+    m.metadata = kube::api::ObjectMeta {
+        name: m.metadata.name.clone(),
+        ..Default::default()
+    };
+    m.webhooks
+        .iter_mut()
+        .flatten()
+        .for_each(|w| w.client_config.ca_bundle = None);
+    mutating
+        .delete(&bed.configuration, &DeleteParams::default())
+        .await
+        .expect("delete");
+    mutating
+        .create(&PostParams::default(), &m)
+        .await
+        .expect("re-create without the CA");
+    // Replaced without it (a GitOps re-sync).
+    let mut v = validating.get(&bed.configuration).await.expect("validating");
+    v.webhooks
+        .iter_mut()
+        .flatten()
+        .for_each(|w| w.client_config.ca_bundle = None);
+    validating
+        .replace(&bed.configuration, &PostParams::default(), &v)
+        .await
+        .expect("replace without the CA");
+
+    let started = std::time::Instant::now();
+    testbed::wait_for("the CA injected again", Duration::from_secs(30), async {
+        loop {
+            if ca_bundles(&bed.client, &bed.configuration).await == (Some(ca.clone()), Some(ca.clone())) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    })
+    .await;
+    println!("webhook CA re-injected in {:?}", started.elapsed());
+    // And the webhook answers through both again: an invalid app is refused with our message.
+    let mut app = cases::app();
+    app["metadata"]["name"] = json!("dup");
+    app["spec"]["roles"]
+        .as_array_mut()
+        .expect("roles")
+        .push(json!({"id": "seed", "cardinality": "1"}));
+    let refused = bed.create(&bed.sys, &app).await.err().unwrap_or_default();
+    assert!(refused.contains("appears more than once"), "{refused}");
+    bed.cleanup().await;
+}
