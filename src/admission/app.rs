@@ -111,15 +111,23 @@ pub fn validate(spec: &KubeDirectorAppSpec) -> Vec<FieldError> {
         }
         let dirs = role.persist_dirs.as_ref().or(spec.default_persist_dirs.as_ref());
         for (j, dir) in dirs.into_iter().flatten().enumerate() {
-            if !dir.starts_with('/') {
-                let field = if role.persist_dirs.is_some() {
+            let field = || {
+                if role.persist_dirs.is_some() {
                     at(&format!(".persistDirs[{j}]"))
                 } else {
                     format!("spec.defaultPersistDirs[{j}]")
-                };
+                }
+            };
+            if !dir.starts_with('/') {
                 errors.push(err(
-                    field,
+                    field(),
                     format!("{dir:?} is not an absolute path (e.g. \"/var/lib/app\")"),
+                ));
+            } else if dir.ends_with('/') {
+                // KubeDirector's pattern `^/.*[^/]$`: no trailing slash (and not "/" itself).
+                errors.push(err(
+                    field(),
+                    format!("{dir:?} must not end with \"/\" (e.g. \"/var/lib/app\")"),
                 ));
             }
         }
@@ -160,6 +168,15 @@ pub fn validate(spec: &KubeDirectorAppSpec) -> Vec<FieldError> {
         }
     }
     for (i, rs) in spec.config.role_services.iter().enumerate() {
+        if spec.config.role_services[..i].iter().any(|r| r.role_id == rs.role_id) {
+            errors.push(err(
+                format!("spec.config.roleServices[{i}].roleID"),
+                format!(
+                    "{:?} appears more than once; list each role's services in one entry",
+                    rs.role_id
+                ),
+            ));
+        }
         if !role_ids.contains(&rs.role_id.as_str()) {
             errors.push(err(
                 format!("spec.config.roleServices[{i}].roleID"),
@@ -189,6 +206,12 @@ pub fn validate(spec: &KubeDirectorAppSpec) -> Vec<FieldError> {
         ));
     }
     for (i, id) in spec.config.selected_roles.iter().enumerate() {
+        if spec.config.selected_roles[..i].contains(id) {
+            errors.push(err(
+                format!("spec.config.selectedRoles[{i}]"),
+                format!("{id:?} appears more than once; selected roles must be unique"),
+            ));
+        }
         if !role_ids.contains(&id.as_str()) {
             errors.push(err(
                 format!("spec.config.selectedRoles[{i}]"),

@@ -313,13 +313,73 @@ fn secrets(ns: &str, spec: &KubeDirectorClusterSpec, world: &dyn World) -> Vec<F
                 .enumerate()
                 .filter_map(|(i, r)| r.secret.as_ref().map(|s| (format!("spec.roles[{i}].secret.name"), s))),
         );
+    let prefix = global_config(world)
+        .and_then(|c| c.required_secret_prefix)
+        .filter(|p| !p.is_empty());
     named
-        .filter(|(_, s)| !world.secret_exists(ns, &s.name))
-        .map(|(field, s)| err(field, format!("Secret {:?} not found in namespace {ns:?}", s.name)))
+        .filter_map(|(field, s)| match &prefix {
+            // kd-global-config's requiredSecretPrefix, as KubeDirector checks it.
+            Some(p) if !s.name.starts_with(p.as_str()) => Some(err(
+                field,
+                format!(
+                    "Secret {:?} does not have the required name prefix {p:?} (kd-global-config requiredSecretPrefix)",
+                    s.name
+                ),
+            )),
+            _ if !world.secret_exists(ns, &s.name) => {
+                Some(err(field, format!("Secret {:?} not found in namespace {ns:?}", s.name)))
+            }
+            _ => None,
+        })
         .collect()
 }
 
 /// Clusters being deleted are not checked again (their finalizer must be removable).
 pub fn is_deleting(obj: &DynamicObject) -> bool {
     obj.metadata.deletion_timestamp.is_some()
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use kube::api::DynamicObject;
+    use serde_json::json;
+
+    use super::super::world::Snapshot;
+    use super::*;
+
+    #[test]
+    fn secrets_need_kd_global_configs_required_prefix() {
+        let config: DynamicObject = serde_json::from_value(json!({
+            "apiVersion": "kubedirector.hpe.com/v1beta1", "kind": "KubeDirectorConfig",
+            "metadata": {"name": "kd-global-config", "namespace": "kd"},
+            "spec": {"requiredSecretPrefix": "kd-"}
+        }))
+        .expect("config");
+        let mut world = Snapshot {
+            operator_namespace: "kd".into(),
+            configs: vec![Arc::new(config)],
+            ..Default::default()
+        };
+        world.secrets.insert(("ns".into(), "kd-ok".into()));
+        world.secrets.insert(("ns".into(), "other".into()));
+        let spec: KubeDirectorClusterSpec = serde_json::from_value(json!({
+            "app": "a", "defaultSecret": {"name": "other", "mountPath": "/s"},
+            "roles": [{"id": "r", "resources": {}, "secret": {"name": "kd-ok", "mountPath": "/s"}},
+                      {"id": "q", "resources": {}, "secret": {"name": "kd-missing", "mountPath": "/s"}}]
+        }))
+        .expect("spec");
+        let errors = secrets("ns", &spec, &world);
+        let text: Vec<String> = errors.iter().map(ToString::to_string).collect();
+        assert_eq!(errors.len(), 2, "{text:?}");
+        assert!(
+            text[0].starts_with("spec.defaultSecret.name: ") && text[0].contains("required name prefix \"kd-\""),
+            "{text:?}"
+        );
+        assert!(
+            text[1].starts_with("spec.roles[1].secret.name: ") && text[1].contains("not found"),
+            "{text:?}"
+        );
+    }
 }

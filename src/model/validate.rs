@@ -167,6 +167,7 @@ pub fn validate_cluster(
                 }),
             }
         }
+        errors.extend(super::role_rules::check(i, role));
         if let Some(storage) = role.storage.as_ref().filter(|s| parse_quantity(&s.size).is_none()) {
             errors.push(FieldError {
                 field: at(".storage.size"),
