@@ -561,3 +561,41 @@ fn a_spec_change_refreshes_configured_members_before_new_ones_set_up() {
         "not configured before the refresh"
     );
 }
+
+#[test]
+fn a_restarted_member_keeps_its_queue_only_with_a_volume() {
+    let cluster = centos_cluster();
+    let app = app_with_setup();
+    let (p3, _) = configured(&cluster, &app);
+    let mut status = p3.status.clone();
+    let pending = guest::notification("addnodes", "vanilla_centos", &["x.example".to_string()]);
+    for m in status.roles.iter_mut().flat_map(|r| r.members.iter_mut()) {
+        m.state_detail.pending_notify_cmds = vec![pending.clone()];
+    }
+    let with_pv = status.roles[0].members[0].pod.clone();
+    status.roles[0].members[0].pvc = Some(format!("p-{with_pv}"));
+    // Every pod gets a new container.
+    let p4 = plan(&cluster, &app, Some(&status), &super::tests::all_running(&p3, "b"));
+    for m in members(&p4) {
+        assert_eq!(
+            m.state,
+            MemberState::Creating,
+            "{}: set up again in its new container",
+            m.pod
+        );
+        let kept = !m.state_detail.pending_notify_cmds.is_empty();
+        assert_eq!(
+            kept,
+            m.pod == with_pv,
+            "{}: {:?}",
+            m.pod,
+            m.state_detail.pending_notify_cmds
+        );
+        assert_eq!(
+            m.state_detail.last_config_data_generation.is_some(),
+            m.pod == with_pv,
+            "{}",
+            m.pod
+        );
+    }
+}

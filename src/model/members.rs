@@ -19,6 +19,45 @@ pub struct PodFacts {
     /// PodScheduled is False: no node could take it.
     pub unschedulable: bool,
     pub terminating: bool,
+    /// The state of container `app` (`None`: the pod reports no status for it).
+    pub app: Option<ContainerPhase>,
+    /// The pod's Ready condition (`None`: not reported).
+    pub ready_condition: Option<bool>,
+    /// The first init container has not terminated yet.
+    pub init_running: bool,
+}
+
+/// Which of its states container `app` is in.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ContainerPhase {
+    Running,
+    Waiting,
+    Terminated,
+    Unknown,
+}
+
+/// KubeDirector's `lastKnownContainerState` of a member: `absent` without a pod (or without a
+/// status for container `app`); a running container is `running` when the pod is Ready, and
+/// `unresponsive` when it is not, or while the member has notifications queued or a configmeta.json
+/// of an older spec (`stale`); a waiting one is `initializing` while the first init container runs,
+/// else `waiting`; then `terminated`, and `unknown` for anything else.
+pub fn container_state(pod: Option<&PodFacts>, pending_notifications: bool, stale: bool) -> &'static str {
+    let Some(pod) = pod else {
+        return "absent";
+    };
+    match pod.app {
+        None => "absent",
+        Some(ContainerPhase::Running) if stale || pending_notifications => "unresponsive",
+        Some(ContainerPhase::Running) => match pod.ready_condition {
+            Some(true) => "running",
+            Some(false) => "unresponsive",
+            None => "unknown",
+        },
+        Some(ContainerPhase::Waiting) if pod.init_running => "initializing",
+        Some(ContainerPhase::Waiting) => "waiting",
+        Some(ContainerPhase::Terminated) => "terminated",
+        Some(ContainerPhase::Unknown) => "unknown",
+    }
 }
 
 /// What the cache holds for a cluster: pods by name, and names of Services and PVCs.
@@ -50,6 +89,8 @@ pub struct RoleShape<'a> {
     /// The role runs a setup package: its members read configmeta.json, whose generation is kept in
     /// `lastConfigDataGeneration`.
     pub has_package: bool,
+    /// The cluster's `metadata.generation` (what a current configmeta.json was made for).
+    pub generation: i64,
     /// Bytes of each output tail kept in a config error's detail.
     pub max_log_size_dump: usize,
     /// volumeClaimTemplate names (`p`, `b0`, …): a member's PVCs are `<claim>-<pod>`.
@@ -159,6 +200,13 @@ fn advance(m: &mut MemberStatus, shape: &RoleShape, observed: &Observed, step: &
     {
         m.state_detail.last_config_data_generation = Some(*g);
     }
+    let stale = super::guest::needs_refresh(m, shape.has_package, observed, shape.generation);
+    let known = container_state(
+        observed.pods.get(&m.pod),
+        !m.state_detail.pending_notify_cmds.is_empty(),
+        stale,
+    );
+    m.state_detail.last_known_container_state = Some(known.to_string());
     if m.state != MemberState::Deleting {
         return true;
     }
@@ -203,8 +251,13 @@ fn transition(m: &mut MemberStatus, shape: &RoleShape, container: Option<&String
             if container.is_some_and(|id| m.state_detail.last_configured_container.as_ref() != Some(id)) {
                 m.state = MemberState::CreatePending;
                 m.state_detail.configuring_container = None;
-                // The new container is set up with the whole membership: queued news are moot.
-                m.state_detail.pending_notify_cmds.clear();
+                // Without a volume the new container is set up from scratch with the whole
+                // membership: queued news are moot and its configmeta is gone (as in KubeDirector).
+                // With one it keeps its configure, so it still needs what was queued.
+                if m.pvc.is_none() {
+                    m.state_detail.pending_notify_cmds.clear();
+                    m.state_detail.last_config_data_generation = None;
+                }
             }
         }
         MemberState::DeletePending => m.state = MemberState::Deleting,

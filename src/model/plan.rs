@@ -191,6 +191,7 @@ pub fn plan_cluster(input: &ClusterInput) -> ClusterPlan {
             bare_services: names::bare_member_services(scheme, recorded),
             has_setup: guest::has_setup(role, Some(role_spec)),
             has_package: role.setup_package.is_some(),
+            generation: input.generation.unwrap_or(0),
             max_log_size_dump: usize::try_from(role.max_log_size_dump).unwrap_or(0),
             claims: &claims,
             block_device_paths: &block_paths,
@@ -284,6 +285,7 @@ pub fn plan_cluster(input: &ClusterInput) -> ClusterPlan {
             bare_services: false,
             has_setup: false,
             has_package: false,
+            generation: input.generation.unwrap_or(0),
             max_log_size_dump: 0,
             claims: &claims,
             block_device_paths: &[],
@@ -352,7 +354,10 @@ pub fn plan_cluster(input: &ClusterInput) -> ClusterPlan {
         conditions: status::conditions(
             prev_conditions,
             Some(state),
-            &rollup,
+            &status::StateRollup {
+                members_down: status::configured_members_down(&roles, input.observed),
+                ..rollup.clone()
+            },
             None,
             input.generation,
             &input.now,

@@ -2,7 +2,8 @@
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 
-use crate::api::cluster::{ClusterState, MemberState, MemberStatus, RoleStatus, StateRollup};
+pub use crate::api::cluster::StateRollup;
+use crate::api::cluster::{ClusterState, MemberState, MemberStatus, RoleStatus};
 
 use super::members::Observed;
 
@@ -45,19 +46,50 @@ pub fn cluster_state(prev: Option<ClusterState>, roles: &[RoleStatus]) -> Cluste
     }
 }
 
+/// `memberStateRollup` as KubeDirector computes it, from each member's state and its
+/// `lastKnownContainerState`: down = a terminated, unresponsive or absent container (not counted
+/// for members still waiting to be created, or being deleted); waiting = a member waiting for a
+/// container (or whose container waits), initializing = one whose init container runs. Ours adds
+/// `membersNotScheduled` (PodScheduled False).
 pub fn rollup(roles: &[RoleStatus], observed: &Observed) -> StateRollup {
     let mut r = StateRollup::default();
     for m in all_members(roles) {
-        let pod = observed.pods.get(&m.pod);
-        r.membership_changing |= is_new(m) || is_leaving(m);
-        r.members_initializing |= m.state == MemberState::Creating;
-        r.members_waiting |= m.state == MemberState::CreatePending && is_new(m);
-        r.members_restarting |= m.state == MemberState::CreatePending && !is_new(m);
-        r.config_errors |= m.state == MemberState::ConfigError;
-        r.members_down |= m.state == MemberState::Configured && !pod.is_some_and(|p| p.ready);
-        r.members_not_scheduled |= pod.is_some_and(|p| p.unschedulable);
+        let known = m.state_detail.last_known_container_state.as_deref().unwrap_or("absent");
+        let down = matches!(known, "terminated" | "unresponsive" | "absent");
+        match m.state {
+            MemberState::CreatePending => {
+                r.membership_changing |= is_new(m);
+                r.members_restarting |= !is_new(m);
+                r.members_waiting |= known == "absent";
+            }
+            MemberState::Creating => {
+                r.members_down |= down;
+                r.membership_changing |= is_new(m);
+                r.members_restarting |= !is_new(m);
+            }
+            MemberState::Configured => r.members_down |= down,
+            MemberState::DeletePending => {
+                r.members_down |= down;
+                r.membership_changing = true;
+            }
+            MemberState::Deleting => r.membership_changing = true,
+            MemberState::ConfigError => {
+                r.members_down |= down;
+                r.config_errors = true;
+            }
+        }
+        r.members_initializing |= known == "initializing";
+        r.members_waiting |= known == "waiting";
+        r.members_not_scheduled |= observed.pods.get(&m.pod).is_some_and(|p| p.unschedulable);
     }
     r
+}
+
+/// Whether a configured member's pod is not Ready (the Ready and Degraded conditions' "members
+/// down": stricter than the rollup's, which also counts members busy with a notification).
+pub fn configured_members_down(roles: &[RoleStatus], observed: &Observed) -> bool {
+    all_members(roles)
+        .any(|m| m.state == MemberState::Configured && !observed.pods.get(&m.pod).is_some_and(|p| p.ready))
 }
 
 /// Standard conditions. `invalid` is the message of a spec error, which overrides everything else.

@@ -128,6 +128,8 @@ pub(super) fn all_running(plan: &ClusterPlan, suffix: &str) -> Observed {
             running: true,
             ready: true,
             container_id: Some(format!("kwok://{}-{suffix}", m.pod)),
+            app: Some(super::members::ContainerPhase::Running),
+            ready_condition: Some(true),
             ..Default::default()
         };
         observed.pods.insert(m.pod.clone(), facts);
@@ -458,7 +460,13 @@ fn members_configure_without_setup_and_wait_with_setup() {
             .all(|m| m.state == MemberState::Creating)
     );
     assert_eq!(second.status.state, Some(ClusterState::Creating));
-    assert!(second.status.member_state_rollup.members_initializing);
+    // KubeDirector's rollup: new members joining; their containers run (no init container), so
+    // nothing is initializing, waiting or down.
+    let r = &second.status.member_state_rollup;
+    assert!(
+        r.membership_changing && !r.members_initializing && !r.members_waiting && !r.members_down,
+        "{r:?}"
+    );
 
     let cluster = centos_cluster();
     let app = centos_app();
@@ -725,4 +733,206 @@ fn configured_generation_as_readers_judge_it() {
         None,
         "one member more than the status lists"
     );
+}
+
+/// Each kd-global-config field the planner reads, set away from its default, shows in what it
+/// builds (the admission-side fields have their own tests: requiredSecretPrefix in
+/// admission::cluster, masterEncryptionKey's generation in tests/integration/admission.rs).
+#[test]
+fn every_kd_global_config_field_reaches_what_the_plan_builds() {
+    use crate::api::config::KubeDirectorConfigSpec;
+    let master = "000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f";
+    let map = |k: &str, v: &str| Some(BTreeMap::from([(k.to_string(), v.to_string())]));
+    let config = KubeDirectorConfigSpec {
+        default_storage_class_name: Some("fast".into()),
+        default_service_type: Some(crate::api::common::ServiceType::NodePort),
+        default_naming_scheme: Some(crate::api::common::NamingScheme::CrNameRole),
+        native_systemd_support: Some(true),
+        cluster_svc_domain_base: Some(".corp.example".into()),
+        master_encryption_key: Some(master.into()),
+        pod_labels: map("team", "data"),
+        pod_annotations: map("example.com/audit", "on"),
+        service_labels: map("exposure", "internal"),
+        service_annotations: map("lb.example.com/kind", "nlb"),
+        ..Default::default()
+    };
+    let settings = Settings::from_config(Some(&config));
+    let mut app = centos_app();
+    app.systemd_required = true;
+    for r in &mut app.roles {
+        r.setup_package = Some(crate::api::app::SetupPackage {
+            package_url: "file:///pkg.tgz".into(),
+            use_new_setup_layout: None,
+        });
+    }
+    let mut cluster = centos_cluster();
+    let sealed = super::secretkeys::encrypt(master, [4; super::secretkeys::NONCE_LEN], "hunter2").expect("seal");
+    let role = &mut cluster.spec.roles[0];
+    role.storage = Some(serde_json::from_value(serde_json::json!({"size": "1Gi"})).expect("storage"));
+    role.secret_keys =
+        vec![serde_json::from_value(serde_json::json!({"name": "pw", "encryptedValue": sealed})).expect("key")];
+    let (classes, connections) = (classes(), super::connections::empty());
+    let input = |prev, observed| ClusterInput {
+        name: "centos-one",
+        namespace: "ns",
+        uid: "uid-1",
+        generation: Some(1),
+        spec: &cluster.spec,
+        prev,
+        app: &app,
+        settings: &settings,
+        classes: &classes,
+        observed,
+        connections: &connections,
+        now: now(),
+        token_salt: "",
+    };
+    let empty = Observed::default();
+    let p1 = plan_cluster(&input(None, &empty));
+    assert!(p1.errors.is_empty(), "{:?}", p1.errors);
+    // defaultNamingScheme: CrNameRole names.
+    let s = sts(&p1, "centos-one-vanilla-centos");
+    // defaultStorageClassName: the claim's class.
+    let claim = &s
+        .spec
+        .as_ref()
+        .expect("spec")
+        .volume_claim_templates
+        .as_ref()
+        .expect("claims")[0];
+    assert_eq!(
+        claim.spec.as_ref().and_then(|c| c.storage_class_name.as_deref()),
+        Some("fast")
+    );
+    // podLabels, podAnnotations: on the pod template.
+    let meta = s
+        .spec
+        .as_ref()
+        .and_then(|s| s.template.metadata.as_ref())
+        .expect("template metadata");
+    assert_eq!(
+        meta.labels.as_ref().and_then(|l| l.get("team")).map(String::as_str),
+        Some("data")
+    );
+    assert_eq!(
+        meta.annotations
+            .as_ref()
+            .and_then(|a| a.get("example.com/audit"))
+            .map(String::as_str),
+        Some("on")
+    );
+    // nativeSystemdSupport: a systemd app gets no host cgroup mount.
+    let pod = s.spec.as_ref().and_then(|s| s.template.spec.as_ref()).expect("pod");
+    let volumes: Vec<&str> = pod.volumes.iter().flatten().map(|v| v.name.as_str()).collect();
+    assert!(!volumes.contains(&"cgroupfs"), "{volumes:?}");
+    // defaultServiceType, serviceLabels, serviceAnnotations: on the member Services.
+    let running = all_running(&p1, "a");
+    let p2 = plan_cluster(&input(Some(&p1.status), &running));
+    let svc = p2.member_services.first().expect("member service");
+    assert_eq!(svc.spec.as_ref().and_then(|s| s.type_.as_deref()), Some("NodePort"));
+    assert_eq!(
+        svc.metadata
+            .labels
+            .as_ref()
+            .and_then(|l| l.get("exposure"))
+            .map(String::as_str),
+        Some("internal")
+    );
+    assert_eq!(
+        svc.metadata
+            .annotations
+            .as_ref()
+            .and_then(|a| a.get("lb.example.com/kind"))
+            .map(String::as_str),
+        Some("nlb")
+    );
+    // clusterSvcDomainBase and masterEncryptionKey: in configmeta (the domain; the opened key).
+    let running = all_running(&p2, "a");
+    let p3 = plan_cluster(&input(Some(&p2.status), &running));
+    let work = p3
+        .guest_work
+        .iter()
+        .find(|w| w.pod.contains("vanilla-centos"))
+        .expect("setup work");
+    let domain = work.configmeta["node"]["domain"].as_str().unwrap_or_default();
+    assert!(domain.ends_with(".ns.corp.example"), "{domain}");
+    let secret = &work.configmeta["nodegroups"]["1"]["roles"]["vanilla_centos"]["secret_keys"]["pw"];
+    assert_eq!(
+        secret, "hunter2",
+        "{}",
+        work.configmeta["nodegroups"]["1"]["roles"]["vanilla_centos"]
+    );
+}
+
+/// `lastKnownContainerState` and `memberStateRollup` with KubeDirector's meanings.
+#[test]
+fn container_states_and_rollup_as_kubedirector_reports_them() {
+    use super::members::{ContainerPhase, container_state};
+    let pod = |app, ready, init| PodFacts {
+        running: true,
+        app,
+        ready_condition: ready,
+        init_running: init,
+        ..Default::default()
+    };
+    assert_eq!(container_state(None, false, false), "absent");
+    assert_eq!(container_state(Some(&pod(None, None, false)), false, false), "absent");
+    let running = pod(Some(ContainerPhase::Running), Some(true), false);
+    assert_eq!(container_state(Some(&running), false, false), "running");
+    assert_eq!(
+        container_state(Some(&running), true, false),
+        "unresponsive",
+        "notifications queued"
+    );
+    assert_eq!(
+        container_state(Some(&running), false, true),
+        "unresponsive",
+        "configmeta of an older spec"
+    );
+    let not_ready = pod(Some(ContainerPhase::Running), Some(false), false);
+    assert_eq!(container_state(Some(&not_ready), false, false), "unresponsive");
+    let no_condition = pod(Some(ContainerPhase::Running), None, false);
+    assert_eq!(container_state(Some(&no_condition), false, false), "unknown");
+    let init = pod(Some(ContainerPhase::Waiting), None, true);
+    assert_eq!(container_state(Some(&init), false, false), "initializing");
+    let waiting = pod(Some(ContainerPhase::Waiting), None, false);
+    assert_eq!(container_state(Some(&waiting), false, false), "waiting");
+    let ended = pod(Some(ContainerPhase::Terminated), None, false);
+    assert_eq!(container_state(Some(&ended), false, false), "terminated");
+
+    // Through the plan: pods whose init container runs are initializing; a configured member
+    // whose container ended is down; a pending member without a pod is waiting.
+    let cluster = centos_cluster();
+    let app = without_setup_app();
+    let first = plan(&cluster, &app, None, &Observed::default());
+    let r = &first.status.member_state_rollup;
+    assert!(r.membership_changing && r.members_waiting && !r.members_down, "{r:?}");
+    let mut observed = all_running(&first, "a");
+    let second = plan(&cluster, &app, Some(&first.status), &observed);
+    assert_eq!(second.status.state, Some(ClusterState::Configured));
+    assert_eq!(second.status.member_state_rollup, Default::default());
+    let pods: Vec<String> = observed.pods.keys().cloned().collect();
+    if let Some(p) = observed.pods.get_mut(&pods[0]) {
+        p.app = Some(ContainerPhase::Terminated);
+    }
+    if let Some(p) = observed.pods.get_mut(&pods[1]) {
+        p.app = Some(ContainerPhase::Waiting);
+        p.init_running = true;
+    }
+    let third = plan(&cluster, &app, Some(&second.status), &observed);
+    let r = &third.status.member_state_rollup;
+    assert!(
+        r.members_down && r.members_initializing && !r.membership_changing,
+        "{r:?}"
+    );
+    let states: Vec<String> = third
+        .status
+        .roles
+        .iter()
+        .flat_map(|r| &r.members)
+        .filter(|m| pods[..2].contains(&m.pod))
+        .filter_map(|m| m.state_detail.last_known_container_state.clone())
+        .collect();
+    assert_eq!(states.len(), 2);
+    assert!(states.contains(&"terminated".to_string()) && states.contains(&"initializing".to_string()));
 }

@@ -12,7 +12,7 @@ use crate::api::config::GLOBAL_CONFIG_NAME;
 use crate::api::{KubeDirectorApp, KubeDirectorConfig};
 use crate::model::catalog::{self, ResolvedApp};
 use crate::model::labels;
-use crate::model::members::{Observed, PodFacts};
+use crate::model::members::{ContainerPhase, Observed, PodFacts};
 use crate::model::rollout;
 use crate::model::settings::Settings;
 use crate::model::validate::StorageClasses;
@@ -81,6 +81,9 @@ pub fn pod_facts(pod: &Pod) -> PodFacts {
             .and_then(|cs| cs.iter().find(|c| c.type_ == t))
             .map(|c| c.status.as_str())
     };
+    let app = status
+        .and_then(|s| s.container_statuses.as_ref())
+        .and_then(|cs| cs.iter().find(|c| c.name == "app"));
     PodFacts {
         running: status.and_then(|s| s.phase.as_deref()) == Some("Running"),
         ready: condition("Ready") == Some("True"),
@@ -91,6 +94,17 @@ pub fn pod_facts(pod: &Pod) -> PodFacts {
             .filter(|id| !id.is_empty()),
         unschedulable: condition("PodScheduled") == Some("False"),
         terminating: pod.metadata.deletion_timestamp.is_some(),
+        app: app.map(|c| match c.state.as_ref() {
+            Some(s) if s.running.is_some() => ContainerPhase::Running,
+            Some(s) if s.waiting.is_some() => ContainerPhase::Waiting,
+            Some(s) if s.terminated.is_some() => ContainerPhase::Terminated,
+            _ => ContainerPhase::Unknown,
+        }),
+        ready_condition: condition("Ready").map(|s| s == "True"),
+        init_running: status
+            .and_then(|s| s.init_container_statuses.as_ref())
+            .and_then(|cs| cs.first())
+            .is_some_and(|c| c.state.as_ref().is_none_or(|s| s.terminated.is_none())),
     }
 }
 
