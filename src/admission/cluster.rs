@@ -7,6 +7,7 @@ use serde_json::{Value, json};
 use crate::api::KubeDirectorClusterSpec;
 use crate::model::catalog::{ResolvedApp, apply_cluster_defaults, find_app};
 use crate::model::connections;
+use crate::model::labels;
 use crate::model::settings::Settings;
 use crate::model::validate::{self, FieldError, effective_storage_class, parse_quantity};
 
@@ -332,6 +333,52 @@ fn secrets(ns: &str, spec: &KubeDirectorClusterSpec, world: &dyn World) -> Vec<F
             _ => None,
         })
         .collect()
+}
+
+/// Created with KubeDirector's backup annotation: a backup tool re-creating the cluster.
+pub fn is_restore(obj: &DynamicObject) -> bool {
+    obj.metadata
+        .annotations
+        .as_ref()
+        .is_some_and(|a| a.contains_key(labels::STATUS_BACKUP_EXISTS))
+}
+
+pub fn is_restoring(obj: &DynamicObject) -> bool {
+    obj.metadata
+        .labels
+        .as_ref()
+        .is_some_and(|l| l.contains_key(labels::RESTORING))
+}
+
+/// A restored cluster is labelled `restoring` (and left otherwise as stored: no defaults, no
+/// sealing; its secret keys are sealed already).
+pub fn mark_restoring(obj: &mut Value) {
+    let Some(meta) = obj.get_mut("metadata").and_then(Value::as_object_mut) else {
+        return;
+    };
+    let labels = meta.entry("labels").or_insert_with(|| json!({}));
+    if let Some(labels) = labels.as_object_mut() {
+        labels.entry(labels::RESTORING).or_insert(json!(""));
+    }
+}
+
+/// A cluster being restored is not deleted unless it also carries `allow-delete-while-restoring`.
+pub fn deletable_while_restoring(old: &DynamicObject) -> Vec<FieldError> {
+    let allowed = old
+        .metadata
+        .labels
+        .as_ref()
+        .is_some_and(|l| l.contains_key(labels::ALLOW_DELETE_WHILE_RESTORING));
+    if !is_restoring(old) || allowed {
+        return Vec::new();
+    }
+    vec![err(
+        format!("metadata.labels.{}", labels::RESTORING),
+        format!(
+            "the cluster is being restored: it can be deleted once the restore is done, or with the label {}",
+            labels::ALLOW_DELETE_WHILE_RESTORING
+        ),
+    )]
 }
 
 /// Clusters being deleted are not checked again (their finalizer must be removable).

@@ -168,6 +168,9 @@ fn mutate(
             Ok(a) => app::mutate(&mut after, &a.spec),
             Err(_) => return response, // the validating webhook reports it
         },
+        "KubeDirectorCluster" if req.operation == Operation::Create && cluster::is_restore(obj) => {
+            cluster::mark_restoring(&mut after)
+        }
         "KubeDirectorCluster" if !cluster::is_deleting(obj) => match typed::<KubeDirectorCluster>(obj) {
             Ok(c) => {
                 let old = req
@@ -218,6 +221,21 @@ fn validate(req: &AdmissionRequest<DynamicObject>, kind: &str, ns: &str, world: 
             errors
         }
         ("KubeDirectorApp", Operation::Delete, _, Some(old)) => app::in_use(world, ns, name, old, None),
+        ("KubeDirectorCluster", Operation::Create, Some(new), _) if cluster::is_restore(new) => {
+            Vec::new() // re-created by a restore tool: as it was stored (KubeDirector skips it too)
+        }
+        ("KubeDirectorCluster", Operation::Delete, _, Some(old)) => cluster::deletable_while_restoring(old),
+        ("KubeDirectorCluster", Operation::Update, Some(new), Some(old))
+            if cluster::is_restoring(old) && old.data.get("spec") != new.data.get("spec") =>
+        {
+            vec![FieldError {
+                field: "spec".to_string(),
+                message: format!(
+                    "cannot change while the cluster is being restored (label {})",
+                    crate::model::labels::RESTORING
+                ),
+            }]
+        }
         ("KubeDirectorCluster", Operation::Create | Operation::Update, Some(new), old) => {
             if cluster::is_deleting(new) || old.is_some_and(|o| o.data.get("spec") == new.data.get("spec")) {
                 return Vec::new(); // metadata only, or on its way out: the finalizer must stay removable

@@ -17,6 +17,14 @@ pub const ROLE_INPUTS: &str = "kubedirector.hpe.com/role-inputs";
 /// Set by the StatefulSet controller on every pod.
 pub const POD_NAME: &str = "statefulset.kubernetes.io/pod-name";
 pub const FINALIZER: &str = "kubedirector.hpe.com/cleanup";
+/// On a cluster being restored (set by the admission webhook when a restore tool re-creates it):
+/// nothing is built until its status is back from its KubeDirectorStatusBackup.
+pub const RESTORING: &str = "kubedirector.hpe.com/restoring";
+/// With `RESTORING`: the cluster may be deleted before its restore finished.
+pub const ALLOW_DELETE_WHILE_RESTORING: &str = "kubedirector.hpe.com/allow-delete-while-restoring";
+/// On a cluster: `"true"` while a KubeDirectorStatusBackup mirrors its status. Its presence on a
+/// created cluster marks a restore.
+pub const STATUS_BACKUP_EXISTS: &str = "kubedirector.hpe.com/status-backup-exists";
 /// On a member's Service: the member's auth token (services with `hasAuthToken`).
 pub const AUTH_TOKEN: &str = "kubedirector.hpe.com/kd-auth-token";
 

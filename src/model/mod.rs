@@ -12,6 +12,7 @@ pub mod members;
 pub mod names;
 pub mod plan;
 pub mod podparts;
+pub mod restore;
 pub mod role_rules;
 pub mod rollout;
 pub mod secretkeys;

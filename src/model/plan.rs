@@ -374,7 +374,8 @@ pub fn plan_cluster(input: &ClusterInput) -> ClusterPlan {
         last_node_id,
         roles,
         last_connection_hash: connection_hash,
-        restore_progress: input.prev.and_then(|s| s.restore_progress.clone()),
+        // Ordinary reconciles follow a finished restore: its progress is over (as in KubeDirector).
+        restore_progress: None,
         observed_generation: input.generation,
     };
     plan

@@ -22,6 +22,10 @@ pub struct Settings {
     pub pod_annotations: BTreeMap<String, String>,
     pub service_labels: BTreeMap<String, String>,
     pub service_annotations: BTreeMap<String, String>,
+    /// Mirror every cluster's status into its KubeDirectorStatusBackup (`backupClusterStatus`).
+    pub backup_cluster_status: bool,
+    /// A restore does not wait for the objects a cluster connects to.
+    pub allow_restore_without_connections: bool,
 }
 
 impl Default for Settings {
@@ -48,6 +52,8 @@ impl Settings {
             pod_annotations: c.pod_annotations.unwrap_or_default(),
             service_labels: c.service_labels.unwrap_or_default(),
             service_annotations: c.service_annotations.unwrap_or_default(),
+            backup_cluster_status: c.backup_cluster_status.unwrap_or(false),
+            allow_restore_without_connections: c.allow_restore_without_connections.unwrap_or(false),
         }
     }
 }

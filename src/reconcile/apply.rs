@@ -29,7 +29,7 @@ pub struct Writes {
     pub deleted: u32,
 }
 
-fn take_budget(ctx: &Ctx) -> Result<(), Error> {
+pub(super) fn take_budget(ctx: &Ctx) -> Result<(), Error> {
     ctx.budget
         .try_take()
         .map_err(|wait| Error::Throttled(ctx.budget.retry_slot(wait)))
@@ -37,7 +37,7 @@ fn take_budget(ctx: &Ctx) -> Result<(), Error> {
 
 /// Issues one API write inside a `write` span (a child of the reconcile's span), records its outcome
 /// (and an API error's code) in the metrics and on the span, then marks the crash point.
-async fn write<T>(
+pub(super) async fn write<T>(
     ctx: &Ctx,
     verb: &'static str,
     kind: &str,
@@ -103,7 +103,9 @@ where
             .annotations
             .as_ref()
             .and_then(|a| a.get(labels::SPEC_HASH));
-        if current.spec_hash.as_ref() == want {
+        // A child nothing owns (restored by a backup tool without its owner) is applied again,
+        // which gives it the cluster as owner.
+        if current.spec_hash.as_ref() == want && current.owner_uid.is_some() {
             writes.skipped += 1;
             ctx.metrics
                 .writes_skipped
@@ -151,6 +153,9 @@ pub async fn ensure_statefulset(
         .get(labels::ROLE_INPUTS)
         .cloned()
         .unwrap_or_default();
+    if current.owner_uid.is_none() {
+        adopt_statefulset(ctx, ns, &name, desired).await?;
+    }
     let update = rollout::update(&current.existing, replicas, &inputs);
     if update.is_empty() {
         writes.skipped += 1;
@@ -270,8 +275,22 @@ pub async fn delete_pvc(ctx: &Ctx, ns: &str, name: &str, writes: &mut Writes) ->
     delete::<PersistentVolumeClaim>(ctx, ns, name, writes).await
 }
 
-fn cluster_api(ctx: &Ctx, ns: &str) -> Api<DynamicObject> {
+pub(super) fn cluster_api(ctx: &Ctx, ns: &str) -> Api<DynamicObject> {
     Api::namespaced_with(ctx.client.clone(), ns, &ctx.cluster_resource)
+}
+
+/// Gives a StatefulSet that nothing owns (restored without its owner reference) the cluster as
+/// owner: a strategic merge adds the reference beside any others, nothing else changes.
+async fn adopt_statefulset(ctx: &Ctx, ns: &str, name: &str, desired: &StatefulSet) -> Result<(), Error> {
+    let owners = desired.metadata.owner_references.clone().unwrap_or_default();
+    take_budget(ctx)?;
+    let api: Api<StatefulSet> = Api::namespaced(ctx.client.clone(), ns);
+    let (params, patch) = (
+        PatchParams::default(),
+        Patch::Strategic(json!({"metadata": {"ownerReferences": owners}})),
+    );
+    let call = api.patch(name, &params, &patch);
+    write(ctx, "patch", "StatefulSet", name, call).await.map(|_| ())
 }
 
 /// Replaces the status through the status subresource. The object carries the resourceVersion we
@@ -322,7 +341,7 @@ pub async fn set_finalizers(ctx: &Ctx, obj: &DynamicObject, finalizers: Vec<Stri
 
 /// A 404 on a write to the cluster itself: it was deleted after we read it (a user deleting a
 /// cluster that is still being created does this), which is no failure to back off from.
-fn gone(e: Error) -> Error {
+pub(super) fn gone(e: Error) -> Error {
     match e {
         Error::Api(kube::Error::Api(s)) if s.code == 404 => Error::ClusterGone,
         e => e,

@@ -12,7 +12,7 @@ use tracing::{debug, info, warn};
 use crate::api::KubeDirectorCluster;
 use crate::api::cluster::{ClusterState, KubeDirectorClusterStatus};
 use crate::model::connections;
-use crate::model::labels::FINALIZER;
+use crate::model::labels::{self, FINALIZER};
 use crate::model::names;
 use crate::model::plan::{self, ClusterInput};
 use crate::model::validate;
@@ -182,6 +182,9 @@ pub async fn reconcile(obj: Arc<DynamicObject>, ctx: &Ctx) -> Result<Outcome, Er
         }
     };
     let settings = observe::settings(ctx);
+    if obj.labels().contains_key(labels::RESTORING) {
+        return super::restore::reconcile(ctx, &obj, &cluster, &settings).await;
+    }
     let app = match observe::find_app(ctx, &ns, &cluster.spec.app, cluster.spec.app_catalog) {
         Ok(app) => app,
         Err(message) => return block(ctx, &obj, "AppNotFound", message).await,
@@ -275,7 +278,8 @@ pub async fn reconcile(obj: Arc<DynamicObject>, ctx: &Ctx) -> Result<Outcome, Er
         apply::delete_pvc(ctx, &ns, pvc, &mut writes).await?;
     }
 
-    if prev.as_ref() != Some(&plan.status) {
+    let written = prev.as_ref() != Some(&plan.status);
+    if written {
         // Status changes within the coalescing window of the last write wait and go out as one.
         let now = tokio::time::Instant::now();
         if let Err(wait) = ctx.coalescer.admit(&key, now) {
@@ -310,6 +314,7 @@ pub async fn reconcile(obj: Arc<DynamicObject>, ctx: &Ctx) -> Result<Outcome, Er
             .await;
         }
     }
+    super::restore::mirror(ctx, &obj, &plan.status, written, plan.owner.as_ref(), &settings).await?;
     // Guest commands start only from a status that is recorded (unchanged, or just written): a
     // notification queued in a status that was never written must not run, or it would run again once
     // queued for real. They report by putting the key back on the queue; the worker goes on.

@@ -10,3 +10,4 @@ pub mod error;
 pub mod freshness;
 pub mod guest;
 pub mod observe;
+pub mod restore;

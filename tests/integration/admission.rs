@@ -14,19 +14,19 @@ use kube::{Api, Client};
 use serde_json::{Value, json};
 
 #[path = "../common/admission.rs"]
-mod cases;
+pub mod cases;
 
 use crate::operator::{Operator, free_port};
 use crate::testbed;
 use cases::{Base, Case, Op};
 
-struct Bed {
-    client: Client,
+pub struct Bed {
+    pub client: Client,
     /// The cases' objects: not reconciled by anyone (their PVCs would take other tests' volumes).
-    ns: String,
+    pub ns: String,
     /// The webhook replica's watch namespace: kd-global-config governs the clusters here.
-    managed: String,
-    sys: String,
+    pub managed: String,
+    pub sys: String,
     port: u16,
     configuration: String,
 }
@@ -44,7 +44,7 @@ async fn label_namespace(client: &Client, ns: &str, id: &str) {
 
 /// Namespaces, storage, a Secret, and webhook configurations pointing at 127.0.0.1:`port` for the
 /// test's namespaces only (other tests share the API server).
-async fn bed(purpose: &str) -> Bed {
+pub async fn bed(purpose: &str) -> Bed {
     let client = testbed::client().await;
     testbed::install_crds(&client).await;
     let ns = testbed::namespace(&client, purpose).await;
@@ -104,7 +104,7 @@ async fn bed(purpose: &str) -> Bed {
 
 impl Bed {
     /// An operator replica serving the webhook; it reconciles the clusters of `watch`.
-    fn webhook_replica(&self, watch: &str, log: &str) -> Operator {
+    pub fn webhook_replica(&self, watch: &str, log: &str) -> Operator {
         let addr = format!("127.0.0.1:{}", self.port);
         let secret = format!("webhook-tls-{}", self.ns);
         Operator::start_with(
@@ -127,11 +127,11 @@ impl Bed {
         )
     }
 
-    fn api(&self, kind: &str, ns: &str) -> Api<DynamicObject> {
+    pub fn api(&self, kind: &str, ns: &str) -> Api<DynamicObject> {
         testbed::kd_api(&self.client, ns, kind)
     }
 
-    async fn create(&self, ns: &str, obj: &Value) -> Result<DynamicObject, String> {
+    pub async fn create(&self, ns: &str, obj: &Value) -> Result<DynamicObject, String> {
         let kind = obj["kind"].as_str().unwrap_or_default().to_string();
         let dynamic: DynamicObject = serde_json::from_value(obj.clone()).map_err(|e| e.to_string())?;
         self.api(&kind, ns)
@@ -140,7 +140,7 @@ impl Bed {
             .map_err(|e| e.to_string())
     }
 
-    async fn patch(&self, kind: &str, ns: &str, name: &str, ops: &[Value]) -> Result<DynamicObject, String> {
+    pub async fn patch(&self, kind: &str, ns: &str, name: &str, ops: &[Value]) -> Result<DynamicObject, String> {
         let patch: json_patch::Patch = serde_json::from_value(Value::Array(ops.to_vec())).map_err(|e| e.to_string())?;
         self.api(kind, ns)
             .patch(name, &PatchParams::default(), &Patch::Json::<()>(patch))
@@ -148,7 +148,7 @@ impl Bed {
             .map_err(|e| e.to_string())
     }
 
-    async fn delete(&self, kind: &str, ns: &str, name: &str, dry_run: bool) -> Result<(), String> {
+    pub async fn delete(&self, kind: &str, ns: &str, name: &str, dry_run: bool) -> Result<(), String> {
         let params = DeleteParams {
             dry_run,
             ..DeleteParams::default()
@@ -162,7 +162,7 @@ impl Bed {
 
     /// Until the webhook answers with the CA in place: creating the two catalog apps (through the
     /// webhook) succeeds.
-    async fn wait_ready(&self, operator: &Operator) {
+    pub async fn wait_ready(&self, operator: &Operator) {
         let what = format!(
             "the webhook to admit the catalog apps (log: {})",
             operator.log.display()
@@ -188,7 +188,7 @@ impl Bed {
         .await;
     }
 
-    async fn cleanup(&self) {
+    pub async fn cleanup(&self) {
         let _ = Api::<MutatingWebhookConfiguration>::all(self.client.clone())
             .delete(&self.configuration, &DeleteParams::default())
             .await;

@@ -19,6 +19,7 @@ mod leases;
 mod operator;
 mod proxy;
 mod reconcile;
+mod restore;
 mod sharding;
 mod takeover;
 mod testbed;
