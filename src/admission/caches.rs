@@ -100,6 +100,11 @@ impl Caches {
         Ok(list.items.into_iter().map(Arc::new).collect())
     }
 
+    /// The member cluster's client (for the lookups of one request).
+    pub fn client(&self) -> &Client {
+        &self.client
+    }
+
     /// Whether every watch holds its first full list (before that, decisions are refused).
     pub fn ready(&self) -> bool {
         fn one<K: kube::Resource + Clone>(s: &Store<K>) -> bool

@@ -158,6 +158,7 @@ pub fn validate(
         }
     }
     errors.extend(secrets(ns, spec, world));
+    errors.extend(accounts_and_claims(ns, spec, world));
     errors.extend(connection_refs(ns, spec));
     let master = global_config(world).and_then(|c| c.master_encryption_key);
     errors.extend(crate::model::secretkeys::stored_errors(spec, master.as_deref(), true));
@@ -302,6 +303,79 @@ fn minimums(spec: &KubeDirectorClusterSpec, app: &ResolvedApp) -> Vec<FieldError
     errors
 }
 
+/// Each role's `serviceAccountName` exists and the requesting user may use it; each
+/// `volumeProjections` claim exists, is a Filesystem volume, and can be mounted by all the role's
+/// members (ReadWriteMany, or ReadOnlyMany with `readOnly`, when there is more than one). Checked
+/// from the request's lookups (skipped without them).
+fn accounts_and_claims(ns: &str, spec: &KubeDirectorClusterSpec, world: &dyn World) -> Vec<FieldError> {
+    use super::lookups::Account;
+    let Some(lookups) = world.lookups() else {
+        return Vec::new();
+    };
+    let key = |name: &str| (ns.to_string(), name.to_string());
+    let mut errors = Vec::new();
+    for (i, role) in spec.roles.iter().enumerate() {
+        if let Some(sa) = role.service_account_name.as_deref().filter(|s| !s.is_empty()) {
+            let field = format!("spec.roles[{i}].serviceAccountName");
+            match lookups.accounts.get(&key(sa)) {
+                Some(Account::Missing) => errors.push(err(
+                    field,
+                    format!("service account {sa:?} does not exist in namespace {ns:?}"),
+                )),
+                Some(Account::Denied(why)) => errors.push(err(
+                    field,
+                    format!("you may not use service account {sa:?} (get serviceaccounts in {ns:?}): {why}"),
+                )),
+                Some(Account::Allowed) | None => {}
+            }
+        }
+        let members = role.members.unwrap_or(1);
+        for (j, p) in role.volume_projections.iter().enumerate() {
+            let field = format!("spec.roles[{i}].volumeProjections[{j}].pvcName");
+            let Some(found) = lookups.claims.get(&key(&p.pvc_name)) else {
+                continue;
+            };
+            let Some(claim) = found else {
+                errors.push(err(
+                    field,
+                    format!("PersistentVolumeClaim {:?} not found in namespace {ns:?}", p.pvc_name),
+                ));
+                continue;
+            };
+            let has = |m: &str| claim.access_modes.iter().any(|a| a == m);
+            let read_only = p.read_only == Some(true);
+            if claim.block {
+                errors.push(err(
+                    field,
+                    format!(
+                        "{:?} is a Block volume; a projection needs volumeMode Filesystem",
+                        p.pvc_name
+                    ),
+                ));
+            } else if members > 1 && !has("ReadWriteMany") && !(read_only && has("ReadOnlyMany")) {
+                errors.push(err(
+                    field,
+                    format!(
+                        "{:?} is mounted by {members} members: it needs accessMode ReadWriteMany (or ReadOnlyMany with readOnly: true); it has {}",
+                        p.pvc_name,
+                        claim.access_modes.join(", ")
+                    ),
+                ));
+            } else if !read_only && !has("ReadWriteMany") && !has("ReadWriteOnce") && !has("ReadWriteOncePod") {
+                errors.push(err(
+                    field,
+                    format!(
+                        "{:?} is read-only ({}): set readOnly: true",
+                        p.pvc_name,
+                        claim.access_modes.join(", ")
+                    ),
+                ));
+            }
+        }
+    }
+    errors
+}
+
 /// Secrets named by the cluster exist in its namespace.
 fn secrets(ns: &str, spec: &KubeDirectorClusterSpec, world: &dyn World) -> Vec<FieldError> {
     let named = spec
@@ -395,6 +469,54 @@ mod tests {
 
     use super::super::world::Snapshot;
     use super::*;
+
+    #[test]
+    fn accounts_and_claims_are_judged_from_the_lookups() {
+        use super::super::lookups::{Account, Claim, Lookups};
+        use super::super::world::WithLookups;
+        let base = Snapshot::default();
+        let key = |n: &str| ("ns".to_string(), n.to_string());
+        let mut lookups = Lookups::default();
+        lookups
+            .accounts
+            .insert(key("locked"), Account::Denied("RBAC: no rule".into()));
+        lookups.accounts.insert(key("fine"), Account::Allowed);
+        let claim = |modes: &[&str]| {
+            Some(Claim {
+                block: false,
+                access_modes: modes.iter().map(|m| m.to_string()).collect(),
+            })
+        };
+        lookups.claims.insert(key("rox"), claim(&["ReadOnlyMany"]));
+        lookups.claims.insert(key("rwx"), claim(&["ReadWriteMany"]));
+        let world = WithLookups { inner: &base, lookups };
+        let spec: KubeDirectorClusterSpec = serde_json::from_value(json!({
+            "app": "a",
+            "roles": [
+                {"id": "r", "members": 2, "resources": {}, "serviceAccountName": "locked",
+                 "volumeProjections": [{"pvcName": "rox", "mountPath": "/a"}, {"pvcName": "rox", "mountPath": "/b", "readOnly": true}]},
+                {"id": "q", "members": 1, "resources": {}, "serviceAccountName": "fine",
+                 "volumeProjections": [{"pvcName": "rwx", "mountPath": "/c"}, {"pvcName": "rox", "mountPath": "/d"}]}
+            ]
+        }))
+        .expect("spec");
+        let text: Vec<String> = accounts_and_claims("ns", &spec, &world)
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        assert_eq!(text.len(), 3, "{text:?}");
+        assert!(
+            text[0].starts_with("spec.roles[0].serviceAccountName: you may not use")
+                && text[0].contains("RBAC: no rule")
+        );
+        assert!(text[1].starts_with("spec.roles[0].volumeProjections[0].pvcName: \"rox\" is mounted by 2 members"));
+        assert!(
+            text[2].starts_with("spec.roles[1].volumeProjections[1].pvcName: \"rox\" is read-only"),
+            "{text:?}"
+        );
+        // Without lookups (a pure check) nothing is judged.
+        assert!(accounts_and_claims("ns", &spec, &base).is_empty());
+    }
 
     #[test]
     fn secrets_need_kd_global_configs_required_prefix() {

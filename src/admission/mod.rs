@@ -9,6 +9,7 @@ pub mod app;
 pub mod caches;
 pub mod cluster;
 pub mod config;
+pub mod lookups;
 pub mod review;
 pub mod server;
 pub mod tls;

@@ -173,6 +173,19 @@ async fn answer(req: Request<Incoming>, worlds: &Worlds) -> Response<Full<Bytes>
             format!("{}: only POST (an AdmissionReview)", req.method()),
         );
     }
+    // A declared length above the limit is refused before any of the body is asked for (a client
+    // waiting on `Expect: 100-continue` then gets the 413, not a reset in mid-upload).
+    let declared = req
+        .headers()
+        .get(hyper::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok());
+    if declared.is_some_and(|n| n > MAX_BODY) {
+        return text(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!("AdmissionReview larger than {} MiB", MAX_BODY >> 20),
+        );
+    }
     let body = match Limited::new(req.into_body(), MAX_BODY).collect().await {
         Ok(b) => b.to_bytes(),
         Err(e) => {
@@ -207,6 +220,26 @@ async fn answer(req: Request<Incoming>, worlds: &Worlds) -> Response<Full<Bytes>
         (Some(l), _) => Some(l),
         (None, Some(c)) => Some(c.as_ref()),
         (None, None) => None,
+    };
+    // Service accounts and projected claims are asked of the API server for this request only.
+    let needs = (phase == Phase::Validate)
+        .then(|| super::lookups::needs(&body))
+        .flatten();
+    let with_lookups = match (needs, &caches, world) {
+        (Some(needs), Some(c), Some(inner)) => match super::lookups::fetch(c.client(), &needs).await {
+            Ok(lookups) => Some(super::world::WithLookups { inner, lookups }),
+            Err(e) => {
+                return text(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    format!("looking up service accounts and claims in {context:?}: {e}"),
+                );
+            }
+        },
+        _ => None,
+    };
+    let world: Option<&dyn World> = match &with_lookups {
+        Some(w) => Some(w),
+        None => world,
     };
     match review::handle(phase, &body, &context, world) {
         Ok(review) => match serde_json::to_vec(&review) {

@@ -31,6 +31,48 @@ pub trait World: Send + Sync {
     fn configs(&self) -> Vec<Arc<DynamicObject>>;
     fn storage_classes(&self) -> StorageClasses;
     fn secret_exists(&self, ns: &str, name: &str) -> bool;
+    /// What was fetched from the API server for this request (`super::lookups`); `None` where
+    /// nothing was (the checks that need it are then skipped: tests of pure rules, a webhook
+    /// request that needs none).
+    fn lookups(&self) -> Option<&super::lookups::Lookups> {
+        None
+    }
+}
+
+/// A world with this request's lookups.
+pub struct WithLookups<'a> {
+    pub inner: &'a dyn World,
+    pub lookups: super::lookups::Lookups,
+}
+
+impl World for WithLookups<'_> {
+    fn operator_namespace(&self) -> &str {
+        self.inner.operator_namespace()
+    }
+    fn app(&self, ns: &str, name: &str) -> Option<Arc<DynamicObject>> {
+        self.inner.app(ns, name)
+    }
+    fn apps_in(&self, ns: &str) -> Vec<String> {
+        self.inner.apps_in(ns)
+    }
+    fn clusters(&self) -> Vec<Arc<DynamicObject>> {
+        self.inner.clusters()
+    }
+    fn managed_clusters(&self) -> Vec<Arc<DynamicObject>> {
+        self.inner.managed_clusters()
+    }
+    fn configs(&self) -> Vec<Arc<DynamicObject>> {
+        self.inner.configs()
+    }
+    fn storage_classes(&self) -> StorageClasses {
+        self.inner.storage_classes()
+    }
+    fn secret_exists(&self, ns: &str, name: &str) -> bool {
+        self.inner.secret_exists(ns, name)
+    }
+    fn lookups(&self) -> Option<&super::lookups::Lookups> {
+        Some(&self.lookups)
+    }
 }
 
 /// kd-global-config's spec, if it exists and can be read.

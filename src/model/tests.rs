@@ -771,6 +771,7 @@ fn every_kd_global_config_field_reaches_what_the_plan_builds() {
     role.storage = Some(serde_json::from_value(serde_json::json!({"size": "1Gi"})).expect("storage"));
     role.secret_keys =
         vec![serde_json::from_value(serde_json::json!({"name": "pw", "encryptedValue": sealed})).expect("key")];
+    role.shared_memory = Some(k8s_openapi::apimachinery::pkg::api::resource::Quantity("256Mi".into()));
     let (classes, connections) = (classes(), super::connections::empty());
     let input = |prev, observed| ClusterInput {
         name: "centos-one",
@@ -825,6 +826,16 @@ fn every_kd_global_config_field_reaches_what_the_plan_builds() {
     let pod = s.spec.as_ref().and_then(|s| s.template.spec.as_ref()).expect("pod");
     let volumes: Vec<&str> = pod.volumes.iter().flatten().map(|v| v.name.as_str()).collect();
     assert!(!volumes.contains(&"cgroupfs"), "{volumes:?}");
+    // forceSharedMemorySizeSupport unset: sharedMemory is honoured all the same (a newer Kubernetes).
+    let shm = pod
+        .volumes
+        .iter()
+        .flatten()
+        .find(|v| v.name == "kd-shm")
+        .expect("kd-shm");
+    let dir = shm.empty_dir.as_ref().expect("emptyDir");
+    assert_eq!(dir.medium.as_deref(), Some("Memory"));
+    assert_eq!(dir.size_limit.as_ref().map(|q| q.0.as_str()), Some("256Mi"));
     // defaultServiceType, serviceLabels, serviceAnnotations: on the member Services.
     let running = all_running(&p1, "a");
     let p2 = plan_cluster(&input(Some(&p1.status), &running));

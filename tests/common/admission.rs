@@ -22,6 +22,10 @@ pub struct Case {
     #[serde(default)]
     pub valid: Vec<Value>,
     pub expect: String,
+    /// Decided from what the webhook asks the API server (service accounts, claims): run only
+    /// through the real webhook, not by the pure table test.
+    #[serde(default)]
+    pub api: bool,
 }
 
 #[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]

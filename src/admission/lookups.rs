@@ -1,0 +1,141 @@
+//! Facts an admission decision needs that no cache holds, fetched from the API server for the one
+//! request before the (pure) decision: whether a role's `serviceAccountName` exists and the
+//! requesting user may use it (a SubjectAccessReview, as KubeDirector does), and the claims its
+//! `volumeProjections` name. Only a KubeDirectorCluster create or spec update asks for them.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::authentication::v1::UserInfo;
+use k8s_openapi::api::authorization::v1::{ResourceAttributes, SubjectAccessReview, SubjectAccessReviewSpec};
+use k8s_openapi::api::core::v1::{PersistentVolumeClaim, ServiceAccount};
+use kube::api::{DynamicObject, PostParams};
+use kube::core::admission::{AdmissionRequest, AdmissionReview, Operation};
+use kube::{Api, Client};
+
+use crate::api::KubeDirectorCluster;
+use crate::model::catalog::parse;
+
+/// What the API server said about one service account for the requesting user.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Account {
+    Missing,
+    /// The user may not use it: the authorizer's reason.
+    Denied(String),
+    Allowed,
+}
+
+/// A claim a role projects.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Claim {
+    pub block: bool,
+    pub access_modes: Vec<String>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Lookups {
+    pub accounts: BTreeMap<(String, String), Account>,
+    /// `None`: the claim does not exist.
+    pub claims: BTreeMap<(String, String), Option<Claim>>,
+}
+
+/// What to look up for this request (empty for anything but a cluster create or spec change).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Needs {
+    pub namespace: String,
+    pub accounts: Vec<String>,
+    pub claims: Vec<String>,
+    pub user: UserInfo,
+}
+
+impl Needs {
+    pub fn is_empty(&self) -> bool {
+        self.accounts.is_empty() && self.claims.is_empty()
+    }
+}
+
+/// Reads what a validating review of `body` will need; `None` when nothing (or unreadable: the
+/// decision reports that).
+pub fn needs(body: &[u8]) -> Option<Needs> {
+    let review: AdmissionReview<DynamicObject> = serde_json::from_slice(body).ok()?;
+    let req: AdmissionRequest<DynamicObject> = review.try_into().ok()?;
+    if req.kind.kind != "KubeDirectorCluster" || !matches!(req.operation, Operation::Create | Operation::Update) {
+        return None;
+    }
+    let new = req.object.as_ref()?;
+    if req
+        .old_object
+        .as_ref()
+        .is_some_and(|o| o.data.get("spec") == new.data.get("spec"))
+    {
+        return None;
+    }
+    let cluster = parse::<KubeDirectorCluster>(new).ok()?;
+    let mut needs = Needs {
+        namespace: req.namespace.clone().unwrap_or_default(),
+        user: req.user_info.clone(),
+        ..Default::default()
+    };
+    for role in &cluster.spec.roles {
+        if let Some(sa) = role.service_account_name.as_ref().filter(|s| !s.is_empty())
+            && !needs.accounts.contains(sa)
+        {
+            needs.accounts.push(sa.clone());
+        }
+        for p in &role.volume_projections {
+            if !p.pvc_name.is_empty() && !needs.claims.contains(&p.pvc_name) {
+                needs.claims.push(p.pvc_name.clone());
+            }
+        }
+    }
+    (!needs.is_empty()).then_some(needs)
+}
+
+/// Asks the API server.
+pub async fn fetch(client: &Client, needs: &Needs) -> Result<Lookups, kube::Error> {
+    let ns = &needs.namespace;
+    let mut out = Lookups::default();
+    let accounts: Api<ServiceAccount> = Api::namespaced(client.clone(), ns);
+    let reviews: Api<SubjectAccessReview> = Api::all(client.clone());
+    for name in &needs.accounts {
+        let verdict = if accounts.get_opt(name).await?.is_none() {
+            Account::Missing
+        } else {
+            let review = SubjectAccessReview {
+                spec: SubjectAccessReviewSpec {
+                    user: needs.user.username.clone(),
+                    groups: needs.user.groups.clone(),
+                    uid: needs.user.uid.clone(),
+                    extra: needs.user.extra.clone(),
+                    resource_attributes: Some(ResourceAttributes {
+                        namespace: Some(ns.clone()),
+                        verb: Some("get".into()),
+                        resource: Some("serviceaccounts".into()),
+                        name: Some(name.clone()),
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                },
+                ..Default::default()
+            };
+            let answer = reviews.create(&PostParams::default(), &review).await?;
+            match answer.status {
+                Some(s) if s.allowed => Account::Allowed,
+                Some(s) => Account::Denied(s.reason.unwrap_or_else(|| "not allowed".into())),
+                None => Account::Denied("no answer from the authorizer".into()),
+            }
+        };
+        out.accounts.insert((ns.clone(), name.clone()), verdict);
+    }
+    let claims: Api<PersistentVolumeClaim> = Api::namespaced(client.clone(), ns);
+    for name in &needs.claims {
+        let claim = claims.get_opt(name).await?.map(|c| {
+            let spec = c.spec.unwrap_or_default();
+            Claim {
+                block: spec.volume_mode.as_deref() == Some("Block"),
+                access_modes: spec.access_modes.unwrap_or_default(),
+            }
+        });
+        out.claims.insert((ns.clone(), name.clone()), claim);
+    }
+    Ok(out)
+}
