@@ -329,6 +329,14 @@ fn accounts_and_claims(ns: &str, spec: &KubeDirectorClusterSpec, world: &dyn Wor
                 Some(Account::Allowed) | None => {}
             }
         }
+        for (j, f) in role.file_injections.iter().enumerate() {
+            if let Some(why) = lookups.unreachable.get(&f.src_url) {
+                errors.push(err(
+                    format!("spec.roles[{i}].fileInjections[{j}].srcURL"),
+                    format!("{:?} cannot be reached: {why}", f.src_url),
+                ));
+            }
+        }
         let members = role.members.unwrap_or(1);
         for (j, p) in role.volume_projections.iter().enumerate() {
             let field = format!("spec.roles[{i}].volumeProjections[{j}].pvcName");

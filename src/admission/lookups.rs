@@ -36,7 +36,13 @@ pub struct Lookups {
     pub accounts: BTreeMap<(String, String), Account>,
     /// `None`: the claim does not exist.
     pub claims: BTreeMap<(String, String), Option<Claim>>,
+    /// fileInjections' http(s) srcURLs that did not answer a HEAD, with why.
+    pub unreachable: BTreeMap<String, String>,
 }
+
+/// How long one srcURL may take to answer a HEAD; all are asked at once, so a request waits at
+/// most this long for them (well inside the webhook's timeout).
+pub const URL_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(3);
 
 /// What to look up for this request (empty for anything but a cluster create or spec change).
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -44,12 +50,14 @@ pub struct Needs {
     pub namespace: String,
     pub accounts: Vec<String>,
     pub claims: Vec<String>,
+    /// http(s) srcURLs of fileInjections (`file://` ones are paths inside the member).
+    pub urls: Vec<String>,
     pub user: UserInfo,
 }
 
 impl Needs {
     pub fn is_empty(&self) -> bool {
-        self.accounts.is_empty() && self.claims.is_empty()
+        self.accounts.is_empty() && self.claims.is_empty() && self.urls.is_empty()
     }
 }
 
@@ -84,6 +92,12 @@ pub fn needs(body: &[u8]) -> Option<Needs> {
         for p in &role.volume_projections {
             if !p.pvc_name.is_empty() && !needs.claims.contains(&p.pvc_name) {
                 needs.claims.push(p.pvc_name.clone());
+            }
+        }
+        for f in &role.file_injections {
+            let web = f.src_url.starts_with("http://") || f.src_url.starts_with("https://");
+            if web && !needs.urls.contains(&f.src_url) {
+                needs.urls.push(f.src_url.clone());
             }
         }
     }
@@ -137,5 +151,47 @@ pub async fn fetch(client: &Client, needs: &Needs) -> Result<Lookups, kube::Erro
         });
         out.claims.insert((ns.clone(), name.clone()), claim);
     }
+    out.unreachable = unreachable(&needs.urls).await;
     Ok(out)
+}
+
+/// HEADs every URL at once, each bounded by `URL_TIMEOUT`; as KubeDirector checks them, only a URL
+/// that cannot be reached counts (any HTTP answer, even an error status, is an answer).
+async fn unreachable(urls: &[String]) -> BTreeMap<String, String> {
+    use hyper_util::client::legacy::Client as HttpClient;
+    use hyper_util::rt::TokioExecutor;
+    if urls.is_empty() {
+        return BTreeMap::new();
+    }
+    let connector = match hyper_rustls::HttpsConnectorBuilder::new()
+        .with_provider_and_native_roots(tokio_rustls::rustls::crypto::ring::default_provider())
+    {
+        Ok(b) => b.https_or_http().enable_http1().build(),
+        Err(e) => {
+            let why = format!("no CA certificates to check https with: {e}");
+            return urls.iter().map(|u| (u.clone(), why.clone())).collect();
+        }
+    };
+    let client: HttpClient<_, http_body_util::Empty<bytes::Bytes>> =
+        HttpClient::builder(TokioExecutor::new()).build(connector);
+    let asks = urls.iter().map(|url| {
+        let client = client.clone();
+        async move {
+            let request = hyper::Request::head(url.as_str()).body(http_body_util::Empty::new());
+            let outcome = match request {
+                Err(e) => Err(format!("not a usable URL: {e}")),
+                Ok(request) => match tokio::time::timeout(URL_TIMEOUT, client.request(request)).await {
+                    Err(_) => Err(format!("no answer within {URL_TIMEOUT:?}")),
+                    Ok(Err(e)) => Err(e.to_string()),
+                    Ok(Ok(_)) => Ok(()),
+                },
+            };
+            (url.clone(), outcome)
+        }
+    });
+    futures::future::join_all(asks)
+        .await
+        .into_iter()
+        .filter_map(|(url, outcome)| outcome.err().map(|why| (url, why)))
+        .collect()
 }

@@ -726,3 +726,45 @@ async fn a_webhook_configuration_recreated_or_replaced_without_the_ca_gets_it_ba
     assert!(refused.contains("appears more than once"), "{refused}");
     bed.cleanup().await;
 }
+
+#[tokio::test]
+#[ignore = "needs the test bed: make integration"]
+async fn a_file_injection_url_must_answer_within_the_webhooks_time() {
+    let bed = bed("adm-url").await;
+    let operator = bed.webhook_replica(&bed.managed, &bed.ns);
+    bed.wait_ready(&operator).await;
+    // One that answers, one that accepts the connection and never answers.
+    let answers = crate::http::serve("x=1\n");
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let silent_port = silent.local_addr().expect("addr").port();
+    let with_url = |name: &str, url: String| {
+        let mut c = cases::cluster();
+        c["metadata"]["name"] = json!(name);
+        c["spec"]["roles"][0]["fileInjections"] = json!([{"srcURL": url, "destDir": "/etc/app"}]);
+        c
+    };
+    bed.create(
+        &bed.ns,
+        &with_url("answers", format!("http://127.0.0.1:{answers}/app.conf")),
+    )
+    .await
+    .expect("a reachable URL is admitted");
+    let started = std::time::Instant::now();
+    let refused = bed
+        .create(
+            &bed.ns,
+            &with_url("silent", format!("http://127.0.0.1:{silent_port}/app.conf")),
+        )
+        .await
+        .err()
+        .unwrap_or_default();
+    let took = started.elapsed();
+    assert!(
+        refused.contains("spec.roles[0].fileInjections[0].srcURL") && refused.contains("no answer within 3s"),
+        "{refused}"
+    );
+    println!("a silent srcURL was refused after {took:?} (webhook timeout 10 s)");
+    assert!(took < Duration::from_secs(10), "{took:?}");
+    drop(silent);
+    bed.cleanup().await;
+}
