@@ -406,6 +406,9 @@ pub async fn run_member(
         })
     };
 
+    // kd-global-config's finalizer and status (every replica; the writes are conditional).
+    let config_keeper = tokio::spawn(super::config::keep(ctx.clone()));
+
     // A shard this replica just acquired: its keys may have changed while nobody owned them.
     let acquired = shards.clone().map(|sh| {
         let (queue, clusters, context) = (queue.clone(), clusters.clone(), context.clone());
@@ -521,6 +524,7 @@ pub async fn run_member(
     }
     pump.abort();
     depth.abort();
+    config_keeper.abort();
     if let Some(a) = acquired {
         a.abort();
     }

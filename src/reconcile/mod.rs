@@ -2,6 +2,7 @@
 
 pub mod apply;
 pub mod cluster;
+pub mod config;
 pub mod connections;
 pub mod context;
 pub mod crashpoint;

@@ -172,7 +172,18 @@ impl Bed {
             .delete(name, &params)
             .await
             .map(|_| ())
-            .map_err(|e| e.to_string())
+            .map_err(|e| e.to_string())?;
+        // kd-global-config carries the cleanup finalizer (removed by the operator): a delete
+        // completes a moment later, and the singleton's next create must not find it still there.
+        if kind == "KubeDirectorConfig" && !dry_run {
+            testbed::wait_for("kd-global-config gone", Duration::from_secs(30), async {
+                while self.api(kind, ns).get_opt(name).await.ok().flatten().is_some() {
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            })
+            .await;
+        }
+        Ok(())
     }
 
     /// Until the webhook answers with the CA in place: creating the two catalog apps (through the

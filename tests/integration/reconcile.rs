@@ -186,6 +186,27 @@ pub async fn contract_case(env: &Env) {
     let status = kd.status.clone().expect("status");
 
     assert!(kd.finalizers().iter().any(|f| f == "kubedirector.hpe.com/cleanup"));
+    // kd-global-config kept as KubeDirector keeps it: its finalizer, status `ready`.
+    let configs = crate::testbed::kd_api(&env.client, &env.system_ns, "KubeDirectorConfig");
+    crate::testbed::wait_for(
+        "kd-global-config's finalizer and status",
+        Duration::from_secs(30),
+        async {
+            loop {
+                if let Ok(c) = configs.get("kd-global-config").await
+                    && c.finalizers().iter().any(|f| f == "kubedirector.hpe.com/cleanup")
+                    && c.data["status"]["state"] == "ready"
+                    && c.data["status"]["generationUID"]
+                        .as_str()
+                        .is_some_and(|u| !u.is_empty())
+                {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        },
+    )
+    .await;
     let ready = status
         .conditions
         .iter()
