@@ -197,6 +197,16 @@ pub fn plan_cluster(input: &ClusterInput) -> ClusterPlan {
             block_device_paths: &block_paths,
         };
         let mut step = members::step_role(prev, &shape, input.observed, &mut last_node_id);
+        // `status.roles[].encryptedSecretKeys`: the role's sealed keys by name, as the spec holds them
+        // (kept as recorded for a role that has none in its spec).
+        let sealed: std::collections::BTreeMap<String, String> = role_spec
+            .secret_keys
+            .iter()
+            .filter_map(|k| Some((k.name.clone(), k.encrypted_value.clone()?)))
+            .collect();
+        if !sealed.is_empty() {
+            step.status.encrypted_secret_keys = Some(sealed);
+        }
         if role
             .services
             .iter()

@@ -867,6 +867,12 @@ fn every_kd_global_config_field_reaches_what_the_plan_builds() {
         .expect("setup work");
     let domain = work.configmeta["node"]["domain"].as_str().unwrap_or_default();
     assert!(domain.ends_with(".ns.corp.example"), "{domain}");
+    let recorded = p3.status.roles.iter().find(|r| r.id == "vanilla_centos").expect("role");
+    assert_eq!(
+        recorded.encrypted_secret_keys.as_ref().and_then(|k| k.get("pw")),
+        cluster.spec.roles[0].secret_keys[0].encrypted_value.as_ref(),
+        "status.roles[].encryptedSecretKeys holds the sealed value, never the plaintext"
+    );
     let secret = &work.configmeta["nodegroups"]["1"]["roles"]["vanilla_centos"]["secret_keys"]["pw"];
     assert_eq!(
         secret, "hunter2",
