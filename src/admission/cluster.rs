@@ -497,7 +497,11 @@ mod tests {
         };
         lookups.claims.insert(key("rox"), claim(&["ReadOnlyMany"]));
         lookups.claims.insert(key("rwx"), claim(&["ReadWriteMany"]));
-        let world = WithLookups { inner: &base, lookups };
+        let world = WithLookups {
+            inner: &base,
+            lookups: Some(lookups),
+            configs: None,
+        };
         let spec: KubeDirectorClusterSpec = serde_json::from_value(json!({
             "app": "a",
             "roles": [

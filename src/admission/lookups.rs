@@ -61,23 +61,46 @@ impl Needs {
     }
 }
 
-/// Reads what a validating review of `body` will need; `None` when nothing (or unreadable: the
-/// decision reports that).
-pub fn needs(body: &[u8]) -> Option<Needs> {
+/// The cluster of a create or spec change of a KubeDirectorCluster, with the request.
+fn changed_cluster(body: &[u8]) -> Option<(AdmissionRequest<DynamicObject>, KubeDirectorCluster)> {
     let review: AdmissionReview<DynamicObject> = serde_json::from_slice(body).ok()?;
     let req: AdmissionRequest<DynamicObject> = review.try_into().ok()?;
     if req.kind.kind != "KubeDirectorCluster" || !matches!(req.operation, Operation::Create | Operation::Update) {
         return None;
     }
     let new = req.object.as_ref()?;
-    if req
+    let unchanged = req
         .old_object
         .as_ref()
-        .is_some_and(|o| o.data.get("spec") == new.data.get("spec"))
-    {
+        .is_some_and(|o| o.data.get("spec") == new.data.get("spec"));
+    if unchanged {
         return None;
     }
     let cluster = parse::<KubeDirectorCluster>(new).ok()?;
+    Some((req, cluster))
+}
+
+/// Whether deciding `body` needs kd-global-config as it is now: a cluster with secret keys (the
+/// key seals and opens them), in either phase.
+pub fn needs_config(body: &[u8]) -> bool {
+    changed_cluster(body).is_some_and(|(_, c)| c.spec.roles.iter().any(|r| !r.secret_keys.is_empty()))
+}
+
+/// kd-global-config as the API server has it now (a list of it, or empty).
+pub async fn live_config(
+    client: &Client,
+    operator_namespace: &str,
+) -> Result<Vec<std::sync::Arc<DynamicObject>>, kube::Error> {
+    let ar = kube::api::ApiResource::erase::<crate::api::KubeDirectorConfig>(&());
+    let api = Api::<DynamicObject>::namespaced_with(client.clone(), operator_namespace, &ar);
+    let found = api.get_opt(crate::api::config::GLOBAL_CONFIG_NAME).await?;
+    Ok(found.into_iter().map(std::sync::Arc::new).collect())
+}
+
+/// Reads what a validating review of `body` will need; `None` when nothing (or unreadable: the
+/// decision reports that).
+pub fn needs(body: &[u8]) -> Option<Needs> {
+    let (req, cluster) = changed_cluster(body)?;
     let mut needs = Needs {
         namespace: req.namespace.clone().unwrap_or_default(),
         user: req.user_info.clone(),

@@ -221,20 +221,36 @@ async fn answer(req: Request<Incoming>, worlds: &Worlds) -> Response<Full<Bytes>
         (None, Some(c)) => Some(c.as_ref()),
         (None, None) => None,
     };
-    // Service accounts and projected claims are asked of the API server for this request only.
+    // Service accounts, projected claims and srcURLs, and kd-global-config where secret keys depend
+    // on it, are asked of the API server for this request only.
     let needs = (phase == Phase::Validate)
         .then(|| super::lookups::needs(&body))
         .flatten();
-    let with_lookups = match (needs, &caches, world) {
-        (Some(needs), Some(c), Some(inner)) => match super::lookups::fetch(c.client(), &needs).await {
-            Ok(lookups) => Some(super::world::WithLookups { inner, lookups }),
-            Err(e) => {
-                return text(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    format!("looking up service accounts and claims in {context:?}: {e}"),
-                );
+    let config = super::lookups::needs_config(&body);
+    let with_lookups = match (&caches, world) {
+        (Some(c), Some(inner)) if needs.is_some() || config => {
+            let lookups = match &needs {
+                Some(n) => Some(super::lookups::fetch(c.client(), n).await),
+                None => None,
+            };
+            let configs = match config {
+                true => Some(super::lookups::live_config(c.client(), inner.operator_namespace()).await),
+                false => None,
+            };
+            match (lookups.transpose(), configs.transpose()) {
+                (Ok(lookups), Ok(configs)) => Some(super::world::WithLookups {
+                    inner,
+                    lookups,
+                    configs,
+                }),
+                (Err(e), _) | (_, Err(e)) => {
+                    return text(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        format!("looking up service accounts, claims or kd-global-config in {context:?}: {e}"),
+                    );
+                }
             }
-        },
+        }
         _ => None,
     };
     let world: Option<&dyn World> = match &with_lookups {

@@ -39,10 +39,13 @@ pub trait World: Send + Sync {
     }
 }
 
-/// A world with this request's lookups.
+/// A world with what was fetched for this request: its lookups, and kd-global-config read live
+/// (a config created a moment before the cluster may not be in the cache yet, and its key decides
+/// whether secret keys can be sealed).
 pub struct WithLookups<'a> {
     pub inner: &'a dyn World,
-    pub lookups: super::lookups::Lookups,
+    pub lookups: Option<super::lookups::Lookups>,
+    pub configs: Option<Vec<Arc<DynamicObject>>>,
 }
 
 impl World for WithLookups<'_> {
@@ -62,7 +65,7 @@ impl World for WithLookups<'_> {
         self.inner.managed_clusters()
     }
     fn configs(&self) -> Vec<Arc<DynamicObject>> {
-        self.inner.configs()
+        self.configs.clone().unwrap_or_else(|| self.inner.configs())
     }
     fn storage_classes(&self) -> StorageClasses {
         self.inner.storage_classes()
@@ -71,7 +74,7 @@ impl World for WithLookups<'_> {
         self.inner.secret_exists(ns, name)
     }
     fn lookups(&self) -> Option<&super::lookups::Lookups> {
-        Some(&self.lookups)
+        self.lookups.as_ref()
     }
 }
 
