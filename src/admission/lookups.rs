@@ -53,11 +53,15 @@ pub struct Needs {
     /// http(s) srcURLs of fileInjections (`file://` ones are paths inside the member).
     pub urls: Vec<String>,
     pub user: UserInfo,
+    /// kd-global-config as it is now (not as cached): the cluster has secret keys, which its key
+    /// seals and opens (in either phase).
+    pub config: bool,
 }
 
 impl Needs {
-    pub fn is_empty(&self) -> bool {
-        self.accounts.is_empty() && self.claims.is_empty() && self.urls.is_empty()
+    /// Whether there is anything to ask the API server besides kd-global-config.
+    pub fn has_lookups(&self) -> bool {
+        !(self.accounts.is_empty() && self.claims.is_empty() && self.urls.is_empty())
     }
 }
 
@@ -80,12 +84,6 @@ fn changed_cluster(body: &[u8]) -> Option<(AdmissionRequest<DynamicObject>, Kube
     Some((req, cluster))
 }
 
-/// Whether deciding `body` needs kd-global-config as it is now: a cluster with secret keys (the
-/// key seals and opens them), in either phase.
-pub fn needs_config(body: &[u8]) -> bool {
-    changed_cluster(body).is_some_and(|(_, c)| c.spec.roles.iter().any(|r| !r.secret_keys.is_empty()))
-}
-
 /// kd-global-config as the API server has it now (a list of it, or empty).
 pub async fn live_config(
     client: &Client,
@@ -97,16 +95,18 @@ pub async fn live_config(
     Ok(found.into_iter().map(std::sync::Arc::new).collect())
 }
 
-/// Reads what a validating review of `body` will need; `None` when nothing (or unreadable: the
-/// decision reports that).
-pub fn needs(body: &[u8]) -> Option<Needs> {
+/// Reads what a review of `body` will need from the API server (the service accounts, claims and
+/// URLs only when `validating`); `None` when nothing (or unreadable: the decision reports that).
+pub fn needs(validating: bool, body: &[u8]) -> Option<Needs> {
     let (req, cluster) = changed_cluster(body)?;
     let mut needs = Needs {
         namespace: req.namespace.clone().unwrap_or_default(),
         user: req.user_info.clone(),
+        config: cluster.spec.roles.iter().any(|r| !r.secret_keys.is_empty()),
         ..Default::default()
     };
-    for role in &cluster.spec.roles {
+    let roles = if validating { cluster.spec.roles.as_slice() } else { &[] };
+    for role in roles {
         if let Some(sa) = role.service_account_name.as_ref().filter(|s| !s.is_empty())
             && !needs.accounts.contains(sa)
         {
@@ -124,7 +124,7 @@ pub fn needs(body: &[u8]) -> Option<Needs> {
             }
         }
     }
-    (!needs.is_empty()).then_some(needs)
+    (needs.config || needs.has_lookups()).then_some(needs)
 }
 
 /// Asks the API server.

@@ -223,17 +223,14 @@ async fn answer(req: Request<Incoming>, worlds: &Worlds) -> Response<Full<Bytes>
     };
     // Service accounts, projected claims and srcURLs, and kd-global-config where secret keys depend
     // on it, are asked of the API server for this request only.
-    let needs = (phase == Phase::Validate)
-        .then(|| super::lookups::needs(&body))
-        .flatten();
-    let config = super::lookups::needs_config(&body);
-    let with_lookups = match (&caches, world) {
-        (Some(c), Some(inner)) if needs.is_some() || config => {
-            let lookups = match &needs {
-                Some(n) => Some(super::lookups::fetch(c.client(), n).await),
-                None => None,
+    let needs = super::lookups::needs(phase == Phase::Validate, &body);
+    let with_lookups = match (&caches, world, needs) {
+        (Some(c), Some(inner), Some(needs)) => {
+            let lookups = match needs.has_lookups() {
+                true => Some(super::lookups::fetch(c.client(), &needs).await),
+                false => None,
             };
-            let configs = match config {
+            let configs = match needs.config {
                 true => Some(super::lookups::live_config(c.client(), inner.operator_namespace()).await),
                 false => None,
             };

@@ -321,26 +321,38 @@ pub async fn patch_ca_bundle(client: &Client, name: &str, ca: &str) -> Result<u3
 pub async fn keep_ca_injected(client: Client, names: Vec<String>, ca: String) {
     use futures::StreamExt;
     use kube::runtime::{WatchStreamExt, watcher};
-    type Named = std::pin::Pin<Box<dyn futures::Stream<Item = (String, Result<(), String>)> + Send>>;
+    // Each event says whether the configuration lacks the CA somewhere (our own write's echo does
+    // not, and costs nothing).
+    type Named = std::pin::Pin<Box<dyn futures::Stream<Item = (String, Result<bool, String>)> + Send>>;
+    let bundle = std::sync::Arc::new(ByteString(ca.as_bytes().to_vec()));
+    let lacks =
+        move |configs: Vec<&WebhookClientConfig>| configs.iter().any(|c| c.ca_bundle.as_ref() != Some(&*bundle));
     let mut streams: Vec<Named> = Vec::new();
     for name in names {
         let config = watcher::Config::default().fields(&format!("metadata.name={name}"));
-        let n = name.clone();
+        let (n, lacks_m, lacks_v) = (name.clone(), lacks.clone(), lacks.clone());
         let mutating = watcher(Api::<MutatingWebhookConfiguration>::all(client.clone()), config.clone())
             .default_backoff()
             .applied_objects()
-            .map(move |r| (n.clone(), r.map(|_| ()).map_err(|e| e.to_string())));
+            .map(move |r| {
+                let r = r.map(|c| lacks_m(c.webhooks.iter().flatten().map(|w| &w.client_config).collect()));
+                (n.clone(), r.map_err(|e| e.to_string()))
+            });
         let validating = watcher(Api::<ValidatingWebhookConfiguration>::all(client.clone()), config)
             .default_backoff()
             .applied_objects()
-            .map(move |r| (name.clone(), r.map(|_| ()).map_err(|e| e.to_string())));
+            .map(move |r| {
+                let r = r.map(|c| lacks_v(c.webhooks.iter().flatten().map(|w| &w.client_config).collect()));
+                (name.clone(), r.map_err(|e| e.to_string()))
+            });
         streams.push(Box::pin(mutating));
         streams.push(Box::pin(validating));
     }
     let mut events = futures::stream::select_all(streams);
     while let Some((name, event)) = events.next().await {
         match event {
-            Ok(()) => {
+            Ok(false) => {}
+            Ok(true) => {
                 if let Err(e) = patch_ca_bundle(&client, &name, &ca).await {
                     tracing::warn!(configuration = %name, error = %e, "cannot inject the webhook CA; retried on the next change");
                 }

@@ -264,6 +264,25 @@ pub fn needs_refresh(
         && observed.pods.get(&m.pod).is_some_and(|p| p.running && !p.terminating)
 }
 
+fn has_package(app: &ResolvedApp, role: &str) -> bool {
+    app.role(role).is_some_and(|r| r.setup_package.is_some())
+}
+
+/// Whether any member still needs configmeta.json of the current spec (`needs_refresh`): until
+/// none does, nothing else runs and the cluster is not configured at this generation.
+pub fn refresh_pending(
+    roles: &[RoleStatus],
+    app: &ResolvedApp,
+    observed: &super::members::Observed,
+    generation: i64,
+) -> bool {
+    roles.iter().any(|r| {
+        r.members
+            .iter()
+            .any(|m| needs_refresh(m, has_package(app, &r.id), observed, generation))
+    })
+}
+
 /// The guest commands the members of a status need now: setup for members `creating` in a role with
 /// a package or file injections (until a result for their container is known), the head
 /// notification for configured members with a queue. When the spec changed (`generation`), the
@@ -271,9 +290,8 @@ pub fn needs_refresh(
 /// notification sent before all of them have it (KubeDirector's order: its ready members are
 /// updated before a spec change is processed further).
 pub fn work(c: &configmeta::Cluster, observed: &super::members::Observed, generation: i64) -> Vec<Work> {
-    let package = |role: &str| c.app.role(role).and_then(|r| r.setup_package.as_ref());
-    let stale = |role: &str, m: &MemberStatus| needs_refresh(m, package(role).is_some(), observed, generation);
-    let refreshing = c.roles.iter().any(|r| r.members.iter().any(|m| stale(&r.id, m)));
+    let stale = |role: &str, m: &MemberStatus| needs_refresh(m, has_package(c.app, role), observed, generation);
+    let refreshing = refresh_pending(c.roles, c.app, observed, generation);
     let mut out = Vec::new();
     for role in c.roles {
         let Some(app_role) = c.app.role(&role.id) else {

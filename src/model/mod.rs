@@ -6,6 +6,7 @@ pub mod catalog;
 pub mod configmeta;
 pub mod connections;
 pub mod desired;
+pub mod globalconfig;
 pub mod guest;
 pub mod labels;
 pub mod members;

@@ -325,12 +325,7 @@ pub fn plan_cluster(input: &ClusterInput) -> ClusterPlan {
     // Members still to hear of a change (a reconnect, or a configmeta.json from an older spec):
     // the cluster is not yet configured at this generation.
     let generation = input.generation.unwrap_or(0);
-    let refresh_pending = roles.iter().any(|r| {
-        let has_package = input.app.role(&r.id).is_some_and(|a| a.setup_package.is_some());
-        r.members
-            .iter()
-            .any(|m| guest::needs_refresh(m, has_package, input.observed, generation))
-    });
+    let refresh_pending = guest::refresh_pending(&roles, input.app, input.observed, generation);
     if state == ClusterState::Configured && (connections::reconnect_pending(&roles) || refresh_pending) {
         state = ClusterState::Updating;
     }

@@ -65,6 +65,31 @@ pub fn step(prev: Option<&KubeDirectorClusterStatus>, facts: &RestoreFacts) -> (
     (status, done)
 }
 
+/// What keeping a cluster's KubeDirectorStatusBackup takes after a reconcile.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mirror {
+    Nothing,
+    /// Write the status into the backup, and mark the cluster (`status-backup-exists: "true"`)
+    /// when it is not marked yet.
+    Copy {
+        mark: bool,
+    },
+    /// Delete the backup and mark the cluster `"false"`.
+    Remove,
+}
+
+/// With `backupClusterStatus` the backup follows every status written (and is made when the
+/// cluster is not marked as having one); without, a backup made earlier goes. `marked`: the
+/// cluster says a backup exists.
+pub fn mirror(backup_on: bool, marked: bool, status_written: bool) -> Mirror {
+    match (backup_on, marked) {
+        (true, false) => Mirror::Copy { mark: true },
+        (true, true) if status_written => Mirror::Copy { mark: false },
+        (false, true) => Mirror::Remove,
+        _ => Mirror::Nothing,
+    }
+}
+
 /// The children a status names that do not exist: its headless Service, each role's StatefulSet,
 /// each member's Service (members without ports have none, `n/a`).
 pub fn missing_children(
@@ -112,6 +137,19 @@ mod tests {
             }],
             ..Default::default()
         }
+    }
+
+    #[test]
+    fn the_backup_follows_status_writes_and_goes_when_turned_off() {
+        assert_eq!(
+            mirror(true, false, false),
+            Mirror::Copy { mark: true },
+            "made when missing"
+        );
+        assert_eq!(mirror(true, true, true), Mirror::Copy { mark: false });
+        assert_eq!(mirror(true, true, false), Mirror::Nothing, "no write without a change");
+        assert_eq!(mirror(false, true, true), Mirror::Remove);
+        assert_eq!(mirror(false, false, true), Mirror::Nothing);
     }
 
     #[test]

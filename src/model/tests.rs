@@ -75,6 +75,18 @@ pub(super) fn plan_with(
     observed: &Observed,
     connections: &serde_json::Value,
 ) -> ClusterPlan {
+    plan_in(cluster, app, prev, observed, connections, &Settings::default())
+}
+
+/// `plan_with` under the given settings (kd-global-config).
+pub(super) fn plan_in(
+    cluster: &KubeDirectorCluster,
+    app: &ResolvedApp,
+    prev: Option<&KubeDirectorClusterStatus>,
+    observed: &Observed,
+    connections: &serde_json::Value,
+    settings: &Settings,
+) -> ClusterPlan {
     plan_cluster(&ClusterInput {
         name: cluster.metadata.name.as_deref().expect("name"),
         namespace: "ns",
@@ -83,7 +95,7 @@ pub(super) fn plan_with(
         spec: &cluster.spec,
         prev,
         app,
-        settings: &Settings::default(),
+        settings,
         classes: &classes(),
         observed,
         connections,
@@ -772,24 +784,11 @@ fn every_kd_global_config_field_reaches_what_the_plan_builds() {
     role.secret_keys =
         vec![serde_json::from_value(serde_json::json!({"name": "pw", "encryptedValue": sealed})).expect("key")];
     role.shared_memory = Some(k8s_openapi::apimachinery::pkg::api::resource::Quantity("256Mi".into()));
-    let (classes, connections) = (classes(), super::connections::empty());
-    let input = |prev, observed| ClusterInput {
-        name: "centos-one",
-        namespace: "ns",
-        uid: "uid-1",
-        generation: Some(1),
-        spec: &cluster.spec,
-        prev,
-        app: &app,
-        settings: &settings,
-        classes: &classes,
-        observed,
-        connections: &connections,
-        now: now(),
-        token_salt: "",
-    };
+    cluster.metadata.name = Some("centos-one".into());
+    let connections = super::connections::empty();
+    let plan_at = |prev, observed| plan_in(&cluster, &app, prev, observed, &connections, &settings);
     let empty = Observed::default();
-    let p1 = plan_cluster(&input(None, &empty));
+    let p1 = plan_at(None, &empty);
     assert!(p1.errors.is_empty(), "{:?}", p1.errors);
     // defaultNamingScheme: CrNameRole names.
     let s = sts(&p1, "centos-one-vanilla-centos");
@@ -838,7 +837,7 @@ fn every_kd_global_config_field_reaches_what_the_plan_builds() {
     assert_eq!(dir.size_limit.as_ref().map(|q| q.0.as_str()), Some("256Mi"));
     // defaultServiceType, serviceLabels, serviceAnnotations: on the member Services.
     let running = all_running(&p1, "a");
-    let p2 = plan_cluster(&input(Some(&p1.status), &running));
+    let p2 = plan_at(Some(&p1.status), &running);
     let svc = p2.member_services.first().expect("member service");
     assert_eq!(svc.spec.as_ref().and_then(|s| s.type_.as_deref()), Some("NodePort"));
     assert_eq!(
@@ -859,7 +858,7 @@ fn every_kd_global_config_field_reaches_what_the_plan_builds() {
     );
     // clusterSvcDomainBase and masterEncryptionKey: in configmeta (the domain; the opened key).
     let running = all_running(&p2, "a");
-    let p3 = plan_cluster(&input(Some(&p2.status), &running));
+    let p3 = plan_at(Some(&p2.status), &running);
     let work = p3
         .guest_work
         .iter()

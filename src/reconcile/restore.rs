@@ -9,7 +9,7 @@ use tracing::info;
 use crate::api::KubeDirectorStatusBackup;
 use crate::api::cluster::KubeDirectorClusterStatus;
 use crate::model::labels::{RESTORING, STATUS_BACKUP_EXISTS};
-use crate::model::restore::{self, RestoreFacts};
+use crate::model::restore::{self, Mirror, RestoreFacts};
 use crate::model::settings::Settings;
 use crate::queue::Outcome;
 
@@ -98,11 +98,12 @@ pub async fn mirror(
     owner: Option<&k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference>,
     settings: &Settings,
 ) -> Result<(), Error> {
-    let exists = obj.annotations().get(STATUS_BACKUP_EXISTS).map(String::as_str) == Some("true");
+    let marked = obj.annotations().get(STATUS_BACKUP_EXISTS).map(String::as_str) == Some("true");
     let (ns, name) = (obj.namespace().ok_or(Error::MissingNamespace)?, obj.name_any());
     let backups: Api<KubeDirectorStatusBackup> = Api::namespaced(ctx.client.clone(), &ns);
-    if settings.backup_cluster_status {
-        if written || !exists {
+    match restore::mirror(settings.backup_cluster_status, marked, written) {
+        Mirror::Nothing => {}
+        Mirror::Copy { mark } => {
             let backup = json!({
                 "apiVersion": "kubedirector.hpe.com/v1beta1", "kind": "KubeDirectorStatusBackup",
                 "metadata": {"name": name, "namespace": ns, "ownerReferences": owner.into_iter().collect::<Vec<_>>()},
@@ -112,20 +113,21 @@ pub async fn mirror(
             let (params, patch) = (PatchParams::apply(&ctx.field_manager).force(), Patch::Apply(&backup));
             let call = backups.patch(&name, &params, &patch);
             write(ctx, "apply", "KubeDirectorStatusBackup", &name, call).await?;
+            if mark {
+                patch_metadata(ctx, obj, json!({"annotations": {STATUS_BACKUP_EXISTS: "true"}}), false).await?;
+            }
         }
-        if !exists {
-            patch_metadata(ctx, obj, json!({"annotations": {STATUS_BACKUP_EXISTS: "true"}}), false).await?;
+        Mirror::Remove => {
+            take_budget(ctx)?;
+            let params = DeleteParams::default();
+            let call = backups.delete(&name, &params);
+            match write(ctx, "delete", "KubeDirectorStatusBackup", &name, call).await {
+                Ok(_) => {}
+                Err(Error::Api(kube::Error::Api(s))) if s.code == 404 => {}
+                Err(e) => return Err(e),
+            }
+            patch_metadata(ctx, obj, json!({"annotations": {STATUS_BACKUP_EXISTS: "false"}}), false).await?;
         }
-    } else if exists {
-        take_budget(ctx)?;
-        let params = DeleteParams::default();
-        let call = backups.delete(&name, &params);
-        match write(ctx, "delete", "KubeDirectorStatusBackup", &name, call).await {
-            Ok(_) => {}
-            Err(Error::Api(kube::Error::Api(s))) if s.code == 404 => {}
-            Err(e) => return Err(e),
-        }
-        patch_metadata(ctx, obj, json!({"annotations": {STATUS_BACKUP_EXISTS: "false"}}), false).await?;
     }
     Ok(())
 }

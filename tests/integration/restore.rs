@@ -277,7 +277,8 @@ async fn a_cluster_restored_from_its_status_backup_keeps_its_members_and_volumes
         }
     })
     .await;
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    // An ordinary reconcile builds the children before it writes a status, and never writes
+    // restoreProgress: what was waited for above rules it out.
     assert!(
         all_of::<StatefulSet>(&client, &ns, "rs").await.is_empty(),
         "built while restoring"
