@@ -27,6 +27,8 @@ pub struct Write {
     pub verb: String,
     /// `resource` or `resource/subresource`.
     pub resource: String,
+    /// "" for cluster-scoped objects.
+    pub namespace: String,
     pub code: u16,
 }
 
@@ -45,6 +47,7 @@ pub fn parse(line: &str, user: &str) -> Option<Write> {
         at: u64::try_from(at.as_microsecond()).ok()?,
         verb: v["verb"].as_str()?.to_string(),
         resource,
+        namespace: obj["namespace"].as_str().unwrap_or("").to_string(),
         code: u16::try_from(v["responseStatus"]["code"].as_u64().unwrap_or(0)).unwrap_or(0),
     })
 }
@@ -80,6 +83,7 @@ mod tests {
         assert_eq!(w.verb, "patch");
         assert_eq!(w.resource, "kubedirectorclusters/status");
         assert_eq!(w.code, 200);
+        assert_eq!(w.namespace, "lt");
         assert_eq!(w.at % 1_000_000, 931_636);
         assert_eq!(parse(LINE, "admin"), None);
         assert_eq!(

@@ -1,7 +1,10 @@
 //! kd-loadtest: reconcile latency of kubedirector-rs for thousands of members across many clusters,
 //! against a floor without operator, with failover, overlaps and lost CRs. See docs/loadtest.md.
 
+mod arrival;
 mod audit;
+mod cgroup;
+mod modes;
 mod objects;
 mod phases;
 mod plot;
@@ -79,6 +82,37 @@ struct Cli {
     /// RUST_LOG of the replicas.
     #[arg(long, default_value = "info")]
     operator_log: String,
+    /// What the run measures: standard, burst, capacity or scaleout (docs/loadtest.md).
+    #[arg(long, value_enum)]
+    mode: Option<workload::Mode>,
+    /// How CRs arrive: burst (all at once) or rate (--rate per cluster).
+    #[arg(long, value_enum)]
+    arrival: Option<arrival::Kind>,
+    /// CRs per second per member cluster (with --arrival rate; alone, it implies it).
+    #[arg(long)]
+    rate: Option<f64>,
+    #[arg(long, value_enum)]
+    spacing: Option<arrival::Spacing>,
+    /// Seed of Poisson arrivals.
+    #[arg(long)]
+    seed: Option<u64>,
+    /// The latency objective of capacity (p99, seconds).
+    #[arg(long)]
+    slo: Option<f64>,
+    /// Capacity: the first step's rate (CRs/s per cluster) and each step's length.
+    #[arg(long)]
+    start_rate: Option<f64>,
+    #[arg(long)]
+    step_seconds: Option<u64>,
+    /// Scale-out: the CPU share of one core each replica gets (cgroup), e.g. 0.2.
+    #[arg(long)]
+    replica_cpu: Option<f64>,
+    /// Scale-out: the replica counts measured, e.g. 1,2,4.
+    #[arg(long, value_delimiter = ',')]
+    scaleout_replicas: Option<Vec<u32>>,
+    /// The floor writes as the bed's admin instead of the operator's ServiceAccount.
+    #[arg(long)]
+    floor_as_admin: bool,
     /// Print what would be done (kind: every command and file) and stop.
     #[arg(long)]
     dry_run: bool,
@@ -118,6 +152,42 @@ fn workload(cli: &Cli) -> anyhow::Result<Workload> {
     if let Some(v) = cli.write_qps {
         w.write_qps = v;
         w.write_burst = w.write_burst.max(v);
+    }
+    if let Some(v) = cli.mode {
+        w.mode = v;
+    }
+    if let Some(v) = cli.arrival {
+        w.arrival.kind = v;
+    }
+    if let Some(v) = cli.rate {
+        w.arrival.per_second = v;
+        if cli.arrival.is_none() {
+            w.arrival.kind = arrival::Kind::Rate;
+        }
+    }
+    if let Some(v) = cli.spacing {
+        w.arrival.spacing = v;
+    }
+    if let Some(v) = cli.seed {
+        w.arrival.seed = v;
+    }
+    if let Some(v) = cli.slo {
+        w.slo_seconds = v;
+    }
+    if let Some(v) = cli.start_rate {
+        w.capacity.start_per_second = v;
+    }
+    if let Some(v) = cli.step_seconds {
+        w.capacity.step_seconds = v;
+    }
+    if let Some(v) = cli.replica_cpu {
+        w.scaleout.replica_cpu = v;
+    }
+    if let Some(v) = &cli.scaleout_replicas {
+        w.scaleout.replicas = v.clone();
+    }
+    if cli.floor_as_admin {
+        w.floor_as_operator = false;
     }
     if cli.provider == Provider::Contexts && cli.clusters.is_none() && !cli.contexts.is_empty() {
         w.clusters = cli.contexts.len() as u32;
@@ -279,11 +349,9 @@ fn main() -> ExitCode {
         run_dir.display(),
         run_dir.display()
     );
-    if report.overlaps > 0 || report.lost.total > 0 {
-        eprintln!(
-            "kd-loadtest: FAILED: {} overlaps, {} lost (see report.json: overlap_examples, lost)",
-            report.overlaps, report.lost.total
-        );
+    let (overlaps, lost) = report.failures();
+    if overlaps > 0 || lost > 0 {
+        eprintln!("kd-loadtest: FAILED: {overlaps} overlaps, {lost} lost (see report.json: overlap_examples, lost)");
         return ExitCode::from(1);
     }
     ExitCode::SUCCESS

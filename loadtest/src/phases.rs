@@ -67,43 +67,83 @@ pub fn names_of(w: &Workload, c: usize) -> Vec<String> {
         .collect()
 }
 
-/// Creates every CR of cluster `c`; returns the ones the API server refused, with why.
+/// The CRs of one member cluster and when each arrives (offsets from `t0`, ascending).
+#[derive(Clone, Debug)]
+pub struct Arrivals {
+    pub cluster: usize,
+    pub items: Vec<(String, Duration)>,
+    pub t0: Instant,
+}
+
+impl Arrivals {
+    /// The names of cluster `c` (dealt round robin from the run's CRs) at `w.arrival`'s times.
+    pub fn of(w: &Workload, c: usize, t0: Instant) -> Arrivals {
+        let names = names_of(w, c);
+        let offsets = w.arrival.offsets(names.len(), c);
+        Arrivals {
+            cluster: c,
+            items: names.into_iter().zip(offsets).collect(),
+            t0,
+        }
+    }
+}
+
+/// Sends each item's write when it arrives, at most `in_flight` at once; each clock starts at the
+/// scheduled arrival. Returns the refusals.
+async fn send_on_schedule<F, Fut>(a: &Arrivals, in_flight: u32, tracker: &Arc<Tracker>, write: F) -> Vec<String>
+where
+    F: Fn(String) -> Fut,
+    Fut: std::future::Future<Output = Result<i64, String>>,
+{
+    let c = a.cluster;
+    let results: Vec<Option<String>> = stream::iter(a.items.iter().cloned())
+        .map(|(name, offset)| {
+            let (tracker, at) = (tracker.clone(), a.t0 + offset);
+            let fut = write(name.clone());
+            async move {
+                tokio::time::sleep_until(at.into()).await;
+                let key: Key = (c, name.clone());
+                tracker.start_at(key.clone(), at);
+                match fut.await {
+                    Ok(generation) => {
+                        tracker.written(&key, generation);
+                        None
+                    }
+                    Err(e) => {
+                        tracker.forget(&key);
+                        Some(format!("{name}: {e}"))
+                    }
+                }
+            }
+        })
+        .buffer_unordered(in_flight as usize)
+        .collect()
+        .await;
+    results.into_iter().flatten().collect()
+}
+
+/// Creates the CRs of `a` at their arrival times; returns the ones the API server refused, with why.
 pub async fn create_crs(
     client: &Client,
     ns: &str,
-    c: usize,
+    a: &Arrivals,
     w: &Workload,
     placement: Placement,
     tracker: &Arc<Tracker>,
 ) -> Vec<String> {
     let api = kd_api(client, ns, "KubeDirectorCluster");
-    let results: Vec<Option<String>> = stream::iter(names_of(w, c))
-        .map(|name| {
-            let (api, tracker) = (api.clone(), tracker.clone());
-            let obj = objects::cluster(&name, &w.roles, placement);
-            async move {
-                let key: Key = (c, name.clone());
-                tracker.start(key.clone());
-                let dynamic = match serde_json::from_value(obj) {
-                    Ok(d) => d,
-                    Err(e) => return Some(format!("{name}: {e}")),
-                };
-                match api.create(&PostParams::default(), &dynamic).await {
-                    Ok(created) => {
-                        tracker.written(&key, created.metadata.generation.unwrap_or(1));
-                        None
-                    }
-                    Err(e) => {
-                        tracker.forget(&key);
-                        Some(format!("{name}: create refused: {e}"))
-                    }
-                }
+    send_on_schedule(a, w.create_concurrency, tracker, |name| {
+        let api = api.clone();
+        let obj = objects::cluster(&name, &w.roles, placement);
+        async move {
+            let dynamic: DynamicObject = serde_json::from_value(obj).map_err(|e| e.to_string())?;
+            match api.create(&PostParams::default(), &dynamic).await {
+                Ok(created) => Ok(created.metadata.generation.unwrap_or(1)),
+                Err(e) => Err(format!("create refused: {e}")),
             }
-        })
-        .buffer_unordered(w.create_concurrency as usize)
-        .collect()
-        .await;
-    results.into_iter().flatten().collect()
+        }
+    })
+    .await
 }
 
 /// The CRs resized by churn, as (cluster, name, new members of the last role), in order.
@@ -206,13 +246,16 @@ where
 /// How many DELETEs per cluster are in flight at once.
 const DELETES_IN_FLIGHT: usize = 8;
 
-/// Deletes every CR left, one request each; Err names the first failure and how many failed.
-async fn delete_each(api: &Api<DynamicObject>) -> anyhow::Result<()> {
+/// Deletes every object `api` lists, one request each; Err names the first failure and how many failed.
+async fn delete_each<K>(api: &Api<K>) -> anyhow::Result<()>
+where
+    K: kube::Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+{
     let list = api.list(&ListParams::default()).await?;
-    let names = list.items.into_iter().filter_map(|o| o.metadata.name);
+    let names = list.items.into_iter().filter_map(|o| o.meta().name.clone());
     let failures: Vec<String> = stream::iter(names)
         .map(|name| async move {
-            match api.delete(&name, &DeleteParams::default()).await {
+            match api.delete(&name, &DeleteParams::background()).await {
                 Ok(_) => None,
                 Err(kube::Error::Api(s)) if s.code == 404 => None,
                 Err(e) => Some(format!("{name}: {e}")),
@@ -225,6 +268,26 @@ async fn delete_each(api: &Api<DynamicObject>) -> anyhow::Result<()> {
     match failures.first() {
         None => Ok(()),
         Some(first) => anyhow::bail!("{} deletes failed, first {first}", failures.len()),
+    }
+}
+
+/// Deletes the floor's StatefulSets and Services in `ns` (their pods go with them) and waits until
+/// nothing is left or `limit` passes; returns what is left.
+pub async fn delete_floor(client: &Client, ns: &str, limit: Duration) -> anyhow::Result<Vec<String>> {
+    let start = Instant::now();
+    loop {
+        let sent = async {
+            delete_each(&Api::<StatefulSet>::namespaced(client.clone(), ns)).await?;
+            delete_each(&Api::<Service>::namespaced(client.clone(), ns)).await
+        };
+        if let Err(e) = sent.await {
+            eprintln!("[loadtest] deleting the floor in {ns}: {e}; again");
+        }
+        let left = leftovers(client, ns).await?;
+        if left.is_empty() || start.elapsed() > limit {
+            return Ok(left);
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
     }
 }
 
@@ -251,11 +314,12 @@ async fn leftovers(client: &Client, ns: &str) -> anyhow::Result<Vec<String>> {
     Ok(left)
 }
 
-/// Creates the floor's objects for every CR name of cluster `c` in `ns`; returns refusals.
+/// Creates the floor's objects for the groups of `a` in `ns` at their arrival times; returns refusals.
+/// A group is written as the floor would be by hand: its Services, then its StatefulSets.
 pub async fn create_floor(
     client: &Client,
     ns: &str,
-    c: usize,
+    a: &Arrivals,
     w: &Workload,
     placement: Placement,
     tracker: &Arc<Tracker>,
@@ -264,36 +328,25 @@ pub async fn create_floor(
         Api::<Service>::namespaced(client.clone(), ns),
         Api::<StatefulSet>::namespaced(client.clone(), ns),
     );
-    let results: Vec<Option<String>> = stream::iter(names_of(w, c))
-        .map(|name| {
-            let (svc, sts, tracker) = (svc.clone(), sts.clone(), tracker.clone());
-            async move {
-                let group = match objects::floor_group(&name, ns, w, placement) {
-                    Ok(g) => g,
-                    Err(e) => return Some(format!("{name}: {e}")),
-                };
-                let key: Key = (c, name.clone());
-                tracker.start(key.clone());
-                for s in &group.services {
-                    if let Err(e) = svc.create(&PostParams::default(), s).await {
-                        tracker.forget(&key);
-                        return Some(format!("floor {name}: Service refused: {e}"));
-                    }
-                }
-                for s in &group.statefulsets {
-                    if let Err(e) = sts.create(&PostParams::default(), s).await {
-                        tracker.forget(&key);
-                        return Some(format!("floor {name}: StatefulSet refused: {e}"));
-                    }
-                }
-                tracker.written(&key, 1);
-                None
+    send_on_schedule(a, w.create_concurrency, tracker, |name| {
+        let (svc, sts) = (svc.clone(), sts.clone());
+        let group = objects::floor_group(&name, ns, w, placement);
+        async move {
+            let group = group.map_err(|e| e.to_string())?;
+            for s in &group.services {
+                svc.create(&PostParams::default(), s)
+                    .await
+                    .map_err(|e| format!("floor Service refused: {e}"))?;
             }
-        })
-        .buffer_unordered(w.create_concurrency as usize)
-        .collect()
-        .await;
-    results.into_iter().flatten().collect()
+            for s in &group.statefulsets {
+                sts.create(&PostParams::default(), s)
+                    .await
+                    .map_err(|e| format!("floor StatefulSet refused: {e}"))?;
+            }
+            Ok(1)
+        }
+    })
+    .await
 }
 
 #[cfg(test)]

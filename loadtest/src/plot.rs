@@ -136,6 +136,76 @@ pub fn draw(path: &Path, title: &str, s: &Series) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// One panel alone in a PNG.
+fn single(path: &Path, p: Panel) -> anyhow::Result<()> {
+    register_font()?;
+    let root = BitMapBackend::new(path, (1000, 500)).into_drawing_area();
+    root.fill(&WHITE).context("plot")?;
+    panel(&root, p)?;
+    root.present().context("writing plot.png")?;
+    Ok(())
+}
+
+/// Capacity: p50 and p99 against the arrival rate, floor and operator, with the SLO.
+pub fn rates(path: &Path, floor: &[(f64, f64, f64)], operator: &[(f64, f64, f64)], slo: f64) -> anyhow::Result<()> {
+    let pick = |s: &[(f64, f64, f64)], p99: bool| -> Vec<(f64, f64)> {
+        s.iter()
+            .map(|(r, p50, p99v)| (*r, if p99 { *p99v } else { *p50 }))
+            .collect()
+    };
+    let max_rate = floor.iter().chain(operator).map(|p| p.0).fold(0.0, f64::max);
+    single(
+        path,
+        Panel {
+            caption: "latency vs arrival rate".to_string(),
+            x_desc: "CRs per second per cluster",
+            y_desc: "seconds from arrival",
+            lines: vec![
+                ("floor p50", pick(floor, false), RGBColor(120, 120, 255)),
+                ("floor p99", pick(floor, true), BLUE),
+                ("operator p50", pick(operator, false), RGBColor(255, 120, 120)),
+                ("operator p99", pick(operator, true), RED),
+                ("SLO", vec![(0.0, slo), (max_rate, slo)], BLACK),
+            ],
+        },
+    )
+}
+
+/// Scale-out: capacity against replicas, with the ideal (linear from the first point).
+pub fn scaleout(path: &Path, points: &[(f64, f64)]) -> anyhow::Result<()> {
+    let ideal = points
+        .first()
+        .map(|(r1, c1)| points.iter().map(|(r, _)| (*r, c1 * r / r1)).collect())
+        .unwrap_or_default();
+    single(
+        path,
+        Panel {
+            caption: "capacity vs replicas".to_string(),
+            x_desc: "replicas",
+            y_desc: "CRs per second per cluster",
+            lines: vec![("measured", points.to_vec(), RED), ("linear", ideal, BLACK)],
+        },
+    )
+}
+
+/// Latency CDFs of named passes (burst).
+pub fn cdfs(path: &Path, passes: &[(String, Vec<f64>)]) -> anyhow::Result<()> {
+    const COLOURS: [RGBColor; 4] = [BLUE, RED, RGBColor(0, 150, 0), RGBColor(200, 120, 0)];
+    single(
+        path,
+        Panel {
+            caption: "burst: arrival → done, CDF".to_string(),
+            x_desc: "seconds",
+            y_desc: "fraction of CRs",
+            lines: passes
+                .iter()
+                .enumerate()
+                .map(|(i, (name, l))| (name.as_str(), cdf(l), COLOURS[i % COLOURS.len()]))
+                .collect(),
+        },
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

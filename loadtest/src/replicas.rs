@@ -17,6 +17,10 @@ use kubedirector::telemetry::process::{self as procstat, Usage};
 
 use crate::stats::{self, Sample};
 
+/// The shard Lease duration every replica runs with (the operator's default, passed explicitly so
+/// that failover figures are read against the value in force).
+pub const LEASE_MS: u64 = 10_000;
+
 /// How every replica is started.
 #[derive(Clone, Debug)]
 pub struct Launch {
@@ -30,6 +34,8 @@ pub struct Launch {
     pub write_burst: u32,
     pub dir: PathBuf,
     pub log_level: String,
+    /// Share of one core each process may use (a cgroup of its own); None = unlimited.
+    pub cpu: Option<(crate::cgroup::Hierarchy, f64)>,
 }
 
 /// Operator pods of the chart's Deployment, reached through the API server (pod proxy).
@@ -66,6 +72,8 @@ pub struct Incarnation {
     pub usage: Usage,
     pub metrics: Vec<Sample>,
     pub killed: bool,
+    /// Its CPU limit (local processes with `Launch::cpu`).
+    pub limit: Option<crate::cgroup::Limit>,
 }
 
 pub struct Replicas {
@@ -138,6 +146,7 @@ impl Replicas {
             usage: Usage::default(),
             metrics: Vec::new(),
             killed: false,
+            limit: None,
         });
     }
 
@@ -160,6 +169,7 @@ impl Replicas {
                 &l.watch_namespace,
             ])
             .args(["--shards", &l.shards.to_string(), "--replica-id", &id])
+            .args(["--lease-duration-ms", &LEASE_MS.to_string()])
             .args([
                 "--write-qps",
                 &l.write_qps.to_string(),
@@ -175,13 +185,25 @@ impl Replicas {
         for c in &l.contexts {
             cmd.args(["--context", c]);
         }
-        let child = cmd
+        let mut child = cmd
             .env("RUST_LOG", &l.log_level)
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log)
             .spawn()
             .with_context(|| format!("starting {}", l.binary.display()))?;
+        // Limited from its first milliseconds: it has read no config and opened no watch yet.
+        let limit = match &l.cpu {
+            Some((h, share)) => match crate::cgroup::Limit::apply(h, &id, child.id(), *share) {
+                Ok(limit) => Some(limit),
+                Err(e) => {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    return Err(e.into());
+                }
+            },
+            None => None,
+        };
         self.all.push(Incarnation {
             id,
             slot,
@@ -193,6 +215,7 @@ impl Replicas {
             usage: Usage::default(),
             metrics: Vec::new(),
             killed: false,
+            limit,
         });
         Ok(self.all.len() - 1)
     }
@@ -352,6 +375,17 @@ impl Replicas {
             }
         }
         Ok(())
+    }
+
+    /// Each live replica's `kubedirector_cached_objects`, summed over clusters and kinds.
+    pub async fn cached_objects(&self) -> anyhow::Result<Vec<(String, f64)>> {
+        let mut out = Vec::new();
+        for i in self.live.clone() {
+            let text = self.get(i, "/metrics").await?;
+            let n = stats::sum(&stats::parse(&text), "kubedirector_cached_objects", |_| true);
+            out.push((self.all[i].id.clone(), n));
+        }
+        Ok(out)
     }
 
     pub fn records(&self) -> Vec<PathBuf> {

@@ -30,6 +30,35 @@ pub struct Report {
     pub overlap_examples: Vec<String>,
     pub lost: Lost,
     pub phases: BTreeMap<String, f64>,
+    /// Who wrote the floor's objects: the operator's ServiceAccount (APF treats both sides alike)
+    /// or the bed's admin (exempt from APF).
+    pub floor_credentials: String,
+    /// API Priority and Fairness queue wait by priority level, per phase (create, floor).
+    pub apf_wait: BTreeMap<String, BTreeMap<String, ApfWait>>,
+}
+
+/// `apiserver_flowcontrol_request_wait_duration_seconds` of one priority level in a window.
+#[derive(Clone, Debug, Serialize, PartialEq)]
+pub struct ApfWait {
+    pub requests: f64,
+    pub p50_seconds: f64,
+    pub p99_seconds: f64,
+}
+
+/// Markdown lines of APF waits.
+pub fn apf_lines(phase: &str, levels: &BTreeMap<String, ApfWait>) -> String {
+    let parts: Vec<String> = levels
+        .iter()
+        .map(|(l, a)| format!("{l} ×{:.0} p99 {:.3} s", a.requests, a.p99_seconds))
+        .collect();
+    format!(
+        "- {phase}: {}\n",
+        if parts.is_empty() {
+            "no requests".to_string()
+        } else {
+            parts.join("; ")
+        }
+    )
 }
 
 #[derive(Debug, Serialize)]
@@ -79,6 +108,9 @@ pub struct Writes {
     pub by_request: BTreeMap<String, u64>,
     /// The operators' own counter (all incarnations), for comparison.
     pub operator_counted: f64,
+    /// The floor's writes (audited when it writes as the operator), and per member.
+    pub floor_phase: Option<u64>,
+    pub floor_per_member: Option<f64>,
 }
 
 #[derive(Debug, Serialize)]
@@ -100,7 +132,13 @@ impl ReplicaFigures {
 #[derive(Debug, Serialize)]
 pub struct Failover {
     pub kills: Vec<Kill>,
+    /// Every kill's shards: SIGKILL → first reconcile of the shard by another replica.
     pub seconds: Summary,
+    /// Only kills while the create phase was in flight (CRs arriving or being configured).
+    pub under_load: Option<Summary>,
+    /// Only kills after every CR was configured.
+    pub idle: Option<Summary>,
+    pub lease_seconds: f64,
 }
 
 #[derive(Debug, Serialize, Default)]
@@ -148,6 +186,11 @@ impl Report {
         }
         md.push_str(&row("floor (no operator)", &self.latency.floor));
         md.push_str(&format!(
+            "\nArrival: {}; each clock starts at its scheduled arrival, the floor replays the same times and writes as {}.\n",
+            w.arrival.describe(),
+            self.floor_credentials
+        ));
+        md.push_str(&format!(
             "\nOverhead ratio (operator / floor): p50 {:.2}, p99 {:.2}\n\n",
             self.overhead_ratio.p50, self.overhead_ratio.p99
         ));
@@ -166,7 +209,14 @@ impl Report {
             x.operator_counted,
             self.queue_wait_p99_seconds
         ));
-        md.push_str("## Replicas\n\n| slot | incarnations | CPU s | peak RSS MiB |\n|---|---|---|---|\n");
+        if let (Some(n), Some(per)) = (x.floor_phase, x.floor_per_member) {
+            md.push_str(&format!("- floor: {n} writes, {per:.2} per member\n\n"));
+        }
+        md.push_str("## API Priority and Fairness (queue wait by priority level)\n\n");
+        for (phase, levels) in &self.apf_wait {
+            md.push_str(&apf_lines(phase, levels));
+        }
+        md.push_str("\n## Replicas\n\n| slot | incarnations | CPU s | peak RSS MiB |\n|---|---|---|---|\n");
         for r in &self.replicas {
             md.push_str(&format!(
                 "| {} | {} | {:.1} | {:.1} |\n",
@@ -177,14 +227,26 @@ impl Report {
             ));
         }
         match &self.failover {
-            Some(f) => md.push_str(&format!(
-                "\n## Failover\n\n{} kills, {} shard failovers: p50 {:.2} s, p99 {:.2} s, max {:.2} s\n",
-                f.kills.len(),
-                f.seconds.count,
-                f.seconds.p50,
-                f.seconds.p99,
-                f.seconds.max
-            )),
+            Some(f) => {
+                md.push_str(&format!(
+                    "\n## Failover (lease {:.0} s)\n\n{} kills, {} shard failovers: p50 {:.2} s, p99 {:.2} s, max {:.2} s\n",
+                    f.lease_seconds,
+                    f.kills.len(),
+                    f.seconds.count,
+                    f.seconds.p50,
+                    f.seconds.p99,
+                    f.seconds.max
+                ));
+                for (name, s) in [("under load (create phase)", &f.under_load), ("idle", &f.idle)] {
+                    match s {
+                        Some(s) => md.push_str(&format!(
+                            "- {name}: {} shards, p50 {:.2} s, p99 {:.2} s, max {:.2} s\n",
+                            s.count, s.p50, s.p99, s.max
+                        )),
+                        None => md.push_str(&format!("- {name}: no kill\n")),
+                    }
+                }
+            }
             None => md.push_str("\n## Failover\n\nchaos off: no kills\n"),
         }
         md.push_str(&format!(

@@ -42,7 +42,32 @@ fn now_us() -> u64 {
     record::micros(SystemTime::now())
 }
 
-pub async fn run(o: Options) -> anyhow::Result<Report> {
+/// A run's report: the standard one, or one of the other modes'.
+#[derive(serde::Serialize)]
+#[serde(untagged)]
+pub enum Outcome {
+    Standard(Box<Report>),
+    Modes(Box<crate::modes::ModeReport>),
+}
+
+impl Outcome {
+    pub fn markdown(&self) -> String {
+        match self {
+            Outcome::Standard(r) => r.markdown(),
+            Outcome::Modes(r) => r.markdown(),
+        }
+    }
+
+    /// (overlaps, lost)
+    pub fn failures(&self) -> (usize, usize) {
+        match self {
+            Outcome::Standard(r) => (r.overlaps, r.lost.total),
+            Outcome::Modes(r) => (r.overlaps, r.lost.len()),
+        }
+    }
+}
+
+pub async fn run(o: Options) -> anyhow::Result<Outcome> {
     std::fs::create_dir_all(&o.run_dir)?;
     let policy_path = o.run_dir.join("audit-policy.yaml");
     std::fs::write(&policy_path, audit::policy())?;
@@ -68,7 +93,13 @@ pub async fn run(o: Options) -> anyhow::Result<Report> {
         }
     };
     eprintln!("[loadtest] member clusters: {}", bed.contexts.join(", "));
-    let result = measure(&o, &bed).await;
+    let result = match prepare_bench(&o, &bed).await {
+        Ok(b) if o.workload.mode == crate::workload::Mode::Standard => {
+            measure(&b).await.map(|r| Outcome::Standard(Box::new(r)))
+        }
+        Ok(b) => crate::modes::run(&b).await.map(|r| Outcome::Modes(Box::new(r))),
+        Err(e) => Err(e),
+    };
     if let Err(e) = bed.teardown() {
         eprintln!("[loadtest] teardown: {e:#}");
     }
@@ -82,6 +113,64 @@ fn default_kubeconfig() -> Option<PathBuf> {
 }
 
 type Histograms = BTreeMap<String, BTreeMap<Bound, f64>>;
+
+/// How long before the first arrival a phase's schedule starts (the harness's own set-up is off
+/// every clock).
+pub const LEAD: Duration = Duration::from_millis(500);
+
+/// Each API server's APF queue-wait histograms, by priority level.
+pub async fn apf_histograms(clients: &[Client]) -> anyhow::Result<Vec<Histograms>> {
+    const NAME: &str = "apiserver_flowcontrol_request_wait_duration_seconds";
+    let mut out = Vec::new();
+    for c in clients {
+        let req = http::Request::get("/metrics").body(Vec::new())?;
+        let samples = stats::parse(&c.request_text(req).await.context("API server /metrics")?);
+        let levels: BTreeSet<String> = samples
+            .iter()
+            .filter(|s| s.name == format!("{NAME}_bucket"))
+            .filter_map(|s| s.labels.get("priority_level").cloned())
+            .collect();
+        out.push(
+            levels
+                .into_iter()
+                .map(|l| {
+                    let b = stats::buckets(&samples, NAME, |x| x.get("priority_level") == Some(&l));
+                    (l, b)
+                })
+                .collect(),
+        );
+    }
+    Ok(out)
+}
+
+/// APF queue wait within a window (after − before), merged over the clusters, by priority level.
+pub fn apf_window(after: &[Histograms], before: &[Histograms]) -> BTreeMap<String, report::ApfWait> {
+    let empty = BTreeMap::new();
+    let mut merged: Histograms = BTreeMap::new();
+    for (i, a) in after.iter().enumerate() {
+        for (level, h) in a {
+            let prev = before.get(i).and_then(|b| b.get(level)).unwrap_or(&empty);
+            stats::add(merged.entry(level.clone()).or_default(), &stats::delta(h, prev));
+        }
+    }
+    merged
+        .into_iter()
+        .filter_map(|(level, h)| {
+            let requests = h.get(&Bound(f64::INFINITY)).copied().unwrap_or(0.0);
+            (requests > 0.0).then(|| {
+                let q = |p| stats::quantile(p, &h).unwrap_or(0.0);
+                (
+                    level,
+                    report::ApfWait {
+                        requests,
+                        p50_seconds: q(0.5),
+                        p99_seconds: q(0.99),
+                    },
+                )
+            })
+        })
+        .collect()
+}
 
 fn mutating(l: &BTreeMap<String, String>) -> bool {
     matches!(
@@ -264,10 +353,25 @@ pub fn kind_deploy(o: &Options, launch: &Launch) -> provider::kind::Deploy {
     }
 }
 
-async fn measure(o: &Options, bed: &Bed) -> anyhow::Result<Report> {
+/// What every mode starts from: the bed's clients (admin), the clients the floor writes with, the
+/// namespaces, and how replicas are launched.
+pub struct Bench<'a> {
+    pub o: &'a Options,
+    pub bed: &'a Bed,
+    pub clients: Vec<Client>,
+    /// The floor's writers: the operator's ServiceAccount where the bed has its tokens (and
+    /// `floorAsOperator`), else the admin clients.
+    pub writers: Vec<Client>,
+    pub floor_credentials: &'static str,
+    pub ns: String,
+    pub floor_ns: String,
+    pub system: String,
+    pub placement: Placement,
+    pub launch: Launch,
+}
+
+pub async fn prepare_bench<'a>(o: &'a Options, bed: &'a Bed) -> anyhow::Result<Bench<'a>> {
     let w = &o.workload;
-    let started = Instant::now();
-    let mut phase_secs = BTreeMap::new();
     let placement = if o.provider == Provider::Kind {
         Placement::KwokNodesOnly
     } else {
@@ -299,9 +403,15 @@ async fn measure(o: &Options, bed: &Bed) -> anyhow::Result<Report> {
     } else {
         bed.kubeconfig.clone()
     };
-    let api_before = apiserver_histograms(&clients).await?;
-
-    // Replicas and watches.
+    let (writers, floor_credentials) = if audited && w.floor_as_operator {
+        let mut v = Vec::new();
+        for c in &bed.contexts {
+            v.push(prepare::client(&operator_kubeconfig, c).await?);
+        }
+        (v, "the operator's ServiceAccount")
+    } else {
+        (clients.clone(), "the bed's admin")
+    };
     let launch = Launch {
         binary: o.operator_bin.clone(),
         kubeconfig: operator_kubeconfig,
@@ -313,7 +423,32 @@ async fn measure(o: &Options, bed: &Bed) -> anyhow::Result<Report> {
         write_burst: w.write_burst,
         dir: o.run_dir.join("replicas"),
         log_level: o.log_level.clone(),
+        cpu: None,
     };
+    Ok(Bench {
+        o,
+        bed,
+        clients,
+        writers,
+        floor_credentials,
+        ns,
+        floor_ns,
+        system,
+        placement,
+        launch,
+    })
+}
+
+async fn measure(b: &Bench<'_>) -> anyhow::Result<Report> {
+    let (o, bed, clients) = (b.o, b.bed, &b.clients);
+    let (ns, floor_ns, system, placement) = (&b.ns, &b.floor_ns, &b.system, b.placement);
+    let launch = b.launch.clone();
+    let w = &o.workload;
+    let started = Instant::now();
+    let mut phase_secs = BTreeMap::new();
+    let api_before = apiserver_histograms(clients).await?;
+
+    // Replicas and watches.
     let mut reps = match o.provider {
         Provider::Kind => deploy_to_kind(o, bed, &launch, &clients[0]).await?,
         _ => Replicas::start(launch, w.replicas)?,
@@ -324,7 +459,7 @@ async fn measure(o: &Options, bed: &Bed) -> anyhow::Result<Report> {
     let watches: Vec<_> = clients
         .iter()
         .enumerate()
-        .map(|(i, c)| track::watch_clusters(c.clone(), &ns, i, tracker.clone()))
+        .map(|(i, c)| track::watch_clusters(c.clone(), ns, i, tracker.clone()))
         .collect();
     let stop_chaos = Arc::new(tokio::sync::Notify::new());
     let chaos_task = (w.chaos.every_seconds > 0).then(|| {
@@ -341,11 +476,14 @@ async fn measure(o: &Options, bed: &Bed) -> anyhow::Result<Report> {
     let mut lost = report::Lost::default();
 
     // Create.
-    let (t0, create_from) = (Instant::now(), now_us());
+    // Every clock starts at its scheduled arrival; the floor replays the same schedule later.
+    let apf_create_before = apf_histograms(clients).await?;
+    let (t0, create_from) = (Instant::now() + LEAD, now_us() + LEAD.as_micros() as u64);
+    let schedules: Vec<phases::Arrivals> = (0..clients.len()).map(|c| phases::Arrivals::of(w, c, t0)).collect();
     let creates = clients
         .iter()
-        .enumerate()
-        .map(|(c, client)| phases::create_crs(client, &ns, c, w, placement, &tracker));
+        .zip(&schedules)
+        .map(|(client, a)| phases::create_crs(client, ns, a, w, placement, &tracker));
     for refused in futures::future::join_all(creates).await {
         lost.not_configured.extend(refused);
     }
@@ -359,12 +497,13 @@ async fn measure(o: &Options, bed: &Bed) -> anyhow::Result<Report> {
     let create_done = tracker.take_done();
     phase_secs.insert("create".to_string(), t0.elapsed().as_secs_f64());
     let create_to = now_us();
+    let apf_create = apf_window(&apf_histograms(clients).await?, &apf_create_before);
 
     // Churn.
     let t1 = Instant::now();
     let churn_members = phases::churn_plan(w).len() as u32 * w.churn.delta;
     lost.not_configured
-        .extend(phases::churn(&clients, &ns, w, &tracker).await);
+        .extend(phases::churn(clients, ns, w, &tracker).await);
     phases::wait(&tracker, "change → configured", w.churned() as usize, timeout).await;
     lost.not_configured.extend(
         tracker
@@ -380,7 +519,7 @@ async fn measure(o: &Options, bed: &Bed) -> anyhow::Result<Report> {
     let t_soak = Instant::now();
     tokio::time::sleep(Duration::from_secs(w.soak_seconds)).await;
     for (c, client) in clients.iter().enumerate() {
-        let crs = Api::<kubedirector::api::KubeDirectorCluster>::namespaced(client.clone(), &ns)
+        let crs = Api::<kubedirector::api::KubeDirectorCluster>::namespaced(client.clone(), ns)
             .list(&ListParams::default())
             .await?;
         for cr in crs.items {
@@ -405,7 +544,7 @@ async fn measure(o: &Options, bed: &Bed) -> anyhow::Result<Report> {
         Some(t) => t.await??,
         None => Vec::new(),
     };
-    let with_keys = shards_with_keys(w, &bed.contexts, &ns);
+    let with_keys = shards_with_keys(w, &bed.contexts, ns);
     if let Some(last) = kills.last() {
         let paths = replicas.lock().await.records();
         wait_failed_over(last, &paths, &with_keys, timeout).await?;
@@ -434,17 +573,23 @@ async fn measure(o: &Options, bed: &Bed) -> anyhow::Result<Report> {
     reps.stop(Duration::from_secs(30)).await?;
 
     // Floor: the same objects without an operator.
-    let t3 = Instant::now();
+    let apf_floor_before = apf_histograms(clients).await?;
+    let (t3, floor_from) = (Instant::now() + LEAD, now_us() + LEAD.as_micros() as u64);
     let floor = Arc::new(Tracker::default());
     let floor_watches: Vec<_> = clients
         .iter()
         .enumerate()
-        .map(|(i, c)| track::watch_floor(c.clone(), &floor_ns, i, w.members_per_cr() as usize, floor.clone()))
+        .map(|(i, c)| track::watch_floor(c.clone(), floor_ns, i, w.members_per_cr() as usize, floor.clone()))
         .collect();
-    let creates = clients
+    let floor_schedules: Vec<phases::Arrivals> = schedules
         .iter()
-        .enumerate()
-        .map(|(c, client)| phases::create_floor(client, &floor_ns, c, w, placement, &floor));
+        .map(|a| phases::Arrivals { t0: t3, ..a.clone() })
+        .collect();
+    let creates = b
+        .writers
+        .iter()
+        .zip(&floor_schedules)
+        .map(|(client, a)| phases::create_floor(client, floor_ns, a, w, placement, &floor));
     let mut floor_refused = Vec::new();
     for refused in futures::future::join_all(creates).await {
         floor_refused.extend(refused);
@@ -455,6 +600,8 @@ async fn measure(o: &Options, bed: &Bed) -> anyhow::Result<Report> {
         h.abort();
     }
     phase_secs.insert("floor".to_string(), t3.elapsed().as_secs_f64());
+    let floor_to = now_us();
+    let apf_floor = apf_window(&apf_histograms(clients).await?, &apf_floor_before);
     if !floor_refused.is_empty() || floor.pending() > 0 {
         bail!(
             "the floor did not complete ({} refused, {} groups not ready): the test bed cannot carry this workload; first: {:?}",
@@ -463,7 +610,7 @@ async fn measure(o: &Options, bed: &Bed) -> anyhow::Result<Report> {
             floor_refused.first()
         );
     }
-    let api_after = apiserver_histograms(&clients).await?;
+    let api_after = apiserver_histograms(clients).await?;
 
     // Figures.
     let secs = |d: &[(track::Key, Instant, Instant)]| -> Vec<f64> {
@@ -531,8 +678,14 @@ async fn measure(o: &Options, bed: &Bed) -> anyhow::Result<Report> {
             if all.is_empty() {
                 bail!("the audit logs hold no write of the operator: the API servers did not audit it");
             }
-            // Lease writes coordinate shards whatever the members do: counted apart.
+            // Lease writes coordinate shards whatever the members do: counted apart. The floor's
+            // writes (same identity, when it writes as the operator) are told apart by namespace.
             let (lease_writes, all): (Vec<_>, Vec<_>) = all.into_iter().partition(|w| w.resource == "leases");
+            let (floor_writes, all): (Vec<_>, Vec<_>) = all.into_iter().partition(|w| &w.namespace == floor_ns);
+            let floor_n = audit::window(&floor_writes, floor_from, floor_to).0;
+            if w.floor_as_operator && floor_n == 0 {
+                bail!("the audit logs hold no write of the floor although it wrote as the operator");
+            }
             let (create_n, mut by) = audit::window(&all, create_from, create_to);
             let (churn_n, by_churn) = audit::window(&all, create_to, churn_to);
             let (delete_n, by_delete) = audit::window(&all, delete_from, delete_to);
@@ -551,6 +704,8 @@ async fn measure(o: &Options, bed: &Bed) -> anyhow::Result<Report> {
                 lease_writes: lease_writes.len() as u64,
                 by_request: by,
                 operator_counted,
+                floor_phase: w.floor_as_operator.then_some(floor_n),
+                floor_per_member: w.floor_as_operator.then(|| floor_n as f64 / members),
             }
         }
         None => {
@@ -569,6 +724,8 @@ async fn measure(o: &Options, bed: &Bed) -> anyhow::Result<Report> {
                 lease_writes: 0,
                 by_request: BTreeMap::new(),
                 operator_counted,
+                floor_phase: None,
+                floor_per_member: None,
             }
         }
     };
@@ -595,7 +752,19 @@ async fn measure(o: &Options, bed: &Bed) -> anyhow::Result<Report> {
             .extend(missing.into_iter().map(|m| format!("failover never happened: {m}")));
         let seconds =
             stats::summary(&times).context("failover: no shard of a killed replica was reconciled elsewhere")?;
-        Some(report::Failover { kills, seconds })
+        // Kills while CRs were still arriving or being configured, apart from the idle ones.
+        let (busy, idle): (Vec<Kill>, Vec<Kill>) = kills
+            .iter()
+            .cloned()
+            .partition(|k| k.at >= create_from && k.at < create_to);
+        let of = |k: &[Kill]| stats::summary(&records::failovers(k, &all, &with_keys).0);
+        Some(report::Failover {
+            under_load: of(&busy),
+            idle: of(&idle),
+            lease_seconds: crate::replicas::LEASE_MS as f64 / 1000.0,
+            kills,
+            seconds,
+        })
     };
     lost.total = lost.not_configured.len() + lost.children_left.len();
 
@@ -627,6 +796,8 @@ async fn measure(o: &Options, bed: &Bed) -> anyhow::Result<Report> {
         overlap_examples: bad.into_iter().take(10).collect(),
         lost,
         phases: phase_secs,
+        floor_credentials: b.floor_credentials.to_string(),
+        apf_wait: BTreeMap::from([("create".to_string(), apf_create), ("floor".to_string(), apf_floor)]),
     };
 
     let ready = |d: &[(track::Key, Instant, Instant)], from: Instant, m: u32| -> Vec<(f64, u32)> {

@@ -53,6 +53,18 @@ impl Tracker {
         );
     }
 
+    /// The clock of `key` starts at its scheduled arrival `at` (open loop: also when the harness
+    /// sends the write later than that).
+    pub fn start_at(&self, key: Key, at: Instant) {
+        self.lock().pending.insert(
+            key,
+            Pending {
+                since: at,
+                generation: None,
+            },
+        );
+    }
+
     /// The generation the write produced (for a create, 1).
     pub fn written(&self, key: &Key, generation: i64) {
         let mut g = self.lock();

@@ -3,6 +3,8 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::arrival::{Arrival, Spacing};
+
 #[derive(Debug, thiserror::Error, PartialEq)]
 pub enum WorkloadError {
     #[error("workload field `{field}`: {problem}")]
@@ -44,9 +46,56 @@ pub struct Chaos {
     pub every_seconds: u64,
 }
 
+/// What a run measures (docs/loadtest.md, "Modes").
+#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    /// Create (at `arrival`) → churn → soak (chaos throughout) → delete, then the floor at the same
+    /// arrival times.
+    Standard,
+    /// Every CR at once, and the floor's groups at once: time to all configured against time to all
+    /// pods Ready, without and with the chart's FlowSchema.
+    Burst,
+    /// The arrival rate stepped ×`capacity.factor` until p99 passes `sloSeconds`, floor and operator.
+    Capacity,
+    /// Capacity of the operator with each of `scaleout.replicas`, every replica held to
+    /// `scaleout.replicaCpu` of a core by a cgroup.
+    Scaleout,
+}
+
+/// The `capacity` and `scaleout` steps: each step's CRs arrive at `perSecond` (per cluster) for
+/// `stepSeconds`; the next step multiplies the rate by `factor`.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct Capacity {
+    pub start_per_second: f64,
+    pub factor: f64,
+    pub step_seconds: u64,
+    pub max_steps: u32,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct Scaleout {
+    pub replicas: Vec<u32>,
+    /// Share of one core each replica may use (cgroup cfs quota); 0 = unlimited.
+    pub replica_cpu: f64,
+}
+
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct Workload {
+    pub mode: Mode,
+    /// When the CRs (and the floor's groups) arrive.
+    pub arrival: Arrival,
+    /// A latency objective: capacity is the highest rate whose p99 stays within it (default 5 s,
+    /// the Kubernetes pod-startup SLO).
+    pub slo_seconds: f64,
+    pub capacity: Capacity,
+    pub scaleout: Scaleout,
+    /// The floor writes with the operator's ServiceAccount token (where the bed has one), so that
+    /// API Priority and Fairness treats both sides alike; false = as the bed's admin.
+    pub floor_as_operator: bool,
     /// Member clusters (kwok, kind: created by the harness; contexts: the number of contexts given).
     pub clusters: u32,
     /// Members in total, over every CR of every cluster.
@@ -76,6 +125,20 @@ impl Workload {
     /// The `make loadtest` run: 4 clusters, 5,000 members, 3 replicas, 32 shards, a kill every 60 s.
     pub fn standard() -> Workload {
         Workload {
+            mode: Mode::Standard,
+            arrival: Arrival::rate(2.0, Spacing::Poisson),
+            slo_seconds: 5.0,
+            capacity: Capacity {
+                start_per_second: 1.0,
+                factor: 1.5,
+                step_seconds: 60,
+                max_steps: 12,
+            },
+            scaleout: Scaleout {
+                replicas: vec![1, 2, 4],
+                replica_cpu: 0.2,
+            },
+            floor_as_operator: true,
             clusters: 4,
             members: 5000,
             roles: vec![
@@ -119,6 +182,7 @@ impl Workload {
                 seconds: 10,
             },
             chaos: Chaos { every_seconds: 15 },
+            arrival: Arrival::rate(2.0, Spacing::Poisson),
             soak_seconds: 40,
             nodes: 4,
             phase_timeout_seconds: 180,
@@ -238,6 +302,46 @@ impl Workload {
             if v == 0 {
                 return Err(invalid(field, "must be at least 1"));
             }
+        }
+        if let Some(p) = self.arrival.problem() {
+            return Err(invalid("arrival.perSecond", p));
+        }
+        if !(self.slo_seconds.is_finite() && self.slo_seconds > 0.0) {
+            return Err(invalid(
+                "sloSeconds",
+                format!("{} is not a positive number of seconds", self.slo_seconds),
+            ));
+        }
+        let c = &self.capacity;
+        if !(c.start_per_second.is_finite() && c.start_per_second > 0.0) {
+            return Err(invalid(
+                "capacity.startPerSecond",
+                "must be a positive rate (CRs/s per cluster)",
+            ));
+        }
+        if !(c.factor.is_finite() && c.factor > 1.0) {
+            return Err(invalid("capacity.factor", format!("{} must be above 1", c.factor)));
+        }
+        if c.step_seconds == 0 || c.max_steps == 0 {
+            return Err(invalid(
+                "capacity.stepSeconds",
+                "stepSeconds and maxSteps must be at least 1",
+            ));
+        }
+        if self.scaleout.replicas.is_empty() || self.scaleout.replicas.contains(&0) {
+            return Err(invalid(
+                "scaleout.replicas",
+                "needs replica counts of at least 1, e.g. [1, 2, 4]",
+            ));
+        }
+        if self.mode == Mode::Scaleout && self.scaleout.replicas.iter().any(|r| *r > 1) && self.shards == 0 {
+            return Err(invalid("shards", "scale-out needs shards > 0"));
+        }
+        if !(self.scaleout.replica_cpu.is_finite() && self.scaleout.replica_cpu >= 0.0) {
+            return Err(invalid(
+                "scaleout.replicaCpu",
+                "must be 0 (unlimited) or a positive share of a core, e.g. 0.2",
+            ));
         }
         if self.phase_timeout_seconds == 0 {
             return Err(invalid("phaseTimeoutSeconds", "must be at least 1"));

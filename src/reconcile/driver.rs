@@ -139,6 +139,30 @@ fn ours(
     )
 }
 
+/// The sizes of this member's caches, as `kubedirector_cached_objects{context, kind}`.
+fn cached_objects(metrics: &Metrics, ctx: &Ctx, clusters: &Store<DynamicObject>) {
+    let s = &ctx.stores;
+    let sizes = [
+        ("KubeDirectorCluster", clusters.state().len()),
+        ("KubeDirectorApp", s.apps.state().len()),
+        ("KubeDirectorConfig", s.configs.state().len()),
+        ("StatefulSet", s.statefulsets.state().len()),
+        ("Service", s.services.state().len()),
+        ("Pod", s.pods.state().len()),
+        ("PersistentVolumeClaim", s.pvcs.state().len()),
+        ("StorageClass", s.storage_classes.state().len()),
+        ("ConfigMap", s.configmaps.state().len()),
+        ("Secret", s.secrets.state().len()),
+    ];
+    for (kind, n) in sizes {
+        let labels = crate::telemetry::metrics::KindLabels {
+            context: ctx.context.clone(),
+            kind: kind.to_string(),
+        };
+        metrics.cached_objects.get_or_create(&labels).set(n as i64);
+    }
+}
+
 fn all_keys(store: &Store<DynamicObject>) -> Vec<ClusterKey> {
     store
         .state()
@@ -398,9 +422,13 @@ pub async fn run_member(
 
     let depth = {
         let (queue, metrics, labels) = (queue.clone(), metrics.clone(), labels.clone());
+        let (ctx, clusters) = (ctx.clone(), clusters.clone());
         tokio::spawn(async move {
-            loop {
+            for tick in 0u64.. {
                 metrics.queue_depth.get_or_create(&labels).set(queue.depth() as i64);
+                if tick % 5 == 0 {
+                    cached_objects(&metrics, &ctx, &clusters);
+                }
                 tokio::time::sleep(Duration::from_secs(1)).await;
             }
         })

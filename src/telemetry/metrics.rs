@@ -32,6 +32,12 @@ pub struct WriteLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct KindLabels {
+    pub context: String,
+    pub kind: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ErrorLabels {
     pub context: String,
     pub code: String,
@@ -53,6 +59,9 @@ pub struct Metrics {
     pub events_skipped: Family<ClusterLabels, Counter>,
     pub api_errors: Family<ErrorLabels, Counter>,
     pub cluster_healthy: Family<ClusterLabels, Gauge>,
+    /// Objects in this replica's caches, by member cluster and kind (the loadtest's scale-out
+    /// figure: what each replica holds).
+    pub cached_objects: Family<KindLabels, Gauge>,
     pub shards_held: Gauge,
     pub shard_acquisitions: Counter,
     pub shard_releases: Counter,
@@ -83,6 +92,7 @@ impl Metrics {
             events_skipped: Family::default(),
             api_errors: Family::default(),
             cluster_healthy: Family::default(),
+            cached_objects: Family::default(),
             shards_held: Gauge::default(),
             shard_acquisitions: Counter::default(),
             shard_releases: Counter::default(),
@@ -132,6 +142,11 @@ impl Metrics {
             "cluster_healthy",
             "1 while the member cluster's watches are healthy",
             m.cluster_healthy.clone(),
+        );
+        registry.register(
+            "cached_objects",
+            "Objects held in this replica's caches, by member cluster and kind",
+            m.cached_objects.clone(),
         );
         registry.register("shards_held", "Shards this replica holds", m.shards_held.clone());
         registry.register(

@@ -1,0 +1,734 @@
+//! The modes besides `standard`: burst, capacity and scale-out (docs/loadtest.md, "Modes"). Each is a
+//! sequence of passes: one side (the operator, or the floor without it) receiving one schedule of
+//! CRs, every clock started at its scheduled arrival, then cleaned away before the next pass.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, bail};
+use kube::Client;
+use kube::api::{DynamicObject, Patch, PatchParams};
+use serde::Serialize;
+
+use kubedirector::shard::record;
+
+use crate::arrival::{Arrival, Kind};
+use crate::phases::{self, Arrivals};
+use crate::replicas::{LEASE_MS, Replicas};
+use crate::report::{ApfWait, apf_lines};
+use crate::run::{Bench, LEAD, apf_histograms, apf_window};
+use crate::stats::{self, Summary};
+use crate::track::{self, Tracker};
+use crate::workload::{Mode, Workload};
+use crate::{audit, objects, plot};
+
+#[derive(Clone, Copy, Debug, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Side {
+    Operator,
+    Floor,
+}
+
+/// One side, one schedule.
+#[derive(Debug, Serialize)]
+pub struct Pass {
+    pub label: String,
+    pub side: Side,
+    pub arrival: String,
+    pub crs: usize,
+    /// Scheduled arrival → configured (operator) or → every pod Ready (floor).
+    pub latency: Option<Summary>,
+    /// First arrival → the last CR done: the time to all configured / all pods Ready.
+    pub all_done_seconds: Option<f64>,
+    /// CRs not done within the phase timeout, or refused.
+    pub not_done: Vec<String>,
+    /// Audited writes of the side within the pass (operator: in the CRs' namespace; floor: in its).
+    pub writes: Option<u64>,
+    pub writes_per_cr: Option<f64>,
+    pub apf_wait: BTreeMap<String, ApfWait>,
+    /// Objects each replica caches once every CR is done (operator passes).
+    pub cached_objects: BTreeMap<String, f64>,
+    /// The arrival rate (rate passes).
+    pub per_second: Option<f64>,
+    #[serde(skip)]
+    window: (u64, u64),
+    #[serde(skip)]
+    latencies: Vec<f64>,
+}
+
+/// How a step of the capacity search went.
+#[derive(Debug, Serialize)]
+pub struct Step {
+    /// CRs/s per member cluster.
+    pub per_second: f64,
+    pub crs: usize,
+    pub p50: Option<f64>,
+    pub p99: Option<f64>,
+    pub passed: bool,
+}
+
+#[derive(Debug, Serialize)]
+pub struct CapacityOf {
+    /// The highest passing rate, CRs/s per member cluster, and in members/s over every cluster.
+    pub per_second: f64,
+    pub members_per_second: f64,
+    pub steps: Vec<Step>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct BurstPair {
+    pub flow_schema: bool,
+    pub floor_all_ready_seconds: f64,
+    pub operator_all_configured_seconds: f64,
+    /// operator / floor, time to all done.
+    pub ratio: f64,
+    pub floor_writes_per_cr: Option<f64>,
+    pub operator_writes_per_cr: Option<f64>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct ReplicaUse {
+    pub id: String,
+    pub cpu_seconds: f64,
+    pub peak_rss_bytes: u64,
+    /// Most objects its caches held at the end of a step.
+    pub cached_objects: f64,
+    /// CFS periods in which it was held back by its quota.
+    pub throttled_periods: Option<u64>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct ScaleRun {
+    pub replicas: u32,
+    pub capacity: CapacityOf,
+    /// capacity(R) / capacity(first R measured).
+    pub ratio_to_first: f64,
+    pub per_replica: Vec<ReplicaUse>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct ModeReport {
+    pub run: String,
+    pub command: String,
+    pub mode: Mode,
+    pub contexts: Vec<String>,
+    pub workload: Workload,
+    pub floor_credentials: String,
+    pub lease_seconds: f64,
+    pub duration_seconds: f64,
+    pub passes: Vec<Pass>,
+    pub burst: Vec<BurstPair>,
+    pub capacity: Option<(CapacityOf, CapacityOf, f64)>,
+    pub scaleout: Vec<ScaleRun>,
+    pub overlaps: usize,
+    pub overlap_examples: Vec<String>,
+    pub lost: Vec<String>,
+}
+
+fn now_us() -> u64 {
+    record::micros(std::time::SystemTime::now())
+}
+
+/// The CRs of one pass: `per_cluster` on each cluster, named from `base` on (unique within a run).
+fn schedules(arrival: &Arrival, clusters: usize, per_cluster: usize, base: u32, t0: Instant) -> Vec<Arrivals> {
+    (0..clusters)
+        .map(|c| Arrivals {
+            cluster: c,
+            items: (0..per_cluster)
+                .map(|i| objects::cr_name(base + (i * clusters + c) as u32))
+                .zip(arrival.offsets(per_cluster, c))
+                .collect(),
+            t0,
+        })
+        .collect()
+}
+
+/// One pass: arrivals sent, waited for, measured, cleaned away. `replicas` (operator passes) are
+/// asked for their cache sizes once every CR is done.
+async fn pass(
+    b: &Bench<'_>,
+    side: Side,
+    label: &str,
+    arrival: &Arrival,
+    per_cluster: usize,
+    base: u32,
+    replicas: Option<&Replicas>,
+) -> anyhow::Result<Pass> {
+    let w = &b.o.workload;
+    let n = b.clients.len();
+    let tracker = Arc::new(Tracker::default());
+    let ns = match side {
+        Side::Operator => &b.ns,
+        Side::Floor => &b.floor_ns,
+    };
+    let watches: Vec<_> = b
+        .clients
+        .iter()
+        .enumerate()
+        .map(|(i, c)| match side {
+            Side::Operator => track::watch_clusters(c.clone(), ns, i, tracker.clone()),
+            Side::Floor => track::watch_floor(c.clone(), ns, i, w.members_per_cr() as usize, tracker.clone()),
+        })
+        .collect();
+    let apf_before = apf_histograms(&b.clients).await?;
+    let (t0, from) = (Instant::now() + LEAD, now_us() + LEAD.as_micros() as u64);
+    let plan = schedules(arrival, n, per_cluster, base, t0);
+    let sends = plan.iter().map(|a| {
+        let (admin, writer, tracker) = (&b.clients[a.cluster], &b.writers[a.cluster], &tracker);
+        async move {
+            match side {
+                Side::Operator => phases::create_crs(admin, ns, a, w, b.placement, tracker).await,
+                Side::Floor => phases::create_floor(writer, ns, a, w, b.placement, tracker).await,
+            }
+        }
+    });
+    let mut not_done: Vec<String> = futures::future::join_all(sends).await.into_iter().flatten().collect();
+    let total = n * per_cluster;
+    phases::wait(&tracker, label, total, Duration::from_secs(w.phase_timeout_seconds)).await;
+    let to = now_us();
+    let apf_wait = apf_window(&apf_histograms(&b.clients).await?, &apf_before);
+    for h in watches {
+        h.abort();
+    }
+    not_done.extend(
+        tracker
+            .pending_keys()
+            .into_iter()
+            .map(|(c, name)| format!("{label}: {}/{name} not done", b.bed.contexts[c])),
+    );
+    let done = tracker.take_done();
+    let latencies: Vec<f64> = done.iter().map(|(_, s, f)| (*f - *s).as_secs_f64()).collect();
+    let all_done_seconds = done.iter().map(|(_, _, f)| (*f - t0).as_secs_f64()).reduce(f64::max);
+    let mut cached_objects = BTreeMap::new();
+    if let Some(r) = replicas {
+        // The gauges are refreshed every 5 s.
+        tokio::time::sleep(Duration::from_millis(5500)).await;
+        cached_objects.extend(r.cached_objects().await?);
+    }
+    not_done.extend(clean(b, side).await?);
+    Ok(Pass {
+        label: label.to_string(),
+        side,
+        arrival: arrival.describe(),
+        crs: total,
+        latency: stats::summary(&latencies),
+        all_done_seconds,
+        not_done,
+        writes: None,
+        writes_per_cr: None,
+        apf_wait,
+        cached_objects,
+        per_second: (arrival.kind == Kind::Rate).then_some(arrival.per_second),
+        window: (from, to),
+        latencies,
+    })
+}
+
+/// Deletes what a pass made on every cluster at once; returns what is left after the timeout.
+async fn clean(b: &Bench<'_>, side: Side) -> anyhow::Result<Vec<String>> {
+    let limit = Duration::from_secs(b.o.workload.phase_timeout_seconds);
+    let each = b
+        .bed
+        .contexts
+        .iter()
+        .zip(&b.clients)
+        .map(|(context, client)| async move {
+            let left = match side {
+                Side::Operator => {
+                    let fresh = || crate::prepare::client(&b.bed.kubeconfig, context);
+                    phases::delete_all(fresh, &b.ns, limit).await?
+                }
+                Side::Floor => phases::delete_floor(client, &b.floor_ns, limit).await?,
+            };
+            anyhow::Ok(
+                left.into_iter()
+                    .map(|l| format!("{context}: left after the pass: {l}"))
+                    .collect::<Vec<_>>(),
+            )
+        });
+    let mut out = Vec::new();
+    for r in futures::future::join_all(each).await {
+        out.extend(r?);
+    }
+    Ok(out)
+}
+
+/// Replicas of the bench's launch, `n` of them, each held to `cpu` of a core if given; ready.
+async fn replicas(b: &Bench<'_>, n: u32, cpu: Option<f64>, dir: &str) -> anyhow::Result<Replicas> {
+    let mut launch = b.launch.clone();
+    launch.dir = b.o.run_dir.join(dir);
+    launch.cpu = match cpu {
+        Some(share) if share > 0.0 => Some((crate::cgroup::detect(std::path::Path::new("/sys/fs/cgroup"))?, share)),
+        _ => None,
+    };
+    let mut r = Replicas::start(launch, n)?;
+    r.wait_ready(Duration::from_secs(180)).await?;
+    Ok(r)
+}
+
+/// The chart's FlowSchema and PriorityLevelConfiguration for the operator's ServiceAccount, rendered
+/// by `helm template` from deploy/helm and applied to every cluster.
+async fn apply_flow_schema(b: &Bench<'_>) -> anyhow::Result<()> {
+    let out = std::process::Command::new(b.o.repo.join("testbed/tools/build.sh"))
+        .arg("helm")
+        .output()?;
+    let bin = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    if !out.status.success() || bin.is_empty() {
+        bail!(
+            "building helm for the FlowSchema failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let rendered = std::process::Command::new(std::path::Path::new(&bin).join("helm"))
+        .args(["template", "kd"])
+        .arg(b.o.repo.join("deploy/helm/kubedirector"))
+        .args(["--namespace", audit::OPERATOR_NAMESPACE])
+        .args(["--set", &format!("serviceAccount.name={}", audit::OPERATOR_SA)])
+        .args(["--show-only", "templates/flowcontrol.yaml"])
+        .output()?;
+    if !rendered.status.success() {
+        bail!("helm template: {}", String::from_utf8_lossy(&rendered.stderr));
+    }
+    let text = String::from_utf8(rendered.stdout)?;
+    let docs: Vec<DynamicObject> = serde_yaml::Deserializer::from_str(&text)
+        .map(serde_yaml::Value::deserialize)
+        .filter_map(|d| d.ok())
+        .filter(|v| !v.is_null())
+        .map(serde_yaml::from_value)
+        .collect::<Result<_, _>>()?;
+    if docs.len() != 2 {
+        bail!("the chart's flowcontrol.yaml rendered {} objects, not 2", docs.len());
+    }
+    for client in &b.clients {
+        for d in &docs {
+            apply_dynamic(client, d).await?;
+        }
+    }
+    eprintln!("[loadtest] applied the chart's FlowSchema and PriorityLevelConfiguration");
+    Ok(())
+}
+
+use serde::Deserialize as _;
+
+async fn apply_dynamic(client: &Client, d: &DynamicObject) -> anyhow::Result<()> {
+    let tm = d.types.as_ref().context("object without apiVersion/kind")?;
+    let gvk = kube::core::GroupVersionKind::try_from(tm)?;
+    let ar = kube::core::ApiResource::from_gvk(&gvk);
+    let api: kube::Api<DynamicObject> = kube::Api::all_with(client.clone(), &ar);
+    let name = d.metadata.name.clone().context("object without name")?;
+    api.patch(&name, &PatchParams::apply("kd-loadtest").force(), &Patch::Apply(d))
+        .await
+        .with_context(|| format!("applying {} {name}", tm.kind))?;
+    Ok(())
+}
+
+/// Steps the rate by `capacity.factor` from `capacity.startPerSecond` until a step's p99 passes the
+/// SLO (or a CR is not done). Names from `*base` on.
+async fn search(
+    b: &Bench<'_>,
+    side: Side,
+    what: &str,
+    replicas: Option<&Replicas>,
+    base: &mut u32,
+    passes: &mut Vec<Pass>,
+) -> anyhow::Result<CapacityOf> {
+    let w = &b.o.workload;
+    let c = &w.capacity;
+    let mut rate = c.start_per_second;
+    let mut steps = Vec::new();
+    let mut best = None;
+    for k in 0..c.max_steps {
+        let arrival = Arrival {
+            kind: Kind::Rate,
+            per_second: rate,
+            spacing: w.arrival.spacing,
+            seed: w.arrival.seed.wrapping_add(u64::from(k)),
+        };
+        let per_cluster = arrival.count_for(c.step_seconds as f64);
+        let label = format!("{what} at {rate:.2}/s");
+        let p = pass(b, side, &label, &arrival, per_cluster, *base, replicas).await?;
+        *base += (per_cluster * b.clients.len()) as u32;
+        let p99 = p.latency.as_ref().map(|s| s.p99);
+        let passed = p.not_done.is_empty() && p99.is_some_and(|v| v <= w.slo_seconds);
+        eprintln!(
+            "[loadtest] {label}: p99 {:?} s → {}",
+            p99,
+            if passed { "within the SLO" } else { "over the SLO" }
+        );
+        steps.push(Step {
+            per_second: rate,
+            crs: p.crs,
+            p50: p.latency.as_ref().map(|s| s.p50),
+            p99,
+            passed,
+        });
+        passes.push(p);
+        if !passed {
+            break;
+        }
+        best = Some(rate);
+        rate *= c.factor;
+    }
+    let Some(best) = best else {
+        bail!(
+            "{what}: the first step ({:.2} CRs/s per cluster) already missed the {} s SLO; lower --start-rate",
+            c.start_per_second,
+            w.slo_seconds
+        );
+    };
+    if steps.iter().all(|s| s.passed) {
+        bail!(
+            "{what}: every one of {} steps passed (up to {best:.2} CRs/s per cluster): capacity not reached; raise --start-rate or capacity.maxSteps",
+            c.max_steps
+        );
+    }
+    Ok(CapacityOf {
+        per_second: best,
+        members_per_second: best * b.clients.len() as f64 * f64::from(w.members_per_cr()),
+        steps,
+    })
+}
+
+/// Runs the mode of the bench's workload.
+pub async fn run(b: &Bench<'_>) -> anyhow::Result<ModeReport> {
+    let w = &b.o.workload;
+    if b.o.provider == crate::provider::Provider::Kind {
+        bail!(
+            "mode {:?} runs the replicas as local processes: use the kwok or contexts provider",
+            w.mode
+        );
+    }
+    let started = Instant::now();
+    let mut passes = Vec::new();
+    let (mut burst, mut capacity, mut scaleout) = (Vec::new(), None, Vec::new());
+    let mut records = Vec::new();
+    let mut base = 0u32;
+    match w.mode {
+        Mode::Standard => bail!("the standard mode is run::measure"),
+        Mode::Burst => {
+            let per_cluster = phases::names_of(w, 0).len();
+            if w.crs() as usize != per_cluster * b.clients.len() {
+                bail!(
+                    "burst: members must split evenly over the clusters ({} CRs, {} clusters)",
+                    w.crs(),
+                    b.clients.len()
+                );
+            }
+            let arrival = Arrival::burst();
+            for fs in [false, true] {
+                if fs {
+                    apply_flow_schema(b).await?;
+                }
+                let tag = if fs { "with FlowSchema" } else { "without FlowSchema" };
+                let floor = pass(
+                    b,
+                    Side::Floor,
+                    &format!("floor burst, {tag}"),
+                    &arrival,
+                    per_cluster,
+                    base,
+                    None,
+                )
+                .await?;
+                let r = replicas(b, w.replicas, None, &format!("replicas-burst-{}", u8::from(fs))).await?;
+                let op = pass(
+                    b,
+                    Side::Operator,
+                    &format!("operator burst, {tag}"),
+                    &arrival,
+                    per_cluster,
+                    base,
+                    Some(&r),
+                )
+                .await;
+                records.extend(stop(r).await?.0);
+                let op = op?;
+                let (Some(f), Some(o)) = (floor.all_done_seconds, op.all_done_seconds) else {
+                    bail!("burst {tag}: a side finished no CR");
+                };
+                burst.push((fs, f, o));
+                passes.push(floor);
+                passes.push(op);
+            }
+        }
+        Mode::Capacity => {
+            apply_flow_schema(b).await?;
+            let floor = search(b, Side::Floor, "floor", None, &mut base, &mut passes).await?;
+            let r = replicas(b, w.replicas, None, "replicas-capacity").await?;
+            let op = search(b, Side::Operator, "operator", Some(&r), &mut base, &mut passes).await;
+            records.extend(stop(r).await?.0);
+            let op = op?;
+            let ratio = op.per_second / floor.per_second;
+            capacity = Some((floor, op, ratio));
+        }
+        Mode::Scaleout => {
+            apply_flow_schema(b).await?;
+            let share = w.scaleout.replica_cpu;
+            for &n in &w.scaleout.replicas {
+                let r = replicas(b, n, Some(share), &format!("replicas-scaleout-{n}")).await?;
+                let what = format!("operator ×{n}");
+                let from = passes.len();
+                let cap = search(b, Side::Operator, &what, Some(&r), &mut base, &mut passes).await;
+                let (recs, mut per_replica) = stop(r).await?;
+                records.extend(recs);
+                let cap = cap?;
+                for u in &mut per_replica {
+                    u.cached_objects = passes[from..]
+                        .iter()
+                        .filter_map(|p| p.cached_objects.get(&u.id))
+                        .copied()
+                        .fold(0.0, f64::max);
+                }
+                let first = scaleout
+                    .first()
+                    .map_or(cap.per_second, |s: &ScaleRun| s.capacity.per_second);
+                scaleout.push(ScaleRun {
+                    replicas: n,
+                    ratio_to_first: cap.per_second / first,
+                    capacity: cap,
+                    per_replica,
+                });
+            }
+        }
+    }
+    count_writes(b, &mut passes)?;
+    let burst = burst
+        .into_iter()
+        .enumerate()
+        .map(|(i, (fs, f, o))| {
+            let of = |side| {
+                passes
+                    .iter()
+                    .filter(|p| p.side == side)
+                    .nth(i)
+                    .and_then(|p| p.writes_per_cr)
+            };
+            BurstPair {
+                flow_schema: fs,
+                floor_all_ready_seconds: f,
+                operator_all_configured_seconds: o,
+                ratio: o / f,
+                floor_writes_per_cr: of(Side::Floor),
+                operator_writes_per_cr: of(Side::Operator),
+            }
+        })
+        .collect();
+    let all = record::reconciles(&record::read(&records)?);
+    if all.is_empty() {
+        bail!("no reconcile records: the replicas did not write any");
+    }
+    let bad = record::overlaps(&all);
+    let lost = passes
+        .iter()
+        .flat_map(|p| p.not_done.clone())
+        .filter(|l| l.contains("left after"))
+        .collect();
+    let report = ModeReport {
+        run: b.o.run.clone(),
+        command: b.o.command.clone(),
+        mode: w.mode,
+        contexts: b.bed.contexts.clone(),
+        workload: w.clone(),
+        floor_credentials: b.floor_credentials.to_string(),
+        lease_seconds: LEASE_MS as f64 / 1000.0,
+        duration_seconds: started.elapsed().as_secs_f64(),
+        passes,
+        burst,
+        capacity,
+        scaleout,
+        overlaps: bad.len(),
+        overlap_examples: bad.into_iter().take(10).collect(),
+        lost,
+    };
+    report.plot(&b.o.run_dir.join("plot.png"))?;
+    Ok(report)
+}
+
+/// Stops the replicas; their records, and what each used.
+async fn stop(mut r: Replicas) -> anyhow::Result<(Vec<std::path::PathBuf>, Vec<ReplicaUse>)> {
+    r.stop(Duration::from_secs(30)).await?;
+    let uses = r
+        .all
+        .iter()
+        .map(|i| ReplicaUse {
+            id: i.id.clone(),
+            cpu_seconds: i.usage.cpu_seconds,
+            peak_rss_bytes: i.usage.peak_rss_bytes,
+            cached_objects: 0.0,
+            throttled_periods: i.limit.as_ref().and_then(|l| l.throttled_periods()),
+        })
+        .collect();
+    Ok((r.records(), uses))
+}
+
+/// Each pass's writes from the audit logs (when the bed audits): the operator's in the CRs'
+/// namespace, the floor's in its own, within the pass's window.
+fn count_writes(b: &Bench<'_>, passes: &mut [Pass]) -> anyhow::Result<()> {
+    let Some(logs) = &b.bed.audit_logs else { return Ok(()) };
+    let mut all = Vec::new();
+    for l in logs {
+        all.extend(audit::read(l).with_context(|| format!("audit log {}", l.display()))?);
+    }
+    for p in passes.iter_mut() {
+        if p.side == Side::Floor && !b.o.workload.floor_as_operator {
+            continue;
+        }
+        let ns = match p.side {
+            Side::Operator => &b.ns,
+            Side::Floor => &b.floor_ns,
+        };
+        let mine: Vec<audit::Write> = all.iter().filter(|w| &w.namespace == ns).cloned().collect();
+        let n = audit::window(&mine, p.window.0, p.window.1).0;
+        if n == 0 {
+            bail!("{}: the audit logs hold no write of this pass", p.label);
+        }
+        p.writes = Some(n);
+        p.writes_per_cr = Some(n as f64 / p.crs as f64);
+    }
+    Ok(())
+}
+
+fn opt(v: Option<f64>) -> String {
+    v.map(|v| format!("{v:.2}")).unwrap_or_else(|| "—".into())
+}
+
+impl ModeReport {
+    pub fn markdown(&self) -> String {
+        let w = &self.workload;
+        let mut md = format!(
+            "# Loadtest {} ({:?} mode)\n\n`{}`\n\n{} clusters ({}), CRs of {} members, shards {}; the floor writes as {}; lease {:.0} s.\n\n",
+            self.run,
+            self.mode,
+            self.command,
+            self.contexts.len(),
+            self.contexts.join(", "),
+            w.members_per_cr(),
+            w.shards,
+            self.floor_credentials,
+            self.lease_seconds
+        );
+        if !self.burst.is_empty() {
+            md.push_str("## Burst: time to all done\n\n| FlowSchema | floor: all pods Ready (s) | operator: all configured (s) | ratio | floor writes/CR | operator writes/CR |\n|---|---|---|---|---|---|\n");
+            for p in &self.burst {
+                md.push_str(&format!(
+                    "| {} | {:.1} | {:.1} | {:.2} | {} | {} |\n",
+                    if p.flow_schema { "yes" } else { "no" },
+                    p.floor_all_ready_seconds,
+                    p.operator_all_configured_seconds,
+                    p.ratio,
+                    opt(p.floor_writes_per_cr),
+                    opt(p.operator_writes_per_cr)
+                ));
+            }
+            md.push('\n');
+        }
+        if let Some((floor, op, ratio)) = &self.capacity {
+            md.push_str(&format!(
+                "## Capacity (p99 ≤ {} s)\n\n- floor: {:.2} CRs/s per cluster ({:.1} members/s)\n- operator: {:.2} CRs/s per cluster ({:.1} members/s)\n- ratio operator/floor: {ratio:.2}\n\n",
+                w.slo_seconds, floor.per_second, floor.members_per_second, op.per_second, op.members_per_second
+            ));
+        }
+        if !self.scaleout.is_empty() {
+            md.push_str(&format!(
+                "## Scale-out ({} of a core per replica, p99 ≤ {} s)\n\n| replicas | capacity CRs/s per cluster | ratio to first | CPU s per replica | peak RSS MiB per replica | cached objects per replica |\n|---|---|---|---|---|---|\n",
+                w.scaleout.replica_cpu, w.slo_seconds
+            ));
+            for s in &self.scaleout {
+                let list =
+                    |f: &dyn Fn(&ReplicaUse) -> String| s.per_replica.iter().map(f).collect::<Vec<_>>().join(", ");
+                md.push_str(&format!(
+                    "| {} | {:.2} | {:.2} | {} | {} | {} |\n",
+                    s.replicas,
+                    s.capacity.per_second,
+                    s.ratio_to_first,
+                    list(&|u| format!("{:.1}", u.cpu_seconds)),
+                    list(&|u| format!("{:.0}", u.peak_rss_bytes as f64 / 1048576.0)),
+                    list(&|u| format!("{:.0}", u.cached_objects)),
+                ));
+            }
+            md.push('\n');
+        }
+        md.push_str("## Passes\n\n| pass | CRs | p50 | p90 | p99 | max | all done (s) | writes/CR | not done |\n|---|---|---|---|---|---|---|---|---|\n");
+        for p in &self.passes {
+            let l = p.latency.as_ref();
+            md.push_str(&format!(
+                "| {} | {} | {} | {} | {} | {} | {} | {} | {} |\n",
+                p.label,
+                p.crs,
+                opt(l.map(|s| s.p50)),
+                opt(l.map(|s| s.p90)),
+                opt(l.map(|s| s.p99)),
+                opt(l.map(|s| s.max)),
+                opt(p.all_done_seconds),
+                opt(p.writes_per_cr),
+                p.not_done.len()
+            ));
+        }
+        md.push_str("\n## API Priority and Fairness (queue wait by priority level)\n\n");
+        for p in &self.passes {
+            md.push_str(&apf_lines(&p.label, &p.apf_wait));
+        }
+        md.push_str(&format!(
+            "\n## Correctness\n\n- overlaps: {}\n- lost: {}\n",
+            self.overlaps,
+            self.lost.len()
+        ));
+        md
+    }
+
+    fn plot(&self, path: &std::path::Path) -> anyhow::Result<()> {
+        let series = |side: Side| -> Vec<(f64, f64, f64)> {
+            self.passes
+                .iter()
+                .filter(|p| p.side == side)
+                .filter_map(|p| {
+                    let l = p.latency.as_ref()?;
+                    Some((p.per_second?, l.p50, l.p99))
+                })
+                .collect()
+        };
+        match self.mode {
+            Mode::Capacity => plot::rates(
+                path,
+                &series(Side::Floor),
+                &series(Side::Operator),
+                self.workload.slo_seconds,
+            ),
+            Mode::Scaleout => plot::scaleout(
+                path,
+                &self
+                    .scaleout
+                    .iter()
+                    .map(|s| (f64::from(s.replicas), s.capacity.per_second))
+                    .collect::<Vec<_>>(),
+            ),
+            _ => plot::cdfs(
+                path,
+                &self
+                    .passes
+                    .iter()
+                    .map(|p| (p.label.clone(), p.latencies.clone()))
+                    .collect::<Vec<_>>(),
+            ),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::arrival::Spacing;
+
+    #[test]
+    fn schedules_name_every_cr_once_and_deal_clusters_round_robin() {
+        let t0 = Instant::now();
+        let s = schedules(&Arrival::rate(2.0, Spacing::Fixed), 2, 3, 10, t0);
+        let names: Vec<&str> = s.iter().flat_map(|a| a.items.iter().map(|(n, _)| n.as_str())).collect();
+        assert_eq!(
+            names,
+            ["lt-00010", "lt-00012", "lt-00014", "lt-00011", "lt-00013", "lt-00015"]
+        );
+        assert_eq!(s[1].items[2].1, Duration::from_secs(1));
+    }
+}
