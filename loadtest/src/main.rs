@@ -110,9 +110,15 @@ struct Cli {
     /// Scale-out: the replica counts measured, e.g. 1,2,4.
     #[arg(long, value_delimiter = ',')]
     scaleout_replicas: Option<Vec<u32>>,
+    /// Creates in flight per cluster (default: the workload's; in burst mode every CR at once).
+    #[arg(long)]
+    create_concurrency: Option<u32>,
     /// The floor writes as the bed's admin instead of the operator's ServiceAccount.
     #[arg(long)]
     floor_as_admin: bool,
+    /// Apply the chart's FlowSchema before the run (burst mode measures without and with it anyway).
+    #[arg(long)]
+    flow_schema: bool,
     /// Print what would be done (kind: every command and file) and stop.
     #[arg(long)]
     dry_run: bool,
@@ -185,6 +191,16 @@ fn workload(cli: &Cli) -> anyhow::Result<Workload> {
     }
     if let Some(v) = &cli.scaleout_replicas {
         w.scaleout.replicas = v.clone();
+    }
+    match cli.create_concurrency {
+        Some(v) => w.create_concurrency = v,
+        // "At once" for both sides: a floor group is 8 requests in a row, so a small window would
+        // hold the floor back in the harness and not the operator.
+        None if w.mode == workload::Mode::Burst => w.create_concurrency = w.crs().div_ceil(w.clusters).max(1),
+        None => {}
+    }
+    if cli.flow_schema {
+        w.flow_schema = true;
     }
     if cli.floor_as_admin {
         w.floor_as_operator = false;

@@ -16,8 +16,9 @@ use kubedirector::shard::record;
 use crate::arrival::{Arrival, Kind};
 use crate::phases::{self, Arrivals};
 use crate::replicas::{LEASE_MS, Replicas};
+use crate::report::SlowCall;
 use crate::report::{ApfWait, apf_lines};
-use crate::run::{Bench, LEAD, apf_histograms, apf_window};
+use crate::run::{Bench, LEAD, apf_histograms, apf_window, apiserver_histograms, mutating_window};
 use crate::stats::{self, Summary};
 use crate::track::{self, Tracker};
 use crate::workload::{Mode, Workload};
@@ -47,6 +48,8 @@ pub struct Pass {
     pub writes: Option<u64>,
     pub writes_per_cr: Option<f64>,
     pub apf_wait: BTreeMap<String, ApfWait>,
+    /// The five kinds of mutating call with the highest p99 in the pass (every cluster's, by call).
+    pub slowest_calls: Vec<SlowCall>,
     /// Objects each replica caches once every CR is done (operator passes).
     pub cached_objects: BTreeMap<String, f64>,
     /// The arrival rate (rate passes).
@@ -172,6 +175,7 @@ async fn pass(
         })
         .collect();
     let apf_before = apf_histograms(&b.clients).await?;
+    let api_before = apiserver_histograms(&b.clients).await?;
     let (t0, from) = (Instant::now() + LEAD, now_us() + LEAD.as_micros() as u64);
     let plan = schedules(arrival, n, per_cluster, base, t0);
     let sends = plan.iter().map(|a| {
@@ -188,6 +192,14 @@ async fn pass(
     phases::wait(&tracker, label, total, Duration::from_secs(w.phase_timeout_seconds)).await;
     let to = now_us();
     let apf_wait = apf_window(&apf_histograms(&b.clients).await?, &apf_before);
+    let api_after = apiserver_histograms(&b.clients).await?;
+    let mut slowest_calls: Vec<SlowCall> = api_after
+        .iter()
+        .zip(&api_before)
+        .flat_map(|(a, b)| mutating_window(a, b).1)
+        .collect();
+    slowest_calls.sort_by(|a, b| b.p99_seconds.total_cmp(&a.p99_seconds));
+    slowest_calls.truncate(5);
     for h in watches {
         h.abort();
     }
@@ -218,6 +230,7 @@ async fn pass(
         writes: None,
         writes_per_cr: None,
         apf_wait,
+        slowest_calls,
         cached_objects,
         per_second: (arrival.kind == Kind::Rate).then_some(arrival.per_second),
         window: (from, to),
@@ -269,7 +282,7 @@ async fn replicas(b: &Bench<'_>, n: u32, cpu: Option<f64>, dir: &str) -> anyhow:
 
 /// The chart's FlowSchema and PriorityLevelConfiguration for the operator's ServiceAccount, rendered
 /// by `helm template` from deploy/helm and applied to every cluster.
-async fn apply_flow_schema(b: &Bench<'_>) -> anyhow::Result<()> {
+pub async fn apply_flow_schema(b: &Bench<'_>) -> anyhow::Result<()> {
     let out = std::process::Command::new(b.o.repo.join("testbed/tools/build.sh"))
         .arg("helm")
         .output()?;
@@ -285,6 +298,7 @@ async fn apply_flow_schema(b: &Bench<'_>) -> anyhow::Result<()> {
         .arg(b.o.repo.join("deploy/helm/kubedirector"))
         .args(["--namespace", audit::OPERATOR_NAMESPACE])
         .args(["--set", &format!("serviceAccount.name={}", audit::OPERATOR_SA)])
+        .args(["--set", "flowControl.enabled=true"])
         .args(["--show-only", "templates/flowcontrol.yaml"])
         .output()?;
     if !rendered.status.success() {
@@ -453,7 +467,9 @@ pub async fn run(b: &Bench<'_>) -> anyhow::Result<ModeReport> {
             }
         }
         Mode::Capacity => {
-            apply_flow_schema(b).await?;
+            if w.flow_schema {
+                apply_flow_schema(b).await?;
+            }
             let floor = search(b, Side::Floor, "floor", None, &mut base, &mut passes).await?;
             let r = replicas(b, w.replicas, None, "replicas-capacity").await?;
             let op = search(b, Side::Operator, "operator", Some(&r), &mut base, &mut passes).await;
@@ -463,7 +479,9 @@ pub async fn run(b: &Bench<'_>) -> anyhow::Result<ModeReport> {
             capacity = Some((floor, op, ratio));
         }
         Mode::Scaleout => {
-            apply_flow_schema(b).await?;
+            if w.flow_schema {
+                apply_flow_schema(b).await?;
+            }
             let share = w.scaleout.replica_cpu;
             for &n in &w.scaleout.replicas {
                 let r = replicas(b, n, Some(share), &format!("replicas-scaleout-{n}")).await?;
@@ -668,6 +686,15 @@ impl ModeReport {
         md.push_str("\n## API Priority and Fairness (queue wait by priority level)\n\n");
         for p in &self.passes {
             md.push_str(&apf_lines(&p.label, &p.apf_wait));
+        }
+        md.push_str("\n## Slowest mutating calls per pass (API server p99)\n\n");
+        for p in &self.passes {
+            let calls: Vec<String> = p
+                .slowest_calls
+                .iter()
+                .map(|c| format!("{} ×{:.0} p99 {:.3} s", c.call, c.count, c.p99_seconds))
+                .collect();
+            md.push_str(&format!("- {}: {}\n", p.label, calls.join("; ")));
         }
         md.push_str(&format!(
             "\n## Correctness\n\n- overlaps: {}\n- lost: {}\n",

@@ -120,27 +120,32 @@ pub const LEAD: Duration = Duration::from_millis(500);
 
 /// Each API server's APF queue-wait histograms, by priority level.
 pub async fn apf_histograms(clients: &[Client]) -> anyhow::Result<Vec<Histograms>> {
-    const NAME: &str = "apiserver_flowcontrol_request_wait_duration_seconds";
     let mut out = Vec::new();
     for c in clients {
         let req = http::Request::get("/metrics").body(Vec::new())?;
-        let samples = stats::parse(&c.request_text(req).await.context("API server /metrics")?);
-        let levels: BTreeSet<String> = samples
-            .iter()
-            .filter(|s| s.name == format!("{NAME}_bucket"))
-            .filter_map(|s| s.labels.get("priority_level").cloned())
-            .collect();
-        out.push(
-            levels
-                .into_iter()
-                .map(|l| {
-                    let b = stats::buckets(&samples, NAME, |x| x.get("priority_level") == Some(&l));
-                    (l, b)
-                })
-                .collect(),
-        );
+        out.push(apf_levels(&stats::parse(
+            &c.request_text(req).await.context("API server /metrics")?,
+        )));
     }
     Ok(out)
+}
+
+/// `apiserver_flowcontrol_request_wait_duration_seconds` of one API server, by priority level
+/// (flow schemas and `execute` merged).
+fn apf_levels(samples: &[stats::Sample]) -> Histograms {
+    const NAME: &str = "apiserver_flowcontrol_request_wait_duration_seconds";
+    let levels: BTreeSet<String> = samples
+        .iter()
+        .filter(|s| s.name == format!("{NAME}_bucket"))
+        .filter_map(|s| s.labels.get("priority_level").cloned())
+        .collect();
+    levels
+        .into_iter()
+        .map(|l| {
+            let b = stats::buckets(samples, NAME, |x| x.get("priority_level") == Some(&l));
+            (l, b)
+        })
+        .collect()
 }
 
 /// APF queue wait within a window (after − before), merged over the clusters, by priority level.
@@ -188,7 +193,7 @@ fn call_of(l: &BTreeMap<String, String>) -> String {
 }
 
 /// Each API server's mutating-call latency histograms, by call.
-async fn apiserver_histograms(clients: &[Client]) -> anyhow::Result<Vec<Histograms>> {
+pub async fn apiserver_histograms(clients: &[Client]) -> anyhow::Result<Vec<Histograms>> {
     let mut out = Vec::new();
     for c in clients {
         let req = http::Request::get("/metrics").body(Vec::new())?;
@@ -214,7 +219,7 @@ async fn apiserver_histograms(clients: &[Client]) -> anyhow::Result<Vec<Histogra
 }
 
 /// The calls of a window (after − before) merged, and the five kinds of call with the highest p99.
-fn mutating_window(after: &Histograms, before: &Histograms) -> (BTreeMap<Bound, f64>, Vec<report::SlowCall>) {
+pub fn mutating_window(after: &Histograms, before: &Histograms) -> (BTreeMap<Bound, f64>, Vec<report::SlowCall>) {
     let empty = BTreeMap::new();
     let mut all = BTreeMap::new();
     let mut slow = Vec::new();
@@ -446,6 +451,9 @@ async fn measure(b: &Bench<'_>) -> anyhow::Result<Report> {
     let w = &o.workload;
     let started = Instant::now();
     let mut phase_secs = BTreeMap::new();
+    if w.flow_schema {
+        crate::modes::apply_flow_schema(b).await?;
+    }
     let api_before = apiserver_histograms(clients).await?;
 
     // Replicas and watches.
@@ -814,4 +822,42 @@ async fn measure(b: &Bench<'_>) -> anyhow::Result<Report> {
         },
     )?;
     Ok(report)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn exposition(low: [f64; 3], exempt: f64) -> String {
+        let n = "apiserver_flowcontrol_request_wait_duration_seconds_bucket";
+        format!(
+            "{n}{{execute=\"true\",flow_schema=\"service-accounts\",priority_level=\"workload-low\",le=\"0.1\"}} {}\n\
+             {n}{{execute=\"true\",flow_schema=\"service-accounts\",priority_level=\"workload-low\",le=\"1\"}} {}\n\
+             {n}{{execute=\"true\",flow_schema=\"service-accounts\",priority_level=\"workload-low\",le=\"+Inf\"}} {}\n\
+             {n}{{execute=\"true\",flow_schema=\"exempt\",priority_level=\"exempt\",le=\"+Inf\"}} {exempt}\n",
+            low[0], low[1], low[2]
+        )
+    }
+
+    #[test]
+    fn apf_waits_are_windowed_and_merged_by_priority_level() {
+        let before = vec![apf_levels(&stats::parse(&exposition([10.0, 10.0, 10.0], 5.0)))];
+        // 100 new requests at workload-low: 50 within 0.1 s, 99 within 1 s.
+        let after = vec![apf_levels(&stats::parse(&exposition([60.0, 109.0, 110.0], 5.0)))];
+        let w = apf_window(&after, &before);
+        assert_eq!(
+            w.keys().collect::<Vec<_>>(),
+            ["workload-low"],
+            "no new exempt requests: left out"
+        );
+        let low = &w["workload-low"];
+        assert_eq!(low.requests, 100.0);
+        assert!(low.p50_seconds <= 0.1 && low.p99_seconds <= 1.0, "{low:?}");
+        // Two clusters add up.
+        let w2 = apf_window(
+            &[after[0].clone(), after[0].clone()],
+            &[before[0].clone(), before[0].clone()],
+        );
+        assert_eq!(w2["workload-low"].requests, 200.0);
+    }
 }

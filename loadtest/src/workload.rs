@@ -96,6 +96,9 @@ pub struct Workload {
     /// The floor writes with the operator's ServiceAccount token (where the bed has one), so that
     /// API Priority and Fairness treats both sides alike; false = as the bed's admin.
     pub floor_as_operator: bool,
+    /// The chart's FlowSchema and PriorityLevelConfiguration applied before the run (standard,
+    /// capacity, scaleout; burst measures without and with it regardless).
+    pub flow_schema: bool,
     /// Member clusters (kwok, kind: created by the harness; contexts: the number of contexts given).
     pub clusters: u32,
     /// Members in total, over every CR of every cluster.
@@ -139,6 +142,7 @@ impl Workload {
                 replica_cpu: 0.2,
             },
             floor_as_operator: true,
+            flow_schema: false,
             clusters: 4,
             members: 5000,
             roles: vec![

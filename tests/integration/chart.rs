@@ -223,6 +223,7 @@ async fn chart_lints_and_the_api_server_accepts_what_it_renders() {
         ("podAntiAffinity=always", "podAntiAffinity"),
         ("shards=0", "shards: 0"),
         ("otlp.endpoint=jaeger:4318", "otlp"),
+        ("flowControl.lendablePercent=101", "lendablePercent"),
         (
             "guest.configcliPackage.configMap=Bad_Name",
             "configcliPackage/configMap",
@@ -247,6 +248,7 @@ async fn chart_lints_and_the_api_server_accepts_what_it_renders() {
         "multiCluster.contexts={kwok-kd-1,kwok-kd-2}",
         "otlp.endpoint=http://jaeger:4318",
         "guest.configcliPackage.configMap=kd-configcli",
+        "flowControl.enabled=true",
     ];
     let chart_path = chart_dir();
     let mut args = vec!["template", "dry", chart.as_str(), "--namespace", &ns, "--include-crds"];
@@ -268,6 +270,8 @@ async fn chart_lints_and_the_api_server_accepts_what_it_renders() {
         "mutatingwebhookconfiguration.admissionregistration.k8s.io/dry-kubedirector",
         "validatingwebhookconfiguration.admissionregistration.k8s.io/dry-kubedirector",
         "customresourcedefinition.apiextensions.k8s.io/kubedirectorclusters.kubedirector.hpe.com",
+        "flowschema.flowcontrol.apiserver.k8s.io/dry-kubedirector",
+        "prioritylevelconfiguration.flowcontrol.apiserver.k8s.io/dry-kubedirector",
     ] {
         assert!(out.contains(object), "{object} missing from the dry run:\n{out}");
     }
