@@ -53,4 +53,30 @@ KUBECONFIG="$TESTBED_KUBECONFIG" kubectl config use-context kwok-kd-1 >/dev/null
 for i in $(seq 1 "$n"); do
   KUBECONFIG="$TESTBED_KUBECONFIG" kubectl --context "kwok-kd-$i" wait --for=condition=Ready node --all --timeout=120s >/dev/null
 done
+# A component that gives up while starting is not restarted by kwokctl's binary runtime. Seen on 4
+# clusters starting at once on 2 cores: kube-controller-manager waits only 20 s for the API server's
+# /healthz (RBAC bootstrap took longer) and exits, leaving StatefulSets without pods. So every
+# component must still run once it is past that wait; a cluster with one gone is restarted.
+gone() {
+  local f pid
+  for f in "$KWOK_WORKDIR/clusters/kd-$1/pids"/*.pid; do
+    pid=$(cat "$f")
+    while [ "$(ps -o etimes= -p "$pid" 2>/dev/null | tr -d ' ')" ] && [ "$(ps -o etimes= -p "$pid" | tr -d ' ')" -lt 25 ]; do sleep 1; done
+    kill -0 "$pid" 2>/dev/null || { basename "$f" .pid; return 0; }
+  done
+  return 1
+}
+for i in $(seq 1 "$n"); do
+  for attempt in 1 2 3; do
+    dead=$(gone "$i") || break
+    echo "[testbed] kd-$i: $dead exited while starting (logs: $KWOK_WORKDIR/clusters/kd-$i/logs); restarting kd-$i ($attempt/3)"
+    kwokctl --name "kd-$i" stop cluster >/dev/null 2>&1 || true
+    kwokctl --name "kd-$i" start cluster >"$TESTBED_DIR/restart-kd-$i.log" 2>&1 || true
+  done
+  if dead=$(gone "$i"); then
+    echo "up.sh: kd-$i: $dead keeps exiting; see $KWOK_WORKDIR/clusters/kd-$i/logs" >&2
+    exit 1
+  fi
+  KUBECONFIG="$TESTBED_KUBECONFIG" kubectl --context "kwok-kd-$i" wait --for=condition=Ready node --all --timeout=120s >/dev/null
+done
 echo "[testbed] $n cluster(s) ready; export KUBECONFIG=$TESTBED_KUBECONFIG (contexts: $(KUBECONFIG="$TESTBED_KUBECONFIG" kubectl config get-contexts -o name | tr '\n' ' '))"
