@@ -46,13 +46,6 @@ failed=0
 for p in "${pids[@]}"; do wait "$p" || failed=1; done
 [ "$failed" = 0 ] || { echo "up.sh: a cluster failed to start; see $TESTBED_DIR/*.log" >&2; exit 1; }
 
-kcs=$(ls "$TESTBED_DIR"/kubeconfigs/kd-* | tr '\n' ':')
-KUBECONFIG="$kcs" kubectl config view --flatten > "$TESTBED_KUBECONFIG.tmp"
-mv "$TESTBED_KUBECONFIG.tmp" "$TESTBED_KUBECONFIG"
-KUBECONFIG="$TESTBED_KUBECONFIG" kubectl config use-context kwok-kd-1 >/dev/null
-for i in $(seq 1 "$n"); do
-  KUBECONFIG="$TESTBED_KUBECONFIG" kubectl --context "kwok-kd-$i" wait --for=condition=Ready node --all --timeout=120s >/dev/null
-done
 # A component that gives up while starting is not restarted by kwokctl's binary runtime. Seen on 4
 # clusters starting at once on 2 cores: kube-controller-manager waits only 20 s for the API server's
 # /healthz (RBAC bootstrap took longer) and exits, leaving StatefulSets without pods. So every
@@ -69,14 +62,24 @@ gone() {
 for i in $(seq 1 "$n"); do
   for attempt in 1 2 3; do
     dead=$(gone "$i") || break
-    echo "[testbed] kd-$i: $dead exited while starting (logs: $KWOK_WORKDIR/clusters/kd-$i/logs); restarting kd-$i ($attempt/3)"
-    kwokctl --name "kd-$i" stop cluster >/dev/null 2>&1 || true
-    kwokctl --name "kd-$i" start cluster >"$TESTBED_DIR/restart-kd-$i.log" 2>&1 || true
+    echo "[testbed] kd-$i: $dead exited while starting; creating kd-$i anew ($attempt/3)"
+    # Anew, not `kwokctl start cluster`: a kwok controller restarted that way watched nodes but no
+    # longer moved pods past Pending.
+    mkdir -p "$TESTBED_DIR/failed-starts"
+    cp -r "$KWOK_WORKDIR/clusters/kd-$i/logs" "$TESTBED_DIR/failed-starts/kd-$i-$attempt" 2>/dev/null || true
+    kwokctl delete cluster --name "kd-$i" --kubeconfig "$TESTBED_DIR/kubeconfigs/kd-$i" >/dev/null 2>&1 || true
+    create "$i" || true
   done
   if dead=$(gone "$i"); then
     echo "up.sh: kd-$i: $dead keeps exiting; see $KWOK_WORKDIR/clusters/kd-$i/logs" >&2
     exit 1
   fi
+done
+kcs=$(ls "$TESTBED_DIR"/kubeconfigs/kd-* | tr '\n' ':')
+KUBECONFIG="$kcs" kubectl config view --flatten > "$TESTBED_KUBECONFIG.tmp"
+mv "$TESTBED_KUBECONFIG.tmp" "$TESTBED_KUBECONFIG"
+KUBECONFIG="$TESTBED_KUBECONFIG" kubectl config use-context kwok-kd-1 >/dev/null
+for i in $(seq 1 "$n"); do
   KUBECONFIG="$TESTBED_KUBECONFIG" kubectl --context "kwok-kd-$i" wait --for=condition=Ready node --all --timeout=120s >/dev/null
 done
 echo "[testbed] $n cluster(s) ready; export KUBECONFIG=$TESTBED_KUBECONFIG (contexts: $(KUBECONFIG="$TESTBED_KUBECONFIG" kubectl config get-contexts -o name | tr '\n' ' '))"

@@ -79,6 +79,30 @@ pub struct CapacityOf {
     pub steps: Vec<Step>,
 }
 
+/// Operator / floor at one arrival rate that both sides ran.
+#[derive(Debug, Serialize, PartialEq)]
+pub struct RateRatio {
+    pub per_second: f64,
+    pub p50: f64,
+    pub p99: f64,
+}
+
+/// The rates both searches ran (they step alike from the same start), with the latency ratios.
+pub fn rate_ratios(floor: &[Step], operator: &[Step]) -> Vec<RateRatio> {
+    floor
+        .iter()
+        .zip(operator)
+        .filter(|(f, o)| (f.per_second - o.per_second).abs() < 1e-9)
+        .filter_map(|(f, o)| {
+            Some(RateRatio {
+                per_second: f.per_second,
+                p50: o.p50? / f.p50?,
+                p99: o.p99? / f.p99?,
+            })
+        })
+        .collect()
+}
+
 #[derive(Debug, Serialize)]
 pub struct BurstPair {
     pub flow_schema: bool,
@@ -122,7 +146,10 @@ pub struct ModeReport {
     pub duration_seconds: f64,
     pub passes: Vec<Pass>,
     pub burst: Vec<BurstPair>,
+    /// (floor, operator, operator/floor capacity ratio)
     pub capacity: Option<(CapacityOf, CapacityOf, f64)>,
+    /// Operator / floor latency at each rate both capacity searches ran.
+    pub rate_ratios: Vec<RateRatio>,
     pub scaleout: Vec<ScaleRun>,
     pub overlaps: usize,
     pub overlap_examples: Vec<String>,
@@ -415,7 +442,7 @@ pub async fn run(b: &Bench<'_>) -> anyhow::Result<ModeReport> {
     }
     let started = Instant::now();
     let mut passes = Vec::new();
-    let (mut burst, mut capacity, mut scaleout) = (Vec::new(), None, Vec::new());
+    let (mut burst, mut capacity, mut scaleout, mut rate_ratios) = (Vec::new(), None, Vec::new(), Vec::new());
     let mut records = Vec::new();
     let mut base = 0u32;
     match w.mode {
@@ -476,6 +503,7 @@ pub async fn run(b: &Bench<'_>) -> anyhow::Result<ModeReport> {
             records.extend(stop(r).await?.0);
             let op = op?;
             let ratio = op.per_second / floor.per_second;
+            rate_ratios = self::rate_ratios(&floor.steps, &op.steps);
             capacity = Some((floor, op, ratio));
         }
         Mode::Scaleout => {
@@ -554,6 +582,7 @@ pub async fn run(b: &Bench<'_>) -> anyhow::Result<ModeReport> {
         passes,
         burst,
         capacity,
+        rate_ratios,
         scaleout,
         overlaps: bad.len(),
         overlap_examples: bad.into_iter().take(10).collect(),
@@ -646,6 +675,25 @@ impl ModeReport {
                 "## Capacity (p99 ≤ {} s)\n\n- floor: {:.2} CRs/s per cluster ({:.1} members/s)\n- operator: {:.2} CRs/s per cluster ({:.1} members/s)\n- ratio operator/floor: {ratio:.2}\n\n",
                 w.slo_seconds, floor.per_second, floor.members_per_second, op.per_second, op.members_per_second
             ));
+            md.push_str("| CRs/s per cluster | floor p50 | floor p99 | operator p50 | operator p99 | ratio p50 | ratio p99 |\n|---|---|---|---|---|---|---|\n");
+            for (i, f) in floor.steps.iter().enumerate() {
+                let o = op.steps.get(i).filter(|o| (o.per_second - f.per_second).abs() < 1e-9);
+                let r = self
+                    .rate_ratios
+                    .iter()
+                    .find(|r| (r.per_second - f.per_second).abs() < 1e-9);
+                md.push_str(&format!(
+                    "| {:.2} | {} | {} | {} | {} | {} | {} |\n",
+                    f.per_second,
+                    opt(f.p50),
+                    opt(f.p99),
+                    opt(o.and_then(|o| o.p50)),
+                    opt(o.and_then(|o| o.p99)),
+                    opt(r.map(|r| r.p50)),
+                    opt(r.map(|r| r.p99)),
+                ));
+            }
+            md.push('\n');
         }
         if !self.scaleout.is_empty() {
             md.push_str(&format!(
@@ -746,6 +794,38 @@ impl ModeReport {
 mod tests {
     use super::*;
     use crate::arrival::Spacing;
+
+    fn step(per_second: f64, p50: f64, p99: f64) -> Step {
+        Step {
+            per_second,
+            crs: 1,
+            p50: Some(p50),
+            p99: Some(p99),
+            passed: true,
+        }
+    }
+
+    #[test]
+    fn rate_ratios_pair_only_the_rates_both_sides_ran() {
+        let floor = [step(1.0, 2.0, 4.0), step(1.5, 2.0, 5.0), step(2.25, 3.0, 9.0)];
+        let op = [step(1.0, 3.0, 4.0), step(1.5, 5.0, 10.0)];
+        let r = rate_ratios(&floor, &op);
+        assert_eq!(
+            r,
+            vec![
+                RateRatio {
+                    per_second: 1.0,
+                    p50: 1.5,
+                    p99: 1.0
+                },
+                RateRatio {
+                    per_second: 1.5,
+                    p50: 2.5,
+                    p99: 2.0
+                }
+            ]
+        );
+    }
 
     #[test]
     fn schedules_name_every_cr_once_and_deal_clusters_round_robin() {
