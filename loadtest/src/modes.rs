@@ -378,6 +378,13 @@ async fn search(
     let c = &w.capacity;
     let mut rate = c.start_per_second;
     let mut steps = Vec::new();
+    if *base == 0 {
+        eprintln!(
+            "[loadtest] warm-up: {} s of quiet before the first step",
+            c.warmup_seconds
+        );
+        tokio::time::sleep(Duration::from_secs(c.warmup_seconds)).await;
+    }
     let mut best = None;
     for k in 0..c.max_steps {
         let arrival = Arrival {
@@ -392,9 +399,13 @@ async fn search(
         *base += (per_cluster * b.clients.len()) as u32;
         let p99 = p.latency.as_ref().map(|s| s.p99);
         let passed = p.not_done.is_empty() && p99.is_some_and(|v| v <= w.slo_seconds);
+        let l = p.latency.as_ref();
         eprintln!(
-            "[loadtest] {label}: p99 {:?} s → {}",
-            p99,
+            "[loadtest] {label}: p50 {} s, p99 {} s, max {} s, {} not done → {}",
+            opt(l.map(|s| s.p50)),
+            opt(p99),
+            opt(l.map(|s| s.max)),
+            p.not_done.len(),
             if passed { "within the SLO" } else { "over the SLO" }
         );
         steps.push(Step {

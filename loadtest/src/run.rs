@@ -93,17 +93,35 @@ pub async fn run(o: Options) -> anyhow::Result<Outcome> {
         }
     };
     eprintln!("[loadtest] member clusters: {}", bed.contexts.join(", "));
-    let result = match prepare_bench(&o, &bed).await {
-        Ok(b) if o.workload.mode == crate::workload::Mode::Standard => {
+    let work = async {
+        let b = prepare_bench(&o, &bed).await?;
+        if o.workload.mode == crate::workload::Mode::Standard {
             measure(&b).await.map(|r| Outcome::Standard(Box::new(r)))
+        } else {
+            crate::modes::run(&b).await.map(|r| Outcome::Modes(Box::new(r)))
         }
-        Ok(b) => crate::modes::run(&b).await.map(|r| Outcome::Modes(Box::new(r))),
-        Err(e) => Err(e),
+    };
+    // Ctrl-C (or SIGTERM) ends the run here, so that the replicas (dropped with the work: killed) and
+    // the bed (torn down below) do not outlive it.
+    let result = tokio::select! {
+        r = work => r,
+        _ = interrupted() => Err(anyhow::anyhow!("interrupted; the bed is torn down")),
     };
     if let Err(e) = bed.teardown() {
         eprintln!("[loadtest] teardown: {e:#}");
     }
     result
+}
+
+async fn interrupted() {
+    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(t) => t,
+        Err(_) => return std::future::pending().await,
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
 }
 
 fn default_kubeconfig() -> Option<PathBuf> {
