@@ -95,6 +95,15 @@ struct RunArgs {
     /// into one write.
     #[arg(long, env = "KD_STATUS_WINDOW_MS", default_value_t = 100)]
     status_window_ms: u64,
+    /// Events published on KubeDirectorClusters: `warnings` (why a cluster cannot proceed) or `all`
+    /// (also every state transition; two more API writes per cluster created).
+    #[arg(long, env = "KD_EVENTS", value_enum, default_value_t = kubedirector::reconcile::context::EventLevel::Warnings)]
+    events: kubedirector::reconcile::context::EventLevel,
+    /// Seconds a new cluster's first status may wait, so that members coming up together cost one
+    /// status write (at `configured`) instead of two. Held only while nothing in it must be recorded
+    /// (no setup command, no auth token); 0 writes it at once, as KubeDirector does.
+    #[arg(long, env = "KD_STATUS_GRACE_SECONDS", default_value_t = 60)]
+    status_grace_seconds: u64,
     /// Address of /metrics, /healthz and /readyz.
     #[arg(long, env = "KD_METRICS_ADDR", default_value = "0.0.0.0:8080")]
     metrics_addr: std::net::SocketAddr,
@@ -236,6 +245,8 @@ async fn run(args: RunArgs, replica: String) -> anyhow::Result<()> {
         write_qps: args.write_qps,
         write_burst: args.write_burst,
         status_window: Duration::from_millis(args.status_window_ms),
+        events: args.events,
+        status_grace: Duration::from_secs(args.status_grace_seconds),
         backoff: Backoff::default(),
         replica: replica.clone(),
         guest: kubedirector::reconcile::guest::Limits {

@@ -12,6 +12,7 @@ use std::sync::Arc;
 use kube::api::DynamicObject;
 use kubedirector::admission::review::{self, Phase, ReviewError};
 use kubedirector::admission::world::Snapshot;
+use kubedirector::model::labels::FINALIZER;
 use kubedirector::model::validate::StorageClasses;
 use proptest::prelude::*;
 use serde_json::{Value, json};
@@ -222,6 +223,33 @@ fn defaults_are_filled_in_by_the_mutating_review() {
     assert_eq!(s["roles"][1]["storage"]["storageClassName"], "kd-local");
     assert_eq!(s["roles"][0]["secret"]["name"], "kd-secret");
     assert_eq!(s["roles"][0]["members"], 1, "given values stay");
+    assert_eq!(
+        stored["metadata"]["finalizers"],
+        json!([FINALIZER]),
+        "the finalizer goes in at creation: the first reconcile need not write it"
+    );
+
+    // Finalizers of others stay; ours is not added twice, nor on update (the reconcile restores a
+    // removed one), nor where this operator does not reconcile.
+    let mut theirs = c.clone();
+    theirs["metadata"]["finalizers"] = json!(["example.com/keep", FINALIZER]);
+    let stored = admit(&w, "CREATE", NS, Some(&theirs), None).expect("accepted");
+    assert_eq!(stored["metadata"]["finalizers"], json!(["example.com/keep", FINALIZER]));
+    let mut without = stored.clone();
+    without["metadata"]
+        .as_object_mut()
+        .expect("metadata")
+        .remove("finalizers");
+    let updated = admit(&w, "UPDATE", NS, Some(&without), Some(&stored)).expect("accepted");
+    assert_eq!(updated["metadata"].get("finalizers"), None);
+    let mut elsewhere = w.clone();
+    elsewhere.watch_namespace = Some("another".to_string());
+    let stored = admit(&elsewhere, "CREATE", NS, Some(&c), None).expect("accepted");
+    assert_eq!(
+        stored["metadata"].get("finalizers"),
+        None,
+        "a finalizer nobody removes would keep the cluster forever"
+    );
 
     let app = admit(&w, "CREATE", SYS, Some(&cases::app()), None).expect("app accepted");
     assert!(app["spec"].get("defaultImageRepoTag").is_none() && app["spec"].get("defaultPersistDirs").is_none());

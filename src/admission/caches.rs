@@ -136,6 +136,9 @@ impl World for Caches {
     fn clusters(&self) -> Vec<Arc<DynamicObject>> {
         self.clusters.state()
     }
+    fn manages(&self, ns: &str) -> bool {
+        self.watch_namespace.as_deref().is_none_or(|w| w == ns)
+    }
     fn managed_clusters(&self) -> Vec<Arc<DynamicObject>> {
         let all = self.clusters.state();
         match &self.watch_namespace {
@@ -220,6 +223,9 @@ impl World for WithLiveClusters<'_> {
     }
     fn clusters(&self) -> Vec<Arc<DynamicObject>> {
         self.clusters.clone()
+    }
+    fn manages(&self, ns: &str) -> bool {
+        self.caches.manages(ns)
     }
     fn managed_clusters(&self) -> Vec<Arc<DynamicObject>> {
         match &self.caches.watch_namespace {

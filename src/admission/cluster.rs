@@ -83,6 +83,25 @@ pub fn seal_secret_keys(obj: &mut Value, old: Option<&KubeDirectorClusterSpec>, 
     errors
 }
 
+/// Adds the operator's finalizer to a cluster being created, so that the first reconcile need not
+/// write it (one API write and one round trip less per cluster). Only for namespaces this operator
+/// reconciles: a finalizer nobody removes would leave the cluster undeletable. The reconcile still
+/// adds it where the webhook did not run (admission off, or the user removed it).
+pub fn add_finalizer(obj: &mut Value) {
+    let Some(meta) = obj.get_mut("metadata").and_then(Value::as_object_mut) else {
+        return;
+    };
+    let finalizers = meta.entry("finalizers").or_insert_with(|| json!([]));
+    match finalizers.as_array_mut() {
+        Some(list) if !list.iter().any(|f| f.as_str() == Some(labels::FINALIZER)) => {
+            list.push(json!(labels::FINALIZER))
+        }
+        Some(_) => {}
+        // Not a list: the API server refuses the object anyway; leave it as the user wrote it.
+        None => {}
+    }
+}
+
 /// Fills in, where the user left them out: `appCatalog` (the catalog that has the app), `serviceType`
 /// (kd-global-config's, else LoadBalancer), `namingScheme`, each role's `members` (the cardinality's
 /// N), `secret` (from `defaultSecret`) and `storage.storageClassName` (kd-global-config's default,

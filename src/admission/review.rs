@@ -169,7 +169,10 @@ fn mutate(
             Err(_) => return response, // the validating webhook reports it
         },
         "KubeDirectorCluster" if req.operation == Operation::Create && cluster::is_restore(obj) => {
-            cluster::mark_restoring(&mut after)
+            cluster::mark_restoring(&mut after);
+            if world.manages(ns) {
+                cluster::add_finalizer(&mut after);
+            }
         }
         "KubeDirectorCluster" if !cluster::is_deleting(obj) => match typed::<KubeDirectorCluster>(obj) {
             Ok(c) => {
@@ -186,7 +189,10 @@ fn mutate(
                         describe_first(&errors, MAX_ERRORS_SHOWN)
                     ));
                 }
-                cluster::mutate(&mut after, ns, &c.spec, world)
+                cluster::mutate(&mut after, ns, &c.spec, world);
+                if req.operation == Operation::Create && world.manages(ns) {
+                    cluster::add_finalizer(&mut after);
+                }
             }
             Err(_) => return response,
         },

@@ -27,6 +27,12 @@ pub trait World: Send + Sync {
     fn managed_clusters(&self) -> Vec<Arc<DynamicObject>> {
         self.clusters()
     }
+    /// Whether this operator reconciles KubeDirectorClusters of namespace `ns` (its watch namespace,
+    /// if it has one).
+    fn manages(&self, ns: &str) -> bool {
+        let _ = ns;
+        true
+    }
     /// Every KubeDirectorConfig (only kd-global-config in the operator namespace counts).
     fn configs(&self) -> Vec<Arc<DynamicObject>>;
     fn storage_classes(&self) -> StorageClasses;
@@ -63,6 +69,9 @@ impl World for WithLookups<'_> {
     }
     fn managed_clusters(&self) -> Vec<Arc<DynamicObject>> {
         self.inner.managed_clusters()
+    }
+    fn manages(&self, ns: &str) -> bool {
+        self.inner.manages(ns)
     }
     fn configs(&self) -> Vec<Arc<DynamicObject>> {
         self.configs.clone().unwrap_or_else(|| self.inner.configs())
@@ -101,9 +110,14 @@ pub struct Snapshot {
     pub storage_classes: StorageClasses,
     /// (namespace, name) of existing Secrets.
     pub secrets: BTreeSet<(String, String)>,
+    /// The operator's watch namespace; `None` = every namespace.
+    pub watch_namespace: Option<String>,
 }
 
 impl World for Snapshot {
+    fn manages(&self, ns: &str) -> bool {
+        self.watch_namespace.as_deref().is_none_or(|w| w == ns)
+    }
     fn operator_namespace(&self) -> &str {
         &self.operator_namespace
     }

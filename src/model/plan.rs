@@ -2,6 +2,8 @@
 //! status and what the cache observed, to the desired children, what to delete, and the next status.
 //! Pure: the reconcile applies the result.
 
+use std::time::Duration;
+
 use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, OwnerReference, Time};
@@ -54,6 +56,30 @@ pub struct ClusterPlan {
     pub errors: Vec<FieldError>,
     /// The owner reference every child carries (also given to PVCs that nothing owns).
     pub owner: Option<OwnerReference>,
+}
+
+/// How long a brand-new cluster's first status may still wait, or `None` to write it now.
+///
+/// A cluster whose members come up together then gets one status write (at `configured`) instead of
+/// two. Holding it loses nothing: the plan from no status is the same every time (names and the
+/// generation UID come from the cluster's UID, the node IDs from zero), which is also what a crash
+/// between the children and the first status relies on. So it is held only while nothing in it
+/// must be recorded: no guest command to start (they start only from a recorded status), no auth
+/// token (a fresh one is drawn per plan and goes into the member Services), and the cluster still
+/// `creating`; and never longer than `grace` after the cluster was created, so a cluster whose pods
+/// stay Pending still shows its state.
+pub fn hold_first_status(
+    prev: Option<&KubeDirectorClusterStatus>,
+    plan: &ClusterPlan,
+    age: Duration,
+    grace: Duration,
+) -> Option<Duration> {
+    let members = || plan.status.roles.iter().flat_map(|r| &r.members);
+    let holdable = prev.is_none()
+        && plan.status.state == Some(ClusterState::Creating)
+        && plan.guest_work.is_empty()
+        && members().all(|m| m.auth_token.is_none());
+    (holdable && age < grace).then(|| grace - age)
 }
 
 /// The status to write when the cluster cannot be planned (missing app, invalid spec, unreadable

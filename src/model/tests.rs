@@ -13,7 +13,7 @@ use crate::api::{KubeDirectorApp, KubeDirectorCluster, Tristate};
 
 use super::catalog::{ResolvedApp, apply_app_defaults, choose_catalog, resolve_app};
 use super::members::{Observed, PodFacts};
-use super::plan::{ClusterInput, ClusterPlan, plan_cluster};
+use super::plan::{ClusterInput, ClusterPlan, hold_first_status, plan_cluster};
 use super::settings::Settings;
 use super::validate::StorageClasses;
 use super::{labels, names};
@@ -951,4 +951,56 @@ fn container_states_and_rollup_as_kubedirector_reports_them() {
         .collect();
     assert_eq!(states.len(), 2);
     assert!(states.contains(&"terminated".to_string()) && states.contains(&"initializing".to_string()));
+}
+
+#[test]
+fn a_new_clusters_first_status_is_held_until_configured_only_while_nothing_must_be_recorded() {
+    use std::time::Duration;
+    let (grace, young) = (Duration::from_secs(60), Duration::from_secs(5));
+    let cluster = centos_cluster();
+    let app = without_setup_app();
+    let first = plan(&cluster, &app, None, &Observed::default());
+    assert_eq!(first.status.state, Some(ClusterState::Creating));
+    assert_eq!(
+        hold_first_status(None, &first, young, grace),
+        Some(Duration::from_secs(55)),
+        "creating, nothing to record: held for the rest of the grace"
+    );
+    assert_eq!(hold_first_status(None, &first, grace, grace), None, "the grace is over");
+    assert_eq!(
+        hold_first_status(None, &first, young, Duration::ZERO),
+        None,
+        "a zero grace writes at once"
+    );
+    assert_eq!(
+        hold_first_status(Some(&first.status), &first, young, grace),
+        None,
+        "only the first status is held"
+    );
+    // Held, the next plan starts from no status again: it must want the same children, and reach
+    // `configured` in one step once the pods run.
+    let running = all_running(&first, "a");
+    let again = plan(&cluster, &app, None, &running);
+    assert_eq!(again.statefulsets, first.statefulsets);
+    assert_eq!(again.member_services, first.member_services);
+    assert_eq!(again.headless, first.headless);
+    assert_eq!(again.status.state, Some(ClusterState::Configured));
+    assert_eq!(
+        hold_first_status(None, &again, young, grace),
+        None,
+        "configured: written"
+    );
+
+    // A setup package queues guest work once the pods run: that needs a recorded status.
+    let (cluster, app) = (spark_cluster(), spark_app());
+    let first = plan(&cluster, &app, None, &Observed::default());
+    let running = all_running(&first, "a");
+    let setup = plan(&cluster, &app, None, &running);
+    assert!(!setup.guest_work.is_empty());
+    assert_eq!(hold_first_status(None, &setup, young, grace), None);
+
+    // Auth tokens are drawn per plan and go into the member Services: written at once.
+    let mut tokened = plan(&centos_cluster(), &without_setup_app(), None, &Observed::default());
+    tokened.status.roles[0].members[0].auth_token = Some("t".to_string());
+    assert_eq!(hold_first_status(None, &tokened, young, grace), None);
 }

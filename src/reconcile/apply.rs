@@ -29,6 +29,14 @@ pub struct Writes {
     pub deleted: u32,
 }
 
+impl std::ops::AddAssign for Writes {
+    fn add_assign(&mut self, other: Self) {
+        self.applied += other.applied;
+        self.skipped += other.skipped;
+        self.deleted += other.deleted;
+    }
+}
+
 pub(super) fn take_budget(ctx: &Ctx) -> Result<(), Error> {
     ctx.budget
         .try_take()
@@ -325,18 +333,15 @@ pub async fn patch_status_conditions(ctx: &Ctx, obj: &DynamicObject, conditions:
         .map_err(gone)
 }
 
-/// Sets the finalizer list, conditional on the resourceVersion we read.
-pub async fn set_finalizers(ctx: &Ctx, obj: &DynamicObject, finalizers: Vec<String>) -> Result<(), Error> {
+/// Sets the finalizer list, conditional on the resourceVersion we read; returns the object as written.
+pub async fn set_finalizers(ctx: &Ctx, obj: &DynamicObject, finalizers: Vec<String>) -> Result<DynamicObject, Error> {
     let ns = obj.namespace().ok_or(Error::MissingNamespace)?;
     let patch = json!({"metadata": {"finalizers": finalizers, "resourceVersion": obj.resource_version()}});
     take_budget(ctx)?;
     let (api, name) = (cluster_api(ctx, &ns), obj.name_any());
     let (params, patch) = (PatchParams::default(), Patch::Merge(patch));
     let call = api.patch(&name, &params, &patch);
-    write(ctx, "patch", CLUSTER_KIND, &name, call)
-        .await
-        .map(|_| ())
-        .map_err(gone)
+    write(ctx, "patch", CLUSTER_KIND, &name, call).await.map_err(gone)
 }
 
 /// A 404 on a write to the cluster itself: it was deleted after we read it (a user deleting a

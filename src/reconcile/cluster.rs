@@ -20,7 +20,7 @@ use crate::model::validate;
 use super::apply::{self, Writes};
 use crate::queue::Outcome;
 
-use super::context::{ClusterKey, Ctx};
+use super::context::{ClusterKey, Ctx, EventLevel};
 use super::error::Error;
 use super::observe;
 
@@ -57,6 +57,15 @@ impl Previous {
             _ => None,
         }
     }
+}
+
+/// Time since the cluster was created (zero if the clocks disagree or it has no timestamp).
+fn age_of(obj: &DynamicObject) -> Duration {
+    obj.meta()
+        .creation_timestamp
+        .as_ref()
+        .and_then(|t| Duration::try_from(jiff::Timestamp::now().duration_since(t.0)).ok())
+        .unwrap_or_default()
 }
 
 /// 16 random bytes, hex: what new members' auth tokens are derived from.
@@ -134,6 +143,71 @@ async fn block(ctx: &Ctx, obj: &DynamicObject, reason: &str, message: String) ->
     Ok(Outcome::RequeueAfter(RESYNC))
 }
 
+/// Children written at once by one reconcile. They are independent objects (the StatefulSets name the
+/// headless Service, but the API does not need it first), every write is idempotent, and each takes
+/// its token from the member's write budget, which still caps the rate.
+const APPLY_CONCURRENCY: usize = 8;
+
+/// The headless Service, the StatefulSets and the member Services, written concurrently. Every write
+/// is tried; the first error is returned once all have finished (the others' writes stand, and the
+/// retry skips them by digest).
+async fn apply_children(
+    ctx: &Ctx,
+    ns: &str,
+    plan: &plan::ClusterPlan,
+    children: &observe::Children,
+    uid: &str,
+) -> Result<Writes, Error> {
+    use futures::{FutureExt, StreamExt, future::BoxFuture};
+    let mut calls: Vec<BoxFuture<'_, Result<Writes, Error>>> = Vec::new();
+    if let Some(headless) = &plan.headless {
+        let current = children.services.get(&headless.name_any());
+        calls.push(
+            async move {
+                let mut w = Writes::default();
+                apply::ensure(ctx, ns, headless, current, uid, &mut w).await.map(|()| w)
+            }
+            .boxed(),
+        );
+    }
+    for sts in &plan.statefulsets {
+        let current = children.statefulsets.get(&sts.name_any());
+        calls.push(
+            async move {
+                let mut w = Writes::default();
+                apply::ensure_statefulset(ctx, ns, sts, current, uid, &mut w)
+                    .await
+                    .map(|()| w)
+            }
+            .boxed(),
+        );
+    }
+    for svc in &plan.member_services {
+        let current = children.services.get(&svc.name_any());
+        calls.push(
+            async move {
+                let mut w = Writes::default();
+                apply::ensure(ctx, ns, svc, current, uid, &mut w).await.map(|()| w)
+            }
+            .boxed(),
+        );
+    }
+    let results: Vec<Result<Writes, Error>> = futures::stream::iter(calls)
+        .buffer_unordered(APPLY_CONCURRENCY)
+        .collect()
+        .await;
+    let mut total = Writes::default();
+    let mut first_error = None;
+    for result in results {
+        match result {
+            Ok(w) => total += w,
+            Err(e) if first_error.is_none() => first_error = Some(e),
+            Err(_) => {}
+        }
+    }
+    first_error.map_or(Ok(total), Err)
+}
+
 /// One reconcile; the outcome tells the queue when to run the key again.
 pub async fn reconcile(obj: Arc<DynamicObject>, ctx: &Ctx) -> Result<Outcome, Error> {
     if !ctx.stores.ready()? {
@@ -166,12 +240,18 @@ pub async fn reconcile(obj: Arc<DynamicObject>, ctx: &Ctx) -> Result<Outcome, Er
         ctx.superseded.forget(&key);
         return Ok(Outcome::Done);
     }
-    if !finalizers.iter().any(|f| f == FINALIZER) {
+    let (obj, version) = if finalizers.iter().any(|f| f == FINALIZER) {
+        (obj, version)
+    } else {
+        // The reconcile goes on from the object the patch returned: the children follow without
+        // waiting for the watch to bring the finalizer back (a round trip per new cluster).
         let mut with_ours = finalizers;
         with_ours.push(FINALIZER.to_string());
-        apply::set_finalizers(ctx, &obj, with_ours).await?;
-        return Ok(Outcome::Done); // the patch comes back as a watch event
-    }
+        let patched = apply::set_finalizers(ctx, &obj, with_ours).await?;
+        ctx.superseded.wrote_over(&key, &version, tokio::time::Instant::now());
+        let version = patched.resource_version().unwrap_or_default();
+        (Arc::new(patched), version)
+    };
 
     let cluster: KubeDirectorCluster = match observe::parse(&obj) {
         Ok(c) => c,
@@ -225,32 +305,7 @@ pub async fn reconcile(obj: Arc<DynamicObject>, ctx: &Ctx) -> Result<Outcome, Er
         return block(ctx, &obj, "InvalidSpec", validate::describe(&plan.errors)).await;
     }
 
-    let mut writes = Writes::default();
-    if let Some(headless) = &plan.headless {
-        apply::ensure(
-            ctx,
-            &ns,
-            headless,
-            children.services.get(&headless.name_any()),
-            &uid,
-            &mut writes,
-        )
-        .await?;
-    }
-    for sts in &plan.statefulsets {
-        apply::ensure_statefulset(
-            ctx,
-            &ns,
-            sts,
-            children.statefulsets.get(&sts.name_any()),
-            &uid,
-            &mut writes,
-        )
-        .await?;
-    }
-    for svc in &plan.member_services {
-        apply::ensure(ctx, &ns, svc, children.services.get(&svc.name_any()), &uid, &mut writes).await?;
-    }
+    let mut writes = apply_children(ctx, &ns, &plan, &children, &uid).await?;
     for sts in &plan.delete_statefulsets {
         if children.statefulsets.contains_key(sts) {
             apply::delete_statefulset(ctx, &ns, sts, &mut writes).await?;
@@ -279,6 +334,11 @@ pub async fn reconcile(obj: Arc<DynamicObject>, ctx: &Ctx) -> Result<Outcome, Er
     }
 
     let written = prev.as_ref() != Some(&plan.status);
+    if let Some(wait) = plan::hold_first_status(prev.as_ref(), &plan, age_of(&obj), ctx.status_grace) {
+        // Pod events bring the key back as the members come up; the wait bounds the hold.
+        debug!(context = %ctx.context, cluster = %name, namespace = %ns, ?wait, "new cluster: first status held until configured");
+        return Ok(Outcome::RequeueAfter(wait));
+    }
     if written {
         // Status changes within the coalescing window of the last write wait and go out as one.
         let now = tokio::time::Instant::now();
@@ -293,12 +353,14 @@ pub async fn reconcile(obj: Arc<DynamicObject>, ctx: &Ctx) -> Result<Outcome, Er
         ctx.coalescer.wrote(&key, now);
         ctx.superseded.wrote_over(&key, &version, now);
         let (before, after) = (prev.as_ref().and_then(|s| s.state), plan.status.state);
+        let show = |s: Option<ClusterState>| {
+            s.map(|s| format!("{s:?}").to_lowercase())
+                .unwrap_or_else(|| "new".to_string())
+        };
         if before != after {
-            let show = |s: Option<ClusterState>| {
-                s.map(|s| format!("{s:?}").to_lowercase())
-                    .unwrap_or_else(|| "new".to_string())
-            };
             info!(context = %ctx.context, cluster = %name, namespace = %ns, from = %show(before), to = %show(after), "cluster state changed");
+        }
+        if before != after && ctx.events == EventLevel::All {
             // The reason is the new state: the event recorder folds events of one reason into a series,
             // which would hide every transition after the first.
             let reason = after

@@ -58,6 +58,18 @@ impl Stores {
     }
 }
 
+/// Which Events the operator publishes on a KubeDirectorCluster. Every Event is an API write, and a
+/// state transition is already in the status (`kubectl get kdc` shows it), so by default only what a
+/// user must act on is published.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum EventLevel {
+    /// Warnings only: why a cluster cannot proceed (bad spec, missing app, unreadable object).
+    #[default]
+    Warnings,
+    /// Warnings and every cluster state transition (creating, configured, updating, …).
+    All,
+}
+
 /// A KubeDirectorCluster within one member cluster.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct ClusterKey {
@@ -80,6 +92,9 @@ pub struct Ctx {
     /// Holds the system app catalog and kd-global-config.
     pub operator_namespace: String,
     pub recorder: Recorder,
+    pub events: EventLevel,
+    /// How long a new cluster's first status may wait to be written together with `configured`.
+    pub status_grace: std::time::Duration,
     pub field_manager: String,
     pub cluster_resource: ApiResource,
     /// This replica's identity, on every reconcile span.

@@ -47,6 +47,10 @@ pub struct Options {
     pub write_qps: u32,
     pub write_burst: u32,
     pub status_window: Duration,
+    /// Which Events are published.
+    pub events: super::context::EventLevel,
+    /// How long a new cluster's first status may wait to be written together with `configured`.
+    pub status_grace: Duration,
     pub backoff: Backoff,
     /// This replica's identity (shard Leases, spans).
     pub replica: String,
@@ -340,6 +344,8 @@ pub async fn run_member(
         stores,
         operator_namespace: options.operator_namespace.clone(),
         recorder,
+        events: options.events,
+        status_grace: options.status_grace,
         field_manager: options.field_manager.clone(),
         cluster_resource: cluster_ar.clone(),
         replica: options.replica.clone(),

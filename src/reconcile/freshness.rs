@@ -16,7 +16,9 @@ use tokio::time::Instant;
 
 pub struct Superseded<K> {
     patience: Duration,
-    replaced: DashMap<K, (String, Instant)>,
+    /// Per key: the versions written over (a finalizer patch and the status write of one reconcile
+    /// replace two), and when the last was.
+    replaced: DashMap<K, (Vec<String>, Instant)>,
 }
 
 impl<K: Eq + Hash + Clone> Superseded<K> {
@@ -27,16 +29,22 @@ impl<K: Eq + Hash + Clone> Superseded<K> {
         }
     }
 
-    /// A status write of `key` replaced `resource_version` at `now`.
+    /// A write of `key` replaced `resource_version` at `now`. Versions replaced within the patience
+    /// of each other are all remembered: the cache may still show any of them.
     pub fn wrote_over(&self, key: &K, resource_version: &str, now: Instant) {
-        self.replaced.insert(key.clone(), (resource_version.to_string(), now));
+        let mut entry = self.replaced.entry(key.clone()).or_insert_with(|| (Vec::new(), now));
+        if now >= entry.1 + self.patience {
+            entry.0.clear();
+        }
+        entry.0.push(resource_version.to_string());
+        entry.1 = now;
     }
 
     /// Whether `resource_version` of `key` is one this process wrote over (and patience remains).
     pub fn is_stale(&self, key: &K, resource_version: &str, now: Instant) -> bool {
         let verdict = match self.replaced.get(key) {
             None => return false,
-            Some(e) => e.0 == resource_version && now < e.1 + self.patience,
+            Some(e) => e.0.iter().any(|v| v == resource_version) && now < e.1 + self.patience,
         };
         if !verdict {
             self.replaced.remove(key);
@@ -71,5 +79,28 @@ mod tests {
         s.wrote_over(&"k", "12", t0);
         assert!(s.is_stale(&"k", "12", t0 + Duration::from_secs(4)));
         assert!(!s.is_stale(&"k", "12", t0 + Duration::from_secs(6)));
+    }
+
+    #[test]
+    fn both_versions_one_reconcile_wrote_over_are_stale() {
+        let s = Superseded::new(Duration::from_secs(5));
+        let t0 = Instant::now();
+        // A finalizer patch replaced 20, then the status write replaced 21 (the patch's version).
+        s.wrote_over(&"k", "20", t0);
+        s.wrote_over(&"k", "21", t0 + Duration::from_millis(100));
+        assert!(s.is_stale(&"k", "20", t0 + Duration::from_secs(1)));
+        assert!(s.is_stale(&"k", "21", t0 + Duration::from_secs(1)));
+        assert!(
+            !s.is_stale(&"k", "22", t0 + Duration::from_secs(1)),
+            "the status write's own version"
+        );
+        assert!(
+            !s.is_stale(&"k", "21", t0 + Duration::from_secs(1)),
+            "forgotten once it was seen"
+        );
+        // A write long after the last starts a new list.
+        s.wrote_over(&"k", "30", t0);
+        s.wrote_over(&"k", "31", t0 + Duration::from_secs(6));
+        assert!(!s.is_stale(&"k", "30", t0 + Duration::from_secs(7)));
     }
 }
