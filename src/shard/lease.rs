@@ -7,6 +7,10 @@
 //!
 //! Expiry never compares clocks of different machines: a Lease is expired when *we* have seen no
 //! change to it (same resourceVersion) for `lease_duration` on our own monotonic clock.
+//!
+//! Shard Leases are written only when they change hands (acquire, release, take over); their
+//! holder keeps them by renewing its one membership Lease (see `shard_holder`, `end_membership`
+//! and docs/sharding.md for the safety argument).
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -87,6 +91,43 @@ impl Observer {
     }
 }
 
+/// The live holder of a shard Lease. Holders renew only their membership Lease (one write per
+/// replica per retry period, whatever it holds), so a shard's holder is live while its membership
+/// is. A holder whose membership we have not seen (yet) counts as live while the shard Lease itself
+/// is fresh by our observation; taking its shard then still goes through `end_membership`.
+pub fn shard_holder<'a>(
+    shard: &'a Lease,
+    membership: Option<&Lease>,
+    observer: &Observer,
+    duration: Duration,
+    now: Instant,
+) -> Option<&'a str> {
+    let h = holder(shard)?;
+    match membership {
+        Some(m) => (observer.live_holder(m, duration, now) == Some(h)).then_some(h),
+        None => observer.live_holder(shard, duration, now),
+    }
+}
+
+/// Ends `replica`'s membership so that its shards may be taken. Conditional on the version we saw:
+/// `Ok(false)` if it changed since (the replica renewed: it is alive and still acting). Where we saw
+/// none, a tombstone is created in its place (`Ok(false)` if one exists after all). Either way the
+/// replica's next renewal fails with a conflict, so it learns that its shards are gone; and it had
+/// stopped acting a renew deadline after its last successful renewal, before we saw that renewal
+/// go stale for a whole lease duration.
+pub async fn end_membership(
+    api: &Api<Lease>,
+    seen: Option<&Lease>,
+    replica: &str,
+    duration: Duration,
+) -> Result<bool, kube::Error> {
+    match seen {
+        Some(l) if holder(l).is_none() => Ok(true),
+        Some(l) => Ok(replace(api, l, None, duration, false).await?.is_some()),
+        None => Ok(create(api, &replica_lease(replica), None, duration).await?.is_some()),
+    }
+}
+
 fn now_micro() -> MicroTime {
     MicroTime(jiff::Timestamp::now())
 }
@@ -106,15 +147,20 @@ fn spec(me: Option<&str>, duration: Duration, transitions: i32, acquire: bool, p
     }
 }
 
-/// Creates the Lease held by `me`; `Ok(None)` if someone else created it first.
-pub async fn create(api: &Api<Lease>, name: &str, me: &str, duration: Duration) -> Result<Option<Lease>, kube::Error> {
+/// Creates the Lease held by `holder` (none: a tombstone); `Ok(None)` if someone else created it first.
+pub async fn create(
+    api: &Api<Lease>,
+    name: &str,
+    holder: Option<&str>,
+    duration: Duration,
+) -> Result<Option<Lease>, kube::Error> {
     let lease = Lease {
         metadata: ObjectMeta {
             name: Some(name.to_string()),
             labels: Some(BTreeMap::from([(LABEL.to_string(), "true".to_string())])),
             ..Default::default()
         },
-        spec: Some(spec(Some(me), duration, 0, true, None)),
+        spec: Some(spec(holder, duration, 0, holder.is_some(), None)),
     };
     match api.create(&PostParams::default(), &lease).await {
         Ok(l) => Ok(Some(l)),
@@ -165,6 +211,44 @@ mod tests {
                 ..Default::default()
             }),
         }
+    }
+
+    fn versioned(mut l: Lease, rv: &str) -> Lease {
+        l.metadata.resource_version = Some(rv.to_string());
+        l
+    }
+
+    #[test]
+    fn a_shard_is_held_while_its_holders_membership_is_renewed() {
+        let d = Duration::from_secs(10);
+        let t0 = Instant::now();
+        let shard = versioned(lease(&shard_lease(1), Some("r0")), "5");
+        let member = versioned(lease(&replica_lease("r0"), Some("r0")), "7");
+        let mut o = Observer::default();
+        o.observe(&shard, t0);
+        o.observe(&member, t0);
+        let at = |secs| t0 + Duration::from_secs(secs);
+        assert_eq!(shard_holder(&shard, Some(&member), &o, d, at(5)), Some("r0"));
+        // The shard Lease is never renewed; the membership is: still held at 15 s.
+        let renewed = versioned(lease(&replica_lease("r0"), Some("r0")), "9");
+        o.observe(&renewed, at(8));
+        assert_eq!(shard_holder(&shard, Some(&renewed), &o, d, at(15)), Some("r0"));
+        // Membership unrenewed for a lease duration: free.
+        assert_eq!(shard_holder(&shard, Some(&renewed), &o, d, at(18)), None);
+        // A membership ended (tombstone, or released) frees its shards at once.
+        let ended = versioned(lease(&replica_lease("r0"), None), "10");
+        o.observe(&ended, at(9));
+        assert_eq!(shard_holder(&shard, Some(&ended), &o, d, at(9)), None);
+        // Another replica's membership does not hold r0's shard.
+        let other = versioned(lease(&replica_lease("r0"), Some("r1")), "11");
+        o.observe(&other, at(9));
+        assert_eq!(shard_holder(&shard, Some(&other), &o, d, at(9)), None);
+        // No membership seen: the shard Lease's own freshness decides.
+        assert_eq!(shard_holder(&shard, None, &o, d, at(9)), Some("r0"));
+        assert_eq!(shard_holder(&shard, None, &o, d, at(10)), None);
+        // A released shard has no holder, whatever the membership.
+        let released = versioned(lease(&shard_lease(1), Some("")), "12");
+        assert_eq!(shard_holder(&released, Some(&renewed), &o, d, at(9)), None);
     }
 
     #[test]

@@ -1,6 +1,7 @@
-//! The shard manager of one replica: keeps its membership Lease fresh, renews the shard Leases it
-//! holds, acquires free shards up to its share, drains and releases the excess, and tells the drivers
-//! whether a key may be reconciled right now.
+//! The shard manager of one replica: keeps its membership Lease fresh (the only Lease it renews: the
+//! shards it holds stay held by that), acquires free shards up to its share (ending the membership
+//! of a silent holder first), drains and releases the excess, and tells the drivers whether a key
+//! may be reconciled right now.
 
 use std::collections::BTreeMap;
 use std::fs::File;
@@ -76,10 +77,11 @@ impl ShardOptions {
 }
 
 struct Held {
-    /// Acting is allowed until then: last successful renew's send time + renew deadline.
+    /// Acting is allowed until then: the last successful membership renewal's send time + renew
+    /// deadline.
     valid_until: Instant,
     draining: bool,
-    /// Our latest copy (from our own write): conditional renewals carry its resourceVersion.
+    /// Our copy from the acquisition (never renewed): the release is conditional on it.
     lease: Lease,
     /// When the previous holder released it (wall clock), for the handover-gap metric.
     released_at: Option<jiff::Timestamp>,
@@ -90,6 +92,9 @@ pub struct Shards {
     pub count: u32,
     pub replica: String,
     held: Mutex<BTreeMap<u32, Held>>,
+    /// Send time of the last successful membership renewal + renew deadline: every held shard's
+    /// validity (holders renew only their membership).
+    membership_until: Mutex<Option<Instant>>,
     in_flight: Vec<AtomicUsize>,
     idle: Notify,
     acquired: broadcast::Sender<u32>,
@@ -132,6 +137,7 @@ impl Shards {
             count: options.shards,
             replica: options.replica.clone(),
             held: Mutex::new(BTreeMap::new()),
+            membership_until: Mutex::new(None),
             in_flight: (0..options.shards).map(|_| AtomicUsize::new(0)).collect(),
             idle: Notify::new(),
             acquired: broadcast::channel(1024).0,
@@ -142,6 +148,32 @@ impl Shards {
 
     fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<u32, Held>> {
         self.held.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn membership_until(&self) -> Option<Instant> {
+        *self.membership_until.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// A membership renewal sent at `sent` succeeded: every held shard may be acted on until
+    /// `sent + deadline`.
+    fn renewed(&self, sent: Instant, deadline: Duration) {
+        let until = sent + deadline;
+        *self.membership_until.lock().unwrap_or_else(|p| p.into_inner()) = Some(until);
+        for h in self.lock().values_mut() {
+            h.valid_until = until;
+        }
+    }
+
+    /// The membership was ended by another replica (or is gone): its shards may be taken already.
+    /// Acting on them stopped at the renew deadline; they are forgotten without a release (the
+    /// Leases may be someone else's now).
+    fn membership_lost(&self) {
+        *self.membership_until.lock().unwrap_or_else(|p| p.into_inner()) = None;
+        let lost: Vec<u32> = std::mem::take(&mut *self.lock()).into_keys().collect();
+        if !lost.is_empty() {
+            warn!(shards = ?lost, "membership ended by another replica: shards given up");
+        }
+        self.metrics.shards_held.set(0);
     }
 
     pub fn shard_of(&self, context: &str, namespace: &str, name: &str) -> u32 {
@@ -301,17 +333,24 @@ pub async fn run(
         // Renewals (membership and held shards) when due, not on every wake-up.
         if now.duration_since(last_renew) >= jittered(options.retry_period, unit_random()) {
             last_renew = now;
-            my_membership = renew_membership(
-                &api,
-                &leases,
-                my_membership.take(),
-                &membership,
-                &me,
-                options.lease_duration,
-                options.renew_deadline,
-            )
-            .await;
-            renew_held(&shards, &api, &options).await;
+            let sent = Instant::now();
+            let current = my_membership.take().or_else(|| {
+                leases
+                    .iter()
+                    .find(|l| l.name_any() == membership)
+                    .map(|l| l.as_ref().clone())
+            });
+            my_membership = match renew_membership(&api, current.as_ref(), &membership, &me, &options).await {
+                Renewal::Renewed(l) => {
+                    shards.renewed(sent, options.renew_deadline);
+                    Some(*l)
+                }
+                Renewal::Lost => {
+                    shards.membership_lost();
+                    None // re-read from the cache next round, and renewed from there
+                }
+                Renewal::Failed => current,
+            };
         }
         let by_name = |name: &str| {
             leases
@@ -340,7 +379,8 @@ pub async fn run(
             let Some(l) = by_name(&lease::shard_lease(s)) else {
                 continue;
             };
-            if let Some(h) = observer.live_holder(&l, options.lease_duration, now) {
+            let member = lease::holder(&l).and_then(|h| by_name(&lease::replica_lease(h)));
+            if let Some(h) = lease::shard_holder(&l, member.as_ref(), &observer, options.lease_duration, now) {
                 // Held under our id by a previous run of this replica (same pod name after a
                 // restart): free for us to adopt, conditionally, like any other acquisition.
                 if h == me && !mine_in_memory.contains(&s) {
@@ -364,10 +404,14 @@ pub async fn run(
                 tokio::spawn(async move { drain_and_release(&shards, &api, s, &options).await });
             }
         }
-        // Concurrently, like renewals: a joining replica's whole share in one round trip.
+        // Shards of replicas gone silent are taken only once their membership is ended (conditional:
+        // a replica that renewed after all keeps them), one write per such replica.
+        let takeable = end_memberships(&api, &me, &moves.acquire, &by_name, &options).await;
+        // Concurrently: a joining replica's whole share in one round trip.
         let acquisitions = moves
             .acquire
             .into_iter()
+            .filter(|s| takeable.contains(s))
             .map(|s| acquire(&shards, &api, by_name(&lease::shard_lease(s)), s, &options));
         futures::future::join_all(acquisitions).await;
         shards.metrics.shards_held.set(shards.lock().len() as i64);
@@ -420,64 +464,71 @@ async fn wait_ready(store: &Store<Lease>) {
     }
 }
 
+enum Renewal {
+    Renewed(Box<Lease>),
+    /// Changed under us (ended by a replica that took our shards) or deleted.
+    Lost,
+    /// No answer, or an error: acting stops by itself at the renew deadline.
+    Failed,
+}
+
 async fn renew_membership(
     api: &Api<Lease>,
-    leases: &[Arc<Lease>],
-    mine: Option<Lease>,
+    current: Option<&Lease>,
     name: &str,
     me: &str,
-    duration: Duration,
-    limit: Duration,
-) -> Option<Lease> {
-    let current = mine.or_else(|| leases.iter().find(|l| l.name_any() == name).map(|l| l.as_ref().clone()));
-    let result = match &current {
-        None => bounded(limit, lease::create(api, name, me, duration)).await,
+    options: &ShardOptions,
+) -> Renewal {
+    let (duration, limit) = (options.lease_duration, options.renew_deadline);
+    let result = match current {
+        None => bounded(limit, lease::create(api, name, Some(me), duration)).await,
         Some(l) => bounded(limit, lease::replace(api, l, Some(me), duration, false)).await,
     };
     match result {
-        Ok(Some(l)) => Some(l),
-        Ok(None) => None, // changed under us: re-read from the cache next round
+        Ok(Some(l)) => Renewal::Renewed(Box::new(l)),
+        // A tombstone where we found none, or a newer version than ours.
+        Ok(None) => Renewal::Lost,
+        Err(LeaseCallError::Api(kube::Error::Api(s))) if s.code == 404 => Renewal::Lost,
         Err(e) => {
             warn!(error = %e, "membership renewal failed");
-            current
+            Renewal::Failed
         }
     }
 }
 
-async fn renew_held(shards: &Arc<Shards>, api: &Api<Lease>, options: &ShardOptions) {
-    let snapshot: Vec<(u32, Lease)> = shards
-        .lock()
-        .iter()
-        .filter(|(_, h)| !h.draining)
-        .map(|(s, h)| (*s, h.lease.clone()))
-        .collect();
-    // All at once, each bounded by the renew deadline: one slow request must not hold back the
-    // others until their Leases expire (a late renewal is worthless anyway).
-    let renewals = snapshot.into_iter().map(|(s, current)| async move {
-        let sent = Instant::now();
-        let result = bounded(
-            options.renew_deadline,
-            lease::replace(api, &current, Some(&options.replica), options.lease_duration, false),
-        )
-        .await;
-        (s, sent, result)
-    });
-    for (s, sent, result) in futures::future::join_all(renewals).await {
-        match result {
-            Ok(Some(l)) => {
-                if let Some(h) = shards.lock().get_mut(&s) {
-                    h.valid_until = sent + options.renew_deadline;
-                    h.lease = l;
-                }
+/// Of the shards to acquire, those that may be taken now: free ones, and those of holders whose
+/// membership this call ended. A holder that renewed meanwhile keeps its shards.
+async fn end_memberships(
+    api: &Api<Lease>,
+    me: &str,
+    wanted: &[u32],
+    by_name: &impl Fn(&str) -> Option<Lease>,
+    options: &ShardOptions,
+) -> std::collections::BTreeSet<u32> {
+    let mut silent: BTreeMap<String, Vec<u32>> = BTreeMap::new();
+    let mut takeable = std::collections::BTreeSet::new();
+    for &s in wanted {
+        match by_name(&lease::shard_lease(s)).as_ref().and_then(lease::holder) {
+            // Ours from a previous run of this replica: our own membership is being renewed.
+            Some(h) if h != me => silent.entry(h.to_string()).or_default().push(s),
+            _ => {
+                takeable.insert(s);
             }
-            Ok(None) => {
-                warn!(shard = s, "shard lease changed under us: giving it up");
-                shards.lock().remove(&s);
-            }
-            // Not renewed: acting stops by itself at the renew deadline.
-            Err(e) => warn!(shard = s, error = %e, "renewing shard lease failed"),
         }
     }
+    for (holder, held) in silent {
+        let seen = by_name(&lease::replica_lease(&holder));
+        let ended = lease::end_membership(api, seen.as_ref(), &holder, options.lease_duration);
+        match bounded(options.renew_deadline, ended).await {
+            Ok(true) => {
+                info!(replica = %holder, shards = ?held, "membership of a silent replica ended");
+                takeable.extend(held);
+            }
+            Ok(false) => debug!(replica = %holder, "a silent replica renewed after all"),
+            Err(e) => warn!(replica = %holder, error = %e, "ending a silent replica's membership failed"),
+        }
+    }
+    takeable
 }
 
 /// `request`, or a timeout error once `limit` has passed.
@@ -500,7 +551,10 @@ enum LeaseCallError {
 }
 
 async fn acquire(shards: &Arc<Shards>, api: &Api<Lease>, current: Option<Lease>, s: u32, options: &ShardOptions) {
-    let sent = Instant::now();
+    // A shard is acted on only while our membership is renewed: others judge it held by that.
+    let Some(valid_until) = shards.membership_until().filter(|at| *at > Instant::now()) else {
+        return;
+    };
     let released_at = current
         .as_ref()
         .and_then(|l| l.metadata.annotations.as_ref())
@@ -509,7 +563,7 @@ async fn acquire(shards: &Arc<Shards>, api: &Api<Lease>, current: Option<Lease>,
     let result = match &current {
         None => {
             let name = lease::shard_lease(s);
-            let create = lease::create(api, &name, &options.replica, options.lease_duration);
+            let create = lease::create(api, &name, Some(&options.replica), options.lease_duration);
             bounded(options.renew_deadline, create).await
         }
         Some(l) => {
@@ -522,7 +576,7 @@ async fn acquire(shards: &Arc<Shards>, api: &Api<Lease>, current: Option<Lease>,
             shards.lock().insert(
                 s,
                 Held {
-                    valid_until: sent + options.renew_deadline,
+                    valid_until,
                     draining: false,
                     lease: l,
                     released_at,

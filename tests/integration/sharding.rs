@@ -444,3 +444,51 @@ async fn a_replica_cut_off_from_home_stops_before_its_leases_expire() {
     assert!(overlaps(&all).is_empty(), "overlapping reconciles");
     drop((r0, r1, r2));
 }
+
+#[tokio::test]
+#[ignore = "needs the test bed: make integration"]
+async fn idle_replicas_write_one_lease_each_per_retry_period() {
+    use futures::StreamExt;
+    use kube::api::{WatchEvent, WatchParams};
+    let (ns, sys) = (testbed::unique("quiet"), testbed::unique("quiet-sys"));
+    let clients = prepare(&CONTEXTS, &ns, &sys).await;
+    let replicas = start_replicas(3, &ns, &sys);
+    wait_balanced(&clients[0], &sys, &["r0", "r1", "r2"], Duration::from_secs(20)).await;
+    // Settled: every shard acquired; from now on only renewals should be written.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let api: Api<Lease> = Api::namespaced(clients[0].clone(), &sys);
+    let listed = api.list(&ListParams::default()).await.expect("leases");
+    let from = listed.metadata.resource_version.unwrap_or_default();
+    let window = Duration::from_secs(30);
+    let params = WatchParams::default()
+        .labels(&format!("{}=true", lease::LABEL))
+        .timeout(40);
+    let mut events = api.watch(&params, &from).await.expect("watch").boxed();
+    let (mut writes, mut shard_writes) = (0u32, 0u32);
+    let deadline = tokio::time::Instant::now() + window;
+    while let Ok(Some(event)) = tokio::time::timeout_at(deadline, events.next()).await {
+        match event.expect("watch event") {
+            WatchEvent::Added(l) | WatchEvent::Modified(l) | WatchEvent::Deleted(l) => {
+                writes += 1;
+                if lease::shard_of_lease(l.metadata.name.as_deref().unwrap_or_default()).is_some() {
+                    shard_writes += 1;
+                }
+            }
+            WatchEvent::Bookmark(_) => {}
+            WatchEvent::Error(e) => panic!("watch error: {e:?}"),
+        }
+    }
+    let periods = window.as_secs_f64() / 1.0; // the tests' retry period is 1 s
+    let per_period = f64::from(writes) / periods;
+    eprintln!(
+        "3 replicas, 32 shards, idle {window:?}: {writes} Lease writes ({shard_writes} of shard Leases), {per_period:.2} per retry period"
+    );
+    assert_eq!(shard_writes, 0, "a shard Lease was written while nothing changed");
+    // One membership renewal per replica per period; the period is jittered by ±20 %.
+    assert!(per_period <= 3.0 / 0.8, "{per_period:.2} Lease writes per retry period");
+    assert!(
+        per_period >= 3.0 / 1.2 * 0.8,
+        "replicas stopped renewing: {per_period:.2}"
+    );
+    drop(replicas);
+}
