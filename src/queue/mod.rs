@@ -57,6 +57,8 @@ struct Entry {
 struct Inner<K> {
     entries: DashMap<K, Entry>,
     ready: Mutex<VecDeque<K>>,
+    /// Served before `ready`: keys that must not wait behind a full queue (a just-acquired shard's).
+    urgent: Mutex<VecDeque<K>>,
     ready_signal: Notify,
     timers: Mutex<BTreeMap<(Instant, u64), K>>,
     timer_signal: Notify,
@@ -91,6 +93,7 @@ impl<K: Clone + Eq + Hash + Ord + Send + Sync + 'static> WorkQueue<K> {
             inner: Arc::new(Inner {
                 entries: DashMap::new(),
                 ready: Mutex::new(VecDeque::new()),
+                urgent: Mutex::new(VecDeque::new()),
                 ready_signal: Notify::new(),
                 timers: Mutex::new(BTreeMap::new()),
                 timer_signal: Notify::new(),
@@ -118,6 +121,17 @@ impl<K: Clone + Eq + Hash + Ord + Send + Sync + 'static> WorkQueue<K> {
     /// Something about `key` changed. Deduplicated while queued; remembered while running; runs a
     /// resync-delayed key now, but leaves a key in backoff or waiting for write budget where it is.
     pub fn add(&self, key: K) {
+        self.add_in(key, false);
+    }
+
+    /// `add`, served ahead of every key already waiting: a key also queued normally is taken from
+    /// the front (its later place is skipped as stale). For the keys of a shard this replica just
+    /// acquired, which nobody reconciled since its previous owner stopped.
+    pub fn add_urgent(&self, key: K) {
+        self.add_in(key, true);
+    }
+
+    fn add_in(&self, key: K, urgent: bool) {
         if self.inner.closed.load(Ordering::Relaxed) {
             return;
         }
@@ -127,7 +141,7 @@ impl<K: Clone + Eq + Hash + Ord + Send + Sync + 'static> WorkQueue<K> {
             .entries
             .entry(key.clone())
             .and_modify(|e| match e.phase {
-                Phase::Queued { .. } => {}
+                Phase::Queued { .. } => enqueue = urgent,
                 Phase::Running { .. } => e.phase = Phase::Running { dirty: true },
                 Phase::Delayed {
                     kind: DelayKind::Resync,
@@ -145,9 +159,17 @@ impl<K: Clone + Eq + Hash + Ord + Send + Sync + 'static> WorkQueue<K> {
                     failures: 0,
                 }
             });
-        if enqueue {
+        if enqueue && urgent {
+            lock(&self.inner.urgent).push_back(key);
+            self.inner.ready_signal.notify_one();
+        } else if enqueue {
             self.push_ready(key);
         }
+    }
+
+    fn pop(&self) -> Option<K> {
+        let urgent = lock(&self.inner.urgent).pop_front();
+        urgent.or_else(|| lock(&self.inner.ready).pop_front())
     }
 
     /// The next key to work on and how long it waited, or `None` once the queue is closed.
@@ -157,7 +179,7 @@ impl<K: Clone + Eq + Hash + Ord + Send + Sync + 'static> WorkQueue<K> {
                 return None;
             }
             let notified = self.inner.ready_signal.notified();
-            while let Some(key) = lock(&self.inner.ready).pop_front() {
+            while let Some(key) = self.pop() {
                 let mut waited = None;
                 if let Some(mut e) = self.inner.entries.get_mut(&key)
                     && let Phase::Queued { since } = e.phase

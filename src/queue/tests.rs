@@ -252,3 +252,39 @@ async fn a_change_racing_done_is_never_lost() {
     tx.send(false).expect("adder alive");
     adder.join().expect("adder thread");
 }
+
+#[tokio::test(start_paused = true)]
+async fn urgent_keys_go_ahead_of_a_full_queue_and_are_still_handed_out_once() {
+    let q = queue();
+    for i in 0..100 {
+        q.add(format!("k{i:03}"));
+    }
+    // A just-acquired shard's keys: one new, one already queued far back, one already running.
+    assert_eq!(next_within(&q, Duration::from_secs(1)).await, Some(k("k000")));
+    q.add_urgent(k("new"));
+    q.add_urgent(k("k099"));
+    q.add_urgent(k("k000"));
+    assert_eq!(next_within(&q, Duration::from_secs(1)).await, Some(k("new")));
+    assert_eq!(next_within(&q, Duration::from_secs(1)).await, Some(k("k099")));
+    assert_eq!(
+        next_within(&q, Duration::from_secs(1)).await,
+        Some(k("k001")),
+        "the running key only got marked dirty"
+    );
+    let mut rest = Vec::new();
+    while let Some(key) = next_within(&q, Duration::from_secs(1)).await {
+        rest.push(key);
+    }
+    assert_eq!(
+        rest.len(),
+        97,
+        "k002..k098 once each; k099's old place skipped: {rest:?}"
+    );
+    assert!(!rest.contains(&k("k099")) && !rest.contains(&k("new")));
+    q.done(&k("k000"), Outcome::Done);
+    assert_eq!(
+        next_within(&q, Duration::from_secs(1)).await,
+        Some(k("k000")),
+        "the change seen while it ran runs it again"
+    );
+}

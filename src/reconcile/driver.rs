@@ -340,6 +340,7 @@ pub async fn run_member(
         budget,
         coalescer: StatusCoalescer::new(options.status_window),
         superseded: super::freshness::Superseded::new(Duration::from_secs(10)),
+        awaited: super::freshness::Awaited::new(Duration::from_secs(5)),
         metrics: metrics.clone(),
         stores,
         operator_namespace: options.operator_namespace.clone(),
@@ -454,9 +455,11 @@ pub async fn run_member(
                     Err(broadcast::error::RecvError::Lagged(_)) => None,
                     Err(broadcast::error::RecvError::Closed) => return,
                 };
+                // Ahead of the queue: under load, a full queue would hold the shard's first
+                // reconcile back far past the lease (failover under load).
                 for key in all_keys(&clusters) {
                     if only.is_none_or(|s| sh.shard_of(&context, &key.namespace, &key.name) == s) {
-                        queue.add(key);
+                        queue.add_urgent(key);
                     }
                 }
             }
@@ -485,6 +488,7 @@ pub async fn run_member(
                     queue.forget(&key);
                     ctx.coalescer.forget(&key);
                     ctx.superseded.forget(&key);
+                    ctx.awaited.forget(&key);
                     continue;
                 };
                 // Sharded: only while this replica holds the key's shard, and never past its renew
