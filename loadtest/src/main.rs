@@ -119,6 +119,10 @@ struct Cli {
     /// Apply the chart's FlowSchema before the run (burst mode measures without and with it anyway).
     #[arg(long)]
     flow_schema: bool,
+    /// Burst: one pair of passes (floor and operator) instead of two, without the FlowSchema, or
+    /// with it if --flow-schema is given.
+    #[arg(long)]
+    burst_once: bool,
     /// Print what would be done (kind: every command and file) and stop.
     #[arg(long)]
     dry_run: bool,
@@ -201,6 +205,9 @@ fn workload(cli: &Cli) -> anyhow::Result<Workload> {
     }
     if cli.flow_schema {
         w.flow_schema = true;
+    }
+    if cli.burst_once {
+        w.burst_both = false;
     }
     if cli.floor_as_admin {
         w.floor_as_operator = false;

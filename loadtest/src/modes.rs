@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context as _, bail};
 use kube::Client;
 use kube::api::{DynamicObject, Patch, PatchParams};
-use serde::Serialize;
+use serde::{Deserialize as _, Serialize};
 
 use kubedirector::shard::record;
 
@@ -42,8 +42,12 @@ pub struct Pass {
     pub latency: Option<Summary>,
     /// First arrival → the last CR done: the time to all configured / all pods Ready.
     pub all_done_seconds: Option<f64>,
+    /// Operator passes: the CR's last pod Ready → `configured` (both seen by the harness's watches).
+    pub status_lag: Option<Summary>,
     /// CRs not done within the phase timeout, or refused.
     pub not_done: Vec<String>,
+    /// Objects of the pass still there after its deletion timed out.
+    pub left_behind: Vec<String>,
     /// Audited writes of the side within the pass (operator: in the CRs' namespace; floor: in its).
     pub writes: Option<u64>,
     pub writes_per_cr: Option<f64>,
@@ -153,7 +157,22 @@ pub struct ModeReport {
     pub scaleout: Vec<ScaleRun>,
     pub overlaps: usize,
     pub overlap_examples: Vec<String>,
-    pub lost: Vec<String>,
+    pub lost: crate::report::Lost,
+}
+
+/// What the passes lost: operator CRs refused or never configured, and objects of either side left
+/// after a pass was deleted. (A floor group not Ready in time is the bed's failure, not a loss: it
+/// shows in that pass's `not_done`.)
+fn lost_of(passes: &[Pass]) -> crate::report::Lost {
+    let mut lost = crate::report::Lost::default();
+    for p in passes {
+        if p.side == Side::Operator {
+            lost.not_configured.extend(p.not_done.iter().cloned());
+        }
+        lost.children_left.extend(p.left_behind.iter().cloned());
+    }
+    lost.total = lost.not_configured.len() + lost.children_left.len();
+    lost
 }
 
 fn now_us() -> u64 {
@@ -192,15 +211,22 @@ async fn pass(
         Side::Operator => &b.ns,
         Side::Floor => &b.floor_ns,
     };
-    let watches: Vec<_> = b
+    let ready_times = Arc::new(track::ReadyTimes::default());
+    let members = w.members_per_cr() as usize;
+    let mut watches: Vec<_> = b
         .clients
         .iter()
         .enumerate()
         .map(|(i, c)| match side {
             Side::Operator => track::watch_clusters(c.clone(), ns, i, tracker.clone()),
-            Side::Floor => track::watch_floor(c.clone(), ns, i, w.members_per_cr() as usize, tracker.clone()),
+            Side::Floor => track::watch_floor(c.clone(), ns, i, members, tracker.clone()),
         })
         .collect();
+    if side == Side::Operator {
+        for (i, c) in b.clients.iter().enumerate() {
+            watches.push(track::watch_member_pods(c.clone(), ns, i, members, ready_times.clone()));
+        }
+    }
     let apf_before = apf_histograms(&b.clients).await?;
     let api_before = apiserver_histograms(&b.clients).await?;
     let (t0, from) = (Instant::now() + LEAD, now_us() + LEAD.as_micros() as u64);
@@ -237,6 +263,7 @@ async fn pass(
             .map(|(c, name)| format!("{label}: {}/{name} not done", b.bed.contexts[c])),
     );
     let done = tracker.take_done();
+    let status_lag = stats::summary(&ready_times.lags(&done));
     let latencies: Vec<f64> = done.iter().map(|(_, s, f)| (*f - *s).as_secs_f64()).collect();
     let all_done_seconds = done.iter().map(|(_, _, f)| (*f - t0).as_secs_f64()).reduce(f64::max);
     let mut cached_objects = BTreeMap::new();
@@ -245,7 +272,7 @@ async fn pass(
         tokio::time::sleep(Duration::from_millis(5500)).await;
         cached_objects.extend(r.cached_objects().await?);
     }
-    not_done.extend(clean(b, side).await?);
+    let left_behind = clean(b, side).await?;
     Ok(Pass {
         label: label.to_string(),
         side,
@@ -253,7 +280,9 @@ async fn pass(
         crs: total,
         latency: stats::summary(&latencies),
         all_done_seconds,
+        status_lag,
         not_done,
+        left_behind,
         writes: None,
         writes_per_cr: None,
         apf_wait,
@@ -350,8 +379,6 @@ pub async fn apply_flow_schema(b: &Bench<'_>) -> anyhow::Result<()> {
     Ok(())
 }
 
-use serde::Deserialize as _;
-
 async fn apply_dynamic(client: &Client, d: &DynamicObject) -> anyhow::Result<()> {
     let tm = d.types.as_ref().context("object without apiVersion/kind")?;
     let gvk = kube::core::GroupVersionKind::try_from(tm)?;
@@ -364,41 +391,57 @@ async fn apply_dynamic(client: &Client, d: &DynamicObject) -> anyhow::Result<()>
     Ok(())
 }
 
-/// Steps the rate by `capacity.factor` from `capacity.startPerSecond` until a step's p99 passes the
-/// SLO (or a CR is not done). Names from `*base` on.
-async fn search(
-    b: &Bench<'_>,
+/// One side's capacity search: the arrival rate steps ×`factor` from `start_per_second` until a
+/// step misses the SLO. Stepped one rate at a time, so that two searches can take turns on one bed.
+struct Search {
     side: Side,
-    what: &str,
-    replicas: Option<&Replicas>,
-    base: &mut u32,
-    passes: &mut Vec<Pass>,
-) -> anyhow::Result<CapacityOf> {
-    let w = &b.o.workload;
-    let c = &w.capacity;
-    let mut rate = c.start_per_second;
-    let mut steps = Vec::new();
-    if *base == 0 {
-        eprintln!(
-            "[loadtest] warm-up: {} s of quiet before the first step",
-            c.warmup_seconds
-        );
-        tokio::time::sleep(Duration::from_secs(c.warmup_seconds)).await;
+    what: String,
+    rate: f64,
+    k: u32,
+    steps: Vec<Step>,
+    best: Option<f64>,
+    over: bool,
+}
+
+impl Search {
+    fn new(side: Side, what: &str, start_per_second: f64) -> Self {
+        Self {
+            side,
+            what: what.to_string(),
+            rate: start_per_second,
+            k: 0,
+            steps: Vec::new(),
+            best: None,
+            over: false,
+        }
     }
-    let mut best = None;
-    for k in 0..c.max_steps {
+
+    fn done(&self, max_steps: u32) -> bool {
+        self.over || self.k >= max_steps
+    }
+
+    /// Runs the step at the current rate and moves on to the next.
+    async fn step(
+        &mut self,
+        b: &Bench<'_>,
+        replicas: Option<&Replicas>,
+        base: &mut u32,
+        passes: &mut Vec<Pass>,
+    ) -> anyhow::Result<()> {
+        let w = &b.o.workload;
+        let rate = self.rate;
         let arrival = Arrival {
             kind: Kind::Rate,
             per_second: rate,
             spacing: w.arrival.spacing,
-            seed: w.arrival.seed.wrapping_add(u64::from(k)),
+            seed: w.arrival.seed.wrapping_add(u64::from(self.k)),
         };
-        let per_cluster = arrival.count_for(c.step_seconds as f64);
-        let label = format!("{what} at {rate:.2}/s");
-        let p = pass(b, side, &label, &arrival, per_cluster, *base, replicas).await?;
+        let per_cluster = arrival.count_for(w.capacity.step_seconds as f64);
+        let label = format!("{} at {rate:.2}/s", self.what);
+        let p = pass(b, self.side, &label, &arrival, per_cluster, *base, replicas).await?;
         *base += (per_cluster * b.clients.len()) as u32;
         let p99 = p.latency.as_ref().map(|s| s.p99);
-        let passed = p.not_done.is_empty() && p99.is_some_and(|v| v <= w.slo_seconds);
+        let passed = p.not_done.is_empty() && p.left_behind.is_empty() && p99.is_some_and(|v| v <= w.slo_seconds);
         let l = p.latency.as_ref();
         eprintln!(
             "[loadtest] {label}: p50 {} s, p99 {} s, max {} s, {} not done → {}",
@@ -408,7 +451,7 @@ async fn search(
             p.not_done.len(),
             if passed { "within the SLO" } else { "over the SLO" }
         );
-        steps.push(Step {
+        self.steps.push(Step {
             per_second: rate,
             crs: p.crs,
             p50: p.latency.as_ref().map(|s| s.p50),
@@ -416,30 +459,91 @@ async fn search(
             passed,
         });
         passes.push(p);
-        if !passed {
+        self.k += 1;
+        if passed {
+            self.best = Some(rate);
+            self.rate *= w.capacity.factor;
+        } else {
+            self.over = true;
+        }
+        Ok(())
+    }
+
+    /// The highest passing rate, or why there is none to report.
+    fn finish(self, b: &Bench<'_>) -> anyhow::Result<CapacityOf> {
+        let (w, c) = (&b.o.workload, &b.o.workload.capacity);
+        let what = &self.what;
+        let Some(best) = self.best else {
+            bail!(
+                "{what}: the first step ({:.2} CRs/s per cluster) already missed the {} s SLO; lower --start-rate",
+                c.start_per_second,
+                w.slo_seconds
+            );
+        };
+        if self.steps.iter().all(|s| s.passed) {
+            bail!(
+                "{what}: every one of {} steps passed (up to {best:.2} CRs/s per cluster): capacity not reached; raise --start-rate or capacity.maxSteps",
+                c.max_steps
+            );
+        }
+        Ok(CapacityOf {
+            per_second: best,
+            members_per_second: best * b.clients.len() as f64 * f64::from(w.members_per_cr()),
+            steps: self.steps,
+        })
+    }
+}
+
+/// Quiet on the fresh bed before the first step (components settle after start).
+async fn warm_up(b: &Bench<'_>) {
+    let secs = b.o.workload.capacity.warmup_seconds;
+    eprintln!("[loadtest] warm-up: {secs} s of quiet before the first step");
+    tokio::time::sleep(Duration::from_secs(secs)).await;
+}
+
+/// One side's whole capacity search.
+async fn search(
+    b: &Bench<'_>,
+    side: Side,
+    what: &str,
+    replicas: Option<&Replicas>,
+    base: &mut u32,
+    passes: &mut Vec<Pass>,
+) -> anyhow::Result<CapacityOf> {
+    let c = &b.o.workload.capacity;
+    let mut s = Search::new(side, what, c.start_per_second);
+    while !s.done(c.max_steps) {
+        s.step(b, replicas, base, passes).await?;
+    }
+    s.finish(b)
+}
+
+/// The floor's and the operator's searches taking turns, rate by rate, on one bed: neither side
+/// runs all its steps on a bed the other has worn (a fixed order biased the ratio). Who goes first
+/// alternates with the rate. A side that missed the SLO stops; the other goes on.
+async fn search_both(
+    b: &Bench<'_>,
+    replicas: &Replicas,
+    base: &mut u32,
+    passes: &mut Vec<Pass>,
+) -> anyhow::Result<(CapacityOf, CapacityOf)> {
+    let c = &b.o.workload.capacity;
+    let mut floor = Search::new(Side::Floor, "floor", c.start_per_second);
+    let mut op = Search::new(Side::Operator, "operator", c.start_per_second);
+    for k in 0.. {
+        if floor.done(c.max_steps) && op.done(c.max_steps) {
             break;
         }
-        best = Some(rate);
-        rate *= c.factor;
+        let floor_first = k % 2 == 0;
+        for turn in [floor_first, !floor_first] {
+            match turn {
+                true if !floor.done(c.max_steps) => floor.step(b, None, base, passes).await?,
+                false if !op.done(c.max_steps) => op.step(b, Some(replicas), base, passes).await?,
+                _ => {}
+            }
+        }
     }
-    let Some(best) = best else {
-        bail!(
-            "{what}: the first step ({:.2} CRs/s per cluster) already missed the {} s SLO; lower --start-rate",
-            c.start_per_second,
-            w.slo_seconds
-        );
-    };
-    if steps.iter().all(|s| s.passed) {
-        bail!(
-            "{what}: every one of {} steps passed (up to {best:.2} CRs/s per cluster): capacity not reached; raise --start-rate or capacity.maxSteps",
-            c.max_steps
-        );
-    }
-    Ok(CapacityOf {
-        per_second: best,
-        members_per_second: best * b.clients.len() as f64 * f64::from(w.members_per_cr()),
-        steps,
-    })
+    Ok((floor.finish(b)?, op.finish(b)?))
 }
 
 /// Runs the mode of the bench's workload.
@@ -468,7 +572,12 @@ pub async fn run(b: &Bench<'_>) -> anyhow::Result<ModeReport> {
                 );
             }
             let arrival = Arrival::burst();
-            for fs in [false, true] {
+            let variants = if w.burst_both {
+                vec![false, true]
+            } else {
+                vec![w.flow_schema]
+            };
+            for fs in variants {
                 if fs {
                     apply_flow_schema(b).await?;
                 }
@@ -508,11 +617,11 @@ pub async fn run(b: &Bench<'_>) -> anyhow::Result<ModeReport> {
             if w.flow_schema {
                 apply_flow_schema(b).await?;
             }
-            let floor = search(b, Side::Floor, "floor", None, &mut base, &mut passes).await?;
             let r = replicas(b, w.replicas, None, "replicas-capacity").await?;
-            let op = search(b, Side::Operator, "operator", Some(&r), &mut base, &mut passes).await;
+            warm_up(b).await;
+            let both = search_both(b, &r, &mut base, &mut passes).await;
             records.extend(stop(r).await?.0);
-            let op = op?;
+            let (floor, op) = both?;
             let ratio = op.per_second / floor.per_second;
             rate_ratios = self::rate_ratios(&floor.steps, &op.steps);
             capacity = Some((floor, op, ratio));
@@ -522,6 +631,7 @@ pub async fn run(b: &Bench<'_>) -> anyhow::Result<ModeReport> {
                 apply_flow_schema(b).await?;
             }
             let share = w.scaleout.replica_cpu;
+            warm_up(b).await;
             for &n in &w.scaleout.replicas {
                 let r = replicas(b, n, Some(share), &format!("replicas-scaleout-{n}")).await?;
                 let what = format!("operator ×{n}");
@@ -576,11 +686,7 @@ pub async fn run(b: &Bench<'_>) -> anyhow::Result<ModeReport> {
         bail!("no reconcile records: the replicas did not write any");
     }
     let bad = record::overlaps(&all);
-    let lost = passes
-        .iter()
-        .flat_map(|p| p.not_done.clone())
-        .filter(|l| l.contains("left after"))
-        .collect();
+    let lost = lost_of(&passes);
     let report = ModeReport {
         run: b.o.run.clone(),
         command: b.o.command.clone(),
@@ -726,11 +832,12 @@ impl ModeReport {
             }
             md.push('\n');
         }
-        md.push_str("## Passes\n\n| pass | CRs | p50 | p90 | p99 | max | all done (s) | writes/CR | not done |\n|---|---|---|---|---|---|---|---|---|\n");
+        md.push_str("## Passes\n\nStatus lag: a CR's last pod Ready → `configured` (operator passes).\n\n| pass | CRs | p50 | p90 | p99 | max | all done (s) | writes/CR | status lag p50 | status lag p99 | not done |\n|---|---|---|---|---|---|---|---|---|---|---|\n");
         for p in &self.passes {
             let l = p.latency.as_ref();
+            let lag = p.status_lag.as_ref();
             md.push_str(&format!(
-                "| {} | {} | {} | {} | {} | {} | {} | {} | {} |\n",
+                "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |\n",
                 p.label,
                 p.crs,
                 opt(l.map(|s| s.p50)),
@@ -739,6 +846,8 @@ impl ModeReport {
                 opt(l.map(|s| s.max)),
                 opt(p.all_done_seconds),
                 opt(p.writes_per_cr),
+                opt(lag.map(|s| s.p50)),
+                opt(lag.map(|s| s.p99)),
                 p.not_done.len()
             ));
         }
@@ -756,9 +865,11 @@ impl ModeReport {
             md.push_str(&format!("- {}: {}\n", p.label, calls.join("; ")));
         }
         md.push_str(&format!(
-            "\n## Correctness\n\n- overlaps: {}\n- lost: {}\n",
+            "\n## Correctness\n\n- overlaps: {}\n- lost: {} ({} not configured, {} objects left)\n",
             self.overlaps,
-            self.lost.len()
+            self.lost.total,
+            self.lost.not_configured.len(),
+            self.lost.children_left.len()
         ));
         md
     }

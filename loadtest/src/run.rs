@@ -62,7 +62,7 @@ impl Outcome {
     pub fn failures(&self) -> (usize, usize) {
         match self {
             Outcome::Standard(r) => (r.overlaps, r.lost.total),
-            Outcome::Modes(r) => (r.overlaps, r.lost.len()),
+            Outcome::Modes(r) => (r.overlaps, r.lost.total),
         }
     }
 }

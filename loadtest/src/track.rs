@@ -166,27 +166,87 @@ pub fn watch_floor(
     members: usize,
     tracker: std::sync::Arc<Tracker>,
 ) -> tokio::task::JoinHandle<()> {
+    watch_ready_groups(
+        client,
+        ns,
+        crate::objects::FLOOR_GROUP,
+        index,
+        members,
+        move |group, at| tracker.configured((index, group), 1, at),
+    )
+}
+
+/// When every member pod of each operator CR was first seen Ready (the last pod's Ready): the start
+/// of the status lag, which ends when the CR is seen `configured`.
+#[derive(Default)]
+pub struct ReadyTimes {
+    at: Mutex<HashMap<Key, Instant>>,
+}
+
+impl ReadyTimes {
+    fn note(&self, key: Key, at: Instant) {
+        self.at
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(key)
+            .or_insert(at);
+    }
+
+    /// Seconds from all pods Ready to configured, for every done CR whose pods were all seen Ready.
+    pub fn lags(&self, done: &[(Key, Instant, Instant)]) -> Vec<f64> {
+        let at = self.at.lock().unwrap_or_else(|p| p.into_inner());
+        done.iter()
+            .filter_map(|(k, _, configured)| {
+                at.get(k)
+                    .map(|ready| configured.saturating_duration_since(*ready).as_secs_f64())
+            })
+            .collect()
+    }
+}
+
+/// Feeds `times` from a watch of the operator's member pods (labelled with their CR).
+pub fn watch_member_pods(
+    client: Client,
+    ns: &str,
+    index: usize,
+    members: usize,
+    times: std::sync::Arc<ReadyTimes>,
+) -> tokio::task::JoinHandle<()> {
+    watch_ready_groups(
+        client,
+        ns,
+        kubedirector::model::labels::CLUSTER,
+        index,
+        members,
+        move |cr, at| times.note((index, cr), at),
+    )
+}
+
+/// Watches the pods carrying `label` in `ns`, grouped by its value; calls `all_ready` when `members`
+/// pods of a group have been seen Ready.
+fn watch_ready_groups(
+    client: Client,
+    ns: &str,
+    label: &'static str,
+    index: usize,
+    members: usize,
+    all_ready: impl Fn(String, Instant) + Send + 'static,
+) -> tokio::task::JoinHandle<()> {
     let api = Api::<Pod>::namespaced(client, ns);
-    let selector = crate::objects::FLOOR_GROUP.to_string();
     tokio::spawn(async move {
         let mut ready: HashMap<String, std::collections::HashSet<String>> = HashMap::new();
-        let mut events = watcher(api, watcher::Config::default().labels(&selector)).boxed();
+        let mut events = watcher(api, watcher::Config::default().labels(label)).boxed();
         while let Some(ev) = events.next().await {
             let pod = match ev {
                 Ok(watcher::Event::Apply(p) | watcher::Event::InitApply(p)) => p,
                 Ok(_) => continue,
                 Err(e) => {
-                    tracing_warn(&format!("floor watch {index}: {e}"));
+                    tracing_warn(&format!("pod watch {index} ({label}): {e}"));
                     tokio::time::sleep(std::time::Duration::from_millis(500)).await;
                     continue;
                 }
             };
-            let group = pod
-                .metadata
-                .labels
-                .as_ref()
-                .and_then(|l| l.get(crate::objects::FLOOR_GROUP))
-                .cloned();
+            let group = pod.metadata.labels.as_ref().and_then(|l| l.get(label)).cloned();
             let (Some(group), Some(name)) = (group, pod.metadata.name.clone()) else {
                 continue;
             };
@@ -199,7 +259,7 @@ pub fn watch_floor(
                 let set = ready.entry(group.clone()).or_default();
                 set.insert(name);
                 if set.len() == members {
-                    tracker.configured((index, group), 1, Instant::now());
+                    all_ready(group, Instant::now());
                 }
             }
         }
@@ -230,6 +290,24 @@ mod tests {
         assert_eq!(t.done_count(), 1);
         assert_eq!(t.done()[0].2, later);
         assert_eq!(t.pending(), 0);
+    }
+
+    #[test]
+    fn status_lag_runs_from_the_first_time_all_pods_were_ready() {
+        let times = ReadyTimes::default();
+        let t0 = Instant::now();
+        let (a, b): (Key, Key) = ((0, "a".into()), (0, "b".into()));
+        times.note(a.clone(), t0);
+        // Seen all Ready again later (a pod update): the first time counts.
+        times.note(a.clone(), t0 + Duration::from_secs(5));
+        let done = vec![
+            (a, t0, t0 + Duration::from_millis(300)),
+            // Pods never all seen Ready: no lag to report.
+            (b, t0, t0 + Duration::from_secs(1)),
+        ];
+        let lags = times.lags(&done);
+        assert_eq!(lags.len(), 1);
+        assert!((lags[0] - 0.3).abs() < 1e-6, "{lags:?}");
     }
 
     #[test]

@@ -102,6 +102,8 @@ pub struct Workload {
     /// The chart's FlowSchema and PriorityLevelConfiguration applied before the run (standard,
     /// capacity, scaleout; burst measures without and with it regardless).
     pub flow_schema: bool,
+    /// Burst: measure both without and with the FlowSchema; false = only as `flowSchema` says.
+    pub burst_both: bool,
     /// Member clusters (kwok, kind: created by the harness; contexts: the number of contexts given).
     pub clusters: u32,
     /// Members in total, over every CR of every cluster.
@@ -147,6 +149,7 @@ impl Workload {
             },
             floor_as_operator: true,
             flow_schema: false,
+            burst_both: true,
             clusters: 4,
             members: 5000,
             roles: vec![

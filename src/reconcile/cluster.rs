@@ -150,62 +150,58 @@ const APPLY_CONCURRENCY: usize = 8;
 
 /// The headless Service, the StatefulSets and the member Services, written concurrently. Every write
 /// is tried; the first error is returned once all have finished (the others' writes stand, and the
-/// retry skips them by digest).
+/// retry skips them by digest). Also returns the children created (`Kind/name`).
 async fn apply_children(
     ctx: &Ctx,
     ns: &str,
     plan: &plan::ClusterPlan,
     children: &observe::Children,
     uid: &str,
-) -> Result<Writes, Error> {
+) -> Result<(Writes, Vec<String>), Error> {
     use futures::{FutureExt, StreamExt, future::BoxFuture};
-    let mut calls: Vec<BoxFuture<'_, Result<Writes, Error>>> = Vec::new();
-    if let Some(headless) = &plan.headless {
-        let current = children.services.get(&headless.name_any());
+    type Call<'a> = BoxFuture<'a, (Option<String>, Result<Writes, Error>)>;
+    let mut calls: Vec<Call<'_>> = Vec::new();
+    let services = plan.headless.iter().chain(&plan.member_services);
+    for svc in services {
+        let current = children.services.get(&svc.name_any());
+        let created = current.is_none().then(|| format!("Service/{}", svc.name_any()));
         calls.push(
             async move {
                 let mut w = Writes::default();
-                apply::ensure(ctx, ns, headless, current, uid, &mut w).await.map(|()| w)
+                let r = apply::ensure(ctx, ns, svc, current, uid, &mut w).await;
+                (created, r.map(|()| w))
             }
             .boxed(),
         );
     }
     for sts in &plan.statefulsets {
         let current = children.statefulsets.get(&sts.name_any());
+        let created = current.is_none().then(|| format!("StatefulSet/{}", sts.name_any()));
         calls.push(
             async move {
                 let mut w = Writes::default();
-                apply::ensure_statefulset(ctx, ns, sts, current, uid, &mut w)
-                    .await
-                    .map(|()| w)
+                let r = apply::ensure_statefulset(ctx, ns, sts, current, uid, &mut w).await;
+                (created, r.map(|()| w))
             }
             .boxed(),
         );
     }
-    for svc in &plan.member_services {
-        let current = children.services.get(&svc.name_any());
-        calls.push(
-            async move {
-                let mut w = Writes::default();
-                apply::ensure(ctx, ns, svc, current, uid, &mut w).await.map(|()| w)
-            }
-            .boxed(),
-        );
-    }
-    let results: Vec<Result<Writes, Error>> = futures::stream::iter(calls)
+    let results: Vec<(Option<String>, Result<Writes, Error>)> = futures::stream::iter(calls)
         .buffer_unordered(APPLY_CONCURRENCY)
         .collect()
         .await;
-    let mut total = Writes::default();
-    let mut first_error = None;
-    for result in results {
+    let (mut total, mut made, mut first_error) = (Writes::default(), Vec::new(), None);
+    for (created, result) in results {
         match result {
-            Ok(w) => total += w,
+            Ok(w) => {
+                total += w;
+                made.extend(created);
+            }
             Err(e) if first_error.is_none() => first_error = Some(e),
             Err(_) => {}
         }
     }
-    first_error.map_or(Ok(total), Err)
+    first_error.map_or(Ok((total, made)), Err)
 }
 
 /// One reconcile; the outcome tells the queue when to run the key again.
@@ -238,6 +234,7 @@ pub async fn reconcile(obj: Arc<DynamicObject>, ctx: &Ctx) -> Result<Outcome, Er
         }
         ctx.coalescer.forget(&key);
         ctx.superseded.forget(&key);
+        ctx.awaited.forget(&key);
         return Ok(Outcome::Done);
     }
     let (obj, version) = if finalizers.iter().any(|f| f == FINALIZER) {
@@ -253,6 +250,13 @@ pub async fn reconcile(obj: Arc<DynamicObject>, ctx: &Ctx) -> Result<Outcome, Er
         (Arc::new(patched), version)
     };
 
+    if ctx
+        .awaited
+        .waiting(&key, |id| observe::cached(ctx, &ns, id), tokio::time::Instant::now())
+    {
+        debug!(context = %ctx.context, cluster = %name, namespace = %ns, "children just created not in the cache yet; waiting for the watch");
+        return Ok(Outcome::Throttled(Duration::from_millis(100)));
+    }
     let cluster: KubeDirectorCluster = match observe::parse(&obj) {
         Ok(c) => c,
         Err(e) => {
@@ -305,7 +309,8 @@ pub async fn reconcile(obj: Arc<DynamicObject>, ctx: &Ctx) -> Result<Outcome, Er
         return block(ctx, &obj, "InvalidSpec", validate::describe(&plan.errors)).await;
     }
 
-    let mut writes = apply_children(ctx, &ns, &plan, &children, &uid).await?;
+    let (mut writes, created) = apply_children(ctx, &ns, &plan, &children, &uid).await?;
+    ctx.awaited.created(&key, created, tokio::time::Instant::now());
     for sts in &plan.delete_statefulsets {
         if children.statefulsets.contains_key(sts) {
             apply::delete_statefulset(ctx, &ns, sts, &mut writes).await?;

@@ -87,6 +87,8 @@ pub struct Ctx {
     pub coalescer: StatusCoalescer<ClusterKey>,
     /// Versions of clusters this process wrote a status over: not to be planned from again.
     pub superseded: super::freshness::Superseded<ClusterKey>,
+    /// Children this process created, not yet in the caches: not to be planned without.
+    pub awaited: super::freshness::Awaited<ClusterKey>,
     pub metrics: Arc<Metrics>,
     pub stores: Stores,
     /// Holds the system app catalog and kd-global-config.

@@ -57,6 +57,52 @@ impl<K: Eq + Hash + Clone> Superseded<K> {
     }
 }
 
+/// Children this process just created, per cluster, until its caches show them. A reconcile that
+/// ran before the watch delivered them would find them missing and create them again: a write each,
+/// for nothing. (A status write used to hold such reconciles back through `Superseded`; a new
+/// cluster's first status is now held until `configured`, so nothing else would.) After `patience`
+/// the reconcile goes ahead anyway: a child deleted before we ever saw it is made again then.
+pub struct Awaited<K> {
+    patience: Duration,
+    created: DashMap<K, (Vec<String>, Instant)>,
+}
+
+impl<K: Eq + Hash + Clone> Awaited<K> {
+    pub fn new(patience: Duration) -> Self {
+        Self {
+            patience,
+            created: DashMap::new(),
+        }
+    }
+
+    /// A reconcile of `key` created the children `ids` at `now`.
+    pub fn created(&self, key: &K, ids: Vec<String>, now: Instant) {
+        if ids.is_empty() {
+            return;
+        }
+        let mut entry = self.created.entry(key.clone()).or_insert_with(|| (Vec::new(), now));
+        entry.0.extend(ids);
+        entry.1 = now;
+    }
+
+    /// Whether a reconcile of `key` should wait for the watch: a child it created is not `cached`
+    /// yet, and patience remains. Forgets the key otherwise.
+    pub fn waiting(&self, key: &K, cached: impl Fn(&str) -> bool, now: Instant) -> bool {
+        let verdict = match self.created.get(key) {
+            None => return false,
+            Some(e) => now < e.1 + self.patience && e.0.iter().any(|id| !cached(id)),
+        };
+        if !verdict {
+            self.created.remove(key);
+        }
+        verdict
+    }
+
+    pub fn forget(&self, key: &K) {
+        self.created.remove(key);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -102,5 +148,27 @@ mod tests {
         s.wrote_over(&"k", "30", t0);
         s.wrote_over(&"k", "31", t0 + Duration::from_secs(6));
         assert!(!s.is_stale(&"k", "30", t0 + Duration::from_secs(7)));
+    }
+
+    #[test]
+    fn a_reconcile_waits_for_the_children_it_created_until_the_cache_has_them() {
+        let a = Awaited::new(Duration::from_secs(5));
+        let t0 = Instant::now();
+        assert!(!a.waiting(&"k", |_| false, t0), "nothing created");
+        a.created(&"k", vec![], t0);
+        assert!(!a.waiting(&"k", |_| false, t0), "an empty list is nothing to wait for");
+        a.created(&"k", vec!["StatefulSet/s".into(), "Service/h".into()], t0);
+        let only_h = |id: &str| id == "Service/h";
+        assert!(a.waiting(&"k", only_h, t0 + Duration::from_secs(1)));
+        assert!(!a.waiting(&"other", |_| false, t0), "per key");
+        assert!(!a.waiting(&"k", |_| true, t0 + Duration::from_secs(1)), "all cached");
+        assert!(
+            !a.waiting(&"k", only_h, t0 + Duration::from_secs(1)),
+            "forgotten once seen"
+        );
+        // A child that never shows up: go ahead after the patience.
+        a.created(&"k", vec!["Service/m".into()], t0);
+        assert!(a.waiting(&"k", |_| false, t0 + Duration::from_secs(4)));
+        assert!(!a.waiting(&"k", |_| false, t0 + Duration::from_secs(6)));
     }
 }

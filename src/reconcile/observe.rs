@@ -47,6 +47,17 @@ pub struct Children {
     pub services: BTreeMap<String, ChildState>,
 }
 
+/// Whether the cache holds child `id` (`StatefulSet/<name>` or `Service/<name>`) in `ns`: a lookup,
+/// not a scan.
+pub fn cached(ctx: &Ctx, ns: &str, id: &str) -> bool {
+    use kube::runtime::reflector::ObjectRef;
+    match id.split_once('/') {
+        Some(("StatefulSet", name)) => ctx.stores.statefulsets.get(&ObjectRef::new(name).within(ns)).is_some(),
+        Some(("Service", name)) => ctx.stores.services.get(&ObjectRef::new(name).within(ns)).is_some(),
+        _ => true,
+    }
+}
+
 fn child_state(meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta) -> ChildState {
     ChildState {
         spec_hash: meta

@@ -779,3 +779,62 @@ async fn a_file_injection_url_must_answer_within_the_webhooks_time() {
     drop(silent);
     bed.cleanup().await;
 }
+
+#[tokio::test]
+#[ignore = "needs the test bed: make integration"]
+async fn a_cluster_created_through_the_webhook_costs_its_children_and_one_status_write() {
+    use crate::fleet::sum_metric;
+    let bed = bed("adm-writes").await;
+    let operator = bed.webhook_replica(&bed.managed, &bed.ns);
+    bed.wait_ready(&operator).await;
+    let mut cluster = cases::user_cluster("w", "cassandra-like");
+    for role in cluster["spec"]["roles"].as_array_mut().expect("roles") {
+        role.as_object_mut().expect("role").remove("storage");
+    }
+    let stored = bed.create(&bed.managed, &cluster).await.expect("cluster admitted");
+    assert_eq!(
+        stored.metadata.finalizers,
+        Some(vec![kubedirector::model::labels::FINALIZER.to_string()]),
+        "the finalizer is in from the create"
+    );
+    let api = bed.api("KubeDirectorCluster", &bed.managed);
+    testbed::wait_for("w configured", Duration::from_secs(90), async {
+        loop {
+            let c = api.get("w").await.expect("get w");
+            if c.data["status"]["state"] == "configured" {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+    })
+    .await;
+    let selector = format!("{}=w", kubedirector::model::labels::CLUSTER);
+    let lp = kube::api::ListParams::default().labels(&selector);
+    let sts = Api::<k8s_openapi::api::apps::v1::StatefulSet>::namespaced(bed.client.clone(), &bed.managed)
+        .list(&lp)
+        .await
+        .expect("statefulsets")
+        .items
+        .len();
+    let svcs = Api::<k8s_openapi::api::core::v1::Service>::namespaced(bed.client.clone(), &bed.managed)
+        .list(&lp)
+        .await
+        .expect("services")
+        .items
+        .len();
+    // Settle: a reconcile after the status write must not write again.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let metrics = operator.metrics();
+    let verb = |v: &str| {
+        sum_metric(
+            &metrics,
+            "kubedirector_api_writes_total",
+            &[("verb", v), ("outcome", "ok")],
+        )
+    };
+    assert!(sts > 0 && svcs > 0, "children: {sts} StatefulSets, {svcs} Services");
+    assert_eq!(verb("apply"), (sts + svcs) as f64, "one apply per child");
+    assert_eq!(verb("update_status"), 1.0, "one status write, at configured");
+    assert_eq!(verb("patch"), 0.0, "no finalizer patch");
+    assert_eq!(verb("event"), 0.0, "no Event by default for a cluster that came up");
+}
