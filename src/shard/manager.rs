@@ -155,11 +155,13 @@ impl Shards {
     }
 
     /// A membership renewal sent at `sent` succeeded: every held shard may be acted on until
-    /// `sent + deadline`.
+    /// `sent + deadline`, except those being handed over. A draining shard's validity must run
+    /// out: its release waits at most a renew deadline for the reconciles in flight, which the
+    /// lapse cuts off by then; extended, one would outlive the release and overlap the new owner's.
     fn renewed(&self, sent: Instant, deadline: Duration) {
         let until = sent + deadline;
         *self.membership_until.lock().unwrap_or_else(|p| p.into_inner()) = Some(until);
-        for h in self.lock().values_mut() {
+        for h in self.lock().values_mut().filter(|h| !h.draining) {
             h.valid_until = until;
         }
     }
@@ -588,5 +590,57 @@ async fn acquire(shards: &Arc<Shards>, api: &Api<Lease>, current: Option<Lease>,
         }
         Ok(None) => debug!(shard = s, "lost the race for a shard"),
         Err(e) => warn!(shard = s, error = %e, "acquiring shard failed"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn options() -> ShardOptions {
+        ShardOptions {
+            shards: 4,
+            replica: "r0".to_string(),
+            namespace: "ns".to_string(),
+            lease_duration: Duration::from_secs(10),
+            renew_deadline: Duration::from_secs(7),
+            retry_period: Duration::from_secs(2),
+            record: None,
+        }
+    }
+
+    fn hold(shards: &Shards, shard: u32, until: Instant, draining: bool) {
+        shards.lock().insert(
+            shard,
+            Held {
+                valid_until: until,
+                draining,
+                lease: Lease::default(),
+                released_at: None,
+            },
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_renewal_extends_every_held_shard_but_the_ones_being_handed_over() {
+        let shards = Shards::new(&options(), Arc::new(Metrics::new())).expect("shards");
+        let t0 = Instant::now();
+        hold(&shards, 0, t0, false);
+        hold(&shards, 1, t0, true);
+        let sent = t0 + Duration::from_secs(1);
+        shards.renewed(sent, Duration::from_secs(7));
+        let until = |s| shards.lock().get(&s).map(|h| h.valid_until);
+        assert_eq!(until(0), Some(sent + Duration::from_secs(7)));
+        assert_eq!(
+            until(1),
+            Some(t0),
+            "a draining shard's validity runs out, so its release never overlaps a reconcile"
+        );
+        assert_eq!(shards.membership_until(), Some(sent + Duration::from_secs(7)));
+        // Ended by another replica: nothing is held or acquirable until the next renewal.
+        shards.membership_lost();
+        assert!(shards.held().is_empty());
+        assert_eq!(shards.membership_until(), None);
+        assert!(matches!(shards.begin(0), Act::NotMine));
     }
 }

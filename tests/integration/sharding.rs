@@ -459,10 +459,10 @@ async fn idle_replicas_write_one_lease_each_per_retry_period() {
     let api: Api<Lease> = Api::namespaced(clients[0].clone(), &sys);
     let listed = api.list(&ListParams::default()).await.expect("leases");
     let from = listed.metadata.resource_version.unwrap_or_default();
-    let window = Duration::from_secs(30);
+    let window = Duration::from_secs(60);
     let params = WatchParams::default()
         .labels(&format!("{}=true", lease::LABEL))
-        .timeout(40);
+        .timeout(75);
     let mut events = api.watch(&params, &from).await.expect("watch").boxed();
     let (mut writes, mut shard_writes) = (0u32, 0u32);
     let deadline = tokio::time::Instant::now() + window;
