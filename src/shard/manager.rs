@@ -282,7 +282,7 @@ async fn drain_and_release(shards: &Arc<Shards>, api: &Api<Lease>, shard: u32, o
         match lease::replace(api, &lease, None, options.lease_duration, true).await {
             Ok(Some(_)) => info!(shard, "shard released"),
             Ok(None) => debug!(shard, "shard changed hands before release"),
-            Err(e) => warn!(shard, error = %e, "releasing shard failed; it will expire"),
+            Err(e) => warn!(shard, error = %e, "releasing shard failed; the next round releases it"),
         }
     }
     shards.lock().remove(&shard);
@@ -404,6 +404,26 @@ pub async fn run(
             if start_drain {
                 let (shards, api, options) = (shards.clone(), api.clone(), options.clone());
                 tokio::spawn(async move { drain_and_release(&shards, &api, s, &options).await });
+            }
+        }
+        // Leases in our name that this process does not hold and does not take now: a release that
+        // failed, or what a previous run (or a lost membership) left. Nobody else takes a shard of a
+        // live replica, and shard Leases never expire by themselves: released here, or stranded.
+        let orphans: Vec<Lease> = (0..options.shards)
+            .filter(|s| !mine_in_memory.contains(s) && !moves.acquire.contains(s))
+            .filter_map(|s| by_name(&lease::shard_lease(s)))
+            .filter(|l| lease::holder(l) == Some(me.as_str()))
+            .collect();
+        for l in orphans {
+            match bounded(
+                options.renew_deadline,
+                lease::replace(&api, &l, None, options.lease_duration, true),
+            )
+            .await
+            {
+                Ok(Some(_)) => info!(lease = %l.name_any(), "released a shard Lease left in our name"),
+                Ok(None) => {} // already changed: our cache was behind
+                Err(e) => warn!(lease = %l.name_any(), error = %e, "releasing a shard Lease left in our name failed"),
             }
         }
         // Shards of replicas gone silent are taken only once their membership is ended (conditional:
