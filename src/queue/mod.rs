@@ -52,6 +52,8 @@ enum Phase {
 struct Entry {
     phase: Phase,
     failures: u32,
+    /// Queued in the urgent lane (once is enough: further urgent adds while queued are folded).
+    urgent: bool,
 }
 
 struct Inner<K> {
@@ -59,6 +61,7 @@ struct Inner<K> {
     ready: Mutex<VecDeque<K>>,
     /// Served before `ready`: keys that must not wait behind a full queue (a just-acquired shard's).
     urgent: Mutex<VecDeque<K>>,
+    pops: AtomicU64,
     ready_signal: Notify,
     timers: Mutex<BTreeMap<(Instant, u64), K>>,
     timer_signal: Notify,
@@ -94,6 +97,7 @@ impl<K: Clone + Eq + Hash + Ord + Send + Sync + 'static> WorkQueue<K> {
                 entries: DashMap::new(),
                 ready: Mutex::new(VecDeque::new()),
                 urgent: Mutex::new(VecDeque::new()),
+                pops: AtomicU64::new(0),
                 ready_signal: Notify::new(),
                 timers: Mutex::new(BTreeMap::new()),
                 timer_signal: Notify::new(),
@@ -141,7 +145,7 @@ impl<K: Clone + Eq + Hash + Ord + Send + Sync + 'static> WorkQueue<K> {
             .entries
             .entry(key.clone())
             .and_modify(|e| match e.phase {
-                Phase::Queued { .. } => enqueue = urgent,
+                Phase::Queued { .. } => enqueue = urgent && !e.urgent,
                 Phase::Running { .. } => e.phase = Phase::Running { dirty: true },
                 Phase::Delayed {
                     kind: DelayKind::Resync,
@@ -157,9 +161,13 @@ impl<K: Clone + Eq + Hash + Ord + Send + Sync + 'static> WorkQueue<K> {
                 Entry {
                     phase: Phase::Queued { since: now },
                     failures: 0,
+                    urgent: false,
                 }
             });
         if enqueue && urgent {
+            if let Some(mut e) = self.inner.entries.get_mut(&key) {
+                e.urgent = true;
+            }
             lock(&self.inner.urgent).push_back(key);
             self.inner.ready_signal.notify_one();
         } else if enqueue {
@@ -167,9 +175,18 @@ impl<K: Clone + Eq + Hash + Ord + Send + Sync + 'static> WorkQueue<K> {
         }
     }
 
+    /// The urgent lane first, except every fourth pop, which serves the normal lane first: a steady
+    /// stream of urgent keys (pod events of a large fleet) must not starve the others.
     fn pop(&self) -> Option<K> {
-        let urgent = lock(&self.inner.urgent).pop_front();
-        urgent.or_else(|| lock(&self.inner.ready).pop_front())
+        let n = self.inner.pops.fetch_add(1, Ordering::Relaxed);
+        let (urgent, ready) = (&self.inner.urgent, &self.inner.ready);
+        if n % 4 == 3 {
+            let k = lock(ready).pop_front();
+            k.or_else(|| lock(urgent).pop_front())
+        } else {
+            let k = lock(urgent).pop_front();
+            k.or_else(|| lock(ready).pop_front())
+        }
     }
 
     /// The next key to work on and how long it waited, or `None` once the queue is closed.
@@ -185,6 +202,7 @@ impl<K: Clone + Eq + Hash + Ord + Send + Sync + 'static> WorkQueue<K> {
                     && let Phase::Queued { since } = e.phase
                 {
                     e.phase = Phase::Running { dirty: false };
+                    e.urgent = false;
                     waited = Some(since.elapsed());
                 }
                 // Stale ready entries (a key that moved on) are skipped.

@@ -288,3 +288,26 @@ async fn urgent_keys_go_ahead_of_a_full_queue_and_are_still_handed_out_once() {
         "the change seen while it ran runs it again"
     );
 }
+
+#[tokio::test(start_paused = true)]
+async fn urgent_adds_are_folded_and_never_starve_the_normal_lane() {
+    let q = queue();
+    for i in 0..10 {
+        q.add(format!("n{i}"));
+        for _ in 0..5 {
+            // Pod events: many per key while it waits.
+            q.add_urgent(format!("u{i}"));
+        }
+    }
+    let mut order = Vec::new();
+    while let Some(key) = next_within(&q, Duration::from_secs(1)).await {
+        order.push(key);
+    }
+    assert_eq!(order.len(), 20, "each key once: {order:?}");
+    let normal_in_first_8 = order[..8].iter().filter(|k| k.starts_with('n')).count();
+    assert_eq!(
+        normal_in_first_8, 2,
+        "one pop in four serves the normal lane: {order:?}"
+    );
+    assert!(order[..3].iter().all(|k| k.starts_with('u')), "urgent first: {order:?}");
+}
