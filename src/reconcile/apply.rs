@@ -99,6 +99,9 @@ where
         + std::fmt::Debug,
 {
     let name = desired.name_any();
+    if current.is_none() {
+        refuse_a_namesake::<K>(ctx, ns, &name, owner_uid)?;
+    }
     if let Some(current) = current {
         if current.owner_uid.as_deref().is_some_and(|uid| uid != owner_uid) {
             return Err(Error::NotOwned {
@@ -129,6 +132,46 @@ where
     write(ctx, "apply", kind_of::<K>(), &name, api.patch(&name, &params, &patch)).await?;
     writes.applied += 1;
     Ok(())
+}
+
+/// A child this cluster does not have yet, whose name another cluster's child already carries (two
+/// uids whose derived names collide): applying it would take that object over. Refused, naming the
+/// owner. Only objects with our cluster label are cached; one without it is not seen here.
+fn refuse_a_namesake<K: Resource<DynamicType = ()>>(
+    ctx: &Ctx,
+    ns: &str,
+    name: &str,
+    owner_uid: &str,
+) -> Result<(), Error> {
+    use kube::runtime::reflector::ObjectRef;
+    let other_owner = |owners: Option<&Vec<OwnerReference>>| {
+        owners
+            .into_iter()
+            .flatten()
+            .find(|o| o.controller == Some(true))
+            .filter(|o| o.uid != owner_uid)
+            .map(|o| o.name.clone())
+    };
+    let taken = match K::kind(&()).as_ref() {
+        "StatefulSet" => ctx
+            .stores
+            .statefulsets
+            .get(&ObjectRef::new(name).within(ns))
+            .and_then(|o| other_owner(o.metadata.owner_references.as_ref())),
+        "Service" => ctx
+            .stores
+            .services
+            .get(&ObjectRef::new(name).within(ns))
+            .and_then(|o| other_owner(o.metadata.owner_references.as_ref())),
+        _ => None,
+    };
+    match taken {
+        Some(_) => Err(Error::NotOwned {
+            kind: kind_of::<K>(),
+            name: name.to_string(),
+        }),
+        None => Ok(()),
+    }
 }
 
 /// A role's StatefulSet: created by server-side apply when missing; an existing one (ours or

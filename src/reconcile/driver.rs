@@ -280,6 +280,7 @@ pub async fn run_member(
         },
         sts_events,
         svc_events,
+        pod_events,
         pvc_events,
         app_events.map(move |r| r.map(&by_app)).boxed(),
         config_events.map(move |r| r.map(|_| all_keys(&for_configs))).boxed(),
@@ -385,16 +386,10 @@ pub async fn run_member(
             labels.clone(),
             context.clone(),
         );
-        // Pod events go to the queue's urgent lane: a pod that became Ready is what a cluster's
-        // `configured` waits for, and behind a burst of new clusters (whose first reconciles are
-        // slow: they create the children) it would wait for all of them (the status lag).
-        let mut events = futures::stream::select(
-            futures::stream::select_all(streams).map(|e| (false, e)),
-            pod_events.map(|e| (true, e)),
-        );
+        let mut events = futures::stream::select_all(streams);
         async move {
             let mut failing = false;
-            while let Some((urgent, event)) = events.next().await {
+            while let Some(event) = events.next().await {
                 match event {
                     Ok(keys) => {
                         if failing {
@@ -404,12 +399,8 @@ pub async fn run_member(
                         failing = false;
                         healthy.store(true, Ordering::Relaxed);
                         for k in keys {
-                            tracing::trace!(%context, namespace = %k.namespace, name = %k.name, urgent, "event → key");
-                            if urgent {
-                                queue.add_urgent(k);
-                            } else {
-                                queue.add(k);
-                            }
+                            tracing::trace!(%context, namespace = %k.namespace, name = %k.name, "event → key");
+                            queue.add(k);
                         }
                     }
                     // An expired resource version (410) is routine: the watcher lists again by itself.
