@@ -175,8 +175,9 @@ impl<K: Clone + Eq + Hash + Ord + Send + Sync + 'static> WorkQueue<K> {
         }
     }
 
-    /// The urgent lane first, except every fourth pop, which serves the normal lane first: a steady
-    /// stream of urgent keys (pod events of a large fleet) must not starve the others.
+    /// The urgent lane first, except every fourth pop, which serves the normal lane first: the keys
+    /// of shards taken over one after another (a replica with thousands of clusters dying) must not
+    /// starve the others.
     fn pop(&self) -> Option<K> {
         let n = self.inner.pops.fetch_add(1, Ordering::Relaxed);
         let (urgent, ready) = (&self.inner.urgent, &self.inner.ready);

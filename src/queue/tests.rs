@@ -295,7 +295,7 @@ async fn urgent_adds_are_folded_and_never_starve_the_normal_lane() {
     for i in 0..10 {
         q.add(format!("n{i}"));
         for _ in 0..5 {
-            // Pod events: many per key while it waits.
+            // A key added urgently again while it waits (a shard acquired twice in a row).
             q.add_urgent(format!("u{i}"));
         }
     }

@@ -135,8 +135,9 @@ where
 }
 
 /// A child this cluster does not have yet, whose name another cluster's child already carries (two
-/// uids whose derived names collide): applying it would take that object over. Refused, naming the
-/// owner. Only objects with our cluster label are cached; one without it is not seen here.
+/// uids whose derived names collide): applying it would take that object over. Refused with
+/// `NotOwned`, naming the object. Only objects with our cluster label are cached; one without it is
+/// not seen here.
 fn refuse_a_namesake<K: Resource<DynamicType = ()>>(
     ctx: &Ctx,
     ns: &str,
