@@ -85,10 +85,12 @@ struct RunArgs {
     /// of this operator's configcli.
     #[arg(long, env = "KD_CONFIGCLI_PACKAGE")]
     configcli_package: Option<std::path::PathBuf>,
-    /// Mutating API requests per second to each member cluster.
+    /// Mutating API requests per second to each member cluster: where the adaptive write budget
+    /// starts, and the floor it never goes below.
     #[arg(long, env = "KD_WRITE_QPS", default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..))]
     write_qps: u32,
-    /// Mutating API requests allowed at once above the rate (token bucket size).
+    /// The ceiling the adaptive write budget rises to while the API server answers fast, in requests
+    /// per second, and the token bucket's depth (requests allowed at once).
     #[arg(long, env = "KD_WRITE_BURST", default_value_t = 200, value_parser = clap::value_parser!(u32).range(1..))]
     write_burst: u32,
     /// Status changes of one cluster within this many milliseconds of its last status write are merged

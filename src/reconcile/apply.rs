@@ -15,6 +15,7 @@ use serde_json::json;
 use tracing::Instrument;
 
 use crate::model::{labels, rollout};
+use crate::queue::limiter::Answer;
 
 use super::context::Ctx;
 use super::crashpoint;
@@ -57,7 +58,9 @@ pub(super) async fn write<T>(
         outcome = tracing::field::Empty, http.response.status_code = tracing::field::Empty,
         otel.status_code = tracing::field::Empty,
     );
+    let started = std::time::Instant::now();
     let result = call.instrument(span.clone()).await;
+    observe_answer(ctx, started.elapsed(), &result);
     let outcome = match &result {
         Ok(_) => "ok",
         Err(kube::Error::Api(s)) if s.code == 404 && (verb == "delete" || kind == CLUSTER_KIND) => "gone",
@@ -79,6 +82,20 @@ pub(super) async fn write<T>(
         crashpoint::after_write();
     }
     result.map_err(Error::from)
+}
+
+/// Feeds one answer to the member's adaptive write budget, and its new rate (if the answer closed a
+/// window that changed it) to the limit gauge.
+fn observe_answer<T>(ctx: &Ctx, latency: std::time::Duration, result: &Result<T, kube::Error>) {
+    let answer = match result {
+        Err(kube::Error::Api(s)) if s.code == 429 || s.details.as_ref().is_some_and(|d| d.retry_after_seconds > 0) => {
+            Answer::SlowDown
+        }
+        _ => Answer::Normal,
+    };
+    if let Some(rate) = ctx.budget.observe(latency, answer) {
+        ctx.metrics.write_limit(&ctx.context, rate);
+    }
 }
 
 /// Applies `desired` unless the cache shows the same digest. Refuses to touch an object that another

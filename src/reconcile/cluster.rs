@@ -204,6 +204,26 @@ async fn apply_children(
     first_error.map_or(Ok((total, made)), Err)
 }
 
+/// Patches our finalizer in unless the cluster has it, and returns the object to go on from (the
+/// patch's answer: later writes need its resourceVersion, without waiting for the watch).
+async fn add_finalizer(
+    ctx: &Ctx,
+    key: &ClusterKey,
+    obj: Arc<DynamicObject>,
+    version: &str,
+    has_it: bool,
+) -> Result<(Arc<DynamicObject>, String), Error> {
+    if has_it {
+        return Ok((obj, version.to_string()));
+    }
+    let mut with_ours = obj.finalizers().to_vec();
+    with_ours.push(FINALIZER.to_string());
+    let patched = apply::set_finalizers(ctx, &obj, with_ours).await?;
+    ctx.superseded.wrote_over(key, version, tokio::time::Instant::now());
+    let version = patched.resource_version().unwrap_or_default();
+    Ok((Arc::new(patched), version))
+}
+
 /// One reconcile; the outcome tells the queue when to run the key again.
 pub async fn reconcile(obj: Arc<DynamicObject>, ctx: &Ctx) -> Result<Outcome, Error> {
     if !ctx.stores.ready()? {
@@ -237,19 +257,7 @@ pub async fn reconcile(obj: Arc<DynamicObject>, ctx: &Ctx) -> Result<Outcome, Er
         ctx.awaited.forget(&key);
         return Ok(Outcome::Done);
     }
-    let (obj, version) = if finalizers.iter().any(|f| f == FINALIZER) {
-        (obj, version)
-    } else {
-        // The reconcile goes on from the object the patch returned: the children follow without
-        // waiting for the watch to bring the finalizer back (a round trip per new cluster).
-        let mut with_ours = finalizers;
-        with_ours.push(FINALIZER.to_string());
-        let patched = apply::set_finalizers(ctx, &obj, with_ours).await?;
-        ctx.superseded.wrote_over(&key, &version, tokio::time::Instant::now());
-        let version = patched.resource_version().unwrap_or_default();
-        (Arc::new(patched), version)
-    };
-
+    let has_finalizer = finalizers.iter().any(|f| f == FINALIZER);
     if ctx
         .awaited
         .waiting(&key, |id| observe::cached(ctx, &ns, id), tokio::time::Instant::now())
@@ -267,6 +275,7 @@ pub async fn reconcile(obj: Arc<DynamicObject>, ctx: &Ctx) -> Result<Outcome, Er
     };
     let settings = observe::settings(ctx);
     if obj.labels().contains_key(labels::RESTORING) {
+        let (obj, _) = add_finalizer(ctx, &key, obj, &version, has_finalizer).await?;
         return super::restore::reconcile(ctx, &obj, &cluster, &settings).await;
     }
     let app = match observe::find_app(ctx, &ns, &cluster.spec.app, cluster.spec.app_catalog) {
@@ -309,8 +318,14 @@ pub async fn reconcile(obj: Arc<DynamicObject>, ctx: &Ctx) -> Result<Outcome, Er
         return block(ctx, &obj, "InvalidSpec", validate::describe(&plan.errors)).await;
     }
 
-    let (mut writes, created) = apply_children(ctx, &ns, &plan, &children, &uid).await?;
+    // The finalizer goes out together with the first children, not a round trip ahead of them.
+    let (applied, finalized) = futures::join!(
+        apply_children(ctx, &ns, &plan, &children, &uid),
+        add_finalizer(ctx, &key, obj, &version, has_finalizer),
+    );
+    let (mut writes, created) = applied?;
     ctx.awaited.created(&key, created, tokio::time::Instant::now());
+    let (obj, version) = finalized?;
     for sts in &plan.delete_statefulsets {
         if children.statefulsets.contains_key(sts) {
             apply::delete_statefulset(ctx, &ns, sts, &mut writes).await?;

@@ -304,6 +304,7 @@ pub async fn run_member(
         wake.clone(),
     ));
     let budget = WriteBudget::new(options.write_qps, options.write_burst)?;
+    metrics.write_limit(&context, budget.rate());
     let recorder = Recorder::new(
         client.clone(),
         Reporter {

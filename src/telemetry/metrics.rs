@@ -58,6 +58,8 @@ pub struct Metrics {
     pub writes_skipped: Family<ClusterLabels, Counter>,
     pub events_skipped: Family<ClusterLabels, Counter>,
     pub api_errors: Family<ErrorLabels, Counter>,
+    /// The adaptive write budget's current rate, by member cluster.
+    pub write_limit: Family<ClusterLabels, Gauge<f64, AtomicU64>>,
     pub cluster_healthy: Family<ClusterLabels, Gauge>,
     /// Objects in this replica's caches, by member cluster and kind (the loadtest's scale-out
     /// figure: what each replica holds).
@@ -91,6 +93,7 @@ impl Metrics {
             writes_skipped: Family::default(),
             events_skipped: Family::default(),
             api_errors: Family::default(),
+            write_limit: Family::default(),
             cluster_healthy: Family::default(),
             cached_objects: Family::default(),
             shards_held: Gauge::default(),
@@ -137,6 +140,11 @@ impl Metrics {
             "api_errors",
             "API errors by HTTP status code (0 = no response)",
             m.api_errors.clone(),
+        );
+        registry.register(
+            "write_limit_qps",
+            "Writes per second the member cluster's adaptive budget allows now (between --write-qps and --write-burst)",
+            m.write_limit.clone(),
         );
         registry.register(
             "cluster_healthy",
@@ -204,6 +212,10 @@ impl Metrics {
                 outcome: outcome.to_string(),
             })
             .inc();
+    }
+
+    pub fn write_limit(&self, context: &str, rate: f64) {
+        self.write_limit.get_or_create(&self.cluster(context)).set(rate);
     }
 
     pub fn api_error(&self, context: &str, code: u16) {

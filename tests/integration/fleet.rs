@@ -170,7 +170,9 @@ async fn apiserver_writes(client: &Client) -> f64 {
 #[tokio::test]
 #[ignore = "needs the test bed: make integration"]
 async fn a_300_cluster_burst_never_exceeds_the_write_limit() {
-    let (qps, burst) = (50.0, 50.0);
+    // The adaptive budget runs between the floor (--write-qps 25) and the ceiling (--write-burst 50,
+    // also the bucket's depth): no window may hold more than the ceiling allows.
+    let (floor, qps, burst) = (25.0, 50.0, 50.0);
     let (ns, sys) = (testbed::unique("burst"), testbed::unique("burst-sys"));
     let clients = prepare(&["kwok-kd-3"], &ns, &sys).await;
     let client = &clients[0];
@@ -181,7 +183,7 @@ async fn a_300_cluster_burst_never_exceeds_the_write_limit() {
             "--watch-namespace",
             &ns,
             "--write-qps",
-            "50",
+            "25",
             "--write-burst",
             "50",
         ],
@@ -196,9 +198,15 @@ async fn a_300_cluster_burst_never_exceeds_the_write_limit() {
     // Sample the API server's counter every second until everything is configured.
     let api = Api::<KubeDirectorCluster>::namespaced(client.clone(), &ns);
     let mut samples: Vec<(f64, f64)> = vec![(0.0, 0.0)];
+    let mut limits = Vec::new();
     loop {
         let written = apiserver_writes(client).await - base;
         samples.push((start.elapsed().as_secs_f64(), written));
+        limits.push(sum_metric(
+            &operator.metrics(),
+            "kubedirector_write_limit_qps",
+            &[("context", "kwok-kd-3")],
+        ));
         let list = api.list(&ListParams::default()).await.expect("list");
         if list.items.iter().filter(|c| is_configured(c)).count() == 300 {
             break;
@@ -238,6 +246,18 @@ async fn a_300_cluster_burst_never_exceeds_the_write_limit() {
     );
     eprintln!("status writes coalesced: {coalesced}; reconciles ended by the write budget: {throttled}");
     assert!(throttled > 0.0, "the burst should have hit the write budget");
+    let (low, high) = limits
+        .iter()
+        .fold((f64::MAX, 0.0_f64), |(l, h), v| (l.min(*v), h.max(*v)));
+    eprintln!("write limit sampled each second: {low}..{high} per second");
+    assert!(
+        low >= floor && high <= qps,
+        "the limit left [{floor}, {qps}]: {limits:?}"
+    );
+    assert!(
+        high > floor,
+        "the budget never rose above its floor while the API server kept up: {limits:?}"
+    );
 }
 
 #[tokio::test]
