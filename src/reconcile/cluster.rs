@@ -23,6 +23,7 @@ use crate::queue::Outcome;
 use super::context::{ClusterKey, Ctx, EventLevel};
 use super::error::Error;
 use super::observe;
+use super::slots::Slot;
 
 /// Safety-net resync: every change of a cluster or its children triggers a reconcile by watch; this
 /// only catches what a watch could have missed.
@@ -150,14 +151,17 @@ const APPLY_CONCURRENCY: usize = 8;
 
 /// The headless Service, the StatefulSets and the member Services, written concurrently. Every write
 /// is tried; the first error is returned once all have finished (the others' writes stand, and the
-/// retry skips them by digest). Also returns the children created (`Kind/name`).
+/// retry skips them by digest). The children created (`Kind/name`) are remembered in `awaited`
+/// either way: a retry must wait for them to reach the caches, not create them again.
 async fn apply_children(
     ctx: &Ctx,
     ns: &str,
     plan: &plan::ClusterPlan,
     children: &observe::Children,
+    key: &ClusterKey,
     uid: &str,
-) -> Result<(Writes, Vec<String>), Error> {
+    slot: &Slot,
+) -> Result<Writes, Error> {
     use futures::{FutureExt, StreamExt, future::BoxFuture};
     type Call<'a> = BoxFuture<'a, (Option<String>, Result<Writes, Error>)>;
     let mut calls: Vec<Call<'_>> = Vec::new();
@@ -186,10 +190,24 @@ async fn apply_children(
             .boxed(),
         );
     }
-    let results: Vec<(Option<String>, Result<Writes, Error>)> = futures::stream::iter(calls)
+    let creating = plan
+        .headless
+        .iter()
+        .chain(&plan.member_services)
+        .any(|s| !children.services.contains_key(&s.name_any()))
+        || plan
+            .statefulsets
+            .iter()
+            .any(|s| !children.statefulsets.contains_key(&s.name_any()));
+    let writes = futures::stream::iter(calls)
         .buffer_unordered(APPLY_CONCURRENCY)
-        .collect()
-        .await;
+        .collect();
+    // Creates wait seconds for a busy API server: the worker slot is free meanwhile (`slots`).
+    let results: Vec<(Option<String>, Result<Writes, Error>)> = if creating {
+        slot.writing(writes).await
+    } else {
+        writes.await
+    };
     let (mut total, mut made, mut first_error) = (Writes::default(), Vec::new(), None);
     for (created, result) in results {
         match result {
@@ -201,7 +219,8 @@ async fn apply_children(
             Err(_) => {}
         }
     }
-    first_error.map_or(Ok((total, made)), Err)
+    ctx.awaited.created(key, made, tokio::time::Instant::now());
+    first_error.map_or(Ok(total), Err)
 }
 
 /// Patches our finalizer in unless the cluster has it, and returns the object to go on from (the
@@ -225,7 +244,7 @@ async fn add_finalizer(
 }
 
 /// One reconcile; the outcome tells the queue when to run the key again.
-pub async fn reconcile(obj: Arc<DynamicObject>, ctx: &Ctx) -> Result<Outcome, Error> {
+pub async fn reconcile(obj: Arc<DynamicObject>, ctx: &Ctx, slot: &Slot) -> Result<Outcome, Error> {
     if !ctx.stores.ready()? {
         debug!(context = %ctx.context, "caches not filled yet; retrying in 250 ms");
         return Ok(Outcome::RequeueAfter(Duration::from_millis(250)));
@@ -320,11 +339,10 @@ pub async fn reconcile(obj: Arc<DynamicObject>, ctx: &Ctx) -> Result<Outcome, Er
 
     // The finalizer goes out together with the first children, not a round trip ahead of them.
     let (applied, finalized) = futures::join!(
-        apply_children(ctx, &ns, &plan, &children, &uid),
+        apply_children(ctx, &ns, &plan, &children, &key, &uid, slot),
         add_finalizer(ctx, &key, obj, &version, has_finalizer),
     );
-    let (mut writes, created) = applied?;
-    ctx.awaited.created(&key, created, tokio::time::Instant::now());
+    let mut writes = applied?;
     let (obj, version) = finalized?;
     for sts in &plan.delete_statefulsets {
         if children.statefulsets.contains_key(sts) {

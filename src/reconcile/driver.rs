@@ -1,6 +1,6 @@
 //! The driver of one member cluster: caches (reflectors) of everything a reconcile reads, an event
 //! pump that turns every change into the keys of the KubeDirectorClusters it affects, the work queue,
-//! and a fixed pool of workers. Nothing polls the API; a slow resync is only a safety net.
+//! and a dispatcher that runs each key as its own task in one of `--concurrency` worker slots. Nothing polls the API; a slow resync is only a safety net.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -34,6 +34,7 @@ use crate::telemetry::trace;
 use super::cluster::{outcome_of_error, reconcile};
 use super::connections::{CM_TYPE, Hub, MemberView, SECRET_TYPE};
 use super::context::{ClusterKey, Ctx, Stores};
+use super::slots::{Slot, Slots};
 
 /// Settings shared by every member cluster.
 #[derive(Clone, Debug)]
@@ -164,6 +165,106 @@ fn cached_objects(metrics: &Metrics, ctx: &Ctx, clusters: &Store<DynamicObject>)
             kind: kind.to_string(),
         };
         metrics.cached_objects.get_or_create(&labels).set(n as i64);
+    }
+}
+
+/// What a reconcile task needs: the member's queue, context and cluster cache, and the shards.
+struct Worker {
+    queue: WorkQueue<ClusterKey>,
+    ctx: Arc<Ctx>,
+    clusters: Store<DynamicObject>,
+    cluster_ar: ApiResource,
+    shards: Option<Arc<Shards>>,
+}
+
+impl Worker {
+    /// One key from the queue: shard gate → reconcile (in `slot`) → outcome, with its span and metrics.
+    async fn run(self: Arc<Self>, key: ClusterKey, waited: Duration, slot: Slot) {
+        let (queue, ctx, shards) = (&self.queue, &self.ctx, &self.shards);
+        tracing::trace!(context = %ctx.context, namespace = %key.namespace, name = %key.name, "worker took key");
+        let m = &ctx.metrics;
+        m.queue_wait
+            .get_or_create(&m.cluster(&ctx.context))
+            .observe(waited.as_secs_f64());
+        let oref = ObjectRef::<DynamicObject>::new_with(&key.name, self.cluster_ar.clone()).within(&key.namespace);
+        let Some(obj) = self.clusters.get(&oref) else {
+            // Deleted: nothing left to do for this key.
+            queue.done(&key, Outcome::Done);
+            queue.forget(&key);
+            ctx.coalescer.forget(&key);
+            ctx.superseded.forget(&key);
+            ctx.awaited.forget(&key);
+            return;
+        };
+        // Sharded: only while this replica holds the key's shard, and never past its renew
+        // deadline (the reconcile is cut off there, before anyone else may take the shard).
+        let guard = match shards {
+            None => None,
+            Some(sh) => match sh.begin(sh.shard_of(&ctx.context, &key.namespace, &key.name)) {
+                Act::Go(g) => Some(g),
+                Act::Later => {
+                    queue.done(&key, Outcome::Throttled(Duration::from_millis(250)));
+                    return;
+                }
+                Act::NotMine => {
+                    queue.done(&key, Outcome::Done);
+                    return;
+                }
+            },
+        };
+        let shard = guard.as_ref().map(|g| g.shard);
+        // The root span of this reconcile (its own trace), linked to the CR creator's trace.
+        let span = tracing::info_span!(
+            parent: None,
+            "reconcile",
+            context = %ctx.context, namespace = %key.namespace, name = %key.name,
+            shard = tracing::field::Empty, replica = %ctx.replica,
+            outcome = tracing::field::Empty, otel.status_code = tracing::field::Empty,
+        );
+        if let Some(s) = shard {
+            span.record("shard", i64::from(s));
+        }
+        trace::link_to_creator(&span, obj.annotations());
+        let started = tokio::time::Instant::now();
+        let wall_start = std::time::SystemTime::now();
+        let run = reconcile(obj, ctx, &slot).instrument(span.clone());
+        let result = match (shards, &guard) {
+            (Some(sh), Some(g)) => tokio::select! {
+                r = run => r,
+                _ = sh.lapsed(g.shard) => Ok(Outcome::Throttled(Duration::from_millis(250))),
+            },
+            _ => run.await,
+        };
+        if let (Some(sh), Some(g)) = (shards, &guard) {
+            sh.record_reconcile(
+                &format!("{}/{}/{}", ctx.context, key.namespace, key.name),
+                g.shard,
+                wall_start,
+                std::time::SystemTime::now(),
+            );
+            sh.note_reconcile(g.shard);
+        }
+        drop(guard);
+        let outcome = result.unwrap_or_else(|e| outcome_of_error(&key, &e, ctx));
+        let label = match outcome {
+            Outcome::Done | Outcome::RequeueAfter(_) => "done",
+            Outcome::Throttled(_) => "throttled",
+            Outcome::Failed { .. } => "error",
+        };
+        span.record("outcome", label);
+        if label == "error" {
+            span.record("otel.status_code", "ERROR");
+        }
+        drop(span);
+        let labels = OutcomeLabels {
+            context: ctx.context.clone(),
+            outcome: label.to_string(),
+        };
+        m.reconcile_duration
+            .get_or_create(&labels)
+            .observe(started.elapsed().as_secs_f64());
+        m.reconciles.get_or_create(&labels).inc();
+        queue.done(&key, outcome);
     }
 }
 
@@ -468,99 +569,36 @@ pub async fn run_member(
     });
 
     info!(%context, watch = ?ns, workers = options.concurrency, qps = options.write_qps, burst = options.write_burst, "member cluster started");
-    let mut workers = Vec::new();
-    for _ in 0..options.concurrency.max(1) {
-        let (queue, ctx, clusters, cluster_ar, shards) = (
-            queue.clone(),
-            ctx.clone(),
-            clusters.clone(),
-            cluster_ar.clone(),
-            shards.clone(),
-        );
-        workers.push(tokio::spawn(async move {
-            while let Some((key, waited)) = queue.next().await {
-                tracing::trace!(context = %ctx.context, namespace = %key.namespace, name = %key.name, "worker took key");
-                let m = &ctx.metrics;
-                m.queue_wait.get_or_create(&m.cluster(&ctx.context)).observe(waited.as_secs_f64());
-                let oref = ObjectRef::<DynamicObject>::new_with(&key.name, cluster_ar.clone()).within(&key.namespace);
-                let Some(obj) = clusters.get(&oref) else {
-                    // Deleted: nothing left to do for this key.
-                    queue.done(&key, Outcome::Done);
-                    queue.forget(&key);
-                    ctx.coalescer.forget(&key);
-                    ctx.superseded.forget(&key);
-                    ctx.awaited.forget(&key);
-                    continue;
+    // The dispatcher: a key comes off the queue only when a worker slot is free; each reconcile runs
+    // as its own task, which may give its slot back while it waits for creates (`slots`).
+    let dispatcher = {
+        let worker = Arc::new(Worker {
+            queue: queue.clone(),
+            ctx: ctx.clone(),
+            clusters: clusters.clone(),
+            cluster_ar: cluster_ar.clone(),
+            shards: shards.clone(),
+        });
+        let slots = Slots::new(usize::from(options.concurrency));
+        tokio::spawn(async move {
+            let mut running = tokio::task::JoinSet::new();
+            loop {
+                let slot = slots.take().await;
+                let Some((key, waited)) = worker.queue.next().await else {
+                    break;
                 };
-                // Sharded: only while this replica holds the key's shard, and never past its renew
-                // deadline (the reconcile is cut off there, before anyone else may take the shard).
-                let guard = match &shards {
-                    None => None,
-                    Some(sh) => match sh.begin(sh.shard_of(&ctx.context, &key.namespace, &key.name)) {
-                        Act::Go(g) => Some(g),
-                        Act::Later => {
-                            queue.done(&key, Outcome::Throttled(Duration::from_millis(250)));
-                            continue;
-                        }
-                        Act::NotMine => {
-                            queue.done(&key, Outcome::Done);
-                            continue;
-                        }
-                    },
-                };
-                let shard = guard.as_ref().map(|g| g.shard);
-                // The root span of this reconcile (its own trace), linked to the CR creator's trace.
-                let span = tracing::info_span!(
-                    parent: None,
-                    "reconcile",
-                    context = %ctx.context, namespace = %key.namespace, name = %key.name,
-                    shard = tracing::field::Empty, replica = %ctx.replica,
-                    outcome = tracing::field::Empty, otel.status_code = tracing::field::Empty,
-                );
-                if let Some(s) = shard {
-                    span.record("shard", i64::from(s));
-                }
-                trace::link_to_creator(&span, obj.annotations());
-                let started = tokio::time::Instant::now();
-                let wall_start = std::time::SystemTime::now();
-                let run = reconcile(obj, &ctx).instrument(span.clone());
-                let result = match (&shards, &guard) {
-                    (Some(sh), Some(g)) => tokio::select! {
-                        r = run => r,
-                        _ = sh.lapsed(g.shard) => Ok(Outcome::Throttled(Duration::from_millis(250))),
-                    },
-                    _ => run.await,
-                };
-                if let (Some(sh), Some(g)) = (&shards, &guard) {
-                    sh.record_reconcile(&format!("{}/{}/{}", ctx.context, key.namespace, key.name), g.shard, wall_start, std::time::SystemTime::now());
-                    sh.note_reconcile(g.shard);
-                }
-                drop(guard);
-                let outcome = result.unwrap_or_else(|e| outcome_of_error(&key, &e, &ctx));
-                let label = match outcome {
-                    Outcome::Done | Outcome::RequeueAfter(_) => "done",
-                    Outcome::Throttled(_) => "throttled",
-                    Outcome::Failed { .. } => "error",
-                };
-                span.record("outcome", label);
-                if label == "error" {
-                    span.record("otel.status_code", "ERROR");
-                }
-                drop(span);
-                let labels = OutcomeLabels { context: ctx.context.clone(), outcome: label.to_string() };
-                m.reconcile_duration.get_or_create(&labels).observe(started.elapsed().as_secs_f64());
-                m.reconciles.get_or_create(&labels).inc();
-                queue.done(&key, outcome);
+                while running.try_join_next().is_some() {}
+                running.spawn(worker.clone().run(key, waited, slot));
             }
-        }));
-    }
+            // Closed: the reconciles in flight finish.
+            while running.join_next().await.is_some() {}
+        })
+    };
 
     shutdown.await;
     info!(%context, "stopping: finishing in-flight reconciles");
     queue.close();
-    for w in workers {
-        let _ = w.await;
-    }
+    let _ = dispatcher.await;
     pump.abort();
     depth.abort();
     config_keeper.abort();

@@ -12,3 +12,4 @@ pub mod freshness;
 pub mod guest;
 pub mod observe;
 pub mod restore;
+pub mod slots;
