@@ -68,7 +68,9 @@ struct RunArgs {
     /// Reconcile only the KubeDirectorClusters of this namespace. Default: every namespace.
     #[arg(long, env = "KD_WATCH_NAMESPACE")]
     watch_namespace: Option<String>,
-    /// Workers per member cluster (KubeDirectorClusters reconciled at the same time).
+    /// Worker slots per member cluster: KubeDirectorClusters reconciled at the same time (one waiting
+    /// for the answers to its children's creates gives its slot back meanwhile), and at most this
+    /// many creating children at once.
     #[arg(long, env = "KD_CONCURRENCY", default_value_t = 16, value_parser = clap::value_parser!(u16).range(1..))]
     concurrency: u16,
     /// Guest commands (setup calls, notifications) in flight at once, per member cluster.

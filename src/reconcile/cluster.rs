@@ -149,10 +149,13 @@ async fn block(ctx: &Ctx, obj: &DynamicObject, reason: &str, message: String) ->
 /// its token from the member's write budget, which still caps the rate.
 const APPLY_CONCURRENCY: usize = 8;
 
-/// The headless Service, the StatefulSets and the member Services, written concurrently. Every write
-/// is tried; the first error is returned once all have finished (the others' writes stand, and the
-/// retry skips them by digest). The children created (`Kind/name`) are remembered in `awaited`
-/// either way: a retry must wait for them to reach the caches, not create them again.
+/// The headless Service, the member Services and the StatefulSets, written concurrently, Services
+/// first while a StatefulSet is still to be created: its pods then start with their DNS names and
+/// Services in place, and (where pods come up at once, as on kwok) a cluster does not sit with every
+/// pod Ready waiting for its slowest Service create. Every write is tried; the first error is
+/// returned once all have finished (the others' writes stand, and the retry skips them by digest).
+/// The children created (`Kind/name`) are remembered in `awaited` either way: a retry must wait for
+/// them to reach the caches, not create them again.
 async fn apply_children(
     ctx: &Ctx,
     ns: &str,
@@ -164,12 +167,11 @@ async fn apply_children(
 ) -> Result<Writes, Error> {
     use futures::{FutureExt, StreamExt, future::BoxFuture};
     type Call<'a> = BoxFuture<'a, (Option<String>, Result<Writes, Error>)>;
-    let mut calls: Vec<Call<'_>> = Vec::new();
-    let services = plan.headless.iter().chain(&plan.member_services);
-    for svc in services {
+    let mut services: Vec<Call<'_>> = Vec::new();
+    for svc in plan.headless.iter().chain(&plan.member_services) {
         let current = children.services.get(&svc.name_any());
         let created = current.is_none().then(|| format!("Service/{}", svc.name_any()));
-        calls.push(
+        services.push(
             async move {
                 let mut w = Writes::default();
                 let r = apply::ensure(ctx, ns, svc, current, uid, &mut w).await;
@@ -178,10 +180,11 @@ async fn apply_children(
             .boxed(),
         );
     }
+    let mut statefulsets: Vec<Call<'_>> = Vec::new();
     for sts in &plan.statefulsets {
         let current = children.statefulsets.get(&sts.name_any());
         let created = current.is_none().then(|| format!("StatefulSet/{}", sts.name_any()));
-        calls.push(
+        statefulsets.push(
             async move {
                 let mut w = Writes::default();
                 let r = apply::ensure_statefulset(ctx, ns, sts, current, uid, &mut w).await;
@@ -190,23 +193,37 @@ async fn apply_children(
             .boxed(),
         );
     }
-    let creating = plan
+    type Done = Vec<(Option<String>, Result<Writes, Error>)>;
+    async fn all_at_once(calls: Vec<Call<'_>>) -> Done {
+        futures::stream::iter(calls)
+            .buffer_unordered(APPLY_CONCURRENCY)
+            .collect()
+            .await
+    }
+    let new_service = plan
         .headless
         .iter()
         .chain(&plan.member_services)
-        .any(|s| !children.services.contains_key(&s.name_any()))
-        || plan
-            .statefulsets
-            .iter()
-            .any(|s| !children.statefulsets.contains_key(&s.name_any()));
-    let writes = futures::stream::iter(calls)
-        .buffer_unordered(APPLY_CONCURRENCY)
-        .collect();
-    // Creates wait seconds for a busy API server: the worker slot is free meanwhile (`slots`).
-    let results: Vec<(Option<String>, Result<Writes, Error>)> = if creating {
-        slot.writing(writes).await
+        .any(|s| !children.services.contains_key(&s.name_any()));
+    let new_statefulset = plan
+        .statefulsets
+        .iter()
+        .any(|s| !children.statefulsets.contains_key(&s.name_any()));
+    let results: Done = if new_statefulset {
+        // Creates wait seconds for a busy API server: the worker slot is free meanwhile (`slots`).
+        slot.writing(async {
+            let mut done = all_at_once(services).await;
+            done.extend(all_at_once(statefulsets).await);
+            done
+        })
+        .await
     } else {
-        writes.await
+        services.extend(statefulsets);
+        if new_service {
+            slot.writing(all_at_once(services)).await
+        } else {
+            all_at_once(services).await
+        }
     };
     let (mut total, mut made, mut first_error) = (Writes::default(), Vec::new(), None);
     for (created, result) in results {
