@@ -213,7 +213,11 @@ async fn apply_children(
         // Creates wait seconds for a busy API server: the worker slot is free meanwhile (`slots`).
         slot.writing(async {
             let mut done = all_at_once(services).await;
-            done.extend(all_at_once(statefulsets).await);
+            // A Service refused (a 429 among them) holds the StatefulSets back: the server asked
+            // us to wait, and pods should not start without their Services.
+            if done.iter().all(|(_, r)| r.is_ok()) {
+                done.extend(all_at_once(statefulsets).await);
+            }
             done
         })
         .await
@@ -225,19 +229,31 @@ async fn apply_children(
             all_at_once(services).await
         }
     };
-    let (mut total, mut made, mut first_error) = (Writes::default(), Vec::new(), None);
+    let (mut total, mut made, mut error) = (Writes::default(), Vec::new(), None);
     for (created, result) in results {
         match result {
             Ok(w) => {
                 total += w;
                 made.extend(created);
             }
-            Err(e) if first_error.is_none() => first_error = Some(e),
-            Err(_) => {}
+            Err(e) => error = Some(graver(error, e)),
         }
     }
     ctx.awaited.created(key, made, tokio::time::Instant::now());
-    first_error.map_or(Ok(total), Err)
+    error.map_or(Ok(total), Err)
+}
+
+/// Of two errors of one reconcile's writes, the one that decides when it runs again: a failure
+/// (with its backoff and the server's Retry-After) over a spent write budget, which would bring the
+/// key back in milliseconds and retry a write the server had just refused; the first failure, or
+/// the longer wait for budget.
+fn graver(kept: Option<Error>, new: Error) -> Error {
+    match (kept, new) {
+        (None, new) => new,
+        (Some(Error::Throttled(a)), Error::Throttled(b)) => Error::Throttled(a.max(b)),
+        (Some(Error::Throttled(_)), new) => new,
+        (Some(kept), _) => kept,
+    }
 }
 
 /// Patches our finalizer in unless the cluster has it, and returns the object to go on from (the
@@ -472,5 +488,30 @@ pub fn outcome_of_error(key: &ClusterKey, error: &Error, ctx: &Ctx) -> Outcome {
                 retry_after: e.retry_after(),
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn refused(code: u16) -> Error {
+        Error::Api(kube::Error::Api(Box::new(kube::core::Status {
+            code,
+            ..Default::default()
+        })))
+    }
+
+    #[test]
+    fn a_refusal_decides_over_a_spent_budget_whichever_came_first() {
+        let ms = Duration::from_millis;
+        let e = graver(Some(Error::Throttled(ms(30))), refused(429));
+        assert_eq!(e.code(), Some(429));
+        let e = graver(Some(refused(429)), Error::Throttled(ms(30)));
+        assert_eq!(e.code(), Some(429));
+        let e = graver(Some(refused(429)), refused(500));
+        assert_eq!(e.code(), Some(429), "the first failure stays");
+        let e = graver(Some(Error::Throttled(ms(30))), Error::Throttled(ms(80)));
+        assert!(matches!(e, Error::Throttled(d) if d == ms(80)));
     }
 }

@@ -34,7 +34,7 @@ use crate::telemetry::trace;
 use super::cluster::{outcome_of_error, reconcile};
 use super::connections::{CM_TYPE, Hub, MemberView, SECRET_TYPE};
 use super::context::{ClusterKey, Ctx, Stores};
-use super::slots::{Slot, Slots};
+use super::slots::{self, Slot, Slots};
 
 /// Settings shared by every member cluster.
 #[derive(Clone, Debug)]
@@ -569,8 +569,8 @@ pub async fn run_member(
     });
 
     info!(%context, watch = ?ns, workers = options.concurrency, qps = options.write_qps, burst = options.write_burst, "member cluster started");
-    // The dispatcher: a key comes off the queue only when a worker slot is free; each reconcile runs
-    // as its own task, which may give its slot back while it waits for creates (`slots`).
+    // The dispatcher: each key off the queue runs as its own task once a worker slot is free, and may
+    // give its slot back while it waits for creates (`slots`).
     let dispatcher = {
         let worker = Arc::new(Worker {
             queue: queue.clone(),
@@ -580,19 +580,20 @@ pub async fn run_member(
             shards: shards.clone(),
         });
         let slots = Slots::new(usize::from(options.concurrency));
-        tokio::spawn(async move {
-            let mut running = tokio::task::JoinSet::new();
-            loop {
-                let slot = slots.take().await;
-                let Some((key, waited)) = worker.queue.next().await else {
-                    break;
-                };
-                while running.try_join_next().is_some() {}
-                running.spawn(worker.clone().run(key, waited, slot));
-            }
-            // Closed: the reconciles in flight finish.
-            while running.join_next().await.is_some() {}
-        })
+        let queue = queue.clone();
+        tokio::spawn(slots::dispatch(
+            slots,
+            move || {
+                let queue = queue.clone();
+                async move {
+                    queue
+                        .next()
+                        .await
+                        .map(|(key, waited)| (key, waited, tokio::time::Instant::now()))
+                }
+            },
+            move |(key, waited, popped), slot| worker.clone().run(key, waited + popped.elapsed(), slot),
+        ))
     };
 
     shutdown.await;

@@ -66,6 +66,24 @@ impl Slots {
     }
 }
 
+/// Runs every item `next` hands out (until it gives `None`) as its own task, in a slot: the item
+/// first, then the slot. The other way round, an idle dispatcher would sit on a free slot while a
+/// reconcile that gave its slot back waits to take one again (with one slot: until the next event,
+/// or for good). Returns once the items in flight are done.
+pub async fn dispatch<T, Next, Run>(slots: Arc<Slots>, mut next: impl FnMut() -> Next, run: impl Fn(T, Slot) -> Run)
+where
+    Next: Future<Output = Option<T>>,
+    Run: Future<Output = ()> + Send + 'static,
+{
+    let mut running = tokio::task::JoinSet::new();
+    while let Some(item) = next().await {
+        let slot = slots.take().await;
+        while running.try_join_next().is_some() {}
+        running.spawn(run(item, slot));
+    }
+    while running.join_next().await.is_some() {}
+}
+
 /// The semaphores are never closed; `None` only if one were.
 async fn acquire(s: &Arc<Semaphore>) -> Option<OwnedSemaphorePermit> {
     s.clone().acquire_owned().await.ok()
@@ -148,6 +166,36 @@ mod tests {
         }
         assert_eq!(most.load(Ordering::SeqCst), 2);
         assert_eq!(slots.free(), 2);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_idle_dispatcher_does_not_keep_a_reconcile_from_taking_its_slot_back() {
+        let slots = Slots::new(1);
+        let (items, queue) = tokio::sync::mpsc::unbounded_channel::<u32>();
+        let queue = Arc::new(tokio::sync::Mutex::new(queue));
+        let (finished, mut done) = tokio::sync::mpsc::unbounded_channel::<u32>();
+        let dispatcher = tokio::spawn(dispatch(
+            slots.clone(),
+            move || {
+                let queue = queue.clone();
+                async move { queue.lock().await.recv().await }
+            },
+            move |item, slot| {
+                let finished = finished.clone();
+                async move {
+                    // Writes that take a second, then the rest of the reconcile in a slot.
+                    slot.writing(tokio::time::sleep(Duration::from_secs(1))).await;
+                    let _ = finished.send(item);
+                }
+            },
+        ));
+        items.send(7).expect("dispatcher running");
+        // Nothing else arrives: the reconcile must still get its slot back and finish.
+        let got = tokio::time::timeout(Duration::from_secs(5), done.recv()).await;
+        assert_eq!(got.expect("finished while the queue was idle"), Some(7));
+        drop(items);
+        dispatcher.await.expect("dispatcher ends when the queue does");
+        assert_eq!(slots.free(), 1);
     }
 
     #[tokio::test(start_paused = true)]
