@@ -155,6 +155,26 @@ impl Bed {
             .map_err(|e| e.to_string())
     }
 
+    /// Creates a cluster using an app created just before. The webhook reads apps from its cache,
+    /// which may not have the new app yet on a loaded machine (seen in CI: "not found", the app
+    /// created milliseconds before): the create is retried while the refusal says the app is not
+    /// found, for up to 10 s. Any other refusal is returned at once.
+    pub async fn create_user(&self, ns: &str, obj: &Value) -> Result<DynamicObject, String> {
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            match self.create(ns, obj).await {
+                Err(m)
+                    if m.contains("spec.app: KubeDirectorApp")
+                        && m.contains("not found")
+                        && std::time::Instant::now() < deadline =>
+                {
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+                other => return other,
+            }
+        }
+    }
+
     pub async fn patch(&self, kind: &str, ns: &str, name: &str, ops: &[Value]) -> Result<DynamicObject, String> {
         let patch: json_patch::Patch = serde_json::from_value(Value::Array(ops.to_vec())).map_err(|e| e.to_string())?;
         self.api(kind, ns)
@@ -284,7 +304,7 @@ async fn run_case(bed: &Bed, i: usize, case: &Case) -> Vec<String> {
             }
             if case.using {
                 let user = cases::user_cluster(&format!("c{tag}-user{i}"), &name);
-                if let Err(m) = bed.create(&bed.ns, &user).await {
+                if let Err(m) = bed.create_user(&bed.ns, &user).await {
                     return vec![format!("{}: the user cluster was refused: {m}", case.name)];
                 }
             }
@@ -314,7 +334,7 @@ async fn run_case(bed: &Bed, i: usize, case: &Case) -> Vec<String> {
                     r.remove("storage");
                 }
             }
-            if let Err(m) = bed.create(user_ns, &user_obj).await {
+            if let Err(m) = bed.create_user(user_ns, &user_obj).await {
                 return vec![format!("{}: the user cluster was refused: {m}", case.name)];
             }
             refused(bed.delete(k, home, &target, false).await, "the delete while in use");
