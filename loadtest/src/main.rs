@@ -1,9 +1,11 @@
 //! kd-loadtest: reconcile latency of kubedirector-rs for thousands of members across many clusters,
 //! against a floor without operator, with failover, overlaps and lost CRs. See docs/loadtest.md.
 
+mod admission;
 mod arrival;
 mod audit;
 mod cgroup;
+mod cpu;
 mod modes;
 mod objects;
 mod phases;
@@ -123,6 +125,9 @@ struct Cli {
     /// with it if --flow-schema is given.
     #[arg(long)]
     burst_once: bool,
+    /// The operator serves its admission webhook and the API server calls it (one cluster only).
+    #[arg(long)]
+    admission: bool,
     /// Print what would be done (kind: every command and file) and stop.
     #[arg(long)]
     dry_run: bool,
@@ -208,6 +213,9 @@ fn workload(cli: &Cli) -> anyhow::Result<Workload> {
     }
     if cli.burst_once {
         w.burst_both = false;
+    }
+    if cli.admission {
+        w.admission = true;
     }
     if cli.floor_as_admin {
         w.floor_as_operator = false;

@@ -58,6 +58,11 @@ pub struct Pass {
     pub cached_objects: BTreeMap<String, f64>,
     /// The arrival rate (rate passes).
     pub per_second: Option<f64>,
+    /// CPU seconds each process spent within the pass: the bed's components (summed over its
+    /// clusters; local beds only) and, in operator passes, `operator` (every live replica).
+    pub cpu_seconds: BTreeMap<String, f64>,
+    /// The twelve most frequent API server calls and watch events within the pass (every client's).
+    pub requests: Vec<(String, f64)>,
     #[serde(skip)]
     window: (u64, u64),
     #[serde(skip)]
@@ -229,6 +234,8 @@ async fn pass(
     }
     let apf_before = apf_histograms(&b.clients).await?;
     let api_before = apiserver_histograms(&b.clients).await?;
+    let cpu_before = cpu_sample(b, replicas).await?;
+    let requests_before = crate::run::request_counts(&b.clients).await?;
     let (t0, from) = (Instant::now() + LEAD, now_us() + LEAD.as_micros() as u64);
     let plan = schedules(arrival, n, per_cluster, base, t0);
     let sends = plan.iter().map(|a| {
@@ -246,6 +253,8 @@ async fn pass(
     let to = now_us();
     let apf_wait = apf_window(&apf_histograms(&b.clients).await?, &apf_before);
     let api_after = apiserver_histograms(&b.clients).await?;
+    let cpu_seconds = crate::cpu::window(&cpu_sample(b, replicas).await?, &cpu_before);
+    let requests = crate::run::top_counts(&crate::run::request_counts(&b.clients).await?, &requests_before, 12);
     let mut slowest_calls: Vec<SlowCall> = api_after
         .iter()
         .zip(&api_before)
@@ -289,9 +298,51 @@ async fn pass(
         slowest_calls,
         cached_objects,
         per_second: (arrival.kind == Kind::Rate).then_some(arrival.per_second),
+        cpu_seconds,
+        requests,
         window: (from, to),
         latencies,
     })
+}
+
+/// "CPU seconds per pass" in markdown: one row per pass, one column per process seen in any pass.
+fn cpu_table(passes: &[Pass]) -> String {
+    let mut names: Vec<&String> = passes.iter().flat_map(|p| p.cpu_seconds.keys()).collect();
+    names.sort();
+    names.dedup();
+    if names.is_empty() {
+        return String::new();
+    }
+    let head: Vec<&str> = names.iter().map(|n| n.as_str()).collect();
+    let mut md = format!(
+        "\n## CPU seconds per pass\n\n| pass | {} | total |\n|---|{}---|\n",
+        head.join(" | "),
+        "---|".repeat(names.len())
+    );
+    for p in passes {
+        let cells: Vec<String> = names
+            .iter()
+            .map(|n| p.cpu_seconds.get(*n).map_or("—".to_string(), |s| format!("{s:.1}")))
+            .collect();
+        let total: f64 = p.cpu_seconds.values().sum();
+        md.push_str(&format!("| {} | {} | {total:.1} |\n", p.label, cells.join(" | ")));
+    }
+    md
+}
+
+/// CPU seconds so far of the bed's components and (operator passes) of the live replicas together.
+async fn cpu_sample(b: &Bench<'_>, replicas: Option<&Replicas>) -> anyhow::Result<BTreeMap<String, f64>> {
+    let mut out = crate::cpu::sample(&b.bed.pid_dirs);
+    if let Some(me) = std::fs::read_to_string("/proc/self/stat")
+        .ok()
+        .and_then(|s| crate::cpu::seconds_from_stat(&s, crate::cpu::ticks_per_second()))
+    {
+        out.insert("harness".to_string(), me);
+    }
+    if let Some(r) = replicas {
+        out.insert("operator".to_string(), r.cpu_seconds().await?);
+    }
+    Ok(out)
 }
 
 /// Deletes what a pass made on every cluster at once; returns what is left after the timeout.
@@ -333,6 +384,7 @@ async fn replicas(b: &Bench<'_>, n: u32, cpu: Option<f64>, dir: &str) -> anyhow:
     };
     let mut r = Replicas::start(launch, n)?;
     r.wait_ready(Duration::from_secs(180)).await?;
+    crate::run::wait_admission(b).await?;
     Ok(r)
 }
 
@@ -862,6 +914,12 @@ impl ModeReport {
                 .iter()
                 .map(|c| format!("{} ×{:.0} p99 {:.3} s", c.call, c.count, c.p99_seconds))
                 .collect();
+            md.push_str(&format!("- {}: {}\n", p.label, calls.join("; ")));
+        }
+        md.push_str(&cpu_table(&self.passes));
+        md.push_str("\n## Most frequent API server calls and watch events per pass\n\n");
+        for p in &self.passes {
+            let calls: Vec<String> = p.requests.iter().map(|(c, n)| format!("{c} ×{n:.0}")).collect();
             md.push_str(&format!("- {}: {}\n", p.label, calls.join("; ")));
         }
         md.push_str(&format!(

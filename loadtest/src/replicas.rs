@@ -36,6 +36,8 @@ pub struct Launch {
     pub log_level: String,
     /// Share of one core each process may use (a cgroup of its own); None = unlimited.
     pub cpu: Option<(crate::cgroup::Hierarchy, f64)>,
+    /// `--admission`: slot 0's processes serve the webhook.
+    pub webhook: Option<crate::admission::Webhook>,
 }
 
 /// Operator pods of the chart's Deployment, reached through the API server (pod proxy).
@@ -83,7 +85,7 @@ pub struct Replicas {
     live: Vec<usize>,
 }
 
-fn free_port() -> anyhow::Result<u16> {
+pub fn free_port() -> anyhow::Result<u16> {
     Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
 
@@ -184,6 +186,9 @@ impl Replicas {
         }
         for c in &l.contexts {
             cmd.args(["--context", c]);
+        }
+        if let Some(hook) = l.webhook.as_ref().filter(|_| slot == 0) {
+            cmd.args(hook.args());
         }
         let mut child = cmd
             .env("RUST_LOG", &l.log_level)
@@ -386,6 +391,16 @@ impl Replicas {
             out.push((self.all[i].id.clone(), n));
         }
         Ok(out)
+    }
+
+    /// CPU seconds the live replicas have spent so far, together (from their own metrics).
+    pub async fn cpu_seconds(&self) -> anyhow::Result<f64> {
+        let mut total = 0.0;
+        for i in self.live.clone() {
+            let text = self.get(i, "/metrics").await?;
+            total += stats::sum(&stats::parse(&text), "kubedirector_process_cpu_seconds", |_| true);
+        }
+        Ok(total)
     }
 
     pub fn records(&self) -> Vec<PathBuf> {

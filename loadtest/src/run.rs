@@ -95,11 +95,17 @@ pub async fn run(o: Options) -> anyhow::Result<Outcome> {
     eprintln!("[loadtest] member clusters: {}", bed.contexts.join(", "));
     let work = async {
         let b = prepare_bench(&o, &bed).await?;
-        if o.workload.mode == crate::workload::Mode::Standard {
+        let outcome = if o.workload.mode == crate::workload::Mode::Standard {
             measure(&b).await.map(|r| Outcome::Standard(Box::new(r)))
         } else {
             crate::modes::run(&b).await.map(|r| Outcome::Modes(Box::new(r)))
+        };
+        if b.launch.webhook.is_some() {
+            // Fail closed, with nothing serving it any more: it would refuse every object of the
+            // namespace after the run.
+            crate::admission::remove(&b.clients[0]).await;
         }
+        outcome
     };
     // Ctrl-C (or SIGTERM) ends the run here, so that the replicas (dropped with the work: killed) and
     // the bed (torn down below) do not outlive it.
@@ -234,6 +240,49 @@ pub async fn apiserver_histograms(clients: &[Client]) -> anyhow::Result<Vec<Hist
         out.push(by_call);
     }
     Ok(out)
+}
+
+/// Requests served (every verb, reads and watches included) and watch events sent, by call, summed
+/// over the API servers: `"VERB resource[/sub]"` from `apiserver_request_total`, and
+/// `"watch events <resource>"` from `apiserver_watch_events_total`.
+pub async fn request_counts(clients: &[Client]) -> anyhow::Result<BTreeMap<String, f64>> {
+    let mut out = BTreeMap::new();
+    for c in clients {
+        let req = http::Request::get("/metrics").body(Vec::new())?;
+        let text = c.request_text(req).await.context("API server /metrics")?;
+        for (key, value) in request_counts_of(&stats::parse(&text)) {
+            *out.entry(key).or_insert(0.0) += value;
+        }
+    }
+    Ok(out)
+}
+
+fn request_counts_of(samples: &[stats::Sample]) -> BTreeMap<String, f64> {
+    let mut out = BTreeMap::new();
+    for s in samples {
+        let key = match s.name.as_str() {
+            "apiserver_request_total" => call_of(&s.labels),
+            "apiserver_watch_events_total" => {
+                let of = |k: &str| s.labels.get(k).map(String::as_str);
+                format!("watch events {}", of("resource").or(of("kind")).unwrap_or("?"))
+            }
+            _ => continue,
+        };
+        *out.entry(key).or_insert(0.0) += s.value;
+    }
+    out
+}
+
+/// The `n` largest counts of a window (after − before), largest first.
+pub fn top_counts(after: &BTreeMap<String, f64>, before: &BTreeMap<String, f64>, n: usize) -> Vec<(String, f64)> {
+    let mut d: Vec<(String, f64)> = after
+        .iter()
+        .map(|(k, a)| (k.clone(), a - before.get(k).copied().unwrap_or(0.0)))
+        .filter(|(_, v)| *v > 0.0)
+        .collect();
+    d.sort_by(|a, b| b.1.total_cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+    d.truncate(n);
+    d
 }
 
 /// The calls of a window (after − before) merged, and the five kinds of call with the highest p99.
@@ -414,6 +463,10 @@ pub async fn prepare_bench<'a>(o: &'a Options, bed: &'a Bed) -> anyhow::Result<B
         clients.push(prepare::client(&bed.kubeconfig, c).await?);
     }
     let app = objects::app(&w.roles);
+    for c in &clients {
+        // One a killed `--admission` run left would refuse the app (no one serves it).
+        crate::admission::remove(c).await;
+    }
     let mut tokens = Vec::new();
     for (c, client) in bed.contexts.iter().zip(&clients) {
         prepare::cluster(client, &[&ns, &floor_ns], &system, &app).await?;
@@ -435,7 +488,7 @@ pub async fn prepare_bench<'a>(o: &'a Options, bed: &'a Bed) -> anyhow::Result<B
     } else {
         (clients.clone(), "the bed's admin")
     };
-    let launch = Launch {
+    let mut launch = Launch {
         binary: o.operator_bin.clone(),
         kubeconfig: operator_kubeconfig,
         contexts: bed.contexts.clone(),
@@ -447,7 +500,16 @@ pub async fn prepare_bench<'a>(o: &'a Options, bed: &'a Bed) -> anyhow::Result<B
         dir: o.run_dir.join("replicas"),
         log_level: o.log_level.clone(),
         cpu: None,
+        webhook: None,
     };
+    if w.admission {
+        if o.provider == Provider::Kind {
+            anyhow::bail!("--admission runs local replicas; on kind, the chart's values choose admission");
+        }
+        let port = crate::replicas::free_port()?;
+        crate::admission::install(&clients[0], &ns, port).await?;
+        launch.webhook = Some(crate::admission::Webhook { port });
+    }
     Ok(Bench {
         o,
         bed,
@@ -460,6 +522,15 @@ pub async fn prepare_bench<'a>(o: &'a Options, bed: &'a Bed) -> anyhow::Result<B
         placement,
         launch,
     })
+}
+
+/// With `--admission`, until the API server calls the (just started) webhook.
+pub async fn wait_admission(b: &Bench<'_>) -> anyhow::Result<()> {
+    if b.launch.webhook.is_none() {
+        return Ok(());
+    }
+    let probe = objects::cluster("lt-admission-probe", &b.o.workload.roles, b.placement);
+    crate::admission::wait_serving(&b.clients[0], &b.ns, &probe, Duration::from_secs(90)).await
 }
 
 async fn measure(b: &Bench<'_>) -> anyhow::Result<Report> {
@@ -480,6 +551,7 @@ async fn measure(b: &Bench<'_>) -> anyhow::Result<Report> {
         _ => Replicas::start(launch, w.replicas)?,
     };
     reps.wait_ready(Duration::from_secs(120)).await?;
+    wait_admission(b).await?;
     let replicas = Arc::new(tokio::sync::Mutex::new(reps));
     let tracker = Arc::new(Tracker::default());
     let watches: Vec<_> = clients
@@ -845,6 +917,24 @@ async fn measure(b: &Bench<'_>) -> anyhow::Result<Report> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn request_counts_group_by_call_and_watch_resource_and_windows_rank_them() {
+        let text = "apiserver_request_total{code=\"200\",resource=\"pods\",subresource=\"\",verb=\"WATCH\"} 3\n\
+                    apiserver_request_total{code=\"201\",resource=\"services\",subresource=\"\",verb=\"POST\"} 10\n\
+                    apiserver_request_total{code=\"409\",resource=\"services\",subresource=\"\",verb=\"POST\"} 2\n\
+                    apiserver_request_total{code=\"200\",resource=\"pods\",subresource=\"status\",verb=\"PATCH\"} 7\n\
+                    apiserver_watch_events_total{group=\"\",resource=\"pods\",version=\"v1\"} 40\n\
+                    apiserver_request_duration_seconds_count{resource=\"pods\",verb=\"GET\"} 99\n";
+        let after = request_counts_of(&stats::parse(text));
+        assert_eq!(after["POST services"], 12.0);
+        assert_eq!(after["PATCH pods/status"], 7.0);
+        assert_eq!(after["watch events pods"], 40.0);
+        assert_eq!(after.len(), 4, "{after:?}");
+        let before = BTreeMap::from([("watch events pods".to_string(), 35.0), ("WATCH pods".to_string(), 3.0)]);
+        let top = top_counts(&after, &before, 2);
+        assert_eq!(top, vec![("POST services".to_string(), 12.0), ("PATCH pods/status".to_string(), 7.0)]);
+    }
 
     fn exposition(low: [f64; 3], exempt: f64) -> String {
         let n = "apiserver_flowcontrol_request_wait_duration_seconds_bucket";

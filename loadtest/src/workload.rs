@@ -104,6 +104,12 @@ pub struct Workload {
     pub flow_schema: bool,
     /// Burst: measure both without and with the FlowSchema; false = only as `flowSchema` says.
     pub burst_both: bool,
+    /// The operator serves its admission webhook (as the chart deploys it) and the API server calls
+    /// it for every KubeDirector object of the run: the mutating webhook puts the finalizer in at
+    /// create, so no finalizer patch. Local replicas on one cluster only (the webhook listens on
+    /// 127.0.0.1); replica slot 0 serves it.
+    #[serde(default)]
+    pub admission: bool,
     /// Member clusters (kwok, kind: created by the harness; contexts: the number of contexts given).
     pub clusters: u32,
     /// Members in total, over every CR of every cluster.
@@ -150,6 +156,7 @@ impl Workload {
             floor_as_operator: true,
             flow_schema: false,
             burst_both: true,
+            admission: false,
             clusters: 4,
             members: 5000,
             roles: vec![
@@ -283,11 +290,23 @@ impl Workload {
         if self.replicas == 0 {
             return Err(invalid("replicas", "must be at least 1"));
         }
+        if self.admission && self.clusters != 1 {
+            return Err(invalid(
+                "admission",
+                format!("needs clusters: 1 (the webhook listens on 127.0.0.1), got {}", self.clusters),
+            ));
+        }
         if self.shards == 0 && self.replicas > 1 {
             return Err(invalid("shards", "0 (unsharded) allows only replicas: 1"));
         }
         // Chaos, churn and soak belong to the standard run; the other modes ignore them.
         let standard = self.mode == Mode::Standard;
+        if standard && self.admission && self.chaos.every_seconds > 0 {
+            return Err(invalid(
+                "admission",
+                "needs chaos.everySeconds: 0 (killing replica 0 would take the webhook, and with it every create, down)",
+            ));
+        }
         if standard && self.chaos.every_seconds > 0 && self.replicas < 2 {
             return Err(invalid(
                 "chaos.everySeconds",
@@ -422,6 +441,14 @@ mod tests {
         assert!(e.contains("`chaos.everySeconds`"), "{e}");
         w.mode = Mode::Capacity;
         w.validate().expect("other modes ignore chaos");
+        w.admission = true;
+        let e = w.validate().expect_err("admission on 4 clusters").to_string();
+        assert!(e.contains("`admission`") && e.contains("clusters: 1"), "{e}");
+        w.clusters = 1;
+        w.validate().expect("admission on one cluster");
+        (w.mode, w.replicas) = (Mode::Standard, 2);
+        let e = w.validate().expect_err("admission with chaos").to_string();
+        assert!(e.contains("`admission`") && e.contains("chaos.everySeconds: 0"), "{e}");
     }
 
     #[test]

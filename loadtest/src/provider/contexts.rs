@@ -38,6 +38,7 @@ pub fn bed(kubeconfig: PathBuf, contexts: &[String], clusters: u32) -> Result<Be
         kubeconfig,
         contexts: contexts.to_vec(),
         audit_logs: None,
+        pid_dirs: Vec::new(),
         teardown: None,
     })
 }

@@ -352,6 +352,7 @@ pub fn up(repo: &Path, run_dir: &Path, clusters: u32, nodes: u32, policy: &str) 
                 .map(|n| run_dir.join(format!("kind/{n}/audit/audit.log")))
                 .collect(),
         ),
+        pid_dirs: Vec::new(),
         teardown: Some(Teardown::Kind(names)),
     })
 }

@@ -78,6 +78,9 @@ pub fn up(
         kubeconfig: dir.join("kubeconfig"),
         contexts,
         audit_logs: Some(audit_logs),
+        pid_dirs: (1..=clusters)
+            .map(|i| dir.join(format!("kwok/clusters/kd-{i}/pids")))
+            .collect(),
         teardown: Some(Teardown::Kwok(k)),
     })
 }

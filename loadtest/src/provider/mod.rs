@@ -23,6 +23,9 @@ pub struct Bed {
     pub contexts: Vec<String>,
     /// One per context when the API servers audit the operator's writes.
     pub audit_logs: Option<Vec<PathBuf>>,
+    /// Directories of the bed's `<component>.pid` files, one per cluster (local clusters only), for
+    /// the CPU each component spends in a pass.
+    pub pid_dirs: Vec<PathBuf>,
     /// Clusters the harness started, torn down at the end.
     pub teardown: Option<Teardown>,
 }
