@@ -124,10 +124,19 @@ mod tests {
         let (m, v) = configurations("kd-loadtest", 41234);
         let mh = &m["webhooks"][0];
         assert_eq!(mh["clientConfig"]["url"], "https://127.0.0.1:41234/mutate");
-        assert_eq!(v["webhooks"][0]["clientConfig"]["url"], "https://127.0.0.1:41234/validate");
-        assert_eq!(mh["namespaceSelector"]["matchLabels"]["kubernetes.io/metadata.name"], "kd-loadtest");
+        assert_eq!(
+            v["webhooks"][0]["clientConfig"]["url"],
+            "https://127.0.0.1:41234/validate"
+        );
+        assert_eq!(
+            mh["namespaceSelector"]["matchLabels"]["kubernetes.io/metadata.name"],
+            "kd-loadtest"
+        );
         assert_eq!(mh["failurePolicy"], "Fail");
-        assert_eq!(v["webhooks"][0]["rules"][0]["operations"], json!(["CREATE", "UPDATE", "DELETE"]));
+        assert_eq!(
+            v["webhooks"][0]["rules"][0]["operations"],
+            json!(["CREATE", "UPDATE", "DELETE"])
+        );
         // Both parse as the typed objects the API server takes.
         serde_json::from_value::<MutatingWebhookConfiguration>(m).expect("mutating");
         serde_json::from_value::<ValidatingWebhookConfiguration>(v).expect("validating");

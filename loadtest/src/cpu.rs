@@ -21,11 +21,7 @@ pub fn seconds_from_stat(stat: &str, ticks_per_second: f64) -> Option<f64> {
 pub fn ticks_per_second() -> f64 {
     // SAFETY: sysconf reads a constant of the running system.
     let t = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
-    if t > 0 {
-        t as f64
-    } else {
-        100.0
-    }
+    if t > 0 { t as f64 } else { 100.0 }
 }
 
 /// CPU seconds of each component, summed over the clusters: one directory of `<component>.pid`

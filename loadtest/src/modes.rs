@@ -44,6 +44,9 @@ pub struct Pass {
     pub all_done_seconds: Option<f64>,
     /// Operator passes: the CR's last pod Ready → `configured` (both seen by the harness's watches).
     pub status_lag: Option<Summary>,
+    /// Operator passes: the later of the CR's last pod Ready and its last Service seen (both by the
+    /// harness's watches) → `configured`: how long the status write follows the last child event.
+    pub children_lag: Option<Summary>,
     /// CRs not done within the phase timeout, or refused.
     pub not_done: Vec<String>,
     /// Objects of the pass still there after its deletion timed out.
@@ -227,9 +230,19 @@ async fn pass(
             Side::Floor => track::watch_floor(c.clone(), ns, i, members, tracker.clone()),
         })
         .collect();
+    let service_times = Arc::new(track::ReadyTimes::default());
     if side == Side::Operator {
         for (i, c) in b.clients.iter().enumerate() {
             watches.push(track::watch_member_pods(c.clone(), ns, i, members, ready_times.clone()));
+            // A member Service per member and the cluster's headless Service.
+            let services = members + 1;
+            watches.push(track::watch_member_services(
+                c.clone(),
+                ns,
+                i,
+                services,
+                service_times.clone(),
+            ));
         }
     }
     let apf_before = apf_histograms(&b.clients).await?;
@@ -273,6 +286,7 @@ async fn pass(
     );
     let done = tracker.take_done();
     let status_lag = stats::summary(&ready_times.lags(&done));
+    let children_lag = stats::summary(&ready_times.lags_after(&service_times, &done));
     let latencies: Vec<f64> = done.iter().map(|(_, s, f)| (*f - *s).as_secs_f64()).collect();
     let all_done_seconds = done.iter().map(|(_, _, f)| (*f - t0).as_secs_f64()).reduce(f64::max);
     let mut cached_objects = BTreeMap::new();
@@ -290,6 +304,7 @@ async fn pass(
         latency: stats::summary(&latencies),
         all_done_seconds,
         status_lag,
+        children_lag,
         not_done,
         left_behind,
         writes: None,
@@ -884,10 +899,13 @@ impl ModeReport {
             }
             md.push('\n');
         }
-        md.push_str("## Passes\n\nStatus lag: a CR's last pod Ready → `configured` (operator passes).\n\n| pass | CRs | p50 | p90 | p99 | max | all done (s) | writes/CR | status lag p50 | status lag p99 | not done |\n|---|---|---|---|---|---|---|---|---|---|---|\n");
+        md.push_str("## Passes\n\nLag after pods (operator passes): a CR's last pod Ready → `configured`. Lag after children: the later of its last pod Ready and its last Service seen → `configured`.\n\n| pass | CRs | p50 | p90 | p99 | max | all done (s) | writes/CR | lag after pods p50 / p99 | lag after children p50 / p99 | not done |\n|---|---|---|---|---|---|---|---|---|---|---|\n");
         for p in &self.passes {
             let l = p.latency.as_ref();
             let lag = p.status_lag.as_ref();
+            let after = p.children_lag.as_ref();
+            let pair = |s: Option<&Summary>| format!("{} / {}", opt(s.map(|s| s.p50)), opt(s.map(|s| s.p99)));
+            let (lag, after) = (pair(lag), pair(after));
             md.push_str(&format!(
                 "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |\n",
                 p.label,
@@ -898,8 +916,8 @@ impl ModeReport {
                 opt(l.map(|s| s.max)),
                 opt(p.all_done_seconds),
                 opt(p.writes_per_cr),
-                opt(lag.map(|s| s.p50)),
-                opt(lag.map(|s| s.p99)),
+                lag,
+                after,
                 p.not_done.len()
             ));
         }

@@ -933,7 +933,13 @@ mod tests {
         assert_eq!(after.len(), 4, "{after:?}");
         let before = BTreeMap::from([("watch events pods".to_string(), 35.0), ("WATCH pods".to_string(), 3.0)]);
         let top = top_counts(&after, &before, 2);
-        assert_eq!(top, vec![("POST services".to_string(), 12.0), ("PATCH pods/status".to_string(), 7.0)]);
+        assert_eq!(
+            top,
+            vec![
+                ("POST services".to_string(), 12.0),
+                ("PATCH pods/status".to_string(), 7.0)
+            ]
+        );
     }
 
     fn exposition(low: [f64; 3], exempt: f64) -> String {

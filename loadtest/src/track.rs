@@ -6,7 +6,7 @@ use std::sync::Mutex;
 use std::time::Instant;
 
 use futures::StreamExt;
-use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::api::core::v1::{Pod, Service};
 use kube::runtime::watcher;
 use kube::{Api, Client};
 
@@ -194,14 +194,57 @@ impl ReadyTimes {
 
     /// Seconds from all pods Ready to configured, for every done CR whose pods were all seen Ready.
     pub fn lags(&self, done: &[(Key, Instant, Instant)]) -> Vec<f64> {
+        self.lags_after(&ReadyTimes::default(), done)
+    }
+
+    /// Seconds from the later of this and `other` (for example: all pods Ready, all Services seen)
+    /// to configured, for every done CR seen in this; a CR missing from `other` counts from this.
+    pub fn lags_after(&self, other: &ReadyTimes, done: &[(Key, Instant, Instant)]) -> Vec<f64> {
         let at = self.at.lock().unwrap_or_else(|p| p.into_inner());
+        let also = other.at.lock().unwrap_or_else(|p| p.into_inner());
         done.iter()
             .filter_map(|(k, _, configured)| {
-                at.get(k)
-                    .map(|ready| configured.saturating_duration_since(*ready).as_secs_f64())
+                let ready = at.get(k).map(|r| also.get(k).map_or(*r, |s| (*r).max(*s)))?;
+                Some(configured.saturating_duration_since(ready).as_secs_f64())
             })
             .collect()
     }
+}
+
+/// Feeds `times` from a watch of the operator's Services (labelled with their CR): a CR's time is
+/// when `services` distinct Services of it have been seen.
+pub fn watch_member_services(
+    client: Client,
+    ns: &str,
+    index: usize,
+    services: usize,
+    times: std::sync::Arc<ReadyTimes>,
+) -> tokio::task::JoinHandle<()> {
+    let api = Api::<Service>::namespaced(client, ns);
+    let label = kubedirector::model::labels::CLUSTER;
+    tokio::spawn(async move {
+        let mut seen: HashMap<String, std::collections::HashSet<String>> = HashMap::new();
+        let mut events = watcher(api, watcher::Config::default().labels(label)).boxed();
+        while let Some(ev) = events.next().await {
+            let svc = match ev {
+                Ok(watcher::Event::Apply(s) | watcher::Event::InitApply(s)) => s,
+                Ok(_) => continue,
+                Err(e) => {
+                    tracing_warn(&format!("service watch {index}: {e}"));
+                    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+                    continue;
+                }
+            };
+            let group = svc.metadata.labels.as_ref().and_then(|l| l.get(label)).cloned();
+            let (Some(group), Some(name)) = (group, svc.metadata.name) else {
+                continue;
+            };
+            let set = seen.entry(group.clone()).or_default();
+            if set.insert(name) && set.len() == services {
+                times.note((index, group), Instant::now());
+            }
+        }
+    })
 }
 
 /// Feeds `times` from a watch of the operator's member pods (labelled with their CR).
@@ -308,6 +351,15 @@ mod tests {
         let lags = times.lags(&done);
         assert_eq!(lags.len(), 1);
         assert!((lags[0] - 0.3).abs() < 1e-6, "{lags:?}");
+        // Services seen 0.2 s after the pods were Ready: the lag counts from them.
+        let services = ReadyTimes::default();
+        services.note((0, "a".into()), t0 + Duration::from_millis(200));
+        let after = times.lags_after(&services, &done);
+        assert!((after[0] - 0.1).abs() < 1e-6, "{after:?}");
+        // Seen before the pods: the pods' time.
+        let early = ReadyTimes::default();
+        early.note((0, "a".into()), t0 - Duration::from_secs(1));
+        assert!((times.lags_after(&early, &done)[0] - 0.3).abs() < 1e-6);
     }
 
     #[test]

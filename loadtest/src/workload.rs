@@ -293,7 +293,10 @@ impl Workload {
         if self.admission && self.clusters != 1 {
             return Err(invalid(
                 "admission",
-                format!("needs clusters: 1 (the webhook listens on 127.0.0.1), got {}", self.clusters),
+                format!(
+                    "needs clusters: 1 (the webhook listens on 127.0.0.1), got {}",
+                    self.clusters
+                ),
             ));
         }
         if self.shards == 0 && self.replicas > 1 {

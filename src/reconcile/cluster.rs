@@ -149,10 +149,14 @@ async fn block(ctx: &Ctx, obj: &DynamicObject, reason: &str, message: String) ->
 /// its token from the member's write budget, which still caps the rate.
 const APPLY_CONCURRENCY: usize = 8;
 
-/// The headless Service, the member Services and the StatefulSets, written concurrently, Services
-/// first while a StatefulSet is still to be created: its pods then start with their DNS names and
-/// Services in place, and (where pods come up at once, as on kwok) a cluster does not sit with every
-/// pod Ready waiting for its slowest Service create. Every write is tried; the first error is
+/// The StatefulSets, the headless Service and the member Services, written concurrently,
+/// StatefulSets first while one is still to be created. Measured both ways (docs/loadtest.md,
+/// burst17/burst18): with the Services first, every Service existed before its pod had an address,
+/// so the endpoints controllers rewrote each Endpoints and EndpointSlice as the pod came up (3,000
+/// more writes at the API server for 1,000 members, 20 more CPU-seconds on the bed, all done 10 s
+/// later); created after the StatefulSets, they are written once, with the pod already in them.
+/// The cost: a cluster whose pods are Ready waits for its Service creates (seconds on a busy
+/// server) before it is `configured`. Every write is tried; the first error is
 /// returned once all have finished (the others' writes stand, and the retry skips them by digest).
 /// The children created (`Kind/name`) are remembered in `awaited` either way: a retry must wait for
 /// them to reach the caches, not create them again.
@@ -212,11 +216,11 @@ async fn apply_children(
     let results: Done = if new_statefulset {
         // Creates wait seconds for a busy API server: the worker slot is free meanwhile (`slots`).
         slot.writing(async {
-            let mut done = all_at_once(services).await;
-            // A Service refused (a 429 among them) holds the StatefulSets back: the server asked
-            // us to wait, and pods should not start without their Services.
+            let mut done = all_at_once(statefulsets).await;
+            // A StatefulSet refused (a 429 among them) holds the Services back: the server asked
+            // us to wait.
             if done.iter().all(|(_, r)| r.is_ok()) {
-                done.extend(all_at_once(statefulsets).await);
+                done.extend(all_at_once(services).await);
             }
             done
         })

@@ -17,6 +17,7 @@ use crate::queue::limiter::WriteBudget;
 use crate::telemetry::metrics::Metrics;
 
 use super::error::Error;
+use super::index::ClusterIndex;
 
 pub struct Stores {
     pub apps: Store<DynamicObject>,
@@ -29,6 +30,17 @@ pub struct Stores {
     /// ConfigMaps and Secrets that connections may name (only those with a type label).
     pub configmaps: Store<ConfigMap>,
     pub secrets: Store<Secret>,
+    /// The children's names by (namespace, cluster), fed with the stores above.
+    pub by_cluster: ChildIndexes,
+}
+
+/// One [`ClusterIndex`] per child kind.
+#[derive(Clone, Default)]
+pub struct ChildIndexes {
+    pub statefulsets: ClusterIndex,
+    pub services: ClusterIndex,
+    pub pods: ClusterIndex,
+    pub pvcs: ClusterIndex,
 }
 
 impl Stores {

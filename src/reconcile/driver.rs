@@ -33,7 +33,8 @@ use crate::telemetry::trace;
 
 use super::cluster::{outcome_of_error, reconcile};
 use super::connections::{CM_TYPE, Hub, MemberView, SECRET_TYPE};
-use super::context::{ClusterKey, Ctx, Stores};
+use super::context::{ChildIndexes, ClusterKey, Ctx, Stores};
+use super::index::ClusterIndex;
 use super::slots::{self, Slot, Slots};
 
 /// Settings shared by every member cluster.
@@ -82,15 +83,23 @@ where
     }
 }
 
-/// A cache of a child kind (only objects carrying our cluster label) and its events, mapped to the
-/// cluster named by the label.
-fn children<K>(api: Api<K>) -> (Store<K>, Events)
+/// A cache of a child kind (only objects carrying our cluster label), `index` fed with it, and its
+/// events, mapped to the cluster named by the label.
+fn children<K>(api: Api<K>, index: &ClusterIndex) -> (Store<K>, Events)
 where
     K: Resource<DynamicType = ()> + Clone + std::fmt::Debug + serde::de::DeserializeOwned + Send + Sync + 'static,
 {
     let (store, writer) = reflector::store();
     let config = watcher::Config::default().any_semantic().labels(labels::CLUSTER);
+    let index = index.clone();
     let events = reflector::reflector(writer, watcher(api, config))
+        // After the store, before the triggers (see `index`).
+        .map(move |r| {
+            if let Ok(event) = &r {
+                index.apply(event, labels::CLUSTER);
+            }
+            r
+        })
         .default_backoff()
         .touched_objects()
         .map(|r| {
@@ -310,10 +319,11 @@ pub async fn run_member(
     .default_backoff();
     let (apps, app_events) = ours(Api::all_with(client.clone(), &app_ar), app_ar);
     let (configs, config_events) = ours(Api::all_with(client.clone(), &config_ar), config_ar);
-    let (statefulsets, sts_events) = children(scoped::<StatefulSet>(&client, &ns));
-    let (services, svc_events) = children(scoped::<Service>(&client, &ns));
-    let (pods, pod_events) = children(scoped::<Pod>(&client, &ns));
-    let (pvcs, pvc_events) = children(scoped::<PersistentVolumeClaim>(&client, &ns));
+    let by_cluster = ChildIndexes::default();
+    let (statefulsets, sts_events) = children(scoped::<StatefulSet>(&client, &ns), &by_cluster.statefulsets);
+    let (services, svc_events) = children(scoped::<Service>(&client, &ns), &by_cluster.services);
+    let (pods, pod_events) = children(scoped::<Pod>(&client, &ns), &by_cluster.pods);
+    let (pvcs, pvc_events) = children(scoped::<PersistentVolumeClaim>(&client, &ns), &by_cluster.pvcs);
     let (configmaps, cm_events) = typed(scoped::<ConfigMap>(&client, &ns), CM_TYPE);
     let (secrets, secret_events) = typed(scoped::<Secret>(&client, &ns), SECRET_TYPE);
     let (storage_classes, sc_writer) = reflector::store::<StorageClass>();
@@ -423,6 +433,7 @@ pub async fn run_member(
         storage_classes,
         configmaps: configmaps.clone(),
         secrets: secrets.clone(),
+        by_cluster,
     };
     hub.register(
         &context,

@@ -10,6 +10,7 @@ pub mod driver;
 pub mod error;
 pub mod freshness;
 pub mod guest;
+pub mod index;
 pub mod observe;
 pub mod restore;
 pub mod slots;

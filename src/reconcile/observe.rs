@@ -18,6 +18,7 @@ use crate::model::settings::Settings;
 use crate::model::validate::StorageClasses;
 
 use super::context::Ctx;
+use super::index::ClusterIndex;
 
 /// A child as the cache has it: its spec digest and its controlling owner.
 #[derive(Clone, Debug, Default)]
@@ -119,52 +120,60 @@ pub fn pod_facts(pod: &Pod) -> PodFacts {
     }
 }
 
+/// The cached objects of `store` that `index` lists for (`ns`, `cluster`) and that still carry the
+/// cluster's label (the store may be an event ahead of the index).
+fn own<K>(store: &Store<K>, index: &ClusterIndex, ns: &str, cluster: &str) -> Vec<std::sync::Arc<K>>
+where
+    K: kube::Resource<DynamicType = ()> + Clone,
+{
+    index
+        .names(ns, cluster)
+        .into_iter()
+        .filter_map(|name: String| store.get(&ObjectRef::new(name.as_str()).within(ns)))
+        .filter(|o| belongs(o.meta(), ns, cluster))
+        .collect()
+}
+
+/// The cluster's children from the caches: a lookup of its own objects (`index`), never a scan.
 pub fn observe(ctx: &Ctx, ns: &str, cluster: &str) -> (Observed, Children) {
     let mut observed = Observed::default();
     let mut children = Children::default();
-    for pod in ctx.stores.pods.state() {
-        if belongs(&pod.metadata, ns, cluster) {
-            observed.pods.insert(pod.name_any(), pod_facts(&pod));
+    let (s, ix) = (&ctx.stores, &ctx.stores.by_cluster);
+    for pod in own(&s.pods, &ix.pods, ns, cluster) {
+        observed.pods.insert(pod.name_any(), pod_facts(&pod));
+    }
+    for svc in own(&s.services, &ix.services, ns, cluster) {
+        observed.services.insert(svc.name_any());
+        children.services.insert(svc.name_any(), child_state(&svc.metadata));
+    }
+    for pvc in own(&s.pvcs, &ix.pvcs, ns, cluster) {
+        observed.pvcs.insert(pvc.name_any());
+        let owned = pvc.metadata.owner_references.as_ref().is_some_and(|o| !o.is_empty());
+        if !owned && pvc.metadata.deletion_timestamp.is_none() {
+            let version = pvc.metadata.resource_version.clone().unwrap_or_default();
+            children.unowned_pvcs.insert(pvc.name_any(), version);
         }
     }
-    for svc in ctx.stores.services.state() {
-        if belongs(&svc.metadata, ns, cluster) {
-            observed.services.insert(svc.name_any());
-            children.services.insert(svc.name_any(), child_state(&svc.metadata));
-        }
-    }
-    for pvc in ctx.stores.pvcs.state() {
-        if belongs(&pvc.metadata, ns, cluster) {
-            observed.pvcs.insert(pvc.name_any());
-            let owned = pvc.metadata.owner_references.as_ref().is_some_and(|o| !o.is_empty());
-            if !owned && pvc.metadata.deletion_timestamp.is_none() {
-                let version = pvc.metadata.resource_version.clone().unwrap_or_default();
-                children.unowned_pvcs.insert(pvc.name_any(), version);
-            }
-        }
-    }
-    for sts in ctx.stores.statefulsets.state() {
-        if belongs(&sts.metadata, ns, cluster) {
-            let meta = &sts.metadata;
-            let retention = sts
-                .spec
-                .as_ref()
-                .and_then(|s| s.persistent_volume_claim_retention_policy.as_ref());
-            let state = StatefulSetState {
-                owner_uid: child_state(meta).owner_uid,
-                retains_claims: retention.and_then(|r| r.when_deleted.as_deref()).unwrap_or("Retain") == "Retain",
-                has_annotations: meta.annotations.is_some(),
-                existing: rollout::Existing {
-                    replicas: sts.spec.as_ref().and_then(|s| s.replicas),
-                    role_inputs: meta
-                        .annotations
-                        .as_ref()
-                        .and_then(|a| a.get(labels::ROLE_INPUTS))
-                        .cloned(),
-                },
-            };
-            children.statefulsets.insert(sts.name_any(), state);
-        }
+    for sts in own(&s.statefulsets, &ix.statefulsets, ns, cluster) {
+        let meta = &sts.metadata;
+        let retention = sts
+            .spec
+            .as_ref()
+            .and_then(|s| s.persistent_volume_claim_retention_policy.as_ref());
+        let state = StatefulSetState {
+            owner_uid: child_state(meta).owner_uid,
+            retains_claims: retention.and_then(|r| r.when_deleted.as_deref()).unwrap_or("Retain") == "Retain",
+            has_annotations: meta.annotations.is_some(),
+            existing: rollout::Existing {
+                replicas: sts.spec.as_ref().and_then(|s| s.replicas),
+                role_inputs: meta
+                    .annotations
+                    .as_ref()
+                    .and_then(|a| a.get(labels::ROLE_INPUTS))
+                    .cloned(),
+            },
+        };
+        children.statefulsets.insert(sts.name_any(), state);
     }
     (observed, children)
 }
