@@ -265,6 +265,53 @@ fn defaults_are_filled_in_by_the_mutating_review() {
 }
 
 #[test]
+fn an_app_the_cache_has_not_seen_yet_is_read_live_and_admits_the_cluster() {
+    use kubedirector::admission::lookups::app_missing;
+    use kubedirector::admission::world::WithLookups;
+    let app = cases::app();
+    let name = app["metadata"]["name"].as_str().expect("app name").to_string();
+    let cached = world();
+    let lagging = Snapshot {
+        apps: Vec::new(),
+        ..world()
+    };
+    let mut cluster = cases::user_cluster("fresh", &name);
+    cluster["metadata"]["namespace"] = json!(NS);
+    let body = request("CREATE", NS, Some(&cluster), None);
+    assert_eq!(app_missing(&body, &cached), None, "in the cache: nothing to ask");
+    let (namespaces, missing) = app_missing(&body, &lagging).expect("not in the cache");
+    assert_eq!(missing, name);
+    let catalog = cluster["spec"]["appCatalog"].as_str();
+    let expected: Vec<&str> = match catalog {
+        Some("system") => vec![SYS],
+        Some("local") => vec![NS],
+        _ => vec![NS, SYS],
+    };
+    assert_eq!(namespaces, expected, "the catalogs the cluster may use ({catalog:?})");
+    // From the lagging cache alone the cluster is refused; with the app read live, admitted.
+    let answer = |w: &dyn kubedirector::admission::world::World| {
+        review::handle(Phase::Validate, &body, "test", Some(w))
+            .expect("answers")
+            .response
+            .expect("response")
+    };
+    let refused = answer(&lagging);
+    assert!(
+        !refused.allowed && refused.result.message.contains("not found"),
+        "{}",
+        refused.result.message
+    );
+    let live = WithLookups {
+        inner: &lagging,
+        lookups: None,
+        configs: None,
+        apps: vec![obj(&app, SYS)],
+    };
+    let admitted = answer(&live);
+    assert!(admitted.allowed, "{}", admitted.result.message);
+}
+
+#[test]
 fn bad_requests_get_clear_errors() {
     let w = world();
     for (body, fragment) in [

@@ -520,6 +520,7 @@ mod tests {
             inner: &base,
             lookups: Some(lookups),
             configs: None,
+            apps: Vec::new(),
         };
         let spec: KubeDirectorClusterSpec = serde_json::from_value(json!({
             "app": "a",

@@ -84,6 +84,40 @@ fn changed_cluster(body: &[u8]) -> Option<(AdmissionRequest<DynamicObject>, Kube
     Some((req, cluster))
 }
 
+/// The app a cluster create or spec change names, where `world`'s caches do not have it in any
+/// catalog the cluster may use: (namespaces to ask, app name). A KubeDirectorApp created a moment
+/// before the cluster may not be in the cache yet (seen in CI: "not found" milliseconds after the
+/// app's create), so before refusing, the API server is asked.
+pub fn app_missing(body: &[u8], world: &dyn super::world::World) -> Option<(Vec<String>, String)> {
+    use crate::api::cluster::AppCatalog;
+    let (req, cluster) = changed_cluster(body)?;
+    let ns = req.namespace.clone().unwrap_or_default();
+    let system = world.operator_namespace().to_string();
+    let app = cluster.spec.app;
+    let candidates = match cluster.spec.app_catalog {
+        Some(AppCatalog::Local) => vec![ns],
+        Some(AppCatalog::System) => vec![system],
+        None => vec![ns, system],
+    };
+    let cached = candidates.iter().any(|n| world.app(n, &app).is_some());
+    (!cached && !app.is_empty()).then_some((candidates, app))
+}
+
+/// The KubeDirectorApp `app` as the API server has it now, in each of `namespaces` it exists in.
+pub async fn live_apps(
+    client: &Client,
+    namespaces: &[String],
+    app: &str,
+) -> Result<Vec<std::sync::Arc<DynamicObject>>, kube::Error> {
+    let ar = kube::api::ApiResource::erase::<crate::api::KubeDirectorApp>(&());
+    let mut out = Vec::new();
+    for ns in namespaces {
+        let api = Api::<DynamicObject>::namespaced_with(client.clone(), ns, &ar);
+        out.extend(api.get_opt(app).await?.map(std::sync::Arc::new));
+    }
+    Ok(out)
+}
+
 /// kd-global-config as the API server has it now (a list of it, or empty).
 pub async fn live_config(
     client: &Client,

@@ -224,8 +224,10 @@ async fn answer(req: Request<Incoming>, worlds: &Worlds) -> Response<Full<Bytes>
     // Service accounts, projected claims and srcURLs, and kd-global-config where secret keys depend
     // on it, are asked of the API server for this request only.
     let needs = super::lookups::needs(phase == Phase::Validate, &body);
-    let with_lookups = match (&caches, world, needs) {
-        (Some(c), Some(inner), Some(needs)) => {
+    let missing_app = world.and_then(|w| super::lookups::app_missing(&body, w));
+    let with_lookups = match (&caches, world) {
+        (Some(c), Some(inner)) if needs.is_some() || missing_app.is_some() => {
+            let needs = needs.unwrap_or_default();
             let lookups = match needs.has_lookups() {
                 true => Some(super::lookups::fetch(c.client(), &needs).await),
                 false => None,
@@ -234,16 +236,21 @@ async fn answer(req: Request<Incoming>, worlds: &Worlds) -> Response<Full<Bytes>
                 true => Some(super::lookups::live_config(c.client(), inner.operator_namespace()).await),
                 false => None,
             };
-            match (lookups.transpose(), configs.transpose()) {
-                (Ok(lookups), Ok(configs)) => Some(super::world::WithLookups {
+            let apps = match &missing_app {
+                Some((namespaces, app)) => super::lookups::live_apps(c.client(), namespaces, app).await,
+                None => Ok(Vec::new()),
+            };
+            match (lookups.transpose(), configs.transpose(), apps) {
+                (Ok(lookups), Ok(configs), Ok(apps)) => Some(super::world::WithLookups {
                     inner,
                     lookups,
                     configs,
+                    apps,
                 }),
-                (Err(e), _) | (_, Err(e)) => {
+                (Err(e), _, _) | (_, Err(e), _) | (_, _, Err(e)) => {
                     return text(
                         StatusCode::SERVICE_UNAVAILABLE,
-                        format!("looking up service accounts, claims or kd-global-config in {context:?}: {e}"),
+                        format!("looking up service accounts, claims, kd-global-config or the app in {context:?}: {e}"),
                     );
                 }
             }

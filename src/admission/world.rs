@@ -52,6 +52,12 @@ pub struct WithLookups<'a> {
     pub inner: &'a dyn World,
     pub lookups: Option<super::lookups::Lookups>,
     pub configs: Option<Vec<Arc<DynamicObject>>>,
+    /// Apps read live because the caches did not have them (`lookups::app_missing`).
+    pub apps: Vec<Arc<DynamicObject>>,
+}
+
+fn is(o: &DynamicObject, ns: &str, name: &str) -> bool {
+    o.metadata.namespace.as_deref() == Some(ns) && o.metadata.name.as_deref() == Some(name)
 }
 
 impl World for WithLookups<'_> {
@@ -59,10 +65,17 @@ impl World for WithLookups<'_> {
         self.inner.operator_namespace()
     }
     fn app(&self, ns: &str, name: &str) -> Option<Arc<DynamicObject>> {
-        self.inner.app(ns, name)
+        self.inner
+            .app(ns, name)
+            .or_else(|| self.apps.iter().find(|a| is(a, ns, name)).cloned())
     }
     fn apps_in(&self, ns: &str) -> Vec<String> {
-        self.inner.apps_in(ns)
+        let mut names = self.inner.apps_in(ns);
+        let live = self.apps.iter().filter(|a| a.metadata.namespace.as_deref() == Some(ns));
+        names.extend(live.filter_map(|a| a.metadata.name.clone()));
+        names.sort();
+        names.dedup();
+        names
     }
     fn clusters(&self) -> Vec<Arc<DynamicObject>> {
         self.inner.clusters()

@@ -418,18 +418,11 @@ pub(super) fn gone(e: Error) -> Error {
 mod tests {
     use super::*;
 
-    fn api_error(code: u16) -> Error {
-        Error::Api(kube::Error::Api(Box::new(kube::core::Status {
-            code,
-            ..Default::default()
-        })))
-    }
-
     #[test]
     fn a_404_on_the_cluster_means_it_is_gone_and_other_errors_stay() {
-        assert!(matches!(gone(api_error(404)), Error::ClusterGone));
-        assert_eq!(gone(api_error(409)).code(), Some(409));
-        assert_eq!(gone(api_error(429)).code(), Some(429));
+        assert!(matches!(gone(Error::status(404)), Error::ClusterGone));
+        assert_eq!(gone(Error::status(409)).code(), Some(409));
+        assert_eq!(gone(Error::status(429)).code(), Some(429));
         assert!(matches!(gone(Error::MissingNamespace), Error::MissingNamespace));
     }
 }

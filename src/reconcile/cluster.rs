@@ -349,7 +349,7 @@ pub async fn reconcile(obj: Arc<DynamicObject>, ctx: &Ctx, slot: &Slot) -> Resul
     if !missing.is_empty() {
         debug!(context = %ctx.context, cluster = %name, namespace = %ns, ?missing, "connected objects not found");
     }
-    let (mut observed, children) = observe::observe(ctx, &ns, &name);
+    let (mut observed, children) = observe::observe(&ctx.stores, &ns, &name);
     let prev = cluster.status.clone();
     if let Some(p) = &prev {
         ctx.guest.fill(&ns, &p.roles, &mut observed);
@@ -499,21 +499,14 @@ pub fn outcome_of_error(key: &ClusterKey, error: &Error, ctx: &Ctx) -> Outcome {
 mod tests {
     use super::*;
 
-    fn refused(code: u16) -> Error {
-        Error::Api(kube::Error::Api(Box::new(kube::core::Status {
-            code,
-            ..Default::default()
-        })))
-    }
-
     #[test]
     fn a_refusal_decides_over_a_spent_budget_whichever_came_first() {
         let ms = Duration::from_millis;
-        let e = graver(Some(Error::Throttled(ms(30))), refused(429));
+        let e = graver(Some(Error::Throttled(ms(30))), Error::status(429));
         assert_eq!(e.code(), Some(429));
-        let e = graver(Some(refused(429)), Error::Throttled(ms(30)));
+        let e = graver(Some(Error::status(429)), Error::Throttled(ms(30)));
         assert_eq!(e.code(), Some(429));
-        let e = graver(Some(refused(429)), refused(500));
+        let e = graver(Some(Error::status(429)), Error::status(500));
         assert_eq!(e.code(), Some(429), "the first failure stays");
         let e = graver(Some(Error::Throttled(ms(30))), Error::Throttled(ms(80)));
         assert!(matches!(e, Error::Throttled(d) if d == ms(80)));

@@ -26,6 +26,15 @@ pub enum Error {
 }
 
 impl Error {
+    /// An answer of the API server with HTTP status `code` and nothing else (unit tests).
+    #[cfg(test)]
+    pub fn status(code: u16) -> Error {
+        Error::Api(kube::Error::Api(Box::new(kube::core::Status {
+            code,
+            ..Default::default()
+        })))
+    }
+
     /// A conflict means our view was stale: retry soon, it is not a failure.
     pub fn is_conflict(&self) -> bool {
         matches!(self, Error::Api(kube::Error::Api(s)) if s.code == 409)

@@ -17,7 +17,7 @@ use crate::model::rollout;
 use crate::model::settings::Settings;
 use crate::model::validate::StorageClasses;
 
-use super::context::Ctx;
+use super::context::{Ctx, Stores};
 use super::index::ClusterIndex;
 
 /// A child as the cache has it: its spec digest and its controlling owner.
@@ -135,10 +135,10 @@ where
 }
 
 /// The cluster's children from the caches: a lookup of its own objects (`index`), never a scan.
-pub fn observe(ctx: &Ctx, ns: &str, cluster: &str) -> (Observed, Children) {
+pub fn observe(s: &Stores, ns: &str, cluster: &str) -> (Observed, Children) {
     let mut observed = Observed::default();
     let mut children = Children::default();
-    let (s, ix) = (&ctx.stores, &ctx.stores.by_cluster);
+    let ix = &s.by_cluster;
     for pod in own(&s.pods, &ix.pods, ns, cluster) {
         observed.pods.insert(pod.name_any(), pod_facts(&pod));
     }
@@ -225,4 +225,159 @@ pub fn find_app_in(
     let resource = ApiResource::erase::<KubeDirectorApp>(&());
     let lookup = |catalog_ns: &str| apps.get(&ObjectRef::new_with(app, resource.clone()).within(catalog_ns));
     catalog::find_app(lookup, operator_ns, ns, app, requested)
+}
+
+#[cfg(test)]
+mod bench {
+    //! `make bench`: the cost of observing one cluster of 5 members against caches holding 100 and
+    //! 10,000 other members, with the child index and with the whole-cache scan it replaced (the
+    //! baseline, in the same run). Printed as ratios; no wall-clock time is asserted.
+    use super::*;
+    use k8s_openapi::api::apps::v1::StatefulSet;
+    use k8s_openapi::api::core::v1::Service;
+    use kube::runtime::{reflector, watcher};
+    use serde_json::json;
+    use std::time::Instant;
+
+    const NS: &str = "bench";
+
+    fn labelled(name: &str, cluster: &str) -> serde_json::Value {
+        json!({"name": name, "namespace": NS, "resourceVersion": "1",
+               "labels": {labels::CLUSTER: cluster, "kubedirector.hpe.com/role": "worker"},
+               "annotations": {labels::SPEC_HASH: "0123456789abcdef"}})
+    }
+
+    fn pod(name: &str, cluster: &str) -> Pod {
+        serde_json::from_value(json!({
+            "metadata": labelled(name, cluster),
+            "spec": {"containers": [{"name": "app", "image": "example.invalid/app:1"}]},
+            "status": {"phase": "Running",
+                "conditions": [{"type": "Ready", "status": "True"}, {"type": "PodScheduled", "status": "True"}],
+                "containerStatuses": [{"name": "app", "image": "x", "imageID": "x", "ready": true, "restartCount": 0,
+                    "containerID": format!("containerd://{name}"), "state": {"running": {}}}]}
+        }))
+        .expect("pod")
+    }
+
+    struct Bed {
+        stores: Stores,
+        pods: reflector::store::Writer<Pod>,
+        services: reflector::store::Writer<Service>,
+        statefulsets: reflector::store::Writer<StatefulSet>,
+    }
+
+    impl Bed {
+        fn new() -> Bed {
+            let (pods, pw) = reflector::store::<Pod>();
+            let (services, sw) = reflector::store::<Service>();
+            let (statefulsets, tw) = reflector::store::<StatefulSet>();
+            let dynamic = |ar: ApiResource| reflector::store::Writer::new(ar).as_reader();
+            let stores = Stores {
+                apps: dynamic(ApiResource::erase::<KubeDirectorApp>(&())),
+                configs: dynamic(ApiResource::erase::<KubeDirectorConfig>(&())),
+                statefulsets,
+                services,
+                pods,
+                pvcs: reflector::store().0,
+                storage_classes: reflector::store().0,
+                configmaps: reflector::store().0,
+                secrets: reflector::store().0,
+                by_cluster: Default::default(),
+            };
+            Bed {
+                stores,
+                pods: pw,
+                services: sw,
+                statefulsets: tw,
+            }
+        }
+
+        /// A cluster of `members` members: its pods, member Services, headless Service, StatefulSet.
+        fn cluster(&mut self, name: &str, members: usize) {
+            let ix = self.stores.by_cluster.clone();
+            for j in 0..members {
+                let e = watcher::Event::Apply(pod(&format!("kdss-{name}-{j}"), name));
+                self.pods.apply_watcher_event(&e);
+                ix.pods.apply(&e, labels::CLUSTER);
+                let svc: Service =
+                    serde_json::from_value(json!({"metadata": labelled(&format!("s-kdss-{name}-{j}"), name)}))
+                        .expect("service");
+                let e = watcher::Event::Apply(svc);
+                self.services.apply_watcher_event(&e);
+                ix.services.apply(&e, labels::CLUSTER);
+            }
+            let headless: Service =
+                serde_json::from_value(json!({"metadata": labelled(&format!("kdhs-{name}"), name)})).expect("headless");
+            let e = watcher::Event::Apply(headless);
+            self.services.apply_watcher_event(&e);
+            ix.services.apply(&e, labels::CLUSTER);
+            let sts: StatefulSet = serde_json::from_value(json!({"metadata": labelled(&format!("kdss-{name}"), name),
+                "spec": {"replicas": members, "serviceName": format!("kdhs-{name}"), "selector": {},
+                         "template": {"spec": {"containers": []}}}}))
+            .expect("statefulset");
+            let e = watcher::Event::Apply(sts);
+            self.statefulsets.apply_watcher_event(&e);
+            ix.statefulsets.apply(&e, labels::CLUSTER);
+        }
+    }
+
+    /// What `observe` did before the index: every cached pod, Service and StatefulSet looked at.
+    fn observe_by_scan(s: &Stores, ns: &str, cluster: &str) -> usize {
+        let mut n = 0;
+        for pod in s.pods.state() {
+            if belongs(&pod.metadata, ns, cluster) {
+                n += usize::from(pod_facts(&pod).ready);
+            }
+        }
+        for svc in s.services.state() {
+            n += usize::from(belongs(&svc.metadata, ns, cluster));
+        }
+        for sts in s.statefulsets.state() {
+            n += usize::from(belongs(&sts.metadata, ns, cluster));
+        }
+        n
+    }
+
+    fn per_call(rounds: u32, mut f: impl FnMut() -> usize) -> f64 {
+        let start = Instant::now();
+        let mut sink = 0;
+        for _ in 0..rounds {
+            sink += std::hint::black_box(f());
+        }
+        assert!(sink > 0, "the bench observed nothing");
+        start.elapsed().as_secs_f64() / f64::from(rounds)
+    }
+
+    #[test]
+    #[ignore = "benchmark: make bench"]
+    fn observe_cost_does_not_grow_with_other_members() {
+        let mut at = Vec::new();
+        for others in [100usize, 10_000] {
+            let mut bed = Bed::new();
+            for c in 0..others / 5 {
+                bed.cluster(&format!("other-{c:05}"), 5);
+            }
+            bed.cluster("target", 5);
+            let (observed, children) = observe(&bed.stores, NS, "target");
+            assert_eq!((observed.pods.len(), observed.services.len()), (5, 6));
+            assert_eq!(children.statefulsets.len(), 1);
+            let rounds = if others > 1000 { 200 } else { 2000 };
+            let indexed = per_call(20_000, || {
+                let (o, _) = observe(&bed.stores, NS, "target");
+                o.pods.len()
+            });
+            let scanned = per_call(rounds, || observe_by_scan(&bed.stores, NS, "target"));
+            println!(
+                "observe, one cluster of 5 members, {others} other members cached: indexed {:.1} µs, whole-cache scan {:.1} µs",
+                indexed * 1e6,
+                scanned * 1e6
+            );
+            at.push((indexed, scanned));
+        }
+        println!(
+            "ratio 10,000 / 100 other members: indexed {:.2}, whole-cache scan {:.1}",
+            at[1].0 / at[0].0,
+            at[1].1 / at[0].1
+        );
+    }
 }

@@ -35,7 +35,7 @@ pub async fn reconcile(
     let app_found = observe::find_app(ctx, &ns, &cluster.spec.app, cluster.spec.app_catalog).is_ok();
     let backups: Api<KubeDirectorStatusBackup> = Api::namespaced(ctx.client.clone(), &ns);
     let backup = backups.get_opt(&name).await?.and_then(|b| b.spec.status_backup);
-    let (_, children) = observe::observe(ctx, &ns, &name);
+    let (_, children) = observe::observe(&ctx.stores, &ns, &name);
     let services = children.services.keys().cloned().collect();
     let statefulsets = children.statefulsets.keys().cloned().collect();
     let (targets, _) = crate::model::connections::targets(cluster.spec.connections.as_ref(), &ctx.context, &ns);

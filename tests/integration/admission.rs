@@ -155,24 +155,11 @@ impl Bed {
             .map_err(|e| e.to_string())
     }
 
-    /// Creates a cluster using an app created just before. The webhook reads apps from its cache,
-    /// which may not have the new app yet on a loaded machine (seen in CI: "not found", the app
-    /// created milliseconds before): the create is retried while the refusal says the app is not
-    /// found, for up to 10 s. Any other refusal is returned at once.
+    /// Creates a cluster using an app created just before, once: the webhook reads an app its cache
+    /// has not seen yet from the API server (`admission::lookups::app_missing`; before that, CI saw
+    /// "not found" milliseconds after the app's create).
     pub async fn create_user(&self, ns: &str, obj: &Value) -> Result<DynamicObject, String> {
-        let deadline = std::time::Instant::now() + Duration::from_secs(10);
-        loop {
-            match self.create(ns, obj).await {
-                Err(m)
-                    if m.contains("spec.app: KubeDirectorApp")
-                        && m.contains("not found")
-                        && std::time::Instant::now() < deadline =>
-                {
-                    tokio::time::sleep(Duration::from_millis(200)).await;
-                }
-                other => return other,
-            }
-        }
+        self.create(ns, obj).await
     }
 
     pub async fn patch(&self, kind: &str, ns: &str, name: &str, ops: &[Value]) -> Result<DynamicObject, String> {
