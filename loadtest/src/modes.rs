@@ -234,8 +234,8 @@ async fn pass(
     if side == Side::Operator {
         for (i, c) in b.clients.iter().enumerate() {
             watches.push(track::watch_member_pods(c.clone(), ns, i, members, ready_times.clone()));
-            // A member Service per member and the cluster's headless Service.
-            let services = members + 1;
+            // As many Services as the planner gives a cluster of this workload (the floor's objects).
+            let services = objects::floor_group("lt-00000", ns, w, b.placement)?.services.len();
             watches.push(track::watch_member_services(
                 c.clone(),
                 ns,

@@ -220,31 +220,15 @@ pub fn watch_member_services(
     services: usize,
     times: std::sync::Arc<ReadyTimes>,
 ) -> tokio::task::JoinHandle<()> {
-    let api = Api::<Service>::namespaced(client, ns);
-    let label = kubedirector::model::labels::CLUSTER;
-    tokio::spawn(async move {
-        let mut seen: HashMap<String, std::collections::HashSet<String>> = HashMap::new();
-        let mut events = watcher(api, watcher::Config::default().labels(label)).boxed();
-        while let Some(ev) = events.next().await {
-            let svc = match ev {
-                Ok(watcher::Event::Apply(s) | watcher::Event::InitApply(s)) => s,
-                Ok(_) => continue,
-                Err(e) => {
-                    tracing_warn(&format!("service watch {index}: {e}"));
-                    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
-                    continue;
-                }
-            };
-            let group = svc.metadata.labels.as_ref().and_then(|l| l.get(label)).cloned();
-            let (Some(group), Some(name)) = (group, svc.metadata.name) else {
-                continue;
-            };
-            let set = seen.entry(group.clone()).or_default();
-            if set.insert(name) && set.len() == services {
-                times.note((index, group), Instant::now());
-            }
-        }
-    })
+    watch_groups::<Service>(
+        client,
+        ns,
+        kubedirector::model::labels::CLUSTER,
+        index,
+        services,
+        |_| true,
+        move |cr, at| times.note((index, cr), at),
+    )
 }
 
 /// Feeds `times` from a watch of the operator's member pods (labelled with their CR).
@@ -275,34 +259,59 @@ fn watch_ready_groups(
     members: usize,
     all_ready: impl Fn(String, Instant) + Send + 'static,
 ) -> tokio::task::JoinHandle<()> {
-    let api = Api::<Pod>::namespaced(client, ns);
+    watch_groups::<Pod>(client, ns, label, index, members, pod_ready, all_ready)
+}
+
+fn pod_ready(pod: &Pod) -> bool {
+    pod.status
+        .as_ref()
+        .and_then(|s| s.conditions.as_ref())
+        .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+}
+
+/// Watches the objects of kind `K` carrying `label`, grouped by its value, and calls `complete` the
+/// first time `size` distinct objects of a group have been seen `counting`.
+fn watch_groups<K>(
+    client: Client,
+    ns: &str,
+    label: &'static str,
+    index: usize,
+    size: usize,
+    counting: fn(&K) -> bool,
+    complete: impl Fn(String, Instant) + Send + 'static,
+) -> tokio::task::JoinHandle<()>
+where
+    K: kube::Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
+        + Clone
+        + std::fmt::Debug
+        + serde::de::DeserializeOwned
+        + Send
+        + 'static,
+{
+    let api = Api::<K>::namespaced(client, ns);
+    let kind = K::kind(&());
     tokio::spawn(async move {
-        let mut ready: HashMap<String, std::collections::HashSet<String>> = HashMap::new();
+        let mut seen: HashMap<String, std::collections::HashSet<String>> = HashMap::new();
         let mut events = watcher(api, watcher::Config::default().labels(label)).boxed();
         while let Some(ev) = events.next().await {
-            let pod = match ev {
-                Ok(watcher::Event::Apply(p) | watcher::Event::InitApply(p)) => p,
+            let obj = match ev {
+                Ok(watcher::Event::Apply(o) | watcher::Event::InitApply(o)) => o,
                 Ok(_) => continue,
                 Err(e) => {
-                    tracing_warn(&format!("pod watch {index} ({label}): {e}"));
+                    tracing_warn(&format!("{kind} watch {index} ({label}): {e}"));
                     tokio::time::sleep(std::time::Duration::from_millis(500)).await;
                     continue;
                 }
             };
-            let group = pod.metadata.labels.as_ref().and_then(|l| l.get(label)).cloned();
-            let (Some(group), Some(name)) = (group, pod.metadata.name.clone()) else {
+            let meta = obj.meta();
+            let group = meta.labels.as_ref().and_then(|l| l.get(label)).cloned();
+            let (Some(group), Some(name)) = (group, meta.name.clone()) else {
                 continue;
             };
-            let is_ready = pod
-                .status
-                .as_ref()
-                .and_then(|s| s.conditions.as_ref())
-                .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"));
-            if is_ready {
-                let set = ready.entry(group.clone()).or_default();
-                set.insert(name);
-                if set.len() == members {
-                    all_ready(group, Instant::now());
+            if counting(&obj) {
+                let set = seen.entry(group.clone()).or_default();
+                if set.insert(name) && set.len() == size {
+                    complete(group, Instant::now());
                 }
             }
         }

@@ -17,6 +17,7 @@ use tokio::task::JoinHandle;
 
 use crate::api::{KubeDirectorApp, KubeDirectorCluster, KubeDirectorConfig};
 use crate::model::validate::StorageClasses;
+use crate::reconcile::slim::Slim;
 
 use super::world::World;
 
@@ -38,10 +39,13 @@ fn ours<K: kube::Resource<DynamicType = ()>>(
     let writer = reflector::store::Writer::new(ar.clone());
     let store = writer.as_reader();
     let api = Api::<DynamicObject>::all_with(client.clone(), &ar);
-    let stream = reflector::reflector(writer, watcher(api, watcher::Config::default().any_semantic()))
-        .default_backoff()
-        .map(|_| ())
-        .boxed();
+    let stream = reflector::reflector(
+        writer,
+        watcher(api, watcher::Config::default().any_semantic()).modify(DynamicObject::slim),
+    )
+    .default_backoff()
+    .map(|_| ())
+    .boxed();
     (store, stream)
 }
 
@@ -58,7 +62,7 @@ impl Caches {
         let (classes, w) = reflector::store::<StorageClass>();
         let s = reflector::reflector(
             w,
-            watcher(Api::all(client.clone()), watcher::Config::default().any_semantic()),
+            watcher(Api::all(client.clone()), watcher::Config::default().any_semantic()).modify(StorageClass::slim),
         )
         .default_backoff()
         .map(|_| ())

@@ -26,6 +26,8 @@ use super::settings::Settings;
 use super::validate::parse_quantity;
 
 pub const NVIDIA_PREFIX: &str = "nvidia.com/";
+/// The member container's name (KubeDirector's): the one whose state a member's state follows.
+pub const APP_CONTAINER: &str = "app";
 const DEFAULT_BLOCK_PREFIX: &str = "/dev/kdblock";
 /// KubeDirector's size of a block device when the role names none.
 const DEFAULT_BLOCK_SIZE: &str = "1Gi";
@@ -381,7 +383,7 @@ pub fn statefulset(c: &ClusterFacts, r: &RoleInput) -> StatefulSet {
         })
         .collect();
     let app_container = Container {
-        name: "app".to_string(),
+        name: APP_CONTAINER.to_string(),
         image,
         resources: Some(spec.resources.clone()),
         ports: (!ports.is_empty()).then_some(ports),

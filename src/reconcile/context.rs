@@ -3,10 +3,11 @@
 
 use futures::FutureExt;
 use k8s_openapi::api::apps::v1::StatefulSet;
-use k8s_openapi::api::core::v1::{ConfigMap, PersistentVolumeClaim, Pod, Secret, Service};
+use k8s_openapi::api::core::v1::{ConfigMap, PersistentVolumeClaim, Secret, Service};
 use k8s_openapi::api::storage::v1::StorageClass;
 use kube::Client;
 use kube::api::{ApiResource, DynamicObject};
+use kube::core::PartialObjectMeta;
 use kube::runtime::events::Recorder;
 use kube::runtime::reflector::Store;
 
@@ -18,14 +19,16 @@ use crate::telemetry::metrics::Metrics;
 
 use super::error::Error;
 use super::index::ClusterIndex;
+use super::slim::CachedPod;
 
 pub struct Stores {
     pub apps: Store<DynamicObject>,
     pub configs: Store<DynamicObject>,
     pub statefulsets: Store<StatefulSet>,
-    pub services: Store<Service>,
-    pub pods: Store<Pod>,
-    pub pvcs: Store<PersistentVolumeClaim>,
+    /// Metadata only, slim (`slim`): a reconcile reads nothing else of its Services and claims.
+    pub services: Store<PartialObjectMeta<Service>>,
+    pub pods: Store<CachedPod>,
+    pub pvcs: Store<PartialObjectMeta<PersistentVolumeClaim>>,
     pub storage_classes: Store<StorageClass>,
     /// ConfigMaps and Secrets that connections may name (only those with a type label).
     pub configmaps: Store<ConfigMap>,

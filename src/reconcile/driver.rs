@@ -10,9 +10,10 @@ use futures::stream::BoxStream;
 use futures::{Stream, StreamExt};
 use k8s_openapi::NamespaceResourceScope;
 use k8s_openapi::api::apps::v1::StatefulSet;
-use k8s_openapi::api::core::v1::{ConfigMap, PersistentVolumeClaim, Pod, Secret, Service};
+use k8s_openapi::api::core::v1::{ConfigMap, PersistentVolumeClaim, Secret, Service};
 use k8s_openapi::api::storage::v1::StorageClass;
 use kube::api::{ApiResource, DynamicObject};
+use kube::core::PartialObjectMeta;
 use kube::runtime::events::{Recorder, Reporter};
 use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{WatchStreamExt, watcher};
@@ -35,6 +36,7 @@ use super::cluster::{outcome_of_error, reconcile};
 use super::connections::{CM_TYPE, Hub, MemberView, SECRET_TYPE};
 use super::context::{ChildIndexes, ClusterKey, Ctx, Stores};
 use super::index::ClusterIndex;
+use super::slim::{CachedPod, Slim};
 use super::slots::{self, Slot, Slots};
 
 /// Settings shared by every member cluster.
@@ -87,12 +89,19 @@ where
 /// events, mapped to the cluster named by the label.
 fn children<K>(api: Api<K>, index: &ClusterIndex) -> (Store<K>, Events)
 where
-    K: Resource<DynamicType = ()> + Clone + std::fmt::Debug + serde::de::DeserializeOwned + Send + Sync + 'static,
+    K: Resource<DynamicType = ()>
+        + Slim
+        + Clone
+        + std::fmt::Debug
+        + serde::de::DeserializeOwned
+        + Send
+        + Sync
+        + 'static,
 {
     let (store, writer) = reflector::store();
     let config = watcher::Config::default().any_semantic().labels(labels::CLUSTER);
     let index = index.clone();
-    let events = reflector::reflector(writer, watcher(api, config))
+    let events = reflector::reflector(writer, watcher(api, config).modify(K::slim))
         // After the store, before the triggers (see `index`).
         .map(move |r| {
             if let Ok(event) = &r {
@@ -124,11 +133,18 @@ fn typed<K>(
     impl Stream<Item = Result<(String, String), watcher::Error>> + Send + 'static,
 )
 where
-    K: Resource<DynamicType = ()> + Clone + std::fmt::Debug + serde::de::DeserializeOwned + Send + Sync + 'static,
+    K: Resource<DynamicType = ()>
+        + Slim
+        + Clone
+        + std::fmt::Debug
+        + serde::de::DeserializeOwned
+        + Send
+        + Sync
+        + 'static,
 {
     let (store, writer) = reflector::store();
     let config = watcher::Config::default().any_semantic().labels(label);
-    let events = reflector::reflector(writer, watcher(api, config))
+    let events = reflector::reflector(writer, watcher(api, config).modify(K::slim))
         .default_backoff()
         .touched_objects()
         .map(|r| r.map(|o: K| (o.namespace().unwrap_or_default(), o.name_any())));
@@ -147,9 +163,12 @@ fn ours(
     let store = writer.as_reader();
     (
         store,
-        reflector::reflector(writer, watcher(api, watcher::Config::default().any_semantic()))
-            .default_backoff()
-            .touched_objects(),
+        reflector::reflector(
+            writer,
+            watcher(api, watcher::Config::default().any_semantic()).modify(DynamicObject::slim),
+        )
+        .default_backoff()
+        .touched_objects(),
     )
 }
 
@@ -314,16 +333,19 @@ pub async fn run_member(
     let clusters = cluster_writer.as_reader();
     let cluster_events = reflector::reflector(
         cluster_writer,
-        watcher(cluster_api, watcher::Config::default().any_semantic()),
+        watcher(cluster_api, watcher::Config::default().any_semantic()).modify(DynamicObject::slim),
     )
     .default_backoff();
     let (apps, app_events) = ours(Api::all_with(client.clone(), &app_ar), app_ar);
     let (configs, config_events) = ours(Api::all_with(client.clone(), &config_ar), config_ar);
     let by_cluster = ChildIndexes::default();
     let (statefulsets, sts_events) = children(scoped::<StatefulSet>(&client, &ns), &by_cluster.statefulsets);
-    let (services, svc_events) = children(scoped::<Service>(&client, &ns), &by_cluster.services);
-    let (pods, pod_events) = children(scoped::<Pod>(&client, &ns), &by_cluster.pods);
-    let (pvcs, pvc_events) = children(scoped::<PersistentVolumeClaim>(&client, &ns), &by_cluster.pvcs);
+    let (services, svc_events) = children(scoped::<PartialObjectMeta<Service>>(&client, &ns), &by_cluster.services);
+    let (pods, pod_events) = children(scoped::<CachedPod>(&client, &ns), &by_cluster.pods);
+    let (pvcs, pvc_events) = children(
+        scoped::<PartialObjectMeta<PersistentVolumeClaim>>(&client, &ns),
+        &by_cluster.pvcs,
+    );
     let (configmaps, cm_events) = typed(scoped::<ConfigMap>(&client, &ns), CM_TYPE);
     let (secrets, secret_events) = typed(scoped::<Secret>(&client, &ns), SECRET_TYPE);
     let (storage_classes, sc_writer) = reflector::store::<StorageClass>();
@@ -332,7 +354,8 @@ pub async fn run_member(
         watcher(
             Api::<StorageClass>::all(client.clone()),
             watcher::Config::default().any_semantic(),
-        ),
+        )
+        .modify(StorageClass::slim),
     )
     .default_backoff()
     .touched_objects();

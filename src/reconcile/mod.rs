@@ -13,4 +13,5 @@ pub mod guest;
 pub mod index;
 pub mod observe;
 pub mod restore;
+pub mod slim;
 pub mod slots;

@@ -2,6 +2,7 @@
 
 use std::collections::BTreeMap;
 
+use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::core::v1::Pod;
 use kube::ResourceExt;
 use kube::api::{ApiResource, DynamicObject};
@@ -11,6 +12,7 @@ use crate::api::cluster::AppCatalog;
 use crate::api::config::GLOBAL_CONFIG_NAME;
 use crate::api::{KubeDirectorApp, KubeDirectorConfig};
 use crate::model::catalog::{self, ResolvedApp};
+use crate::model::desired::APP_CONTAINER;
 use crate::model::labels;
 use crate::model::members::{ContainerPhase, Observed, PodFacts};
 use crate::model::rollout;
@@ -59,7 +61,7 @@ pub fn cached(ctx: &Ctx, ns: &str, id: &str) -> bool {
     }
 }
 
-fn child_state(meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta) -> ChildState {
+pub fn child_state(meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta) -> ChildState {
     ChildState {
         spec_hash: meta
             .annotations
@@ -95,13 +97,13 @@ pub fn pod_facts(pod: &Pod) -> PodFacts {
     };
     let app = status
         .and_then(|s| s.container_statuses.as_ref())
-        .and_then(|cs| cs.iter().find(|c| c.name == "app"));
+        .and_then(|cs| cs.iter().find(|c| c.name == APP_CONTAINER));
     PodFacts {
         running: status.and_then(|s| s.phase.as_deref()) == Some("Running"),
         ready: condition("Ready") == Some("True"),
         container_id: status
             .and_then(|s| s.container_statuses.as_ref())
-            .and_then(|cs| cs.iter().find(|c| c.name == "app"))
+            .and_then(|cs| cs.iter().find(|c| c.name == APP_CONTAINER))
             .and_then(|c| c.container_id.clone())
             .filter(|id| !id.is_empty()),
         unschedulable: condition("PodScheduled") == Some("False"),
@@ -140,7 +142,7 @@ pub fn observe(s: &Stores, ns: &str, cluster: &str) -> (Observed, Children) {
     let mut children = Children::default();
     let ix = &s.by_cluster;
     for pod in own(&s.pods, &ix.pods, ns, cluster) {
-        observed.pods.insert(pod.name_any(), pod_facts(&pod));
+        observed.pods.insert(pod.name_any(), pod.facts.clone());
     }
     for svc in own(&s.services, &ix.services, ns, cluster) {
         observed.services.insert(svc.name_any());
@@ -155,27 +157,31 @@ pub fn observe(s: &Stores, ns: &str, cluster: &str) -> (Observed, Children) {
         }
     }
     for sts in own(&s.statefulsets, &ix.statefulsets, ns, cluster) {
-        let meta = &sts.metadata;
-        let retention = sts
-            .spec
-            .as_ref()
-            .and_then(|s| s.persistent_volume_claim_retention_policy.as_ref());
-        let state = StatefulSetState {
-            owner_uid: child_state(meta).owner_uid,
-            retains_claims: retention.and_then(|r| r.when_deleted.as_deref()).unwrap_or("Retain") == "Retain",
-            has_annotations: meta.annotations.is_some(),
-            existing: rollout::Existing {
-                replicas: sts.spec.as_ref().and_then(|s| s.replicas),
-                role_inputs: meta
-                    .annotations
-                    .as_ref()
-                    .and_then(|a| a.get(labels::ROLE_INPUTS))
-                    .cloned(),
-            },
-        };
-        children.statefulsets.insert(sts.name_any(), state);
+        children.statefulsets.insert(sts.name_any(), statefulset_state(&sts));
     }
     (observed, children)
+}
+
+/// What the apply step and `model::rollout` need of an existing StatefulSet.
+pub fn statefulset_state(sts: &StatefulSet) -> StatefulSetState {
+    let meta = &sts.metadata;
+    let retention = sts
+        .spec
+        .as_ref()
+        .and_then(|s| s.persistent_volume_claim_retention_policy.as_ref());
+    StatefulSetState {
+        owner_uid: child_state(meta).owner_uid,
+        retains_claims: retention.and_then(|r| r.when_deleted.as_deref()).unwrap_or("Retain") == "Retain",
+        has_annotations: meta.annotations.is_some(),
+        existing: rollout::Existing {
+            replicas: sts.spec.as_ref().and_then(|s| s.replicas),
+            role_inputs: meta
+                .annotations
+                .as_ref()
+                .and_then(|a| a.get(labels::ROLE_INPUTS))
+                .cloned(),
+        },
+    }
 }
 
 pub use crate::model::catalog::parse;
@@ -233,8 +239,10 @@ mod bench {
     //! 10,000 other members, with the child index and with the whole-cache scan it replaced (the
     //! baseline, in the same run). Printed as ratios; no wall-clock time is asserted.
     use super::*;
+    use crate::reconcile::slim::CachedPod;
     use k8s_openapi::api::apps::v1::StatefulSet;
     use k8s_openapi::api::core::v1::Service;
+    use kube::core::PartialObjectMeta;
     use kube::runtime::{reflector, watcher};
     use serde_json::json;
     use std::time::Instant;
@@ -247,7 +255,7 @@ mod bench {
                "annotations": {labels::SPEC_HASH: "0123456789abcdef"}})
     }
 
-    fn pod(name: &str, cluster: &str) -> Pod {
+    fn pod(name: &str, cluster: &str) -> CachedPod {
         serde_json::from_value(json!({
             "metadata": labelled(name, cluster),
             "spec": {"containers": [{"name": "app", "image": "example.invalid/app:1"}]},
@@ -259,17 +267,21 @@ mod bench {
         .expect("pod")
     }
 
+    fn service(name: &str, cluster: &str) -> PartialObjectMeta<Service> {
+        serde_json::from_value(json!({"metadata": labelled(name, cluster)})).expect("service")
+    }
+
     struct Bed {
         stores: Stores,
-        pods: reflector::store::Writer<Pod>,
-        services: reflector::store::Writer<Service>,
+        pods: reflector::store::Writer<CachedPod>,
+        services: reflector::store::Writer<PartialObjectMeta<Service>>,
         statefulsets: reflector::store::Writer<StatefulSet>,
     }
 
     impl Bed {
         fn new() -> Bed {
-            let (pods, pw) = reflector::store::<Pod>();
-            let (services, sw) = reflector::store::<Service>();
+            let (pods, pw) = reflector::store::<CachedPod>();
+            let (services, sw) = reflector::store::<PartialObjectMeta<Service>>();
             let (statefulsets, tw) = reflector::store::<StatefulSet>();
             let dynamic = |ar: ApiResource| reflector::store::Writer::new(ar).as_reader();
             let stores = Stores {
@@ -299,16 +311,11 @@ mod bench {
                 let e = watcher::Event::Apply(pod(&format!("kdss-{name}-{j}"), name));
                 self.pods.apply_watcher_event(&e);
                 ix.pods.apply(&e, labels::CLUSTER);
-                let svc: Service =
-                    serde_json::from_value(json!({"metadata": labelled(&format!("s-kdss-{name}-{j}"), name)}))
-                        .expect("service");
-                let e = watcher::Event::Apply(svc);
+                let e = watcher::Event::Apply(service(&format!("s-kdss-{name}-{j}"), name));
                 self.services.apply_watcher_event(&e);
                 ix.services.apply(&e, labels::CLUSTER);
             }
-            let headless: Service =
-                serde_json::from_value(json!({"metadata": labelled(&format!("kdhs-{name}"), name)})).expect("headless");
-            let e = watcher::Event::Apply(headless);
+            let e = watcher::Event::Apply(service(&format!("kdhs-{name}"), name));
             self.services.apply_watcher_event(&e);
             ix.services.apply(&e, labels::CLUSTER);
             let sts: StatefulSet = serde_json::from_value(json!({"metadata": labelled(&format!("kdss-{name}"), name),
@@ -326,7 +333,7 @@ mod bench {
         let mut n = 0;
         for pod in s.pods.state() {
             if belongs(&pod.metadata, ns, cluster) {
-                n += usize::from(pod_facts(&pod).ready);
+                n += usize::from(pod.facts.ready);
             }
         }
         for svc in s.services.state() {
