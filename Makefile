@@ -54,6 +54,7 @@ lint: ## rustfmt check and clippy with warnings denied
 
 unit: ## unit tests, API type round-trips and the CRD drift check (no cluster needed)
 	$(CARGO) test --lib --bins --test crd_drift --test api_types --test admission --test kubedirector_parity --test configmeta_golden --test configcli
+	$(CARGO) test -p kd-core
 	$(CARGO) test -p kd-loadtest
 
 # Integration tests need the test bed: it is started here and always torn down, also on failure.

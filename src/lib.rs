@@ -1,11 +1,13 @@
 //! kubedirector-rs: a KubeDirector-compatible operator built for scale.
 //!
-//! `api` holds the KubeDirector v1beta1 types; the pure decision logic lives in `model`.
+//! `api` holds the KubeDirector v1beta1 types; the pure decision logic lives in `model`. Both live in
+//! the `kd-core` crate (`core/`), which has no kube client, and are re-exported here under their paths.
+
+pub use kd_core::{api, model};
 
 pub mod admission;
-pub mod api;
 pub mod fleet;
-pub mod model;
+pub mod member;
 pub mod queue;
 pub mod reconcile;
 pub mod shard;

@@ -8,8 +8,8 @@ use std::time::Duration;
 use clap::{Parser, Subcommand, ValueEnum};
 use kubedirector::admission::server::{CertSource, WebhookOptions};
 use kubedirector::fleet::{Admission, FleetOptions, Members};
+use kubedirector::member;
 use kubedirector::queue::backoff::Backoff;
-use kubedirector::reconcile::driver;
 use kubedirector::shard::manager::ShardOptions;
 use kubedirector::telemetry::http::{self, Readiness};
 use kubedirector::telemetry::metrics::Metrics;
@@ -241,7 +241,7 @@ async fn run(args: RunArgs, replica: String) -> anyhow::Result<()> {
         home_context: args.home_context,
         reload_every: Duration::from_secs(args.kubeconfig_reload_seconds),
     };
-    let member = driver::Options {
+    let member = member::Options {
         operator_namespace: args.namespace,
         watch_namespace: args.watch_namespace,
         concurrency: args.concurrency,

@@ -141,7 +141,7 @@ fn full_caches() -> Caches<Pod, Service, PersistentVolumeClaim> {
     }
 }
 
-/// The operator's caches (`reconcile::driver`): projected pods, metadata-only Services and claims
+/// The operator's caches (`member::cache`): projected pods, metadata-only Services and claims
 /// (the bench parses the full JSON into them; the API server would send only the metadata),
 /// trimmed StatefulSets and clusters.
 fn slim_caches() -> Caches<CachedPod, PartialObjectMeta<Service>, PartialObjectMeta<PersistentVolumeClaim>> {

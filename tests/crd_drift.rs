@@ -18,7 +18,7 @@ fn committed_crds_match_the_types() {
                 .unwrap_or_else(|e| panic!("{rel}/{file} is missing ({e}): run `make crds`"));
             assert!(
                 committed == generated,
-                "{rel}/{file} drifted from src/api: run `make crds` and commit the result"
+                "{rel}/{file} drifted from core/src/api: run `make crds` and commit the result"
             );
         }
         let on_disk: BTreeSet<String> = std::fs::read_dir(&dir)

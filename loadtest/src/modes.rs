@@ -232,10 +232,10 @@ async fn pass(
         .collect();
     let service_times = Arc::new(track::ReadyTimes::default());
     if side == Side::Operator {
+        // As many Services as the planner gives a cluster of this workload (the floor's objects).
+        let services = objects::floor_group("lt-00000", ns, w, b.placement)?.services.len();
         for (i, c) in b.clients.iter().enumerate() {
             watches.push(track::watch_member_pods(c.clone(), ns, i, members, ready_times.clone()));
-            // As many Services as the planner gives a cluster of this workload (the floor's objects).
-            let services = objects::floor_group("lt-00000", ns, w, b.placement)?.services.len();
             watches.push(track::watch_member_services(
                 c.clone(),
                 ns,

@@ -18,8 +18,8 @@ use tracing::{error, info, warn};
 
 use crate::admission::caches::{Caches, Worlds};
 use crate::admission::server::{self as webhook, WebhookOptions};
+use crate::member::{self, MemberHandle, Options};
 use crate::reconcile::connections::Hub;
-use crate::reconcile::driver::{self, MemberHandle, Options};
 use crate::shard::manager::{self as shard_manager, ShardOptions, Shards};
 use crate::telemetry::metrics::Metrics;
 
@@ -99,7 +99,7 @@ pub struct Admission {
 }
 
 struct Shared<'a> {
-    member: &'a driver::Options,
+    member: &'a member::Options,
     metrics: &'a Arc<Metrics>,
     shards: &'a Option<Arc<Shards>>,
     members: &'a Members,
@@ -144,8 +144,15 @@ fn start(context: String, client: Client, shared: &Shared<'_>, fingerprint: Stri
         let shutdown = async move {
             let _ = stopped.await;
         };
-        if let Err(e) = driver::run_member(name.clone(), client, member, hub, metrics, shards, shutdown, register).await
-        {
+        let parts = member::Parts {
+            context: name.clone(),
+            client,
+            options: member,
+            hub,
+            metrics,
+            shards,
+        };
+        if let Err(e) = member::run(parts, shutdown, register).await {
             error!(context = %name, error = %e, "member cluster failed");
         }
         if let Some((worlds, task)) = admission {
@@ -198,86 +205,163 @@ async fn stop_sharding(sharding: Option<Sharding>) {
     }
 }
 
+/// Where the members come from: a kubeconfig (re-read every `reload_every`), or, in a pod with no
+/// kubeconfig, the pod's own cluster as the one member "in-cluster". Both run the same start/stop path.
+enum Source {
+    InCluster(Client),
+    Kubeconfig {
+        kubeconfig: Kubeconfig,
+        wanted: Vec<String>,
+    },
+}
+
+const IN_CLUSTER: &str = "in-cluster";
+
+impl Source {
+    fn load(options: &FleetOptions) -> anyhow::Result<Source> {
+        match load(options)? {
+            None => {
+                let config = Config::incluster().context("in-cluster configuration")?;
+                Ok(Source::InCluster(Client::try_from(without_client_retries(config))?))
+            }
+            Some(kubeconfig) => {
+                let wanted = selection(&kubeconfig, options)?;
+                Ok(Source::Kubeconfig { kubeconfig, wanted })
+            }
+        }
+    }
+
+    /// The home cluster's context name (Leases, the webhook's certificate).
+    fn home(&self, options: &FleetOptions) -> anyhow::Result<String> {
+        let Source::Kubeconfig { kubeconfig, wanted } = self else {
+            return Ok(IN_CLUSTER.to_string());
+        };
+        match &options.home_context {
+            Some(home) => {
+                anyhow::ensure!(
+                    kubeconfig.contexts.iter().any(|c| &c.name == home),
+                    "--home-context {home}: not in the kubeconfig"
+                );
+                Ok(home.clone())
+            }
+            None => wanted
+                .first()
+                .cloned()
+                .ok_or_else(|| anyhow::anyhow!("no member cluster selected")),
+        }
+    }
+
+    async fn client(&self, context: &str) -> anyhow::Result<Client> {
+        match self {
+            Source::InCluster(client) => Ok(client.clone()),
+            Source::Kubeconfig { kubeconfig, .. } => client_for(kubeconfig, context).await,
+        }
+    }
+
+    /// The wanted members and each one's fingerprint (an edited context is restarted).
+    fn wanted(&self) -> BTreeMap<String, String> {
+        match self {
+            Source::InCluster(_) => BTreeMap::from([(IN_CLUSTER.to_string(), String::new())]),
+            Source::Kubeconfig { kubeconfig, wanted } => {
+                let prints = select::fingerprints(kubeconfig);
+                wanted
+                    .iter()
+                    .map(|name| (name.clone(), prints.get(name).cloned().unwrap_or_default()))
+                    .collect()
+            }
+        }
+    }
+
+    /// Reads the kubeconfig again; on any problem the current members are kept.
+    fn reload(&mut self, options: &FleetOptions) {
+        let Source::Kubeconfig { kubeconfig, wanted } = self else {
+            return;
+        };
+        match load(options).map(|k| k.map(|k| (selection(&k, options), k))) {
+            Ok(Some((Ok(next), k))) => {
+                if &next != wanted {
+                    info!(before = ?wanted, after = ?next, "kubeconfig contexts changed");
+                }
+                *wanted = next;
+                *kubeconfig = k;
+            }
+            Ok(Some((Err(e), _))) => warn!(error = %e, "kubeconfig reload: keeping the current members"),
+            Ok(None) => {}
+            Err(e) => warn!(error = %e, "kubeconfig reload failed: keeping the current members"),
+        }
+    }
+}
+
+/// Stops the members no longer wanted or edited, then starts the wanted ones not running.
+async fn converge(source: &Source, running: &mut BTreeMap<String, Running>, shared: &Shared<'_>) {
+    let wanted = source.wanted();
+    let gone: Vec<String> = running
+        .iter()
+        .filter(|(name, r)| wanted.get(*name) != Some(&r.fingerprint))
+        .map(|(name, _)| name.clone())
+        .collect();
+    for name in gone {
+        if let Some(r) = running.remove(&name) {
+            stop(&name, r).await;
+        }
+    }
+    for (name, print) in wanted {
+        if running.contains_key(&name) {
+            continue;
+        }
+        match source.client(&name).await {
+            Ok(client) => {
+                info!(context = %name, "starting member cluster");
+                let started = start(name.clone(), client, shared, print);
+                running.insert(name, started);
+            }
+            Err(e) => {
+                warn!(context = %name, error = %e, "cannot start member cluster; retrying at the next kubeconfig reload")
+            }
+        }
+    }
+}
+
 /// Runs the fleet until `shutdown` resolves. Startup errors (unreadable kubeconfig, unknown
 /// --context, bad shard timing) are returned; later kubeconfig problems are logged and the running
 /// set is kept.
 #[allow(clippy::too_many_arguments)] // the process's parts, each built by main
 pub async fn run(
     options: FleetOptions,
-    member: driver::Options,
+    member: member::Options,
     sharding: Option<ShardOptions>,
     admission: Option<Admission>,
     metrics: Arc<Metrics>,
     members: Members,
     shutdown: impl std::future::Future<Output = ()>,
 ) -> anyhow::Result<()> {
-    let mut running: BTreeMap<String, Running> = BTreeMap::new();
     if let Some(s) = &sharding {
         s.validate()?;
     }
-    let initial = load(&options)?;
-    let Some(mut kubeconfig) = initial else {
-        let config = Config::incluster().context("in-cluster configuration")?;
-        let client = Client::try_from(without_client_retries(config))?;
-        let manager = match sharding {
-            Some(s) => Some(start_sharding(
+    let mut source = Source::load(&options)?;
+    let home = source.home(&options)?;
+    let home_client = match (&sharding, &admission) {
+        (None, None) => None,
+        _ => Some(
+            source
+                .client(&home)
+                .await
+                .with_context(|| format!("home cluster {home}"))?,
+        ),
+    };
+    let manager = match (sharding, &home_client) {
+        (Some(s), Some(client)) => {
+            info!(%home, shards = s.shards, replica = %s.replica, "sharding on");
+            Some(start_sharding(
                 client.clone(),
                 s.clone(),
                 Shards::new(&s, metrics.clone())?,
-            )),
-            None => None,
-        };
-        let shards = manager.as_ref().map(|m| m.shards.clone());
-        let webhook = start_webhook(&admission, "in-cluster", &client, &member.operator_namespace).await?;
-        let shared = Shared {
-            member: &member,
-            metrics: &metrics,
-            shards: &shards,
-            members: &members,
-            worlds: admission.as_ref().map(|a| a.worlds.clone()),
-            hub: Hub::new(),
-        };
-        let started = start("in-cluster".to_string(), client, &shared, String::new());
-        running.insert("in-cluster".to_string(), started);
-        shutdown.await;
-        if let Some(w) = webhook {
-            w.abort();
+            ))
         }
-        stop_sharding(manager).await;
-        for (name, r) in std::mem::take(&mut running) {
-            stop(&name, r).await;
-        }
-        return Ok(());
+        _ => None,
     };
-    let mut wanted = selection(&kubeconfig, &options)?;
-    let home = match &options.home_context {
-        Some(home) => {
-            anyhow::ensure!(
-                kubeconfig.contexts.iter().any(|c| &c.name == home),
-                "--home-context {home}: not in the kubeconfig"
-            );
-            home.clone()
-        }
-        None => wanted
-            .first()
-            .cloned()
-            .ok_or_else(|| anyhow::anyhow!("no member cluster selected"))?,
-    };
-    let home_client = || async {
-        client_for(&kubeconfig, &home)
-            .await
-            .with_context(|| format!("home cluster {home}"))
-    };
-    let manager = match sharding {
-        Some(s) => {
-            let client = home_client().await?;
-            info!(%home, shards = s.shards, replica = %s.replica, "sharding on");
-            Some(start_sharding(client, s.clone(), Shards::new(&s, metrics.clone())?))
-        }
-        None => None,
-    };
-    let webhook = match &admission {
-        Some(_) => start_webhook(&admission, &home, &home_client().await?, &member.operator_namespace).await?,
+    let webhook = match &home_client {
+        Some(client) => start_webhook(&admission, &home, client, &member.operator_namespace).await?,
         None => None,
     };
     let shards = manager.as_ref().map(|m| m.shards.clone());
@@ -289,53 +373,18 @@ pub async fn run(
         worlds: admission.as_ref().map(|a| a.worlds.clone()),
         hub: Hub::new(),
     };
+    let mut running: BTreeMap<String, Running> = BTreeMap::new();
     tokio::pin!(shutdown);
     loop {
-        let prints = select::fingerprints(&kubeconfig);
-        // Stop what is no longer wanted or was edited.
-        let gone: Vec<String> = running
-            .iter()
-            .filter(|(name, r)| !wanted.contains(name) || prints.get(*name) != Some(&r.fingerprint))
-            .map(|(name, _)| name.clone())
-            .collect();
-        for name in gone {
-            if let Some(r) = running.remove(&name) {
-                stop(&name, r).await;
-            }
-        }
-        for name in &wanted {
-            if running.contains_key(name) {
-                continue;
-            }
-            match client_for(&kubeconfig, name).await {
-                Ok(client) => {
-                    info!(context = %name, "starting member cluster");
-                    let print = prints.get(name).cloned().unwrap_or_default();
-                    running.insert(name.clone(), start(name.clone(), client, &shared, print));
-                }
-                Err(e) => {
-                    warn!(context = %name, error = %e, "cannot start member cluster; retrying at the next kubeconfig reload")
-                }
-            }
-        }
+        converge(&source, &mut running, &shared).await;
         tokio::select! {
             _ = &mut shutdown => break,
             _ = tokio::time::sleep(options.reload_every) => {}
         }
-        match load(&options).map(|k| k.map(|k| (selection(&k, &options), k))) {
-            Ok(Some((Ok(next), k))) => {
-                if next != wanted {
-                    info!(before = ?wanted, after = ?next, "kubeconfig contexts changed");
-                }
-                wanted = next;
-                kubeconfig = k;
-            }
-            Ok(Some((Err(e), _))) => warn!(error = %e, "kubeconfig reload: keeping the current members"),
-            Ok(None) => {}
-            Err(e) => warn!(error = %e, "kubeconfig reload failed: keeping the current members"),
-        }
+        source.reload(&options);
     }
-    // Hand the shards over first (members keep running so in-flight reconciles can finish).
+    // Hand the shards over first (members keep running so in-flight reconciles can finish), then
+    // close the webhook, then stop the members.
     stop_sharding(manager).await;
     if let Some(w) = webhook {
         w.abort();

@@ -54,6 +54,9 @@ struct Entry {
     failures: u32,
     /// Queued in the urgent lane (once is enough: further urgent adds while queued are folded).
     urgent: bool,
+    /// The end of the server's last Retry-After for this key: nothing, not even a recovered member,
+    /// runs the key before it.
+    not_before: Option<Instant>,
 }
 
 struct Inner<K> {
@@ -162,6 +165,7 @@ impl<K: Clone + Eq + Hash + Ord + Send + Sync + 'static> WorkQueue<K> {
                     phase: Phase::Queued { since: now },
                     failures: 0,
                     urgent: false,
+                    not_before: None,
                 }
             });
         if enqueue && urgent {
@@ -233,6 +237,7 @@ impl<K: Clone + Eq + Hash + Ord + Send + Sync + 'static> WorkQueue<K> {
                 let delay = match outcome {
                     Outcome::Done | Outcome::RequeueAfter(_) | Outcome::Throttled(_) => {
                         e.failures = 0;
+                        e.not_before = None;
                         match outcome {
                             Outcome::RequeueAfter(d) => Some((d, DelayKind::Resync)),
                             Outcome::Throttled(d) => Some((d, DelayKind::Throttle)),
@@ -242,6 +247,7 @@ impl<K: Clone + Eq + Hash + Ord + Send + Sync + 'static> WorkQueue<K> {
                     Outcome::Failed { retry_after } => {
                         e.failures = e.failures.saturating_add(1);
                         let backoff = self.inner.backoff.delay(e.failures, self.inner.jitter.unit());
+                        e.not_before = retry_after.filter(|d| !d.is_zero()).map(|d| now + d);
                         Some((backoff.max(retry_after.unwrap_or(Duration::ZERO)), DelayKind::Backoff))
                     }
                 };
@@ -269,22 +275,39 @@ impl<K: Clone + Eq + Hash + Ord + Send + Sync + 'static> WorkQueue<K> {
         }
     }
 
-    /// Runs every key that is waiting out an error backoff now (its member cluster just recovered).
+    /// Runs every key that is waiting out an error backoff now (its member cluster just recovered),
+    /// or, for a key the server told to wait (Retry-After), as soon as that wait is over: the server's
+    /// word outranks our guess that it has recovered.
     pub fn retry_backed_off_now(&self) {
         let now = Instant::now();
-        let mut ready = Vec::new();
+        let (mut ready, mut later) = (Vec::new(), Vec::new());
         for mut e in self.inner.entries.iter_mut() {
             if let Phase::Delayed {
                 kind: DelayKind::Backoff,
-                ..
+                until,
             } = e.phase
             {
-                e.phase = Phase::Queued { since: now };
-                ready.push(e.key().clone());
+                match e.not_before.filter(|t| *t > now) {
+                    Some(t) if t < until => {
+                        e.phase = Phase::Delayed {
+                            until: t,
+                            kind: DelayKind::Backoff,
+                        };
+                        later.push((e.key().clone(), t));
+                    }
+                    Some(_) => {}
+                    None => {
+                        e.phase = Phase::Queued { since: now };
+                        ready.push(e.key().clone());
+                    }
+                }
             }
         }
         for key in ready {
             self.push_ready(key);
+        }
+        for (key, at) in later {
+            self.schedule(key, at);
         }
     }
 

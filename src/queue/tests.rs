@@ -192,14 +192,22 @@ async fn status_writes_within_the_window_are_coalesced() {
 }
 
 #[tokio::test(start_paused = true)]
-async fn backed_off_keys_run_at_once_when_the_cluster_recovers() {
+async fn backed_off_keys_run_at_once_when_the_cluster_recovers_but_never_before_a_retry_after() {
     let q = queue();
+    // "a" failed seven times in a row: its own backoff is 6.4 s.
     q.add(k("a"));
-    assert!(next_within(&q, Duration::from_secs(1)).await.is_some());
+    for _ in 0..7 {
+        assert_eq!(next_within(&q, Duration::from_secs(10)).await, Some(k("a")));
+        q.done(&k("a"), Outcome::Failed { retry_after: None });
+    }
+    // "c" was answered 429 with a Retry-After of 3 s (its backoff alone would be 100 ms).
+    q.add(k("c"));
+    assert_eq!(next_within(&q, Duration::from_secs(1)).await, Some(k("c")));
+    let told = Instant::now();
     q.done(
-        &k("a"),
+        &k("c"),
         Outcome::Failed {
-            retry_after: Some(Duration::from_secs(30)),
+            retry_after: Some(Duration::from_secs(3)),
         },
     );
     q.add(k("b"));
@@ -208,7 +216,13 @@ async fn backed_off_keys_run_at_once_when_the_cluster_recovers() {
     let t = Instant::now();
     q.retry_backed_off_now();
     assert_eq!(next_within(&q, Duration::from_secs(1)).await, Some(k("a")));
-    assert_eq!(t.elapsed(), Duration::ZERO);
+    assert_eq!(t.elapsed(), Duration::ZERO, "a backoff of our own is cut short");
+    assert_eq!(next_within(&q, Duration::from_secs(5)).await, Some(k("c")));
+    assert_eq!(
+        told.elapsed(),
+        Duration::from_secs(3),
+        "the server's Retry-After is not"
+    );
     assert_eq!(
         next_within(&q, Duration::from_secs(5)).await,
         None,

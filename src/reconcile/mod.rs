@@ -6,7 +6,6 @@ pub mod config;
 pub mod connections;
 pub mod context;
 pub mod crashpoint;
-pub mod driver;
 pub mod error;
 pub mod freshness;
 pub mod guest;

@@ -162,32 +162,20 @@ impl Slim for PartialObjectMeta<PersistentVolumeClaim> {
     }
 }
 
-/// KubeDirector's own objects (clusters, apps, configs) are parsed on every reconcile: whole,
-/// but without managedFields.
-impl Slim for DynamicObject {
-    fn slim(&mut self) {
-        meta(&mut self.metadata);
-    }
+/// Kinds kept whole but for managedFields.
+macro_rules! without_managed_fields {
+    ($($kind:ty),+) => {
+        $(impl Slim for $kind {
+            fn slim(&mut self) {
+                meta(&mut self.metadata);
+            }
+        })+
+    };
 }
 
-impl Slim for StorageClass {
-    fn slim(&mut self) {
-        meta(&mut self.metadata);
-    }
-}
-
-/// Connections hand their data to the guest: kept whole, without managedFields.
-impl Slim for ConfigMap {
-    fn slim(&mut self) {
-        meta(&mut self.metadata);
-    }
-}
-
-impl Slim for Secret {
-    fn slim(&mut self) {
-        meta(&mut self.metadata);
-    }
-}
+// KubeDirector's own objects (clusters, apps, configs) are parsed on every reconcile; connections
+// hand their ConfigMaps' and Secrets' data to the guest; StorageClasses are small.
+without_managed_fields!(DynamicObject, StorageClass, ConfigMap, Secret);
 
 #[cfg(test)]
 mod tests {

@@ -1,6 +1,6 @@
 //! KubeDirectorStatusBackup (P2): a copy of a cluster's status, so a restored CR can resume.
 
-use kube::CustomResource;
+use kube_derive::CustomResource;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
@@ -8,6 +8,7 @@ use super::cluster::KubeDirectorClusterStatus;
 
 #[derive(CustomResource, Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
 #[kube(
+    crates(kube_core = "::kube_core"),
     group = "kubedirector.hpe.com",
     version = "v1beta1",
     kind = "KubeDirectorStatusBackup",

@@ -2,8 +2,8 @@
 //! exists, and `status.state` `ready` with a `generationUID` (this operator's: the object's uid, so
 //! every replica writes the same and none fights another).
 
-use kube::ResourceExt;
-use kube::api::DynamicObject;
+use kube_core::DynamicObject;
+use kube_core::ResourceExt;
 use serde_json::json;
 
 use super::labels::FINALIZER;

@@ -27,22 +27,25 @@ pub(super) fn fixture<T: serde::de::DeserializeOwned>(text: &str, yaml: bool) ->
 }
 
 fn spark_app() -> ResolvedApp {
-    let app: KubeDirectorApp = fixture(include_str!("../../tests/fixtures/valid/app-spark-like.json"), false);
+    let app: KubeDirectorApp = fixture(include_str!("../../../tests/fixtures/valid/app-spark-like.json"), false);
     resolve_app("spark-like", AppCatalog::Local, &app.spec).expect("resolves")
 }
 
 pub(super) fn centos_app() -> ResolvedApp {
-    let app: KubeDirectorApp = fixture(include_str!("../../tests/fixtures/valid/app-centos-like.yaml"), true);
+    let app: KubeDirectorApp = fixture(include_str!("../../../tests/fixtures/valid/app-centos-like.yaml"), true);
     resolve_app("centos-like", AppCatalog::System, &app.spec).expect("resolves")
 }
 
 fn spark_cluster() -> KubeDirectorCluster {
-    fixture(include_str!("../../tests/fixtures/valid/cluster-spark-like.yaml"), true)
+    fixture(
+        include_str!("../../../tests/fixtures/valid/cluster-spark-like.yaml"),
+        true,
+    )
 }
 
 pub(super) fn centos_cluster() -> KubeDirectorCluster {
     fixture(
-        include_str!("../../tests/fixtures/valid/cluster-centos-like.json"),
+        include_str!("../../../tests/fixtures/valid/cluster-centos-like.json"),
         false,
     )
 }
@@ -151,7 +154,7 @@ pub(super) fn all_running(plan: &ClusterPlan, suffix: &str) -> Observed {
 
 #[test]
 fn app_defaults_fill_roles_and_keep_explicit_null() {
-    let app: KubeDirectorApp = fixture(include_str!("../../tests/fixtures/valid/app-spark-like.json"), false);
+    let app: KubeDirectorApp = fixture(include_str!("../../../tests/fixtures/valid/app-spark-like.json"), false);
     let spec = apply_app_defaults(&app.spec);
     assert!(spec.default_config_package.is_absent() && spec.default_image_repo_tag.is_none());
     let role = |id: &str| spec.roles.iter().find(|r| r.id == id).expect("role");

@@ -5,7 +5,7 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use kube::api::DynamicObject;
+use kube_core::DynamicObject;
 use serde::de::DeserializeOwned;
 
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;

@@ -1,0 +1,220 @@
+//! One member cluster at run time: its caches (`cache`), the triggers that turn every change into
+//! the keys of the KubeDirectorClusters it affects (`triggers`), the work queue, and the worker that
+//! runs each key through the shard gate into a reconcile (`worker`). The fleet starts one per
+//! selected kubeconfig context (in a pod: one, in-cluster).
+
+pub(crate) mod cache;
+pub(crate) mod triggers;
+pub(crate) mod worker;
+
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
+use std::time::Duration;
+
+use kube::Client;
+use kube::api::DynamicObject;
+use kube::runtime::events::{Recorder, Reporter};
+use kube::runtime::reflector::Store;
+use tokio::task::JoinHandle;
+use tracing::{Instrument, info};
+
+use crate::queue::WorkQueue;
+use crate::queue::backoff::Backoff;
+use crate::queue::coalesce::StatusCoalescer;
+use crate::queue::limiter::WriteBudget;
+use crate::reconcile::connections::{Hub, MemberView};
+use crate::reconcile::context::{ClusterKey, Ctx, EventLevel};
+use crate::reconcile::freshness::{Awaited, Superseded};
+use crate::reconcile::guest::{Limits, Runner};
+use crate::shard::manager::Shards;
+use crate::telemetry::metrics::Metrics;
+
+/// Settings shared by every member cluster.
+#[derive(Clone, Debug)]
+pub struct Options {
+    pub operator_namespace: String,
+    /// Only clusters (and their children) in this namespace; `None` = every namespace.
+    pub watch_namespace: Option<String>,
+    /// Workers per member cluster.
+    pub concurrency: u16,
+    pub field_manager: String,
+    pub write_qps: u32,
+    pub write_burst: u32,
+    pub status_window: Duration,
+    /// Which Events are published.
+    pub events: EventLevel,
+    /// How long a new cluster's first status may wait to be written together with `configured`.
+    pub status_grace: Duration,
+    pub backoff: Backoff,
+    /// This replica's identity (shard Leases, spans).
+    pub replica: String,
+    /// Guest commands: concurrency and timeouts.
+    pub guest: Limits,
+}
+
+/// What the fleet can see of a running member: readiness and health.
+pub struct MemberHandle {
+    pub context: String,
+    pub stores_ready: Box<dyn Fn() -> bool + Send + Sync>,
+    pub healthy: Arc<AtomicBool>,
+}
+
+/// A member's parts, each built by the fleet.
+pub struct Parts {
+    pub context: String,
+    pub client: Client,
+    pub options: Options,
+    pub hub: Arc<Hub>,
+    pub metrics: Arc<Metrics>,
+    pub shards: Option<Arc<Shards>>,
+}
+
+/// Runs one member cluster until `shutdown` resolves; in-flight reconciles finish first.
+pub async fn run(
+    parts: Parts,
+    shutdown: impl std::future::Future<Output = ()> + Send,
+    register: impl FnOnce(MemberHandle),
+) -> anyhow::Result<()> {
+    let Parts {
+        context,
+        client,
+        options,
+        hub,
+        metrics,
+        shards,
+    } = parts;
+    let caches = cache::start(&client, &options.watch_namespace);
+    let clusters = caches.clusters.clone();
+    // Guest commands that finish (or whose poll delay passes) put their cluster back on the queue.
+    let (wake, woken) = tokio::sync::mpsc::unbounded_channel::<ClusterKey>();
+    let cache::Caches {
+        cluster_resource,
+        stores,
+        changes,
+        ..
+    } = caches;
+    let streams = triggers::streams(changes, &clusters, &context, &hub, &options.operator_namespace, woken);
+    hub.register(
+        &context,
+        MemberView {
+            clusters: clusters.clone(),
+            apps: stores.apps.clone(),
+            configmaps: stores.configmaps.clone(),
+            secrets: stores.secrets.clone(),
+            operator_namespace: options.operator_namespace.clone(),
+            wake: wake.clone(),
+            cluster_resource: cluster_resource.clone(),
+        },
+    );
+    let budget = WriteBudget::new(options.write_qps, options.write_burst)?;
+    metrics.write_limit(&context, budget.rate());
+    let ctx = Arc::new(Ctx {
+        context: context.clone(),
+        guest: Arc::new(Runner::new(
+            context.clone(),
+            client.clone(),
+            options.guest.clone(),
+            wake,
+        )),
+        recorder: recorder(&client),
+        client,
+        budget,
+        coalescer: StatusCoalescer::new(options.status_window),
+        superseded: Superseded::new(Duration::from_secs(10)),
+        awaited: Awaited::new(Duration::from_secs(5)),
+        metrics: metrics.clone(),
+        stores,
+        operator_namespace: options.operator_namespace.clone(),
+        events: options.events,
+        status_grace: options.status_grace,
+        field_manager: options.field_manager.clone(),
+        cluster_resource: cluster_resource.clone(),
+        replica: options.replica.clone(),
+        hub: hub.clone(),
+    });
+    let healthy = Arc::new(AtomicBool::new(false));
+    register(handle(&ctx, &clusters, &healthy));
+
+    let queue: WorkQueue<ClusterKey> = WorkQueue::new(options.backoff, seed());
+    let pump = triggers::pump(streams, queue.clone(), healthy, metrics.clone(), context.clone());
+    let mut tasks = vec![
+        tokio::spawn(pump.instrument(tracing::info_span!("pump", %context))),
+        gauges(queue.clone(), ctx.clone(), clusters.clone()),
+        // kd-global-config's finalizer and status (every replica; the writes are conditional).
+        tokio::spawn(crate::reconcile::config::keep(ctx.clone())),
+    ];
+    if let Some(sh) = &shards {
+        tasks.push(tokio::spawn(triggers::acquired(
+            sh.clone(),
+            queue.clone(),
+            clusters.clone(),
+            context.clone(),
+        )));
+    }
+    info!(%context, watch = ?options.watch_namespace, workers = options.concurrency, qps = options.write_qps, burst = options.write_burst, "member cluster started");
+    let worker = worker::Worker {
+        queue: queue.clone(),
+        ctx,
+        clusters,
+        cluster_ar: cluster_resource,
+        shards,
+    };
+    let dispatcher = worker::dispatch(worker, options.concurrency);
+
+    shutdown.await;
+    info!(%context, "stopping: finishing in-flight reconciles");
+    queue.close();
+    let _ = dispatcher.await;
+    for task in tasks {
+        task.abort();
+    }
+    metrics.cluster_healthy.get_or_create(&metrics.cluster(&context)).set(0);
+    hub.deregister(&context);
+    info!(%context, "member cluster stopped");
+    Ok(())
+}
+
+fn recorder(client: &Client) -> Recorder {
+    Recorder::new(
+        client.clone(),
+        Reporter {
+            controller: "kubedirector".to_string(),
+            instance: std::env::var("POD_NAME").ok(),
+        },
+    )
+}
+
+/// Ready once the clusters' cache and every other cache hold their first list.
+fn handle(ctx: &Arc<Ctx>, clusters: &Store<DynamicObject>, healthy: &Arc<AtomicBool>) -> MemberHandle {
+    let (ctx, clusters) = (ctx.clone(), clusters.clone());
+    MemberHandle {
+        context: ctx.context.clone(),
+        stores_ready: Box::new(move || {
+            let main_ready = futures::FutureExt::now_or_never(clusters.wait_until_ready()).is_some_and(|r| r.is_ok());
+            main_ready && ctx.stores.ready().unwrap_or(false)
+        }),
+        healthy: healthy.clone(),
+    }
+}
+
+/// The queue-depth gauge every second, the cache sizes every five.
+fn gauges(queue: WorkQueue<ClusterKey>, ctx: Arc<Ctx>, clusters: Store<DynamicObject>) -> JoinHandle<()> {
+    tokio::spawn(async move {
+        let labels = ctx.metrics.cluster(&ctx.context);
+        for tick in 0u64.. {
+            ctx.metrics.queue_depth.get_or_create(&labels).set(queue.depth() as i64);
+            if tick % 5 == 0 {
+                cache::count(&ctx.metrics, &ctx, &clusters);
+            }
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+    })
+}
+
+/// The jitter seed of the member's backoff: different per process, so replicas do not retry in step.
+fn seed() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(1)
+}
