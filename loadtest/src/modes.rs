@@ -124,6 +124,10 @@ pub struct BurstPair {
     pub ratio: f64,
     pub floor_writes_per_cr: Option<f64>,
     pub operator_writes_per_cr: Option<f64>,
+    /// The largest peak RSS of the operator's replicas in the pass (MiB); `None` if none was read.
+    pub operator_peak_rss_mib: Option<f64>,
+    /// The operator's CPU seconds in the pass, summed over its replicas.
+    pub operator_cpu_seconds: f64,
 }
 
 #[derive(Debug, Serialize)]
@@ -670,12 +674,13 @@ pub async fn run(b: &Bench<'_>) -> anyhow::Result<ModeReport> {
                     Some(&r),
                 )
                 .await;
-                records.extend(stop(r).await?.0);
+                let (recs, uses) = stop(r).await?;
+                records.extend(recs);
                 let op = op?;
                 let (Some(f), Some(o)) = (floor.all_done_seconds, op.all_done_seconds) else {
                     bail!("burst {tag}: a side finished no CR");
                 };
-                burst.push((fs, f, o));
+                burst.push((fs, f, o, uses));
                 passes.push(floor);
                 passes.push(op);
             }
@@ -730,7 +735,7 @@ pub async fn run(b: &Bench<'_>) -> anyhow::Result<ModeReport> {
     let burst = burst
         .into_iter()
         .enumerate()
-        .map(|(i, (fs, f, o))| {
+        .map(|(i, (fs, f, o, uses))| {
             let of = |side| {
                 passes
                     .iter()
@@ -745,6 +750,13 @@ pub async fn run(b: &Bench<'_>) -> anyhow::Result<ModeReport> {
                 ratio: o / f,
                 floor_writes_per_cr: of(Side::Floor),
                 operator_writes_per_cr: of(Side::Operator),
+                operator_peak_rss_mib: uses
+                    .iter()
+                    .map(|u| u.peak_rss_bytes)
+                    .max()
+                    .filter(|b| *b > 0)
+                    .map(|b| b as f64 / 1048576.0),
+                operator_cpu_seconds: uses.iter().map(|u| u.cpu_seconds).sum(),
             }
         })
         .collect();
@@ -840,16 +852,18 @@ impl ModeReport {
             self.lease_seconds
         );
         if !self.burst.is_empty() {
-            md.push_str("## Burst: time to all done\n\n| FlowSchema | floor: all pods Ready (s) | operator: all configured (s) | ratio | floor writes/CR | operator writes/CR |\n|---|---|---|---|---|---|\n");
+            md.push_str("## Burst: time to all done\n\n| FlowSchema | floor: all pods Ready (s) | operator: all configured (s) | ratio | floor writes/CR | operator writes/CR | operator peak RSS (MiB) | operator CPU (s) |\n|---|---|---|---|---|---|---|---|\n");
             for p in &self.burst {
                 md.push_str(&format!(
-                    "| {} | {:.1} | {:.1} | {:.2} | {} | {} |\n",
+                    "| {} | {:.1} | {:.1} | {:.2} | {} | {} | {} | {:.1} |\n",
                     if p.flow_schema { "yes" } else { "no" },
                     p.floor_all_ready_seconds,
                     p.operator_all_configured_seconds,
                     p.ratio,
                     opt(p.floor_writes_per_cr),
-                    opt(p.operator_writes_per_cr)
+                    opt(p.operator_writes_per_cr),
+                    p.operator_peak_rss_mib.map_or("—".to_string(), |m| format!("{m:.1}")),
+                    p.operator_cpu_seconds
                 ));
             }
             md.push('\n');
