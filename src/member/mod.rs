@@ -94,6 +94,9 @@ pub async fn run(
         ..
     } = caches;
     let streams = triggers::streams(changes, &clusters, &context, &hub, &options.operator_namespace, woken);
+    // Before the hub hears of this member: a start that fails must leave nothing registered.
+    let budget = WriteBudget::new(options.write_qps, options.write_burst)?;
+    metrics.write_limit(&context, budget.rate());
     hub.register(
         &context,
         MemberView {
@@ -106,8 +109,6 @@ pub async fn run(
             cluster_resource: cluster_resource.clone(),
         },
     );
-    let budget = WriteBudget::new(options.write_qps, options.write_burst)?;
-    metrics.write_limit(&context, budget.rate());
     let ctx = Arc::new(Ctx {
         context: context.clone(),
         guest: Arc::new(Runner::new(
