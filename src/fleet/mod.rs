@@ -295,12 +295,11 @@ impl Source {
 /// Stops the members no longer wanted or edited, then starts the wanted ones not running.
 async fn converge(source: &Source, running: &mut BTreeMap<String, Running>, shared: &Shared<'_>) {
     let wanted = source.wanted();
-    let gone: Vec<String> = running
+    let prints = running
         .iter()
-        .filter(|(name, r)| wanted.get(*name) != Some(&r.fingerprint))
-        .map(|(name, _)| name.clone())
+        .map(|(n, r)| (n.clone(), r.fingerprint.clone()))
         .collect();
-    for name in gone {
+    for name in select::to_stop(&prints, &wanted) {
         if let Some(r) = running.remove(&name) {
             stop(&name, r).await;
         }

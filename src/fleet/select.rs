@@ -50,6 +50,16 @@ pub fn select_contexts(
     Ok(chosen)
 }
 
+/// The running members to stop: those no longer wanted, and those whose context was edited (its
+/// fingerprint differs). `running` and `wanted` map a context to its fingerprint.
+pub fn to_stop(running: &BTreeMap<String, String>, wanted: &BTreeMap<String, String>) -> Vec<String> {
+    running
+        .iter()
+        .filter(|(name, print)| wanted.get(*name) != Some(*print))
+        .map(|(name, _)| name.clone())
+        .collect()
+}
+
 /// A fingerprint of everything that defines a context's connection (its cluster and user entries), so
 /// that an edited context is restarted while untouched ones keep running.
 pub fn fingerprints(kubeconfig: &Kubeconfig) -> BTreeMap<String, String> {
@@ -81,6 +91,18 @@ mod tests {
 
     fn names(v: &[&str]) -> Vec<String> {
         v.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn members_gone_or_edited_are_stopped_and_the_others_keep_running() {
+        let map = |v: &[(&str, &str)]| -> BTreeMap<String, String> {
+            v.iter().map(|(n, p)| (n.to_string(), p.to_string())).collect()
+        };
+        let running = map(&[("a", "1"), ("b", "2"), ("c", "3"), ("d", "")]);
+        // b edited, c no longer wanted, d (no fingerprint, as in-cluster) unchanged, e new.
+        let wanted = map(&[("a", "1"), ("b", "9"), ("d", ""), ("e", "5")]);
+        assert_eq!(to_stop(&running, &wanted), names(&["b", "c"]));
+        assert!(to_stop(&running, &running).is_empty());
     }
 
     #[test]
