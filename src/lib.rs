@@ -6,9 +6,10 @@
 pub use kd_core::{api, model};
 
 pub mod admission;
-pub mod fleet;
-pub mod member;
-pub mod queue;
+pub mod cli;
+pub(crate) mod fleet;
+pub(crate) mod member;
+pub(crate) mod queue;
 pub mod reconcile;
 pub mod shard;
 pub mod telemetry;

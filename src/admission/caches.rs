@@ -1,21 +1,23 @@
-//! The watches behind admission decisions, one set per member cluster: apps, clusters and configs
-//! in every namespace, StorageClasses, and Secrets by name only (metadata watch: no secret data in
-//! memory). Every replica keeps its own, filled from the API, so decisions never depend on which
-//! replica reconciled what.
+//! What admission decisions read of a member cluster: the member's own caches (`member::cache`:
+//! apps, clusters and configs in every namespace, StorageClasses), the same stores the reconciler
+//! reads, so that a replica holds each object once. The one exception: with a watch namespace the
+//! member watches only that namespace's clusters, while an app or kd-global-config decision must
+//! count the clusters of every namespace, so then admission watches those itself. Every replica
+//! reads the API, never what it happened to reconcile, so decisions never depend on which replica
+//! reconciled what.
 
 use std::sync::{Arc, RwLock};
 
 use dashmap::DashMap;
 use futures::{FutureExt, StreamExt};
-use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::api::storage::v1::StorageClass;
-use kube::api::{ApiResource, DynamicObject, PartialObjectMeta};
+use kube::api::{ApiResource, DynamicObject};
 use kube::runtime::reflector::{self, Store};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client, ResourceExt};
 use tokio::task::JoinHandle;
 
-use crate::api::{KubeDirectorApp, KubeDirectorCluster, KubeDirectorConfig};
+use crate::api::{KubeDirectorApp, KubeDirectorCluster};
 use crate::model::validate::StorageClasses;
 use crate::reconcile::slim::Slim;
 
@@ -29,13 +31,20 @@ pub struct Caches {
     clusters: Store<DynamicObject>,
     configs: Store<DynamicObject>,
     classes: Store<StorageClass>,
-    secrets: Store<PartialObjectMeta<Secret>>,
 }
 
-fn ours<K: kube::Resource<DynamicType = ()>>(
-    client: &Client,
-) -> (Store<DynamicObject>, futures::stream::BoxStream<'static, ()>) {
-    let ar = ApiResource::erase::<K>(&());
+/// The member's stores admission reads.
+pub struct MemberStores {
+    pub apps: Store<DynamicObject>,
+    /// The member's clusters (of its watch namespace, if it has one).
+    pub clusters: Store<DynamicObject>,
+    pub configs: Store<DynamicObject>,
+    pub classes: Store<StorageClass>,
+}
+
+/// The clusters of every namespace, slimmed as the member's are; the stream runs the watch.
+fn every_cluster(client: &Client) -> (Store<DynamicObject>, futures::stream::BoxStream<'static, ()>) {
+    let ar = ApiResource::erase::<KubeDirectorCluster>(&());
     let writer = reflector::store::Writer::new(ar.clone());
     let store = writer.as_reader();
     let api = Api::<DynamicObject>::all_with(client.clone(), &ar);
@@ -50,45 +59,30 @@ fn ours<K: kube::Resource<DynamicType = ()>>(
 }
 
 impl Caches {
-    /// Starts the watches; the task runs until aborted (when the member cluster stops).
-    pub fn start(
+    /// Admission's view of a member: its stores, plus (with a watch namespace only) a watch of the
+    /// clusters of every namespace, whose task runs until aborted (when the member stops).
+    pub fn over(
         client: Client,
         operator_namespace: String,
         watch_namespace: Option<String>,
-    ) -> (Arc<Caches>, JoinHandle<()>) {
-        let (apps, a) = ours::<KubeDirectorApp>(&client);
-        let (clusters, c) = ours::<KubeDirectorCluster>(&client);
-        let (configs, k) = ours::<KubeDirectorConfig>(&client);
-        let (classes, w) = reflector::store::<StorageClass>();
-        let s = reflector::reflector(
-            w,
-            watcher(Api::all(client.clone()), watcher::Config::default().any_semantic()).modify(StorageClass::slim),
-        )
-        .default_backoff()
-        .map(|_| ())
-        .boxed();
-        let (secrets, w) = reflector::store::<PartialObjectMeta<Secret>>();
-        let x = reflector::reflector(
-            w,
-            watcher(
-                Api::<PartialObjectMeta<Secret>>::all(client.clone()),
-                watcher::Config::default().any_semantic(),
-            ),
-        )
-        .default_backoff()
-        .map(|_| ())
-        .boxed();
-        let mut all = futures::stream::select_all([a, c, k, s, x]);
-        let task = tokio::spawn(async move { while all.next().await.is_some() {} });
+        member: MemberStores,
+    ) -> (Arc<Caches>, Option<JoinHandle<()>>) {
+        let (clusters, task) = match &watch_namespace {
+            None => (member.clusters, None),
+            Some(_) => {
+                let (store, mut stream) = every_cluster(&client);
+                let task = tokio::spawn(async move { while stream.next().await.is_some() {} });
+                (store, Some(task))
+            }
+        };
         let caches = Arc::new(Caches {
             client,
             operator_namespace,
             watch_namespace,
-            apps,
+            apps: member.apps,
             clusters,
-            configs,
-            classes,
-            secrets,
+            configs: member.configs,
+            classes: member.classes,
         });
         (caches, task)
     }
@@ -117,7 +111,7 @@ impl Caches {
         {
             s.wait_until_ready().now_or_never().is_some_and(|r| r.is_ok())
         }
-        one(&self.apps) && one(&self.clusters) && one(&self.configs) && one(&self.classes) && one(&self.secrets)
+        one(&self.apps) && one(&self.clusters) && one(&self.configs) && one(&self.classes)
     }
 }
 
@@ -172,11 +166,9 @@ impl World for Caches {
         classes.names.sort();
         classes
     }
-    fn secret_exists(&self, ns: &str, name: &str) -> bool {
-        self.secrets
-            .state()
-            .iter()
-            .any(|s| s.metadata.namespace.as_deref() == Some(ns) && s.metadata.name.as_deref() == Some(name))
+    /// Not cached: asked for the request (`lookups`).
+    fn secret_exists(&self, _ns: &str, _name: &str) -> Option<bool> {
+        None
     }
 }
 
@@ -248,7 +240,7 @@ impl World for WithLiveClusters<'_> {
     fn storage_classes(&self) -> StorageClasses {
         self.caches.storage_classes()
     }
-    fn secret_exists(&self, ns: &str, name: &str) -> bool {
+    fn secret_exists(&self, ns: &str, name: &str) -> Option<bool> {
         self.caches.secret_exists(ns, name)
     }
 }

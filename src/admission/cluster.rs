@@ -403,7 +403,8 @@ fn accounts_and_claims(ns: &str, spec: &KubeDirectorClusterSpec, world: &dyn Wor
     errors
 }
 
-/// Secrets named by the cluster exist in its namespace.
+/// Secrets named by the cluster exist in its namespace (judged where the world knows: the request's
+/// lookups).
 fn secrets(ns: &str, spec: &KubeDirectorClusterSpec, world: &dyn World) -> Vec<FieldError> {
     let named = spec
         .default_secret
@@ -428,7 +429,7 @@ fn secrets(ns: &str, spec: &KubeDirectorClusterSpec, world: &dyn World) -> Vec<F
                     s.name
                 ),
             )),
-            _ if !world.secret_exists(ns, &s.name) => {
+            _ if world.secret_exists(ns, &s.name) == Some(false) => {
                 Some(err(field, format!("Secret {:?} not found in namespace {ns:?}", s.name)))
             }
             _ => None,

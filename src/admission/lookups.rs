@@ -1,13 +1,16 @@
 //! Facts an admission decision needs that no cache holds, fetched from the API server for the one
 //! request before the (pure) decision: whether a role's `serviceAccountName` exists and the
-//! requesting user may use it (a SubjectAccessReview, as KubeDirector does), and the claims its
-//! `volumeProjections` name. Only a KubeDirectorCluster create or spec update asks for them.
+//! requesting user may use it (a SubjectAccessReview, as KubeDirector does), the claims its
+//! `volumeProjections` name, and whether the Secrets it names exist. Only a KubeDirectorCluster
+//! create or spec update asks for them. (Secrets are asked, not watched: a watch of every Secret of
+//! every namespace would cost each replica memory in proportion to the whole cluster's Secrets, for
+//! a check made once per create.)
 
 use std::collections::BTreeMap;
 
 use k8s_openapi::api::authentication::v1::UserInfo;
 use k8s_openapi::api::authorization::v1::{ResourceAttributes, SubjectAccessReview, SubjectAccessReviewSpec};
-use k8s_openapi::api::core::v1::{PersistentVolumeClaim, ServiceAccount};
+use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Secret, ServiceAccount};
 use kube::api::{DynamicObject, PostParams};
 use kube::core::admission::{AdmissionRequest, AdmissionReview, Operation};
 use kube::{Api, Client};
@@ -38,6 +41,8 @@ pub struct Lookups {
     pub claims: BTreeMap<(String, String), Option<Claim>>,
     /// fileInjections' http(s) srcURLs that did not answer a HEAD, with why.
     pub unreachable: BTreeMap<String, String>,
+    /// Whether each Secret the cluster names exists.
+    pub secrets: BTreeMap<(String, String), bool>,
 }
 
 /// How long one srcURL may take to answer a HEAD; all are asked at once, so a request waits at
@@ -52,6 +57,8 @@ pub struct Needs {
     pub claims: Vec<String>,
     /// http(s) srcURLs of fileInjections (`file://` ones are paths inside the member).
     pub urls: Vec<String>,
+    /// Secrets named by `defaultSecret` and the roles' `secret`.
+    pub secrets: Vec<String>,
     pub user: UserInfo,
     /// kd-global-config as it is now (not as cached): the cluster has secret keys, which its key
     /// seals and opens (in either phase).
@@ -61,7 +68,7 @@ pub struct Needs {
 impl Needs {
     /// Whether there is anything to ask the API server besides kd-global-config.
     pub fn has_lookups(&self) -> bool {
-        !(self.accounts.is_empty() && self.claims.is_empty() && self.urls.is_empty())
+        !(self.accounts.is_empty() && self.claims.is_empty() && self.urls.is_empty() && self.secrets.is_empty())
     }
 }
 
@@ -140,6 +147,12 @@ pub fn needs(validating: bool, body: &[u8]) -> Option<Needs> {
         ..Default::default()
     };
     let roles = if validating { cluster.spec.roles.as_slice() } else { &[] };
+    let default_secret = cluster.spec.default_secret.iter().filter(|_| validating);
+    for secret in default_secret.chain(roles.iter().filter_map(|r| r.secret.as_ref())) {
+        if !secret.name.is_empty() && !needs.secrets.contains(&secret.name) {
+            needs.secrets.push(secret.name.clone());
+        }
+    }
     for role in roles {
         if let Some(sa) = role.service_account_name.as_ref().filter(|s| !s.is_empty())
             && !needs.accounts.contains(sa)
@@ -208,6 +221,11 @@ pub async fn fetch(client: &Client, needs: &Needs) -> Result<Lookups, kube::Erro
         });
         out.claims.insert((ns.clone(), name.clone()), claim);
     }
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), ns);
+    for name in &needs.secrets {
+        let found = secrets.get_metadata_opt(name).await?.is_some();
+        out.secrets.insert((ns.clone(), name.clone()), found);
+    }
     out.unreachable = unreachable(&needs.urls).await;
     Ok(out)
 }
@@ -251,4 +269,52 @@ async fn unreachable(urls: &[String]) -> BTreeMap<String, String> {
         .into_iter()
         .filter_map(|(url, outcome)| outcome.err().map(|why| (url, why)))
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn create(spec: serde_json::Value) -> Vec<u8> {
+        let cluster = json!({
+            "apiVersion": "kubedirector.hpe.com/v1beta1", "kind": "KubeDirectorCluster",
+            "metadata": {"name": "c", "namespace": "ns"}, "spec": spec,
+        });
+        serde_json::to_vec(&json!({
+            "apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview",
+            "request": {
+                "uid": "1", "kind": {"group": "kubedirector.hpe.com", "version": "v1beta1", "kind": "KubeDirectorCluster"},
+                "resource": {"group": "kubedirector.hpe.com", "version": "v1beta1", "resource": "kubedirectorclusters"},
+                "name": "c", "namespace": "ns", "operation": "CREATE", "userInfo": {"username": "u"},
+                "object": cluster,
+            }
+        }))
+        .expect("review")
+    }
+
+    #[test]
+    fn the_secrets_a_cluster_names_are_asked_once_each_when_validating() {
+        let body = create(json!({
+            "app": "a",
+            "defaultSecret": {"name": "s1", "mountPath": "/s"},
+            "roles": [
+                {"id": "r", "resources": {}, "secret": {"name": "s2", "mountPath": "/s"}},
+                {"id": "q", "resources": {}, "secret": {"name": "s1", "mountPath": "/s"}},
+                {"id": "p", "resources": {}}
+            ]
+        }));
+        let needs = needs(true, &body).expect("something to ask");
+        assert_eq!(needs.secrets, ["s1", "s2"]);
+        assert!(needs.has_lookups());
+        // The mutating phase judges no Secret, so it asks for none.
+        assert!(needs_none_or_no_secrets(false, &body));
+        // A cluster naming no Secret asks for none either.
+        let plain = create(json!({"app": "a", "roles": [{"id": "r", "resources": {}}]}));
+        assert!(needs_none_or_no_secrets(true, &plain));
+    }
+
+    fn needs_none_or_no_secrets(validating: bool, body: &[u8]) -> bool {
+        needs(validating, body).is_none_or(|n| n.secrets.is_empty())
+    }
 }

@@ -1,7 +1,8 @@
 //! What an admission decision may look at besides the object itself: the apps, clusters and
 //! kd-global-config of the member cluster, its StorageClasses and which Secrets exist. Always read
-//! from the API (watch caches, see `caches.rs`), never from what this process happened to reconcile,
-//! so that every replica decides the same, also right after a restart.
+//! from the API (the member's watch caches, see `caches.rs`, or asked for the one request, see
+//! `lookups.rs`), never from what this process happened to reconcile, so that every replica decides
+//! the same, also right after a restart.
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
@@ -36,7 +37,9 @@ pub trait World: Send + Sync {
     /// Every KubeDirectorConfig (only kd-global-config in the operator namespace counts).
     fn configs(&self) -> Vec<Arc<DynamicObject>>;
     fn storage_classes(&self) -> StorageClasses;
-    fn secret_exists(&self, ns: &str, name: &str) -> bool;
+    /// Whether Secret `name` exists in `ns`; `None` where this world does not know (then the check
+    /// is skipped, as the service accounts' and claims' are without lookups).
+    fn secret_exists(&self, ns: &str, name: &str) -> Option<bool>;
     /// What was fetched from the API server for this request (`super::lookups`); `None` where
     /// nothing was (the checks that need it are then skipped: tests of pure rules, a webhook
     /// request that needs none).
@@ -92,8 +95,10 @@ impl World for WithLookups<'_> {
     fn storage_classes(&self) -> StorageClasses {
         self.inner.storage_classes()
     }
-    fn secret_exists(&self, ns: &str, name: &str) -> bool {
-        self.inner.secret_exists(ns, name)
+    fn secret_exists(&self, ns: &str, name: &str) -> Option<bool> {
+        let key = (ns.to_string(), name.to_string());
+        let asked = self.lookups.as_ref().and_then(|l| l.secrets.get(&key).copied());
+        asked.or_else(|| self.inner.secret_exists(ns, name))
     }
     fn lookups(&self) -> Option<&super::lookups::Lookups> {
         self.lookups.as_ref()
@@ -156,7 +161,57 @@ impl World for Snapshot {
     fn storage_classes(&self) -> StorageClasses {
         self.storage_classes.clone()
     }
-    fn secret_exists(&self, ns: &str, name: &str) -> bool {
-        self.secrets.contains(&(ns.to_string(), name.to_string()))
+    fn secret_exists(&self, ns: &str, name: &str) -> Option<bool> {
+        Some(self.secrets.contains(&(ns.to_string(), name.to_string())))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A world that knows no Secrets (as the member caches: Secrets are asked per request).
+    struct Unknowing(Snapshot);
+
+    impl World for Unknowing {
+        fn operator_namespace(&self) -> &str {
+            self.0.operator_namespace()
+        }
+        fn app(&self, ns: &str, name: &str) -> Option<Arc<DynamicObject>> {
+            self.0.app(ns, name)
+        }
+        fn apps_in(&self, ns: &str) -> Vec<String> {
+            self.0.apps_in(ns)
+        }
+        fn clusters(&self) -> Vec<Arc<DynamicObject>> {
+            self.0.clusters()
+        }
+        fn configs(&self) -> Vec<Arc<DynamicObject>> {
+            self.0.configs()
+        }
+        fn storage_classes(&self) -> StorageClasses {
+            self.0.storage_classes()
+        }
+        fn secret_exists(&self, _ns: &str, _name: &str) -> Option<bool> {
+            None
+        }
+    }
+
+    #[test]
+    fn a_secret_is_judged_from_the_lookups_where_the_caches_do_not_know() {
+        let inner = Unknowing(Snapshot::default());
+        let mut lookups = super::super::lookups::Lookups::default();
+        lookups.secrets.insert(("ns".into(), "there".into()), true);
+        lookups.secrets.insert(("ns".into(), "gone".into()), false);
+        let world = WithLookups {
+            inner: &inner,
+            lookups: Some(lookups),
+            configs: None,
+            apps: Vec::new(),
+        };
+        assert_eq!(world.secret_exists("ns", "there"), Some(true));
+        assert_eq!(world.secret_exists("ns", "gone"), Some(false));
+        // Not asked: not judged (the check is skipped), never taken for missing.
+        assert_eq!(world.secret_exists("ns", "other"), None);
     }
 }

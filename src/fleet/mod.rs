@@ -16,7 +16,7 @@ use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 use tracing::{error, info, warn};
 
-use crate::admission::caches::{Caches, Worlds};
+use crate::admission::caches::Worlds;
 use crate::admission::server::{self as webhook, WebhookOptions};
 use crate::member::{self, MemberHandle, Options};
 use crate::reconcile::connections::Hub;
@@ -116,18 +116,9 @@ fn start(context: String, client: Client, shared: &Shared<'_>, fingerprint: Stri
         worlds,
         hub,
     } = shared;
-    // Admission decisions for this member read their own caches (all namespaces).
-    let admission = worlds.as_ref().map(|w| {
-        let (caches, task) = Caches::start(
-            client.clone(),
-            member.operator_namespace.clone(),
-            member.watch_namespace.clone(),
-        );
-        w.insert(&context, caches);
-        (w.clone(), task)
-    });
     let (stop, stopped) = oneshot::channel::<()>();
     let hub = Arc::clone(hub);
+    let worlds = Option::clone(worlds);
     let (member, metrics, registry, shards) = (
         Options::clone(member),
         Arc::clone(metrics),
@@ -151,13 +142,10 @@ fn start(context: String, client: Client, shared: &Shared<'_>, fingerprint: Stri
             hub,
             metrics,
             shards,
+            worlds,
         };
         if let Err(e) = member::run(parts, shutdown, register).await {
             error!(context = %name, error = %e, "member cluster failed");
-        }
-        if let Some((worlds, task)) = admission {
-            task.abort();
-            worlds.remove(&name);
         }
         if let Ok(mut m) = registry.lock() {
             m.remove(&name);

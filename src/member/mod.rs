@@ -18,6 +18,7 @@ use kube::runtime::reflector::Store;
 use tokio::task::JoinHandle;
 use tracing::{Instrument, info};
 
+use crate::admission::caches::{Caches, MemberStores, Worlds};
 use crate::queue::WorkQueue;
 use crate::queue::backoff::Backoff;
 use crate::queue::coalesce::StatusCoalescer;
@@ -52,11 +53,11 @@ pub struct Options {
     pub guest: Limits,
 }
 
-/// What the fleet can see of a running member: readiness and health.
+/// What the fleet can see of a running member: readiness (`/readyz`). Its health is the
+/// `kubedirector_cluster_healthy` gauge, set by the pump.
 pub struct MemberHandle {
     pub context: String,
     pub stores_ready: Box<dyn Fn() -> bool + Send + Sync>,
-    pub healthy: Arc<AtomicBool>,
 }
 
 /// A member's parts, each built by the fleet.
@@ -67,6 +68,8 @@ pub struct Parts {
     pub hub: Arc<Hub>,
     pub metrics: Arc<Metrics>,
     pub shards: Option<Arc<Shards>>,
+    /// Admission, when it is on: this member's caches are registered there for its decisions.
+    pub worlds: Option<Arc<Worlds>>,
 }
 
 /// Runs one member cluster until `shutdown` resolves; in-flight reconciles finish first.
@@ -82,6 +85,7 @@ pub async fn run(
         hub,
         metrics,
         shards,
+        worlds,
     } = parts;
     let caches = cache::start(&client, &options.watch_namespace);
     let clusters = caches.clusters.clone();
@@ -132,9 +136,11 @@ pub async fn run(
         cluster_resource: cluster_resource.clone(),
         replica: options.replica.clone(),
         hub: hub.clone(),
+        apps: Default::default(),
     });
+    let admission = worlds.map(|w| admit(&w, &ctx, &clusters, &options));
     let healthy = Arc::new(AtomicBool::new(false));
-    register(handle(&ctx, &clusters, &healthy));
+    register(handle(&ctx, &clusters));
 
     let queue: WorkQueue<ClusterKey> = WorkQueue::new(options.backoff, seed());
     let pump = triggers::pump(streams, queue.clone(), healthy, metrics.clone(), context.clone());
@@ -169,10 +175,38 @@ pub async fn run(
     for task in tasks {
         task.abort();
     }
+    if let Some((worlds, task)) = admission {
+        worlds.remove(&context);
+        task.into_iter().for_each(|t| t.abort());
+    }
     metrics.cluster_healthy.get_or_create(&metrics.cluster(&context)).set(0);
     hub.deregister(&context);
     info!(%context, "member cluster stopped");
     Ok(())
+}
+
+/// Registers this member's caches for admission decisions (the same stores, see
+/// `admission::caches`); the task is admission's own watch, where it needs one.
+fn admit(
+    worlds: &Arc<Worlds>,
+    ctx: &Ctx,
+    clusters: &Store<DynamicObject>,
+    options: &Options,
+) -> (Arc<Worlds>, Option<JoinHandle<()>>) {
+    let stores = MemberStores {
+        apps: ctx.stores.apps.clone(),
+        clusters: clusters.clone(),
+        configs: ctx.stores.configs.clone(),
+        classes: ctx.stores.storage_classes.clone(),
+    };
+    let (caches, task) = Caches::over(
+        ctx.client.clone(),
+        options.operator_namespace.clone(),
+        options.watch_namespace.clone(),
+        stores,
+    );
+    worlds.insert(&ctx.context, caches);
+    (worlds.clone(), task)
 }
 
 fn recorder(client: &Client) -> Recorder {
@@ -186,7 +220,7 @@ fn recorder(client: &Client) -> Recorder {
 }
 
 /// Ready once the clusters' cache and every other cache hold their first list.
-fn handle(ctx: &Arc<Ctx>, clusters: &Store<DynamicObject>, healthy: &Arc<AtomicBool>) -> MemberHandle {
+fn handle(ctx: &Arc<Ctx>, clusters: &Store<DynamicObject>) -> MemberHandle {
     let (ctx, clusters) = (ctx.clone(), clusters.clone());
     MemberHandle {
         context: ctx.context.clone(),
@@ -194,7 +228,6 @@ fn handle(ctx: &Arc<Ctx>, clusters: &Store<DynamicObject>, healthy: &Arc<AtomicB
             let main_ready = futures::FutureExt::now_or_never(clusters.wait_until_ready()).is_some_and(|r| r.is_ok());
             main_ready && ctx.stores.ready().unwrap_or(false)
         }),
-        healthy: healthy.clone(),
     }
 }
 

@@ -321,6 +321,7 @@ impl<K: Clone + Eq + Hash + Ord + Send + Sync + 'static> WorkQueue<K> {
     }
 
     /// Consecutive failures of a key (0 when unknown).
+    #[cfg(test)]
     pub fn failures(&self, key: &K) -> u32 {
         self.inner.entries.get(key).map(|e| e.failures).unwrap_or(0)
     }

@@ -120,4 +120,6 @@ pub struct Ctx {
     pub guest: Arc<super::guest::Runner>,
     /// Every member cluster's caches and queue, for connections.
     pub hub: Arc<super::connections::Hub>,
+    /// Apps parsed and resolved, once per version.
+    pub apps: super::apps::ResolvedApps,
 }

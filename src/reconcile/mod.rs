@@ -1,6 +1,7 @@
 //! The I/O edge around the pure core: observe (caches) → plan (`model`) → apply (API writes).
 
 pub mod apply;
+pub mod apps;
 pub mod cluster;
 pub mod config;
 pub mod connections;

@@ -215,9 +215,19 @@ pub fn storage_classes(ctx: &Ctx) -> StorageClasses {
     classes
 }
 
-/// The app of a cluster: local catalog (the cluster's namespace), then the system catalog.
-pub fn find_app(ctx: &Ctx, ns: &str, app: &str, requested: Option<AppCatalog>) -> Result<ResolvedApp, String> {
-    find_app_in(&ctx.stores.apps, &ctx.operator_namespace, ns, app, requested)
+/// The app of a cluster: local catalog (the cluster's namespace), then the system catalog; parsed
+/// once per version of the app (`apps`).
+pub fn find_app(
+    ctx: &Ctx,
+    ns: &str,
+    app: &str,
+    requested: Option<AppCatalog>,
+) -> Result<std::sync::Arc<ResolvedApp>, String> {
+    let resource = ApiResource::erase::<KubeDirectorApp>(&());
+    let apps = &ctx.stores.apps;
+    let lookup = |catalog_ns: &str| apps.get(&ObjectRef::new_with(app, resource.clone()).within(catalog_ns));
+    let (catalog, obj) = catalog::choose_app(lookup, &ctx.operator_namespace, ns, app, requested)?;
+    ctx.apps.resolve(app, catalog, &obj)
 }
 
 /// `find_app` in any member cluster's app cache (connections read other members' clusters).

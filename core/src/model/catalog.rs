@@ -224,6 +224,18 @@ pub fn find_app(
     app: &str,
     requested: Option<AppCatalog>,
 ) -> Result<ResolvedApp, String> {
+    let (catalog, obj) = choose_app(lookup, operator_ns, ns, app, requested)?;
+    resolve_object(app, catalog, &obj)
+}
+
+/// Which catalog's object `find_app` reads (the first half of it: no parsing).
+pub fn choose_app(
+    lookup: impl Fn(&str) -> Option<Arc<DynamicObject>>,
+    operator_ns: &str,
+    ns: &str,
+    app: &str,
+    requested: Option<AppCatalog>,
+) -> Result<(AppCatalog, Arc<DynamicObject>), String> {
     let local = lookup(ns);
     let system = lookup(operator_ns);
     let catalog = choose_catalog(requested, local.is_some(), system.is_some()).ok_or_else(|| {
@@ -239,7 +251,12 @@ pub fn find_app(
         AppCatalog::System => system,
     }
     .ok_or_else(|| format!("spec.app: KubeDirectorApp {app:?} vanished"))?;
+    Ok((catalog, obj))
+}
+
+/// The second half of `find_app`: the chosen object parsed and resolved.
+pub fn resolve_object(app: &str, catalog: AppCatalog, obj: &DynamicObject) -> Result<ResolvedApp, String> {
     let parsed: KubeDirectorApp =
-        parse(&obj).map_err(|e| format!("spec.app: KubeDirectorApp {app:?} cannot be read: {e}"))?;
+        parse(obj).map_err(|e| format!("spec.app: KubeDirectorApp {app:?} cannot be read: {e}"))?;
     resolve_app(app, catalog, &parsed.spec).map_err(|e| format!("spec.app: KubeDirectorApp {app:?} is invalid: {e}"))
 }
