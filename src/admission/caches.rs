@@ -244,3 +244,66 @@ impl World for WithLiveClusters<'_> {
         self.caches.secret_exists(ns, name)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use kube::runtime::watcher::Event;
+
+    fn store_with(names: &[&str]) -> Store<DynamicObject> {
+        let ar = ApiResource::erase::<KubeDirectorCluster>(&());
+        let mut writer = reflector::store::Writer::new(ar.clone());
+        let store = writer.as_reader();
+        writer.apply_watcher_event(&Event::Init);
+        for name in names {
+            let obj = DynamicObject::new(name, &ar).within("ns");
+            writer.apply_watcher_event(&Event::InitApply(obj));
+        }
+        writer.apply_watcher_event(&Event::InitDone);
+        store
+    }
+
+    fn member(clusters: Store<DynamicObject>) -> MemberStores {
+        let empty = || store_with(&[]);
+        let (classes, mut w) = reflector::store::<StorageClass>();
+        w.apply_watcher_event(&Event::Init);
+        w.apply_watcher_event(&Event::InitDone);
+        MemberStores {
+            apps: empty(),
+            clusters,
+            configs: empty(),
+            classes,
+        }
+    }
+
+    fn client() -> Client {
+        let config = kube::Config::new("http://127.0.0.1:9".parse().expect("url"));
+        Client::try_from(config).expect("client")
+    }
+
+    #[tokio::test]
+    async fn without_a_watch_namespace_admission_reads_the_members_stores_and_watches_nothing() {
+        let (caches, task) = Caches::over(client(), "kd".into(), None, member(store_with(&["a", "b"])));
+        assert!(task.is_none(), "no watch of its own");
+        assert!(caches.ready());
+        let mut names: Vec<String> = caches.clusters().iter().map(|c| c.name_any()).collect();
+        names.sort();
+        assert_eq!(names, ["a", "b"]);
+    }
+
+    #[tokio::test]
+    async fn with_a_watch_namespace_the_clusters_of_every_namespace_are_watched_for_admission() {
+        let (caches, task) = Caches::over(
+            client(),
+            "kd".into(),
+            Some("ns".into()),
+            member(store_with(&["a"])),
+        );
+        let task = task.expect("its own watch of every namespace");
+        // Not the member's (one namespace's) store: refused until its own list arrives (here never:
+        // no API server answers).
+        assert!(caches.clusters().is_empty());
+        assert!(!caches.ready());
+        task.abort();
+    }
+}
