@@ -293,12 +293,7 @@ mod tests {
 
     #[tokio::test]
     async fn with_a_watch_namespace_the_clusters_of_every_namespace_are_watched_for_admission() {
-        let (caches, task) = Caches::over(
-            client(),
-            "kd".into(),
-            Some("ns".into()),
-            member(store_with(&["a"])),
-        );
+        let (caches, task) = Caches::over(client(), "kd".into(), Some("ns".into()), member(store_with(&["a"])));
         let task = task.expect("its own watch of every namespace");
         // Not the member's (one namespace's) store: refused until its own list arrives (here never:
         // no API server answers).
