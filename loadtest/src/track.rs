@@ -211,11 +211,12 @@ impl ReadyTimes {
     }
 }
 
-/// Feeds `times` from a watch of the operator's Services (labelled with their CR): a CR's time is
-/// when `services` distinct Services of it have been seen.
-pub fn watch_member_services(
+/// Feeds `times` from a watch of the Services carrying `label` (the operator's: their CR; the
+/// floor's: their group): a group's time is when `services` distinct Services of it have been seen.
+pub fn watch_services(
     client: Client,
     ns: &str,
+    label: &'static str,
     index: usize,
     services: usize,
     times: std::sync::Arc<ReadyTimes>,
@@ -223,7 +224,7 @@ pub fn watch_member_services(
     watch_groups::<Service>(
         client,
         ns,
-        kubedirector::model::labels::CLUSTER,
+        label,
         index,
         services,
         |_| true,
