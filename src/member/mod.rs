@@ -25,7 +25,7 @@ use crate::queue::coalesce::StatusCoalescer;
 use crate::queue::limiter::WriteBudget;
 use crate::reconcile::connections::{Hub, MemberView};
 use crate::reconcile::context::{ClusterKey, Ctx, EventLevel};
-use crate::reconcile::freshness::{Awaited, Superseded};
+use crate::reconcile::freshness::{Awaited, Settled, Superseded};
 use crate::reconcile::guest::{Limits, Runner};
 use crate::shard::manager::Shards;
 use crate::telemetry::metrics::Metrics;
@@ -97,7 +97,19 @@ pub async fn run(
         changes,
         ..
     } = caches;
-    let streams = triggers::streams(changes, &clusters, &context, &hub, &options.operator_namespace, woken);
+    let settled = Arc::new(Settled::default());
+    let streams = triggers::streams(
+        changes,
+        &clusters,
+        triggers::Own {
+            context: &context,
+            settled: &settled,
+            metrics: &metrics,
+        },
+        &hub,
+        &options.operator_namespace,
+        woken,
+    );
     // Before the hub hears of this member: a start that fails must leave nothing registered.
     let budget = WriteBudget::new(options.write_qps, options.write_burst)?;
     metrics.write_limit(&context, budget.rate());
@@ -127,6 +139,7 @@ pub async fn run(
         coalescer: StatusCoalescer::new(options.status_window),
         superseded: Superseded::new(Duration::from_secs(10)),
         awaited: Awaited::new(Duration::from_secs(5)),
+        settled,
         metrics: metrics.clone(),
         stores,
         operator_namespace: options.operator_namespace.clone(),

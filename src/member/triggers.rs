@@ -18,6 +18,7 @@ use crate::model::connections::{Kind, Target};
 use crate::queue::WorkQueue;
 use crate::reconcile::connections::Hub;
 use crate::reconcile::context::ClusterKey;
+use crate::reconcile::freshness::Settled;
 use crate::shard::manager::Shards;
 use crate::telemetry::metrics::Metrics;
 
@@ -38,6 +39,14 @@ pub(crate) fn all_keys(store: &Store<DynamicObject>) -> Vec<ClusterKey> {
         .collect()
 }
 
+/// This member, as its own cluster events are judged: its context, the versions it wrote with
+/// nothing left to do, and where the events it drops are counted.
+pub(crate) struct Own<'a> {
+    pub context: &'a str,
+    pub settled: &'a Arc<Settled<ClusterKey>>,
+    pub metrics: &'a Arc<Metrics>,
+}
+
 /// Who hears of a change: the cluster itself (and the connections hub); the clusters named by a
 /// child's label; the clusters using a changed app; every cluster for kd-global-config and
 /// StorageClasses; for a connected ConfigMap or Secret, the clusters connected to it in any member
@@ -45,7 +54,7 @@ pub(crate) fn all_keys(store: &Store<DynamicObject>) -> Vec<ClusterKey> {
 pub(crate) fn streams(
     changes: Changes,
     clusters: &Store<DynamicObject>,
-    context: &str,
+    own: Own<'_>,
     hub: &Arc<Hub>,
     system_ns: &str,
     woken: mpsc::UnboundedReceiver<ClusterKey>,
@@ -59,6 +68,7 @@ pub(crate) fn streams(
         configmaps,
         secrets,
     } = changes;
+    let context = own.context;
     let by_app = using_app(clusters.clone(), system_ns.to_string());
     let (for_configs, for_classes) = (clusters.clone(), clusters.clone());
     let connected = |kind: Kind| {
@@ -78,7 +88,7 @@ pub(crate) fn streams(
         woken,
         |mut rx| async move { rx.recv().await.map(|k| (Ok(vec![k]), rx)) },
     );
-    let mut streams = vec![cluster_keys(cluster_events, clusters.clone(), context, hub.clone())];
+    let mut streams = vec![cluster_keys(cluster_events, clusters.clone(), &own, hub.clone())];
     streams.extend(children);
     streams.extend([
         apps.map(move |r| r.map(&by_app)).boxed(),
@@ -92,18 +102,35 @@ pub(crate) fn streams(
 }
 
 /// A cluster's own events, told to the hub too. On the end of a (re-)list, every cluster of the
-/// then-complete store.
+/// then-complete store. The event of a version this process wrote with nothing left to do starts
+/// no reconcile (`Settled`); the hub still hears of it.
 fn cluster_keys(
     events: BoxStream<'static, Result<watcher::Event<DynamicObject>, watcher::Error>>,
     clusters: Store<DynamicObject>,
-    context: &str,
+    own: &Own<'_>,
     hub: Arc<Hub>,
 ) -> Events {
-    let context = context.to_string();
+    let context = own.context.to_string();
+    let (settled, metrics) = (own.settled.clone(), own.metrics.clone());
     events
         .map(move |r| {
             r.map(|event| match event {
-                watcher::Event::Apply(c) | watcher::Event::InitApply(c) => {
+                watcher::Event::Apply(c) => {
+                    hub.cluster_applied(&context, &c);
+                    let key = key_of(c.namespace(), c.name_any());
+                    let version = c.resource_version().unwrap_or_default();
+                    match key {
+                        Some(k) if settled.settled(&k, &version) => {
+                            metrics
+                                .reconciles_settled
+                                .get_or_create(&metrics.cluster(&context))
+                                .inc();
+                            Vec::new()
+                        }
+                        key => key.into_iter().collect(),
+                    }
+                }
+                watcher::Event::InitApply(c) => {
                     hub.cluster_applied(&context, &c);
                     key_of(c.namespace(), c.name_any()).into_iter().collect()
                 }

@@ -45,6 +45,7 @@ impl Worker {
             ctx.coalescer.forget(&key);
             ctx.superseded.forget(&key);
             ctx.awaited.forget(&key);
+            ctx.settled.forget(&key);
             return;
         };
         // Sharded: only while this replica holds the key's shard, and never past its renew

@@ -98,6 +98,33 @@ fn observe_answer<T>(ctx: &Ctx, latency: std::time::Duration, result: &Result<T,
     }
 }
 
+/// Whether the cached child is `desired` already (no write): the same digest, and owned. A child
+/// nothing owns (restored by a backup tool without its owner) is applied again, which gives it the
+/// cluster as owner.
+pub fn is_current<K: Resource>(desired: &K, current: &ChildState) -> bool {
+    let want = desired
+        .meta()
+        .annotations
+        .as_ref()
+        .and_then(|a| a.get(labels::SPEC_HASH));
+    current.spec_hash.as_ref() == want && current.owner_uid.is_some()
+}
+
+/// Whether the cached StatefulSet is `desired` already: owned, and nothing to update.
+pub fn is_current_statefulset(desired: &StatefulSet, current: &StatefulSetState) -> bool {
+    current.owner_uid.is_some() && statefulset_update(desired, current).is_empty()
+}
+
+fn statefulset_update(desired: &StatefulSet, current: &StatefulSetState) -> rollout::Update {
+    let replicas = desired.spec.as_ref().and_then(|s| s.replicas).unwrap_or(0);
+    let inputs = desired
+        .annotations()
+        .get(labels::ROLE_INPUTS)
+        .map(String::as_str)
+        .unwrap_or_default();
+    rollout::update(&current.existing, replicas, inputs)
+}
+
 /// Applies `desired` unless the cache shows the same digest. Refuses to touch an object that another
 /// owner controls (a name collision must not hijack someone else's StatefulSet).
 pub async fn ensure<K>(
@@ -126,14 +153,7 @@ where
                 name,
             });
         }
-        let want = desired
-            .meta()
-            .annotations
-            .as_ref()
-            .and_then(|a| a.get(labels::SPEC_HASH));
-        // A child nothing owns (restored by a backup tool without its owner) is applied again,
-        // which gives it the cluster as owner.
-        if current.spec_hash.as_ref() == want && current.owner_uid.is_some() {
+        if is_current(desired, current) {
             writes.skipped += 1;
             ctx.metrics
                 .writes_skipped
@@ -216,16 +236,10 @@ pub async fn ensure_statefulset(
         });
     }
     let spec = desired.spec.as_ref();
-    let replicas = spec.and_then(|s| s.replicas).unwrap_or(0);
-    let inputs = desired
-        .annotations()
-        .get(labels::ROLE_INPUTS)
-        .cloned()
-        .unwrap_or_default();
     if current.owner_uid.is_none() {
         adopt_statefulset(ctx, ns, &name, desired).await?;
     }
-    let update = rollout::update(&current.existing, replicas, &inputs);
+    let update = statefulset_update(desired, current);
     if update.is_empty() {
         writes.skipped += 1;
         ctx.metrics
@@ -364,7 +378,8 @@ async fn adopt_statefulset(ctx: &Ctx, ns: &str, name: &str, desired: &StatefulSe
 
 /// Replaces the status through the status subresource. The object carries the resourceVersion we
 /// read, so a stale view fails with a conflict instead of overwriting a newer status.
-pub async fn replace_status(ctx: &Ctx, obj: &DynamicObject, status: &impl Serialize) -> Result<(), Error> {
+/// Replaces the status (conditional on the resourceVersion read); returns the object as written.
+pub async fn replace_status(ctx: &Ctx, obj: &DynamicObject, status: &impl Serialize) -> Result<DynamicObject, Error> {
     let mut updated = obj.clone();
     updated.data["status"] =
         serde_json::to_value(status).map_err(|source| Error::Serialize { what: "status", source })?;
@@ -375,7 +390,6 @@ pub async fn replace_status(ctx: &Ctx, obj: &DynamicObject, status: &impl Serial
     let call = api.replace_status(&name, &params, &updated);
     write(ctx, "update_status", CLUSTER_KIND, &name, call)
         .await
-        .map(|_| ())
         .map_err(gone)
 }
 

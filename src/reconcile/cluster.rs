@@ -330,6 +330,7 @@ async fn attempt(obj: Arc<DynamicObject>, ctx: &Ctx, turn: Turn) -> Result<Step,
         ctx.coalescer.forget(&key);
         ctx.superseded.forget(&key);
         ctx.awaited.forget(&key);
+        ctx.settled.forget(&key);
         return Ok(Step::Done(Outcome::Done));
     }
     let has_finalizer = finalizers.iter().any(|f| f == FINALIZER);
@@ -380,7 +381,8 @@ async fn attempt(obj: Arc<DynamicObject>, ctx: &Ctx, turn: Turn) -> Result<Step,
         ctx.guest.fill(&ns, &p.roles, &mut observed);
     }
     let uid = obj.uid().unwrap_or_default();
-    let plan = plan::plan_cluster(&ClusterInput {
+    let salt = token_salt();
+    let input = ClusterInput {
         name: &name,
         namespace: &ns,
         uid: &uid,
@@ -393,8 +395,9 @@ async fn attempt(obj: Arc<DynamicObject>, ctx: &Ctx, turn: Turn) -> Result<Step,
         observed: &observed,
         connections: &connected,
         now: now(),
-        token_salt: &token_salt(),
-    });
+        token_salt: &salt,
+    };
+    let plan = plan::plan_cluster(&input);
     if !plan.errors.is_empty() {
         return block(ctx, &obj, "InvalidSpec", validate::describe(&plan.errors))
             .await
@@ -404,6 +407,12 @@ async fn attempt(obj: Arc<DynamicObject>, ctx: &Ctx, turn: Turn) -> Result<Step,
     if turn == Turn::Wait && creates(&plan, &children) {
         return Ok(Step::NeedsTurn);
     }
+    // Judged only for a status that will be written (planning twice costs a plan).
+    let settles = if prev.as_ref() != Some(&plan.status) {
+        settles(&input, &plan, &children, has_finalizer)
+    } else {
+        None
+    };
     let done = Planned {
         obj,
         key,
@@ -415,6 +424,7 @@ async fn attempt(obj: Arc<DynamicObject>, ctx: &Ctx, turn: Turn) -> Result<Step,
         prev,
         settings,
         children,
+        settles,
     };
     write_plan(ctx, done, plan).await.map(Step::Done)
 }
@@ -431,6 +441,58 @@ struct Planned {
     prev: Option<KubeDirectorClusterStatus>,
     settings: Settings,
     children: observe::Children,
+    /// Nothing left to do once this status is stored (`settles`).
+    settles: Option<KubeDirectorClusterStatus>,
+}
+
+/// Whether the reconcile after this plan's status write would write nothing: the plan writes only
+/// its status (every child as desired, nothing to delete, to own or to run in a member), no guest
+/// result waits to be recorded, and the planner, run again on that status with the same children,
+/// gives the same status and writes nothing either. A guest result is left out because recording
+/// it changes what the next reconcile observes (`guest::Runner::fill`). Returns the status as the
+/// next reconcile will read it back (through JSON: times are stored to the second), if so.
+fn settles(
+    input: &ClusterInput<'_>,
+    plan: &plan::ClusterPlan,
+    children: &observe::Children,
+    has_finalizer: bool,
+) -> Option<KubeDirectorClusterStatus> {
+    let quiet = |p: &plan::ClusterPlan| {
+        p.errors.is_empty()
+            && p.guest_work.is_empty()
+            && p.delete_services.is_empty()
+            && p.delete_pvcs.is_empty()
+            && !p
+                .delete_statefulsets
+                .iter()
+                .any(|s| children.statefulsets.contains_key(s))
+            && p.statefulsets.iter().all(|s| {
+                children
+                    .statefulsets
+                    .get(&s.name_any())
+                    .is_some_and(|c| apply::is_current_statefulset(s, c))
+            })
+            && p.headless.iter().chain(&p.member_services).all(|s| {
+                children
+                    .services
+                    .get(&s.name_any())
+                    .is_some_and(|c| apply::is_current(s, c))
+            })
+    };
+    let o = input.observed;
+    let no_guest_results = o.setups.is_empty() && o.notified.is_empty() && o.refreshed.is_empty();
+    if !(has_finalizer && no_guest_results && children.unowned_pvcs.is_empty() && quiet(plan)) {
+        return None;
+    }
+    let stored: KubeDirectorClusterStatus = serde_json::to_value(&plan.status)
+        .and_then(serde_json::from_value)
+        .ok()?;
+    let again = plan::plan_cluster(&ClusterInput {
+        prev: Some(&stored),
+        now: input.now.clone(),
+        ..*input
+    });
+    (again.status == stored && quiet(&again)).then_some(stored)
 }
 
 /// Whether the plan creates a child (a StatefulSet or Service the caches do not hold).
@@ -460,6 +522,7 @@ async fn write_plan(ctx: &Ctx, done: Planned, mut plan: plan::ClusterPlan) -> Re
         prev,
         settings,
         children,
+        settles,
     } = done;
     // The finalizer goes out together with the first children, not a round trip ahead of them.
     let (applied, finalized) = futures::join!(
@@ -511,9 +574,17 @@ async fn write_plan(ctx: &Ctx, done: Planned, mut plan: plan::ClusterPlan) -> Re
                 .inc();
             return Ok(Outcome::Throttled(wait));
         }
-        apply::replace_status(ctx, &obj, &plan.status).await?;
+        let written = apply::replace_status(ctx, &obj, &plan.status).await?;
         ctx.coalescer.wrote(&key, now);
         ctx.superseded.wrote_over(&key, &version, now);
+        // The next reconcile would read back exactly this status (as the server stored it) and
+        // find nothing to do: its watch event need not start one.
+        let stored = observe::parse(&written)
+            .ok()
+            .and_then(|c: KubeDirectorCluster| c.status);
+        if settles.is_some() && stored == settles {
+            ctx.settled.note(&key, &written.resource_version().unwrap_or_default());
+        }
         let (before, after) = (prev.as_ref().and_then(|s| s.state), plan.status.state);
         let show = |s: Option<ClusterState>| {
             s.map(|s| format!("{s:?}").to_lowercase())

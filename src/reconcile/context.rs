@@ -104,6 +104,8 @@ pub struct Ctx {
     pub superseded: super::freshness::Superseded<ClusterKey>,
     /// Children this process created, not yet in the caches: not to be planned without.
     pub awaited: super::freshness::Awaited<ClusterKey>,
+    /// Versions this process wrote with nothing left to do: their watch events start no reconcile.
+    pub settled: Arc<super::freshness::Settled<ClusterKey>>,
     pub metrics: Arc<Metrics>,
     pub stores: Stores,
     /// Holds the system app catalog and kd-global-config.

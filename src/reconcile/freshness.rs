@@ -103,9 +103,64 @@ impl<K: Eq + Hash + Clone> Awaited<K> {
     }
 }
 
+/// Versions of clusters this process wrote itself and from which a reconcile would write nothing:
+/// the planner, run again on the status it just wrote with the same children, changed nothing
+/// (`cluster::settles`). The watch event of such a version starts no reconcile; it would only read
+/// and plan. Every other version (a user's edit, another writer's, one we did not judge) reconciles
+/// as before. One version per key, the latest noted; the next event of the key clears it, whichever
+/// version it carries (an event that came before the note leaves a version no event will match).
+pub struct Settled<K> {
+    versions: DashMap<K, String>,
+}
+
+impl<K: Eq + Hash + Clone> Default for Settled<K> {
+    fn default() -> Self {
+        Self {
+            versions: DashMap::new(),
+        }
+    }
+}
+
+impl<K: Eq + Hash + Clone> Settled<K> {
+    /// This process wrote `resource_version` of `key`, and it is a fixpoint of the planner.
+    pub fn note(&self, key: &K, resource_version: &str) {
+        self.versions.insert(key.clone(), resource_version.to_string());
+    }
+
+    /// An event of `key` at `resource_version`: whether it is the settled version (no reconcile
+    /// needed). Forgets the key either way.
+    pub fn settled(&self, key: &K, resource_version: &str) -> bool {
+        self.versions
+            .remove(key)
+            .is_some_and(|(_, noted)| noted == resource_version)
+    }
+
+    pub fn forget(&self, key: &K) {
+        self.versions.remove(key);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_the_noted_version_is_settled_and_only_once() {
+        let s = Settled::default();
+        assert!(!s.settled(&"k", "7"), "nothing noted");
+        s.note(&"k", "7");
+        assert!(!s.settled(&"other", "7"), "another key");
+        assert!(s.settled(&"k", "7"));
+        assert!(!s.settled(&"k", "7"), "one event per note");
+        // Our version's event came before the note (the watch can beat the write's answer): the
+        // next event, a user's edit, reconciles, and takes the note with it.
+        s.note(&"k", "9");
+        assert!(!s.settled(&"k", "10"));
+        assert!(!s.settled(&"k", "9"));
+        s.note(&"k", "11");
+        s.forget(&"k");
+        assert!(!s.settled(&"k", "11"), "forgotten with the cluster");
+    }
 
     #[test]
     fn only_the_replaced_version_is_stale_and_only_for_a_while() {

@@ -57,6 +57,8 @@ pub struct Metrics {
     pub writes_coalesced: Family<ClusterLabels, Counter>,
     pub writes_skipped: Family<ClusterLabels, Counter>,
     pub events_skipped: Family<ClusterLabels, Counter>,
+    /// Watch events of the operator's own status writes that started no reconcile (`Settled`).
+    pub reconciles_settled: Family<ClusterLabels, Counter>,
     pub api_errors: Family<ErrorLabels, Counter>,
     /// The adaptive write budget's current rate, by member cluster.
     pub write_limit: Family<ClusterLabels, Gauge<f64, AtomicU64>>,
@@ -92,6 +94,7 @@ impl Metrics {
             writes_coalesced: Family::default(),
             writes_skipped: Family::default(),
             events_skipped: Family::default(),
+            reconciles_settled: Family::default(),
             api_errors: Family::default(),
             write_limit: Family::default(),
             cluster_healthy: Family::default(),
@@ -135,6 +138,11 @@ impl Metrics {
             "writes_skipped",
             "Writes not issued because the object already matched",
             m.writes_skipped.clone(),
+        );
+        registry.register(
+            "reconciles_settled",
+            "Watch events of the operator's own status writes that started no reconcile (nothing left to do)",
+            m.reconciles_settled.clone(),
         );
         registry.register(
             "api_errors",

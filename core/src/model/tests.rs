@@ -518,6 +518,27 @@ fn without_setup_app() -> ResolvedApp {
     app
 }
 
+/// What lets a reconcile skip the watch event of its own `configured` write (`settles` in
+/// reconcile/cluster.rs): planned again from the status it produced, with the same pods, the plan
+/// is the same. (`settles` checks this at run time for each write; this shows it holds where it
+/// matters most.)
+#[test]
+fn a_configured_status_planned_again_with_the_same_pods_is_a_fixpoint() {
+    let cluster = centos_cluster();
+    let app = without_setup_app();
+    let p1 = plan(&cluster, &app, None, &Observed::default());
+    let running = all_running(&p1, "a");
+    let p2 = plan(&cluster, &app, Some(&p1.status), &running);
+    assert_eq!(p2.status.state, Some(ClusterState::Configured));
+    assert_ne!(p2.status, p1.status, "the configured write is a write");
+    let p3 = plan(&cluster, &app, Some(&p2.status), &running);
+    assert_eq!(p3.status, p2.status);
+    assert_eq!(p3.statefulsets, p2.statefulsets);
+    assert_eq!(p3.member_services, p2.member_services);
+    assert_eq!(p3.headless, p2.headless);
+    assert!(p3.guest_work.is_empty() && p3.delete_services.is_empty() && p3.delete_pvcs.is_empty());
+}
+
 #[test]
 fn expand_shrink_and_restart() {
     let mut cluster = centos_cluster();
