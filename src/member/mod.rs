@@ -98,18 +98,12 @@ pub async fn run(
         ..
     } = caches;
     let settled = Arc::new(Settled::default());
-    let streams = triggers::streams(
-        changes,
-        &clusters,
-        triggers::Own {
-            context: &context,
-            settled: &settled,
-            metrics: &metrics,
-        },
-        &hub,
-        &options.operator_namespace,
-        woken,
-    );
+    let own = triggers::Own {
+        context: &context,
+        settled: &settled,
+        metrics: &metrics,
+    };
+    let streams = triggers::streams(changes, &clusters, own, &hub, &options.operator_namespace, woken);
     // Before the hub hears of this member: a start that fails must leave nothing registered.
     let budget = WriteBudget::new(options.write_qps, options.write_burst)?;
     metrics.write_limit(&context, budget.rate());

@@ -299,6 +299,24 @@ enum Step {
     NeedsTurn,
 }
 
+/// A cluster being deleted: its finalizer goes, and this process forgets it. Children are owned by
+/// the cluster: the garbage collector removes them once it is gone.
+async fn deleted(ctx: &Ctx, obj: &DynamicObject, key: &ClusterKey) -> Result<Outcome, Error> {
+    let finalizers = obj.finalizers().to_vec();
+    if finalizers.iter().any(|f| f == FINALIZER) {
+        apply::set_finalizers(ctx, obj, finalizers.into_iter().filter(|f| f != FINALIZER).collect()).await?;
+        info!(context = %ctx.context, cluster = %key.name, namespace = %key.namespace, "finalizer removed");
+    }
+    if let Some(prev) = previous_status(obj).readable() {
+        ctx.guest.forget(&key.namespace, &prev.roles);
+    }
+    ctx.coalescer.forget(key);
+    ctx.superseded.forget(key);
+    ctx.awaited.forget(key);
+    ctx.settled.forget(key);
+    Ok(Outcome::Done)
+}
+
 /// Everything up to the plan; then, unless it must wait for a turn, the plan's writes.
 async fn attempt(obj: Arc<DynamicObject>, ctx: &Ctx, turn: Turn) -> Result<Step, Error> {
     if !ctx.stores.ready()? {
@@ -316,24 +334,10 @@ async fn attempt(obj: Arc<DynamicObject>, ctx: &Ctx, turn: Turn) -> Result<Step,
         debug!(context = %ctx.context, cluster = %name, namespace = %ns, "cache still holds the version we wrote over; waiting for the watch");
         return Ok(Step::Done(Outcome::Throttled(Duration::from_millis(50))));
     }
-    let finalizers = obj.finalizers().to_vec();
-
     if obj.meta().deletion_timestamp.is_some() {
-        // Children are owned by the cluster: the garbage collector removes them once it is gone.
-        if finalizers.iter().any(|f| f == FINALIZER) {
-            apply::set_finalizers(ctx, &obj, finalizers.into_iter().filter(|f| f != FINALIZER).collect()).await?;
-            info!(context = %ctx.context, cluster = %name, namespace = %ns, "finalizer removed");
-        }
-        if let Some(prev) = previous_status(&obj).readable() {
-            ctx.guest.forget(&ns, &prev.roles);
-        }
-        ctx.coalescer.forget(&key);
-        ctx.superseded.forget(&key);
-        ctx.awaited.forget(&key);
-        ctx.settled.forget(&key);
-        return Ok(Step::Done(Outcome::Done));
+        return deleted(ctx, &obj, &key).await.map(Step::Done);
     }
-    let has_finalizer = finalizers.iter().any(|f| f == FINALIZER);
+    let has_finalizer = obj.finalizers().iter().any(|f| f == FINALIZER);
     if ctx
         .awaited
         .waiting(&key, |id| observe::cached(ctx, &ns, id), tokio::time::Instant::now())
