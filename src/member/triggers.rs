@@ -88,9 +88,8 @@ pub(crate) fn streams(
         woken,
         |mut rx| async move { rx.recv().await.map(|k| (Ok(vec![k]), rx)) },
     );
-    let mut streams = vec![cluster_keys(cluster_events, clusters.clone(), &own, hub.clone())];
-    streams.extend(children);
-    streams.extend([
+    let mut others = children;
+    others.extend([
         apps.map(move |r| r.map(&by_app)).boxed(),
         configs.map(move |r| r.map(|_| all_keys(&for_configs))).boxed(),
         storage_classes.map(move |r| r.map(|_| all_keys(&for_classes))).boxed(),
@@ -98,6 +97,17 @@ pub(crate) fn streams(
         secrets.map(move |r| r.map(&on_secret)).boxed(),
         woken.boxed(),
     ]);
+    let mut streams = vec![cluster_keys(cluster_events, clusters.clone(), &own, hub.clone())];
+    // Anything else that concerns a cluster means its next reconcile has something to look at.
+    streams.extend(others.into_iter().map(|s| {
+        let settled = own.settled.clone();
+        s.inspect(move |r| {
+            for k in r.iter().flatten() {
+                settled.touch(k);
+            }
+        })
+        .boxed()
+    }));
     streams
 }
 

@@ -330,6 +330,17 @@ async fn attempt(obj: Arc<DynamicObject>, ctx: &Ctx, turn: Turn) -> Result<Step,
         name: name.clone(),
     };
     let version = obj.resource_version().unwrap_or_default();
+    // Before anything is observed: what touches the key from here on voids a note (`Settled`).
+    let epoch = ctx.settled.epoch(&key);
+    if ctx.settled.take(&key, &version) {
+        // Queued by our own write's event, which came before the write's answer (`Settled`).
+        debug!(context = %ctx.context, cluster = %name, namespace = %ns, "the version we wrote leaves nothing to do");
+        ctx.metrics
+            .reconciles_settled
+            .get_or_create(&ctx.metrics.cluster(&ctx.context))
+            .inc();
+        return Ok(Step::Done(Outcome::RequeueAfter(RESYNC)));
+    }
     if ctx.superseded.is_stale(&key, &version, tokio::time::Instant::now()) {
         debug!(context = %ctx.context, cluster = %name, namespace = %ns, "cache still holds the version we wrote over; waiting for the watch");
         return Ok(Step::Done(Outcome::Throttled(Duration::from_millis(50))));
@@ -429,6 +440,7 @@ async fn attempt(obj: Arc<DynamicObject>, ctx: &Ctx, turn: Turn) -> Result<Step,
         settings,
         children,
         settles,
+        epoch,
     };
     write_plan(ctx, done, plan).await.map(Step::Done)
 }
@@ -447,6 +459,8 @@ struct Planned {
     children: observe::Children,
     /// Nothing left to do once this status is stored (`settles`).
     settles: Option<KubeDirectorClusterStatus>,
+    /// `Settled::epoch` before anything was observed.
+    epoch: u64,
 }
 
 /// Whether the reconcile after this plan's status write would write nothing: the plan writes only
@@ -527,6 +541,7 @@ async fn write_plan(ctx: &Ctx, done: Planned, mut plan: plan::ClusterPlan) -> Re
         settings,
         children,
         settles,
+        epoch,
     } = done;
     // The finalizer goes out together with the first children, not a round trip ahead of them.
     let (applied, finalized) = futures::join!(
@@ -587,7 +602,8 @@ async fn write_plan(ctx: &Ctx, done: Planned, mut plan: plan::ClusterPlan) -> Re
             .ok()
             .and_then(|c: KubeDirectorCluster| c.status);
         if settles.is_some() && stored == settles {
-            ctx.settled.note(&key, &written.resource_version().unwrap_or_default());
+            ctx.settled
+                .note(&key, &written.resource_version().unwrap_or_default(), epoch);
         }
         let (before, after) = (prev.as_ref().and_then(|s| s.state), plan.status.state);
         let show = |s: Option<ClusterState>| {

@@ -107,36 +107,73 @@ impl<K: Eq + Hash + Clone> Awaited<K> {
 /// the planner, run again on the status it just wrote with the same children, changed nothing
 /// (`cluster::settles`). The watch event of such a version starts no reconcile; it would only read
 /// and plan. Every other version (a user's edit, another writer's, one we did not judge) reconciles
-/// as before. One version per key, the latest noted; the next event of the key clears it, whichever
-/// version it carries (an event that came before the note leaves a version no event will match).
+/// as before.
+///
+/// "The same children" is kept honest by an epoch per key, raised by every event that concerns the
+/// cluster other than its own (children, apps, configs, connected objects, finished guest commands:
+/// `touch`). A reconcile reads the epoch before it observes (`epoch`); its note counts only while
+/// the epoch is unchanged. So a pod that became Ready while the reconcile was planning from the
+/// pod's older state voids the note, and the reconcile that event queued runs.
+///
+/// The watch can deliver our version before the write's answer is back, so before the note: the key
+/// is then queued behind the reconcile that wrote it, which notes the version before it ends; the
+/// reconcile queued behind it finds its object at the noted version and ends at once (`take`).
 pub struct Settled<K> {
-    versions: DashMap<K, String>,
+    /// Per key: the version noted, and the epoch its plan was made at.
+    versions: DashMap<K, (String, u64)>,
+    epochs: DashMap<K, u64>,
 }
 
 impl<K: Eq + Hash + Clone> Default for Settled<K> {
     fn default() -> Self {
         Self {
             versions: DashMap::new(),
+            epochs: DashMap::new(),
         }
     }
 }
 
 impl<K: Eq + Hash + Clone> Settled<K> {
-    /// This process wrote `resource_version` of `key`, and it is a fixpoint of the planner.
-    pub fn note(&self, key: &K, resource_version: &str) {
-        self.versions.insert(key.clone(), resource_version.to_string());
+    /// Something other than the cluster itself changed for `key`.
+    pub fn touch(&self, key: &K) {
+        *self.epochs.entry(key.clone()).or_insert(0) += 1;
+    }
+
+    /// Read before a reconcile observes anything.
+    pub fn epoch(&self, key: &K) -> u64 {
+        self.epochs.get(key).map_or(0, |e| *e)
+    }
+
+    /// This process wrote `resource_version` of `key` from a plan made at `epoch`, and it is a
+    /// fixpoint of the planner. Not noted if something touched the key since.
+    pub fn note(&self, key: &K, resource_version: &str, epoch: u64) {
+        if self.epoch(key) == epoch {
+            self.versions.insert(key.clone(), (resource_version.to_string(), epoch));
+        }
     }
 
     /// An event of `key` at `resource_version`: whether it is the settled version (no reconcile
-    /// needed). Forgets the key either way.
+    /// needed). Forgets the note either way.
     pub fn settled(&self, key: &K, resource_version: &str) -> bool {
+        let current = self.epoch(key);
         self.versions
             .remove(key)
-            .is_some_and(|(_, noted)| noted == resource_version)
+            .is_some_and(|(_, (noted, epoch))| noted == resource_version && epoch == current)
+    }
+
+    /// A reconcile of `key` about to plan from `resource_version`: whether it is the settled version
+    /// (the reconcile has nothing to do). Forgets the note only then: a reconcile of an older
+    /// version (the watch not there yet) leaves it for the event.
+    pub fn take(&self, key: &K, resource_version: &str) -> bool {
+        let current = self.epoch(key);
+        self.versions
+            .remove_if(key, |_, (noted, epoch)| noted == resource_version && *epoch == current)
+            .is_some()
     }
 
     pub fn forget(&self, key: &K) {
         self.versions.remove(key);
+        self.epochs.remove(key);
     }
 }
 
@@ -148,18 +185,49 @@ mod tests {
     fn only_the_noted_version_is_settled_and_only_once() {
         let s = Settled::default();
         assert!(!s.settled(&"k", "7"), "nothing noted");
-        s.note(&"k", "7");
+        s.note(&"k", "7", 0);
         assert!(!s.settled(&"other", "7"), "another key");
         assert!(s.settled(&"k", "7"));
         assert!(!s.settled(&"k", "7"), "one event per note");
         // Our version's event came before the note (the watch can beat the write's answer): the
         // next event, a user's edit, reconciles, and takes the note with it.
-        s.note(&"k", "9");
+        s.note(&"k", "9", 0);
         assert!(!s.settled(&"k", "10"));
         assert!(!s.settled(&"k", "9"));
-        s.note(&"k", "11");
+        s.note(&"k", "11", 0);
         s.forget(&"k");
         assert!(!s.settled(&"k", "11"), "forgotten with the cluster");
+    }
+
+    #[test]
+    fn a_reconcile_queued_behind_the_write_takes_the_note_only_at_that_version() {
+        let s = Settled::default();
+        s.note(&"k", "7", 0);
+        assert!(!s.take(&"k", "6"), "an older version in the cache");
+        assert!(s.take(&"k", "7"), "the note stayed for the settled version");
+        assert!(!s.take(&"k", "7"), "taken once");
+        assert!(!s.settled(&"k", "7"), "and not left for the event");
+    }
+
+    #[test]
+    fn a_child_event_during_the_plan_voids_the_note() {
+        let s = Settled::default();
+        // A pod became Ready after the reconcile observed it not Ready, before the write's answer.
+        let epoch = s.epoch(&"k");
+        s.touch(&"k");
+        s.note(&"k", "7", epoch);
+        assert!(!s.take(&"k", "7"), "the reconcile the pod event queued runs");
+        assert!(!s.settled(&"k", "7"));
+        // A touch after the note, before our version's event or the queued reconcile.
+        let epoch = s.epoch(&"k");
+        s.note(&"k", "8", epoch);
+        s.touch(&"k");
+        assert!(!s.take(&"k", "8"));
+        assert!(!s.settled(&"k", "8"));
+        // Untouched: settled.
+        let epoch = s.epoch(&"k");
+        s.note(&"k", "9", epoch);
+        assert!(s.settled(&"k", "9"));
     }
 
     #[test]
