@@ -384,10 +384,18 @@ impl Replicas {
 
     /// Each live replica's `kubedirector_cached_objects`, summed over clusters and kinds.
     pub async fn cached_objects(&self) -> anyhow::Result<Vec<(String, f64)>> {
+        self.cached(None).await
+    }
+
+    /// Each live replica's `kubedirector_cached_objects` of `kind` (every kind if `None`), summed
+    /// over clusters.
+    pub async fn cached(&self, kind: Option<&str>) -> anyhow::Result<Vec<(String, f64)>> {
         let mut out = Vec::new();
         for i in self.live.clone() {
             let text = self.get(i, "/metrics").await?;
-            let n = stats::sum(&stats::parse(&text), "kubedirector_cached_objects", |_| true);
+            let n = stats::sum(&stats::parse(&text), "kubedirector_cached_objects", |l| {
+                kind.is_none_or(|k| l.get("kind").map(String::as_str) == Some(k))
+            });
             out.push((self.all[i].id.clone(), n));
         }
         Ok(out)

@@ -25,6 +25,9 @@ pub struct Report {
     pub writes: Writes,
     pub queue_wait_p99_seconds: f64,
     pub replicas: Vec<ReplicaFigures>,
+    /// Pods cached by each live replica when every CR was configured (the caches are divided by
+    /// shard: together they should hold each member's pods once, ± a handover in progress).
+    pub cached_pods: Result<CachedPods, String>,
     pub failover: Option<Failover>,
     pub overlaps: usize,
     pub overlap_examples: Vec<String>,
@@ -35,6 +38,14 @@ pub struct Report {
     pub floor_credentials: String,
     /// API Priority and Fairness queue wait by priority level, per phase (create, floor).
     pub apf_wait: BTreeMap<String, BTreeMap<String, ApfWait>>,
+}
+
+#[derive(Clone, Debug, Serialize, PartialEq)]
+pub struct CachedPods {
+    /// Members (pods) of the workload.
+    pub members: u32,
+    pub per_replica: Vec<(String, f64)>,
+    pub sum: f64,
 }
 
 /// `apiserver_flowcontrol_request_wait_duration_seconds` of one priority level in a window.
@@ -225,6 +236,18 @@ impl Report {
                 r.cpu_seconds,
                 r.peak_rss_bytes as f64 / 1048576.0
             ));
+        }
+        match &self.cached_pods {
+            Ok(c) => {
+                let each: Vec<String> = c.per_replica.iter().map(|(id, n)| format!("{id} {n:.0}")).collect();
+                md.push_str(&format!(
+                    "\nPods cached when every CR was configured: {:.0} over the replicas for {} members ({})\n",
+                    c.sum,
+                    c.members,
+                    each.join(", ")
+                ));
+            }
+            Err(why) => md.push_str(&format!("\nPods cached when every CR was configured: {why}\n")),
         }
         match &self.failover {
             Some(f) => {

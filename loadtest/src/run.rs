@@ -595,6 +595,17 @@ async fn measure(b: &Bench<'_>) -> anyhow::Result<Report> {
     let create_done = tracker.take_done();
     phase_secs.insert("create".to_string(), t0.elapsed().as_secs_f64());
     let create_to = now_us();
+    // The replicas refresh the cache gauges every 5 s.
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    // A replica just killed by the chaos may not answer: then the figure is missing, and says so.
+    let cached_pods = match replicas.lock().await.cached(Some("Pod")).await {
+        Ok(per_replica) => Ok(report::CachedPods {
+            members: w.members,
+            sum: per_replica.iter().map(|(_, n)| n).sum(),
+            per_replica,
+        }),
+        Err(e) => Err(format!("not read: {e:#}")),
+    };
     let apf_create = apf_window(&apf_histograms(clients).await?, &apf_create_before);
 
     // Churn.
@@ -889,6 +900,7 @@ async fn measure(b: &Bench<'_>) -> anyhow::Result<Report> {
         writes,
         queue_wait_p99_seconds: queue_wait_p99,
         replicas: per_slot.into_values().collect(),
+        cached_pods,
         failover,
         overlaps: bad.len(),
         overlap_examples: bad.into_iter().take(10).collect(),

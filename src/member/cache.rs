@@ -2,6 +2,8 @@
 //! way into the store (`reconcile::slim`), the children indexed by (namespace, cluster) as they
 //! arrive. The raw event streams go to `triggers`, which turns them into keys.
 
+use std::sync::Arc;
+
 use futures::StreamExt;
 use futures::stream::BoxStream;
 use k8s_openapi::NamespaceResourceScope;
@@ -23,6 +25,7 @@ use crate::reconcile::index::ClusterIndex;
 use crate::reconcile::slim::{CachedPod, Slim};
 use crate::telemetry::metrics::{KindLabels, Metrics};
 
+use super::division::Division;
 use super::triggers::{Events, key_of};
 
 type Stream<T> = BoxStream<'static, Result<T, watcher::Error>>;
@@ -48,8 +51,9 @@ pub(crate) struct Changes {
     pub secrets: Stream<(String, String)>,
 }
 
-/// Starts every watch of the member (they run as the streams are polled).
-pub(crate) fn start(client: &Client, ns: &Option<String>) -> Caches {
+/// Starts every watch of the member (they run as the streams are polled). With `division`, the child
+/// caches hold only the held shards' children (`division`).
+pub(crate) fn start(client: &Client, ns: &Option<String>, division: Option<&Arc<Division>>) -> Caches {
     let cluster_ar = ApiResource::erase::<KubeDirectorCluster>(&());
     let app_ar = ApiResource::erase::<KubeDirectorApp>(&());
     let config_ar = ApiResource::erase::<KubeDirectorConfig>(&());
@@ -72,12 +76,18 @@ pub(crate) fn start(client: &Client, ns: &Option<String>) -> Caches {
     let (apps, app_events) = ours(Api::all_with(client.clone(), &app_ar), app_ar);
     let (configs, config_events) = ours(Api::all_with(client.clone(), &config_ar), config_ar);
     let by_cluster = ChildIndexes::default();
-    let (statefulsets, sts_events) = children(scoped::<StatefulSet>(client, ns), &by_cluster.statefulsets);
-    let (services, svc_events) = children(scoped::<PartialObjectMeta<Service>>(client, ns), &by_cluster.services);
-    let (pods, pod_events) = children(scoped::<CachedPod>(client, ns), &by_cluster.pods);
+    let part = |kind: usize| division.map(|d| (d, kind));
+    let (statefulsets, sts_events) = children(scoped::<StatefulSet>(client, ns), &by_cluster.statefulsets, part(0));
+    let (services, svc_events) = children(
+        scoped::<PartialObjectMeta<Service>>(client, ns),
+        &by_cluster.services,
+        part(1),
+    );
+    let (pods, pod_events) = children(scoped::<CachedPod>(client, ns), &by_cluster.pods, part(2));
     let (pvcs, pvc_events) = children(
         scoped::<PartialObjectMeta<PersistentVolumeClaim>>(client, ns),
         &by_cluster.pvcs,
+        part(3),
     );
     let (configmaps, cm_events) = typed(scoped::<ConfigMap>(client, ns), CM_TYPE);
     let (secrets, secret_events) = typed(scoped::<Secret>(client, ns), SECRET_TYPE);
@@ -142,16 +152,31 @@ impl<K> Cached for K where
 }
 
 /// A cache of a child kind (only objects carrying our cluster label), `index` fed with it, and its
-/// events, mapped to the cluster named by the label.
-fn children<K: Cached>(api: Api<K>, index: &ClusterIndex) -> (Store<K>, Events) {
+/// events, mapped to the cluster named by the label. Divided (`division`, kind number): only the
+/// held shards' objects.
+fn children<K: Cached>(
+    api: Api<K>,
+    index: &ClusterIndex,
+    division: Option<(&Arc<Division>, usize)>,
+) -> (Store<K>, Events) {
     let (store, writer) = reflector::store();
     let config = watcher::Config::default().any_semantic().labels(labels::CLUSTER);
     let index = index.clone();
-    let events = reflector::reflector(writer, watcher(api, config).modify(K::slim))
-        // After the store, before the triggers (see `index`).
+    let (raw, tag) = match division {
+        None => (watcher(api, config).boxed(), None),
+        Some((d, kind)) => {
+            let (events, tag) = d.divide(kind, move || watcher(api.clone(), config.clone()));
+            (events, Some((d.clone(), tag)))
+        }
+    };
+    let events = reflector::reflector(writer, raw.modify(K::slim))
+        // After the store, before the triggers (see `index`); a list's end after both (`division`).
         .map(move |r| {
             if let Ok(event) = &r {
                 index.apply(event, labels::CLUSTER);
+                if let (watcher::Event::InitDone, Some((d, tag))) = (event, &tag) {
+                    d.listed(tag);
+                }
             }
             r
         })

@@ -4,6 +4,7 @@
 //! selected kubeconfig context (in a pod: one, in-cluster).
 
 pub(crate) mod cache;
+pub(crate) mod division;
 pub(crate) mod triggers;
 pub(crate) mod worker;
 
@@ -87,7 +88,9 @@ pub async fn run(
         shards,
         worlds,
     } = parts;
-    let caches = cache::start(&client, &options.watch_namespace);
+    // Sharded: the child caches hold the held shards' children only.
+    let division = shards.as_ref().map(|sh| division::Division::new(sh.clone(), &context));
+    let caches = cache::start(&client, &options.watch_namespace, division.as_ref());
     let clusters = caches.clusters.clone();
     // Guest commands that finish (or whose poll delay passes) put their cluster back on the queue.
     let (wake, woken) = tokio::sync::mpsc::unbounded_channel::<ClusterKey>();
@@ -157,9 +160,11 @@ pub async fn run(
         // kd-global-config's finalizer and status (every replica; the writes are conditional).
         tokio::spawn(crate::reconcile::config::keep(ctx.clone())),
     ];
-    if let Some(sh) = &shards {
+    if let (Some(sh), Some(division)) = (&shards, &division) {
+        tasks.push(tokio::spawn(division.clone().follow()));
         tasks.push(tokio::spawn(triggers::acquired(
             sh.clone(),
+            division.clone(),
             queue.clone(),
             clusters.clone(),
             context.clone(),
@@ -172,6 +177,7 @@ pub async fn run(
         clusters,
         cluster_ar: cluster_resource,
         shards,
+        division,
     };
     let dispatcher = worker::dispatch(worker, options.concurrency);
 

@@ -23,6 +23,7 @@ use crate::shard::manager::Shards;
 use crate::telemetry::metrics::Metrics;
 
 use super::cache::Changes;
+use super::division::Division;
 
 /// A stream of the keys each change concerns.
 pub(crate) type Events = BoxStream<'static, Result<Vec<ClusterKey>, watcher::Error>>;
@@ -227,23 +228,29 @@ pub(crate) async fn pump(
 
 /// A shard this replica just acquired: its keys may have changed while nobody owned them, so they
 /// go ahead of the queue (under load, a full queue would hold the shard's first reconcile back far
-/// past the lease: failover under load).
+/// past the lease: failover under load), once the divided caches hold the shard's children.
 pub(crate) async fn acquired(
     shards: Arc<Shards>,
+    division: Arc<Division>,
     queue: WorkQueue<ClusterKey>,
     clusters: Store<DynamicObject>,
     context: String,
 ) {
     let mut rx = shards.subscribe();
     loop {
-        let only = match rx.recv().await {
-            Ok(shard) => Some(shard),
-            Err(broadcast::error::RecvError::Lagged(_)) => None,
+        let acquired = match rx.recv().await {
+            Ok(shard) => vec![shard],
+            Err(broadcast::error::RecvError::Lagged(_)) => shards.held(),
             Err(broadcast::error::RecvError::Closed) => return,
         };
-        for key in all_keys(&clusters) {
-            if only.is_none_or(|s| shards.shard_of(&context, &key.namespace, &key.name) == s) {
-                queue.add_urgent(key);
+        for shard in acquired {
+            if !division.wait_ready(shard).await {
+                continue; // released meanwhile
+            }
+            for key in all_keys(&clusters) {
+                if shards.shard_of(&context, &key.namespace, &key.name) == shard {
+                    queue.add_urgent(key);
+                }
             }
         }
     }

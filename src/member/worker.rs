@@ -11,6 +11,7 @@ use kube::runtime::reflector::{ObjectRef, Store};
 use tokio::task::JoinHandle;
 use tracing::Instrument;
 
+use super::division::Division;
 use crate::queue::{Outcome, WorkQueue};
 use crate::reconcile::cluster::{outcome_of_error, reconcile};
 use crate::reconcile::context::{ClusterKey, Ctx};
@@ -26,6 +27,8 @@ pub(crate) struct Worker {
     pub clusters: Store<DynamicObject>,
     pub cluster_ar: ApiResource,
     pub shards: Option<Arc<Shards>>,
+    /// With `shards`: whether the divided caches hold a shard's children yet.
+    pub division: Option<Arc<Division>>,
 }
 
 impl Worker {
@@ -65,6 +68,14 @@ impl Worker {
             },
         };
         let shard = guard.as_ref().map(|g| g.shard);
+        // Just acquired, its children still listing: planned now, it would take them for absent.
+        if let (Some(d), Some(s)) = (&self.division, shard)
+            && !d.ready(s)
+        {
+            drop(guard);
+            queue.done(&key, Outcome::Throttled(Duration::from_millis(200)));
+            return;
+        }
         // The root span of this reconcile (its own trace), linked to the CR creator's trace.
         let span = tracing::info_span!(
             parent: None,

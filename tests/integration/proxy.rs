@@ -34,7 +34,16 @@ pub struct FaultProxy {
     pub port: u16,
     pub retry_after_secs: u64,
     reject: Arc<AtomicBool>,
+    /// While set, lists (GETs that are not watches) of a path ending so wait here.
+    hold: Arc<Mutex<Option<String>>>,
     pub seen: Arc<Mutex<Vec<Seen>>>,
+}
+
+/// Whether `path?query` is a list held by `hold` now.
+fn held(hold: &Mutex<Option<String>>, method: &str, path: &str, query: &str) -> bool {
+    let watch = query.split('&').any(|p| p == "watch=true" || p == "watch=1");
+    let suffix = hold.lock().map(|h| h.clone()).unwrap_or_default();
+    method == "GET" && !watch && suffix.is_some_and(|s| path.ends_with(&s))
 }
 
 fn full(text: String) -> ProxyBody {
@@ -49,15 +58,20 @@ async fn handle(
     reject: Arc<AtomicBool>,
     retry_after: u64,
     seen: Arc<Mutex<Vec<Seen>>>,
+    hold: Arc<Mutex<Option<String>>>,
 ) -> Result<Response<ProxyBody>, Infallible> {
     let rejected = reject.load(Ordering::SeqCst);
     let path = req.uri().path().to_string();
+    let query = req.uri().query().unwrap_or_default().to_string();
+    while held(&hold, req.method().as_str(), &path, &query) {
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
     if let Ok(mut s) = seen.lock() {
         s.push(Seen {
             at: Instant::now(),
             method: req.method().to_string(),
             path,
-            query: req.uri().query().unwrap_or_default().to_string(),
+            query,
             rejected,
         });
     }
@@ -93,13 +107,21 @@ impl FaultProxy {
         let port = listener.local_addr().expect("proxy address").port();
         let reject = Arc::new(AtomicBool::new(false));
         let seen: Arc<Mutex<Vec<Seen>>> = Arc::default();
-        let (r, s) = (reject.clone(), seen.clone());
+        let hold: Arc<Mutex<Option<String>>> = Arc::default();
+        let (r, s, h) = (reject.clone(), seen.clone(), hold.clone());
         tokio::spawn(async move {
             while let Ok((stream, _)) = listener.accept().await {
-                let (client, reject, seen) = (target.clone(), r.clone(), s.clone());
+                let (client, reject, seen, hold) = (target.clone(), r.clone(), s.clone(), h.clone());
                 tokio::spawn(async move {
                     let service = service_fn(move |req| {
-                        handle(req, client.clone(), reject.clone(), retry_after_secs, seen.clone())
+                        handle(
+                            req,
+                            client.clone(),
+                            reject.clone(),
+                            retry_after_secs,
+                            seen.clone(),
+                            hold.clone(),
+                        )
                     });
                     let _ = http1::Builder::new()
                         .serve_connection(TokioIo::new(stream), service)
@@ -111,7 +133,15 @@ impl FaultProxy {
             port,
             retry_after_secs,
             reject,
+            hold,
             seen,
+        }
+    }
+
+    /// Holds every list of a path ending in `suffix` (e.g. `/pods`) until called with `None`.
+    pub fn hold_lists(&self, suffix: Option<&str>) {
+        if let Ok(mut h) = self.hold.lock() {
+            *h = suffix.map(str::to_string);
         }
     }
 

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::coordination::v1::Lease;
-use k8s_openapi::api::core::v1::Service;
+use k8s_openapi::api::core::v1::{Pod, Service};
 use kube::api::{ListParams, Patch, PatchParams};
 use kube::{Api, Client};
 use serde_json::json;
@@ -170,6 +170,7 @@ async fn three_replicas_split_the_shards_and_reconcile_only_their_own() {
         "a key was reconciled by two replicas"
     );
     assert!(overlaps(&all).is_empty());
+    caches_hold_the_children_once(&clients, &ns, &replicas).await;
     // What the loadtest reads from pods it cannot reach by file: the record over HTTP, and each
     // process's own CPU and memory figures.
     for (op, path) in replicas.ops.iter().zip(&replicas.records) {
@@ -184,6 +185,71 @@ async fn three_replicas_split_the_shards_and_reconcile_only_their_own() {
         let metrics = op.metrics();
         assert!(sum_metric(&metrics, "kubedirector_process_max_resident_memory_bytes", &[]) > 1e6);
         assert!(sum_metric(&metrics, "kubedirector_process_cpu_seconds", &[]) > 0.0);
+    }
+}
+
+/// The replicas' child caches are divided by shard: per member and kind, the objects cached over the
+/// three replicas add up to the member's objects exactly once, and no replica holds them all.
+async fn caches_hold_the_children_once(clients: &[Client], ns: &str, replicas: &Replicas) {
+    let lp = ListParams::default().labels("kubedirector.hpe.com/kdcluster");
+    for (context, client) in CONTEXTS.iter().zip(clients) {
+        let want = [
+            (
+                "Pod",
+                Api::<Pod>::namespaced(client.clone(), ns)
+                    .list_metadata(&lp)
+                    .await
+                    .expect("pods")
+                    .items
+                    .len(),
+            ),
+            (
+                "Service",
+                Api::<Service>::namespaced(client.clone(), ns)
+                    .list_metadata(&lp)
+                    .await
+                    .expect("services")
+                    .items
+                    .len(),
+            ),
+            (
+                "StatefulSet",
+                Api::<StatefulSet>::namespaced(client.clone(), ns)
+                    .list_metadata(&lp)
+                    .await
+                    .expect("sts")
+                    .items
+                    .len(),
+            ),
+        ];
+        for (kind, total) in want {
+            assert!(total >= 100, "{context}: only {total} {kind}s");
+            let started = Instant::now();
+            loop {
+                // The gauges are refreshed every 5 s.
+                let each: Vec<f64> = replicas
+                    .ops
+                    .iter()
+                    .map(|o| {
+                        sum_metric(
+                            &o.metrics(),
+                            "kubedirector_cached_objects",
+                            &[("context", context), ("kind", kind)],
+                        )
+                    })
+                    .collect();
+                let sum: f64 = each.iter().sum();
+                if sum == total as f64 && each.iter().all(|n| *n < total as f64) {
+                    eprintln!("{context} {kind}: {total} objects, cached {each:?}");
+                    break;
+                }
+                assert!(
+                    started.elapsed() < Duration::from_secs(20),
+                    "{context} {kind}: {total} objects, cached by the replicas {each:?}"
+                );
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+        }
     }
 }
 
@@ -491,4 +557,116 @@ async fn idle_replicas_write_one_lease_each_per_retry_period() {
         "replicas stopped renewing: {per_period:.2}"
     );
     drop(replicas);
+}
+
+/// Arguments of a sharded replica `id` with one member, `kwok-kd-1` (which is also home).
+fn one_member_args<'a>(ns: &'a str, id: &'a str, record: &'a str) -> Vec<&'a str> {
+    let mut args = replica_args(ns, id, record);
+    for c in &CONTEXTS[1..] {
+        if let Some(i) = args.windows(2).position(|w| w == ["--context", c]) {
+            args.drain(i..i + 2);
+        }
+    }
+    args
+}
+
+#[tokio::test]
+#[ignore = "needs the test bed: make integration"]
+async fn a_shard_taken_over_waits_until_its_children_are_listed() {
+    let (ns, sys) = (testbed::unique("divided"), testbed::unique("divided-sys"));
+    let clients = prepare(&CONTEXTS[..1], &ns, &sys).await;
+    // r1 reaches kwok-kd-1 only through the proxy, under the same context name (a key's shard
+    // depends on it), so that its lists can be held there.
+    let proxy = FaultProxy::start(clients[0].clone(), 1).await;
+    let path = kubeconfig_with(&proxy, "kd1-proxied", &["kwok-kd-1"], &ns);
+    let mut kubeconfig = kube::config::Kubeconfig::read_from(&path).expect("kubeconfig");
+    for c in &mut kubeconfig.contexts {
+        if c.name == "kd1-proxied" {
+            c.name = "kwok-kd-1".into();
+        }
+    }
+    std::fs::write(&path, serde_yaml::to_string(&kubeconfig).expect("yaml")).expect("write kubeconfig");
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/test-logs");
+    let (rec0, rec1) = (dir.join(format!("{ns}-r0.jsonl")), dir.join(format!("{ns}-r1.jsonl")));
+    let _ = (std::fs::remove_file(&rec0), std::fs::remove_file(&rec1));
+    let (r0_rec, r1_rec, path_text) = (
+        rec0.display().to_string(),
+        rec1.display().to_string(),
+        path.display().to_string(),
+    );
+    let mut r0 = Operator::start_with(&one_member_args(&ns, "r0", &r0_rec), &format!("{ns}-r0"), &sys);
+    let mut args = vec!["--kubeconfig", &path_text];
+    args.extend(one_member_args(&ns, "r1", &r1_rec));
+    let r1 = Operator::start_with(&args, &format!("{ns}-r1"), &sys);
+    wait_balanced(&clients[0], &sys, &["r0", "r1"], Duration::from_secs(20)).await;
+    for i in 0..24 {
+        create(&clients[0], &ns, &small_cluster(&format!("d-{i:02}"))).await;
+    }
+    wait_all_configured(&clients[0], &ns, 24, Duration::from_secs(120)).await;
+    let sts = Api::<StatefulSet>::namespaced(clients[0].clone(), &ns);
+    let uids = |l: Vec<StatefulSet>| -> BTreeSet<String> { l.into_iter().filter_map(|s| s.metadata.uid).collect() };
+    let before = uids(sts.list(&ListParams::default()).await.expect("sts").items);
+    let r0_shards: BTreeSet<u32> = holders(&clients[0], &sys)
+        .await
+        .into_iter()
+        .filter(|(_, h)| h == "r0")
+        .map(|(s, _)| s)
+        .collect();
+    let r0_keys = |records: &[Reconcile], after: u64| {
+        records
+            .iter()
+            .filter(|r| r.replica == "r1" && r0_shards.contains(&r.shard) && r.start > after)
+            .map(|r| r.key.clone())
+            .collect::<BTreeSet<String>>()
+    };
+    let expected: BTreeSet<String> = (0..24)
+        .map(|i| format!("kwok-kd-1/{ns}/d-{i:02}"))
+        .filter(|k| {
+            let mut p = k.splitn(3, '/');
+            let (c, n, name) = (p.next().unwrap_or(""), p.next().unwrap_or(""), p.next().unwrap_or(""));
+            r0_shards.contains(&shard_of(c, n, name, SHARDS))
+        })
+        .collect();
+    assert!(!expected.is_empty(), "r0 holds none of the 24 clusters' shards");
+
+    // r1's pod lists wait at the proxy; r0 hands its shards over.
+    proxy.hold_lists(Some("/pods"));
+    let held_at = micros_now();
+    assert!(
+        r0.terminate(Duration::from_secs(15)).await,
+        "r0 did not stop gracefully"
+    );
+    wait_balanced(&clients[0], &sys, &["r1"], Duration::from_secs(15)).await;
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let early = r0_keys(&records(std::slice::from_ref(&rec1)), held_at);
+    assert!(
+        early.is_empty(),
+        "reconciled before its shard's pods were listed: {early:?}"
+    );
+
+    proxy.hold_lists(None);
+    let released = Instant::now();
+    loop {
+        let done = r0_keys(&records(std::slice::from_ref(&rec1)), held_at);
+        if done.is_superset(&expected) {
+            eprintln!(
+                "{} keys of r0's shards reconciled {:?} after the list was let through",
+                expected.len(),
+                released.elapsed()
+            );
+            break;
+        }
+        assert!(
+            released.elapsed() < Duration::from_secs(15),
+            "after the list: {} of {} keys reconciled",
+            done.len(),
+            expected.len()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    wait_all_configured(&clients[0], &ns, 24, Duration::from_secs(60)).await;
+    let after = uids(sts.list(&ListParams::default()).await.expect("sts").items);
+    assert_eq!(before, after, "no StatefulSet was made again");
+    assert!(overlaps(&records(&[rec0, rec1])).is_empty());
+    drop(r1);
 }

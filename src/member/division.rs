@@ -1,0 +1,416 @@
+//! Caches divided by shard: with sharding on, a member's child caches (StatefulSets, Services, Pods,
+//! PVCs) hold only the children of clusters whose shard this replica holds, so that three replicas
+//! hold the fleet's children once between them, not three times.
+//!
+//! How: every child event is judged by the shard of the cluster its label names (`shard_of`, the
+//! same function the shard gate uses); objects of shards not held are dropped before the store and
+//! the index. When the set of held shards changes, every child watch is restarted: its new list
+//! holds exactly the shards held then (the reflector swaps the store at the list's end), and the
+//! objects of released shards are gone from it.
+//!
+//! Handover safety: a key of a shard acquired at generation `g` may be reconciled only once every
+//! child kind has finished a list started at generation `g` or later (`Ledger::ready`); until then
+//! the worker puts it back (`worker`), and the acquisition trigger waits before it queues the
+//! shard's keys (`triggers::acquired`). A reconcile is never planned from a cache that is missing a
+//! shard's children (it would take them for absent and create them again).
+//!
+//! Filtered here, not by the API server: a label selector would need a shard label on every child,
+//! and on a StatefulSet made before the label existed (or by KubeDirector) that means a pod template
+//! change, which rolls every pod. So every replica still receives every child event of the member
+//! (and decodes it), but keeps only its share. The KubeDirectorClusters stay watched in full: they
+//! are few and small, and every replica needs them to map keys to shards and hand shards over.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures::stream::{BoxStream, Stream, StreamExt};
+use kube::ResourceExt;
+use kube::runtime::watcher;
+use tokio::sync::watch;
+
+use crate::model::labels;
+use crate::shard::manager::Shards;
+
+/// The child kinds whose caches are divided (each reports its lists by index).
+pub(crate) const KINDS: usize = 4;
+
+/// How often the held set is compared (a change restarts the child watches).
+const POLL: Duration = Duration::from_millis(100);
+
+/// A restart waits this long for more changes (a replica acquires its shards one Lease at a time):
+/// one list for a round of acquisitions, not one per shard.
+const SETTLE: Duration = Duration::from_millis(50);
+
+/// Which kind a divided stream is, and the generation its current watch was started at.
+pub(crate) struct Tag {
+    kind: usize,
+    started: Arc<AtomicU64>,
+}
+
+/// The pure bookkeeping: which shards the caches admit, since which generation, and which
+/// generation each kind's last complete list was started at.
+#[derive(Debug, Default)]
+pub(crate) struct Ledger {
+    generation: u64,
+    /// Admitted shards and the generation their objects' lists start at.
+    since: BTreeMap<u32, u64>,
+    listed: [u64; KINDS],
+    /// Released shards' objects are still in the caches (see `update`).
+    purge: bool,
+}
+
+impl Ledger {
+    /// The shards held now. Returns the new generation if the watches must restart: a shard was
+    /// added, or only released with none waiting (to drop their objects). A release while an
+    /// acquired shard waits for its lists leaves the restart to that wait's end (`listed`):
+    /// restarted now, the lists it waits for would start over.
+    pub fn update(&mut self, held: &BTreeSet<u32>) -> Option<u64> {
+        let known: BTreeSet<u32> = self.since.keys().copied().collect();
+        if &known == held {
+            return None;
+        }
+        let added = held.iter().any(|s| !self.since.contains_key(s));
+        self.since.retain(|s, _| held.contains(s));
+        if !added && self.waiting() {
+            self.purge = true;
+            return None;
+        }
+        Some(self.next(held))
+    }
+
+    /// A new generation: the shards of `held` not admitted yet are admitted from it.
+    fn next(&mut self, held: &BTreeSet<u32>) -> u64 {
+        self.purge = false;
+        self.generation += 1;
+        let g = self.generation;
+        for s in held {
+            self.since.entry(*s).or_insert(g);
+        }
+        g
+    }
+
+    /// Whether an admitted shard still waits for its lists.
+    fn waiting(&self) -> bool {
+        self.since.keys().any(|s| !self.ready(*s))
+    }
+
+    /// Whether the caches keep objects of `shard`.
+    pub fn admits(&self, shard: u32) -> bool {
+        self.since.contains_key(&shard)
+    }
+
+    /// Kind `kind` finished a list started at `generation`. Returns a new generation if a release
+    /// was waiting for this (the watches restart, to drop the released shards' objects).
+    pub fn listed(&mut self, kind: usize, generation: u64) -> Option<u64> {
+        if let Some(l) = self.listed.get_mut(kind) {
+            *l = (*l).max(generation);
+        }
+        if self.purge && !self.waiting() {
+            let held: BTreeSet<u32> = self.since.keys().copied().collect();
+            return Some(self.next(&held));
+        }
+        None
+    }
+
+    /// Whether every kind has finished a list started at `generation` (or later).
+    pub fn all_listed(&self, generation: u64) -> bool {
+        self.listed.iter().all(|l| *l >= generation)
+    }
+
+    /// Whether every child of `shard` is in the caches: admitted, and every kind listed since.
+    pub fn ready(&self, shard: u32) -> bool {
+        self.since
+            .get(&shard)
+            .is_some_and(|g| self.listed.iter().all(|l| l >= g))
+    }
+}
+
+/// One member's division: the ledger, the restart signal of its child watches, and the shards.
+pub(crate) struct Division {
+    shards: Arc<Shards>,
+    context: String,
+    ledger: Mutex<Ledger>,
+    restart: watch::Sender<u64>,
+    /// Bumped at every list's end, so that waiters look again.
+    progress: watch::Sender<u64>,
+}
+
+impl Division {
+    pub fn new(shards: Arc<Shards>, context: &str) -> Arc<Self> {
+        Arc::new(Division {
+            shards,
+            context: context.to_string(),
+            ledger: Mutex::new(Ledger::default()),
+            restart: watch::channel(0).0,
+            progress: watch::channel(0).0,
+        })
+    }
+
+    fn ledger(&self) -> std::sync::MutexGuard<'_, Ledger> {
+        // A panic mid-update leaves at worst a key waiting longer; the lock is still usable.
+        self.ledger.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn shard_of(&self, namespace: &str, cluster: &str) -> u32 {
+        self.shards.shard_of(&self.context, namespace, cluster)
+    }
+
+    /// Whether the caches keep `child` (deletions always pass: a store never keeps a deleted object).
+    fn keeps<K: ResourceExt>(&self, child: &K) -> bool {
+        match child.labels().get(labels::CLUSTER) {
+            Some(cluster) => {
+                let shard = self.shard_of(&child.namespace().unwrap_or_default(), cluster);
+                self.ledger().admits(shard)
+            }
+            None => false,
+        }
+    }
+
+    /// Whether a key of `shard` may be reconciled from these caches.
+    pub fn ready(&self, shard: u32) -> bool {
+        self.ledger().ready(shard)
+    }
+
+    /// Waits until `shard` is ready, or is no longer held (then returns false).
+    pub async fn wait_ready(&self, shard: u32) -> bool {
+        let mut progress = self.progress.subscribe();
+        loop {
+            if self.ready(shard) {
+                return true;
+            }
+            if !self.shards.held().contains(&shard) {
+                return false;
+            }
+            // The ledger learns of new shards by polling: look again at least that often.
+            let _ = tokio::time::timeout(POLL, progress.changed()).await;
+        }
+    }
+
+    /// Follows the held shards for as long as the member runs: at once on an acquisition (a new
+    /// owner's keys wait for the lists), by polling for releases.
+    pub async fn follow(self: Arc<Self>) {
+        let mut acquired = self.shards.subscribe();
+        loop {
+            let held: BTreeSet<u32> = self.shards.held().into_iter().collect();
+            let changed = self.ledger().update(&held);
+            if let Some(g) = changed {
+                tracing::info!(context = %self.context, generation = g, shards = held.len(), "held shards changed: child caches list again");
+                self.restart.send_replace(g);
+            }
+            // Lagged or closed: the poll still follows the set.
+            let _ = tokio::time::timeout(POLL, acquired.recv()).await;
+        }
+    }
+
+    /// The watch events of child kind `kind`, restarted at every change of the held shards and
+    /// filtered to them, and the tag its list ends are entered with (`listed`).
+    pub fn divide<K, S>(
+        self: &Arc<Self>,
+        kind: usize,
+        make: impl Fn() -> S + Send + 'static,
+    ) -> (BoxStream<'static, Result<watcher::Event<K>, watcher::Error>>, Tag)
+    where
+        K: ResourceExt + Send + 'static,
+        S: Stream<Item = Result<watcher::Event<K>, watcher::Error>> + Send + 'static,
+    {
+        let started = Arc::new(AtomicU64::new(0));
+        let events = restarting(make, self.restart.subscribe(), started.clone());
+        let me = self.clone();
+        let events = events
+            .filter(move |r| {
+                let keep = match r {
+                    Ok(watcher::Event::Apply(o) | watcher::Event::InitApply(o)) => me.keeps(o),
+                    _ => true,
+                };
+                futures::future::ready(keep)
+            })
+            .boxed();
+        (events, Tag { kind, started })
+    }
+
+    /// A list of `tag`'s kind ended, and is in the store and the index (`cache::children` calls
+    /// this after both have applied the event, so a key found ready never meets the old store).
+    pub fn listed(&self, tag: &Tag) {
+        let generation = tag.started.load(Ordering::SeqCst);
+        let (done, purge) = {
+            let mut ledger = self.ledger();
+            let before = ledger.all_listed(generation);
+            let purge = ledger.listed(tag.kind, generation);
+            (!before && ledger.all_listed(generation), purge)
+        };
+        if done {
+            tracing::info!(context = %self.context, generation, "child caches listed for the held shards");
+        }
+        if let Some(g) = purge {
+            tracing::info!(context = %self.context, generation = g, "child caches list again without the released shards");
+            self.restart.send_replace(g);
+        }
+        self.progress.send_modify(|p| *p += 1);
+    }
+}
+
+/// The items of `make()`, a new one made (and the old one dropped) whenever `restarts` changes;
+/// `started` holds the generation the current one was made at. Changes that come within `SETTLE`
+/// of each other make one restart.
+pub(crate) fn restarting<T, S>(
+    make: impl Fn() -> S + Send + 'static,
+    restarts: watch::Receiver<u64>,
+    started: Arc<AtomicU64>,
+) -> BoxStream<'static, T>
+where
+    T: Send + 'static,
+    S: Stream<Item = T> + Send + 'static,
+{
+    struct State<T, F> {
+        current: Option<BoxStream<'static, T>>,
+        restarts: Option<watch::Receiver<u64>>,
+        make: F,
+        started: Arc<AtomicU64>,
+    }
+    let state = State {
+        current: None,
+        restarts: Some(restarts),
+        make,
+        started,
+    };
+    futures::stream::unfold(state, |mut st| async move {
+        loop {
+            if st.current.is_none() {
+                let g = st.restarts.as_mut().map(|r| *r.borrow_and_update()).unwrap_or(0);
+                st.started.store(g, Ordering::SeqCst);
+                st.current = Some((st.make)().boxed());
+            }
+            let current = st.current.as_mut()?;
+            let Some(restarts) = st.restarts.as_mut() else {
+                // Nobody can restart it any more: the current stream to its end.
+                let item = current.next().await?;
+                return Some((item, st));
+            };
+            tokio::select! {
+                biased;
+                changed = restarts.changed() => match changed {
+                    Ok(()) => {
+                        tokio::time::sleep(SETTLE).await;
+                        st.current = None;
+                    }
+                    Err(_) => st.restarts = None,
+                },
+                item = current.next() => return item.map(|i| (i, st)),
+            }
+        }
+    })
+    .boxed()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn set(s: &[u32]) -> BTreeSet<u32> {
+        s.iter().copied().collect()
+    }
+
+    #[test]
+    fn a_shard_is_ready_only_when_every_kind_has_listed_since_its_acquisition() {
+        let mut l = Ledger::default();
+        assert!(!l.ready(3), "not held");
+        assert_eq!(l.update(&set(&[1, 3])), Some(1));
+        for kind in 0..KINDS {
+            assert!(!l.ready(3), "kind {kind} of {KINDS} still listing");
+            l.listed(kind, 1);
+        }
+        assert!(l.ready(1) && l.ready(3));
+        // Shard 5 acquired: 1 and 3 stay ready (their objects are in every list since), 5 waits
+        // for the lists started at the new generation, even if an old list ends meanwhile.
+        assert_eq!(l.update(&set(&[1, 3, 5])), Some(2));
+        assert!(l.ready(1) && l.ready(3) && !l.ready(5));
+        (0..KINDS).for_each(|k| {
+            l.listed(k, 1);
+        });
+        assert!(!l.ready(5), "a list started before the acquisition does not count");
+        (0..KINDS - 1).for_each(|k| {
+            l.listed(k, 2);
+        });
+        assert!(!l.ready(5), "one kind (the delayed list) still at the old generation");
+        l.listed(KINDS - 1, 2);
+        assert!(l.ready(5));
+    }
+
+    #[test]
+    fn a_released_shard_is_dropped_and_starts_over_when_taken_again() {
+        let mut l = Ledger::default();
+        l.update(&set(&[2]));
+        (0..KINDS).for_each(|k| {
+            l.listed(k, 1);
+        });
+        assert!(l.admits(2) && l.ready(2));
+        assert_eq!(l.update(&set(&[2])), None, "no change, no restart");
+        assert_eq!(
+            l.update(&set(&[])),
+            Some(2),
+            "released, nothing waiting: restart to drop it"
+        );
+        assert!(!l.admits(2) && !l.ready(2));
+        assert_eq!(l.update(&set(&[2])), Some(3));
+        assert!(!l.ready(2), "taken again: waits for lists of generation 3");
+        (0..KINDS).for_each(|k| {
+            l.listed(k, 3);
+        });
+        assert!(l.ready(2));
+    }
+
+    #[test]
+    fn a_release_while_a_shard_waits_restarts_only_after_the_wait() {
+        let mut l = Ledger::default();
+        l.update(&set(&[1, 2]));
+        (0..KINDS).for_each(|k| assert_eq!(l.listed(k, 1), None));
+        assert_eq!(l.update(&set(&[1, 2, 3])), Some(2));
+        assert_eq!(
+            l.update(&set(&[1, 3])),
+            None,
+            "2 released while 3 waits: its lists go on"
+        );
+        assert!(!l.admits(2));
+        (0..KINDS - 1).for_each(|k| assert_eq!(l.listed(k, 2), None));
+        assert_eq!(
+            l.listed(KINDS - 1, 2),
+            Some(3),
+            "3 ready: now restart to drop 2's objects"
+        );
+        assert!(l.ready(1) && l.ready(3), "a purge restart makes no held shard wait");
+        (0..KINDS).for_each(|k| assert_eq!(l.listed(k, 3), None));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_restart_drops_the_old_stream_and_tags_the_new_one() {
+        let (tx, rx) = watch::channel(0u64);
+        let made = Arc::new(AtomicU64::new(0));
+        let started = Arc::new(AtomicU64::new(u64::MAX));
+        let m = made.clone();
+        // Each made stream yields its number forever (one item every 10 ms).
+        let mut s = restarting(
+            move || {
+                let n = m.fetch_add(1, Ordering::SeqCst);
+                futures::stream::unfold((), move |()| async move {
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                    Some((n, ()))
+                })
+            },
+            rx,
+            started.clone(),
+        );
+        assert_eq!(s.next().await, Some(0));
+        assert_eq!(started.load(Ordering::SeqCst), 0);
+        // Two changes close together: one restart, tagged with the later generation.
+        tx.send_replace(1);
+        tx.send_replace(2);
+        assert_eq!(s.next().await, Some(1));
+        assert_eq!(started.load(Ordering::SeqCst), 2);
+        assert_eq!(s.next().await, Some(1), "the new stream goes on");
+        assert_eq!(made.load(Ordering::SeqCst), 2, "made once per restart");
+        drop(tx);
+        assert_eq!(s.next().await, Some(1), "no sender: the current stream continues");
+    }
+}
