@@ -7,6 +7,7 @@ use kube::api::DynamicObject;
 use serde_json::Value;
 
 use crate::api::KubeDirectorAppSpec;
+use crate::api::app::AppRole;
 use crate::api::cluster::AppCatalog;
 use crate::model::cardinality::Cardinality;
 use crate::model::catalog::apply_app_defaults;
@@ -64,13 +65,6 @@ pub fn validate(spec: &KubeDirectorAppSpec) -> Vec<FieldError> {
     let mut errors = Vec::new();
     let role_ids: Vec<&str> = spec.roles.iter().map(|r| r.id.as_str()).collect();
     let service_ids: Vec<&str> = spec.services.iter().map(|s| s.id.as_str()).collect();
-    let list = |ids: &[&str]| {
-        if ids.is_empty() {
-            "none".to_string()
-        } else {
-            ids.join(", ")
-        }
-    };
     if spec.config_schema_version < 7 {
         errors.push(err(
             "spec.configSchemaVersion",
@@ -81,75 +75,104 @@ pub fn validate(spec: &KubeDirectorAppSpec) -> Vec<FieldError> {
         errors.push(err("spec.roles", "at least one role is required"));
     }
     for (i, role) in spec.roles.iter().enumerate() {
-        let at = |f: &str| format!("spec.roles[{i}]{f}");
-        if role_ids[..i].contains(&role.id.as_str()) {
-            errors.push(err(
-                at(".id"),
-                format!("{:?} appears more than once; role ids must be unique", role.id),
-            ));
-        }
-        if let Err(e) = Cardinality::parse(&role.cardinality) {
-            errors.push(err(at(".cardinality"), e.0));
-        }
-        if role
-            .image_repo_tag
-            .as_deref()
-            .or(spec.default_image_repo_tag.as_deref())
-            .is_none_or(str::is_empty)
-        {
-            errors.push(err(
-                at(".imageRepoTag"),
-                format!(
-                    "role {:?} has no image: set imageRepoTag, or defaultImageRepoTag for every role",
-                    role.id
-                ),
-            ));
-        }
-        let container = role.container_spec.as_ref();
-        if container.and_then(|c| c.tty) == Some(true) && container.and_then(|c| c.stdin) != Some(true) {
-            errors.push(err(at(".containerSpec.tty"), "true needs containerSpec.stdin: true"));
-        }
-        let dirs = role.persist_dirs.as_ref().or(spec.default_persist_dirs.as_ref());
-        for (j, dir) in dirs.into_iter().flatten().enumerate() {
-            let field = || {
-                if role.persist_dirs.is_some() {
-                    at(&format!(".persistDirs[{j}]"))
-                } else {
-                    format!("spec.defaultPersistDirs[{j}]")
-                }
-            };
-            if !dir.starts_with('/') {
-                errors.push(err(
-                    field(),
-                    format!("{dir:?} is not an absolute path (e.g. \"/var/lib/app\")"),
-                ));
-            } else if dir.ends_with('/') {
-                // KubeDirector's pattern `^/.*[^/]$`: no trailing slash (and not "/" itself).
-                errors.push(err(
-                    field(),
-                    format!("{dir:?} must not end with \"/\" (e.g. \"/var/lib/app\")"),
-                ));
+        validate_role(spec, i, role, &role_ids, &mut errors);
+    }
+    validate_services(spec, &service_ids, &mut errors);
+    validate_role_services(spec, &role_ids, &service_ids, &mut errors);
+    validate_selected_roles(spec, &role_ids, &mut errors);
+    errors
+}
+
+/// `ids` as the messages list them ("none" if empty).
+fn list(ids: &[&str]) -> String {
+    if ids.is_empty() {
+        "none".to_string()
+    } else {
+        ids.join(", ")
+    }
+}
+
+/// Role `i`: a unique id, a valid cardinality, an image (its own or the app's default), tty with
+/// stdin, persist dirs that are absolute paths without a trailing slash, valid quantities.
+fn validate_role(
+    spec: &KubeDirectorAppSpec,
+    i: usize,
+    role: &AppRole,
+    role_ids: &[&str],
+    errors: &mut Vec<FieldError>,
+) {
+    let at = |f: &str| format!("spec.roles[{i}]{f}");
+    if role_ids[..i].contains(&role.id.as_str()) {
+        errors.push(err(
+            at(".id"),
+            format!("{:?} appears more than once; role ids must be unique", role.id),
+        ));
+    }
+    if let Err(e) = Cardinality::parse(&role.cardinality) {
+        errors.push(err(at(".cardinality"), e.0));
+    }
+    if role
+        .image_repo_tag
+        .as_deref()
+        .or(spec.default_image_repo_tag.as_deref())
+        .is_none_or(str::is_empty)
+    {
+        errors.push(err(
+            at(".imageRepoTag"),
+            format!(
+                "role {:?} has no image: set imageRepoTag, or defaultImageRepoTag for every role",
+                role.id
+            ),
+        ));
+    }
+    let container = role.container_spec.as_ref();
+    if container.and_then(|c| c.tty) == Some(true) && container.and_then(|c| c.stdin) != Some(true) {
+        errors.push(err(at(".containerSpec.tty"), "true needs containerSpec.stdin: true"));
+    }
+    let dirs = role.persist_dirs.as_ref().or(spec.default_persist_dirs.as_ref());
+    for (j, dir) in dirs.into_iter().flatten().enumerate() {
+        let field = || {
+            if role.persist_dirs.is_some() {
+                at(&format!(".persistDirs[{j}]"))
+            } else {
+                format!("spec.defaultPersistDirs[{j}]")
             }
-        }
-        for (name, q) in role.min_resources.iter().flatten() {
-            if parse_quantity(q).is_none() {
-                errors.push(err(
-                    at(&format!(".minResources.{name}")),
-                    format!("{:?} is not a quantity (e.g. \"500m\", \"2\", \"4Gi\")", q.0),
-                ));
-            }
-        }
-        if let Some(ms) = role
-            .min_storage
-            .as_ref()
-            .filter(|ms| parse_quantity(&ms.size).is_none())
-        {
+        };
+        if !dir.starts_with('/') {
             errors.push(err(
-                at(".minStorage.size"),
-                format!("{:?} is not a quantity (e.g. \"20Gi\")", ms.size.0),
+                field(),
+                format!("{dir:?} is not an absolute path (e.g. \"/var/lib/app\")"),
+            ));
+        } else if dir.ends_with('/') {
+            // KubeDirector's pattern `^/.*[^/]$`: no trailing slash (and not "/" itself).
+            errors.push(err(
+                field(),
+                format!("{dir:?} must not end with \"/\" (e.g. \"/var/lib/app\")"),
             ));
         }
     }
+    for (name, q) in role.min_resources.iter().flatten() {
+        if parse_quantity(q).is_none() {
+            errors.push(err(
+                at(&format!(".minResources.{name}")),
+                format!("{:?} is not a quantity (e.g. \"500m\", \"2\", \"4Gi\")", q.0),
+            ));
+        }
+    }
+    if let Some(ms) = role
+        .min_storage
+        .as_ref()
+        .filter(|ms| parse_quantity(&ms.size).is_none())
+    {
+        errors.push(err(
+            at(".minStorage.size"),
+            format!("{:?} is not a quantity (e.g. \"20Gi\")", ms.size.0),
+        ));
+    }
+}
+
+/// Unique service ids, and a URL scheme for every dashboard.
+fn validate_services(spec: &KubeDirectorAppSpec, service_ids: &[&str], errors: &mut Vec<FieldError>) {
     for (i, service) in spec.services.iter().enumerate() {
         if service_ids[..i].contains(&service.id.as_str()) {
             errors.push(err(
@@ -167,6 +190,15 @@ pub fn validate(spec: &KubeDirectorAppSpec) -> Vec<FieldError> {
             ));
         }
     }
+}
+
+/// `config.roleServices`: one entry per role, naming roles and services of this app.
+fn validate_role_services(
+    spec: &KubeDirectorAppSpec,
+    role_ids: &[&str],
+    service_ids: &[&str],
+    errors: &mut Vec<FieldError>,
+) {
     for (i, rs) in spec.config.role_services.iter().enumerate() {
         if spec.config.role_services[..i].iter().any(|r| r.role_id == rs.role_id) {
             errors.push(err(
@@ -180,29 +212,26 @@ pub fn validate(spec: &KubeDirectorAppSpec) -> Vec<FieldError> {
         if !role_ids.contains(&rs.role_id.as_str()) {
             errors.push(err(
                 format!("spec.config.roleServices[{i}].roleID"),
-                format!(
-                    "{:?} is not a role of this app (roles: {})",
-                    rs.role_id,
-                    list(&role_ids)
-                ),
+                format!("{:?} is not a role of this app (roles: {})", rs.role_id, list(role_ids)),
             ));
         }
         for (j, sid) in rs.service_ids.iter().enumerate() {
             if !service_ids.contains(&sid.as_str()) {
                 errors.push(err(
                     format!("spec.config.roleServices[{i}].serviceIDs[{j}]"),
-                    format!(
-                        "{sid:?} is not a service of this app (services: {})",
-                        list(&service_ids)
-                    ),
+                    format!("{sid:?} is not a service of this app (services: {})", list(service_ids)),
                 ));
             }
         }
     }
+}
+
+/// `config.selectedRoles`: at least one, unique, each a role of this app.
+fn validate_selected_roles(spec: &KubeDirectorAppSpec, role_ids: &[&str], errors: &mut Vec<FieldError>) {
     if spec.config.selected_roles.is_empty() {
         errors.push(err(
             "spec.config.selectedRoles",
-            format!("select at least one role (roles: {})", list(&role_ids)),
+            format!("select at least one role (roles: {})", list(role_ids)),
         ));
     }
     for (i, id) in spec.config.selected_roles.iter().enumerate() {
@@ -215,11 +244,10 @@ pub fn validate(spec: &KubeDirectorAppSpec) -> Vec<FieldError> {
         if !role_ids.contains(&id.as_str()) {
             errors.push(err(
                 format!("spec.config.selectedRoles[{i}]"),
-                format!("{id:?} is not a role of this app (roles: {})", list(&role_ids)),
+                format!("{id:?} is not a role of this app (roles: {})", list(role_ids)),
             ));
         }
     }
-    errors
 }
 
 /// "namespace/name" of every KubeDirectorCluster that uses the app `name` of namespace `ns`: the

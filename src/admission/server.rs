@@ -18,10 +18,11 @@ use tokio::task::JoinHandle;
 use tokio_rustls::TlsAcceptor;
 use tracing::{debug, info, warn};
 
-use super::caches::{WithLiveClusters, Worlds};
+use super::caches::{Caches, WithLiveClusters, Worlds};
+use super::lookups::Needs;
 use super::review::{self, Phase};
 use super::tls::{self, FileCert, FixedCert, TlsError};
-use super::world::World;
+use super::world::{WithLookups, World};
 
 pub const MAX_BODY: usize = 8 << 20;
 
@@ -173,32 +174,9 @@ async fn answer(req: Request<Incoming>, worlds: &Worlds) -> Response<Full<Bytes>
             format!("{}: only POST (an AdmissionReview)", req.method()),
         );
     }
-    // A declared length above the limit is refused before any of the body is asked for (a client
-    // waiting on `Expect: 100-continue` then gets the 413, not a reset in mid-upload).
-    let declared = req
-        .headers()
-        .get(hyper::header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<usize>().ok());
-    if declared.is_some_and(|n| n > MAX_BODY) {
-        return text(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            format!("AdmissionReview larger than {} MiB", MAX_BODY >> 20),
-        );
-    }
-    let body = match Limited::new(req.into_body(), MAX_BODY).collect().await {
-        Ok(b) => b.to_bytes(),
-        Err(e) => {
-            let too_big = e.downcast_ref::<http_body_util::LengthLimitError>().is_some();
-            return if too_big {
-                text(
-                    StatusCode::PAYLOAD_TOO_LARGE,
-                    format!("AdmissionReview larger than {} MiB", MAX_BODY >> 20),
-                )
-            } else {
-                text(StatusCode::BAD_REQUEST, format!("reading the request body: {e}"))
-            };
-        }
+    let body = match read_review(req).await {
+        Ok(body) => body,
+        Err(refused) => return refused,
     };
     let context = context.unwrap_or_default();
     let caches = worlds.ready(&context);
@@ -227,32 +205,9 @@ async fn answer(req: Request<Incoming>, worlds: &Worlds) -> Response<Full<Bytes>
     let missing_app = world.and_then(|w| super::lookups::app_missing(&body, w));
     let with_lookups = match (&caches, world) {
         (Some(c), Some(inner)) if needs.is_some() || missing_app.is_some() => {
-            let needs = needs.unwrap_or_default();
-            let lookups = match needs.has_lookups() {
-                true => Some(super::lookups::fetch(c.client(), &needs).await),
-                false => None,
-            };
-            let configs = match needs.config {
-                true => Some(super::lookups::live_config(c.client(), inner.operator_namespace()).await),
-                false => None,
-            };
-            let apps = match &missing_app {
-                Some((namespaces, app)) => super::lookups::live_apps(c.client(), namespaces, app).await,
-                None => Ok(Vec::new()),
-            };
-            match (lookups.transpose(), configs.transpose(), apps) {
-                (Ok(lookups), Ok(configs), Ok(apps)) => Some(super::world::WithLookups {
-                    inner,
-                    lookups,
-                    configs,
-                    apps,
-                }),
-                (Err(e), _, _) | (_, Err(e), _) | (_, _, Err(e)) => {
-                    return text(
-                        StatusCode::SERVICE_UNAVAILABLE,
-                        format!("looking up service accounts, claims, kd-global-config or the app in {context:?}: {e}"),
-                    );
-                }
+            match fetch_lookups(c, inner, needs.unwrap_or_default(), missing_app.as_ref(), &context).await {
+                Ok(w) => Some(w),
+                Err(unavailable) => return unavailable,
             }
         }
         _ => None,
@@ -261,7 +216,78 @@ async fn answer(req: Request<Incoming>, worlds: &Worlds) -> Response<Full<Bytes>
         Some(w) => Some(w),
         None => world,
     };
-    match review::handle(phase, &body, &context, world) {
+    review_response(phase, &body, &context, world)
+}
+
+/// The request body, or the refusal: larger than `MAX_BODY` (declared or sent), or unreadable.
+async fn read_review(req: Request<Incoming>) -> Result<Bytes, Response<Full<Bytes>>> {
+    // A declared length above the limit is refused before any of the body is asked for (a client
+    // waiting on `Expect: 100-continue` then gets the 413, not a reset in mid-upload).
+    let declared = req
+        .headers()
+        .get(hyper::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok());
+    if declared.is_some_and(|n| n > MAX_BODY) {
+        return Err(text(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!("AdmissionReview larger than {} MiB", MAX_BODY >> 20),
+        ));
+    }
+    match Limited::new(req.into_body(), MAX_BODY).collect().await {
+        Ok(b) => Ok(b.to_bytes()),
+        Err(e) => {
+            let too_big = e.downcast_ref::<http_body_util::LengthLimitError>().is_some();
+            Err(if too_big {
+                text(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    format!("AdmissionReview larger than {} MiB", MAX_BODY >> 20),
+                )
+            } else {
+                text(StatusCode::BAD_REQUEST, format!("reading the request body: {e}"))
+            })
+        }
+    }
+}
+
+/// What the review needs that the caches of `context` do not have, asked of its API server; a
+/// failed look-up is answered with a 503.
+async fn fetch_lookups<'a>(
+    c: &Caches,
+    inner: &'a dyn World,
+    needs: Needs,
+    missing_app: Option<&(Vec<String>, String)>,
+    context: &str,
+) -> Result<WithLookups<'a>, Response<Full<Bytes>>> {
+    let lookups = match needs.has_lookups() {
+        true => Some(super::lookups::fetch(c.client(), &needs).await),
+        false => None,
+    };
+    let configs = match needs.config {
+        true => Some(super::lookups::live_config(c.client(), inner.operator_namespace()).await),
+        false => None,
+    };
+    let apps = match missing_app {
+        Some((namespaces, app)) => super::lookups::live_apps(c.client(), namespaces, app).await,
+        None => Ok(Vec::new()),
+    };
+    match (lookups.transpose(), configs.transpose(), apps) {
+        (Ok(lookups), Ok(configs), Ok(apps)) => Ok(WithLookups {
+            inner,
+            lookups,
+            configs,
+            apps,
+        }),
+        (Err(e), _, _) | (_, Err(e), _) | (_, _, Err(e)) => Err(text(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("looking up service accounts, claims, kd-global-config or the app in {context:?}: {e}"),
+        )),
+    }
+}
+
+/// The answered AdmissionReview as JSON; a body that is no AdmissionReview is a 400.
+fn review_response(phase: Phase, body: &[u8], context: &str, world: Option<&dyn World>) -> Response<Full<Bytes>> {
+    match review::handle(phase, body, context, world) {
         Ok(review) => match serde_json::to_vec(&review) {
             Ok(json) => {
                 let mut r = Response::new(Full::new(Bytes::from(json)));

@@ -304,6 +304,31 @@ pub async fn run(
 ) -> anyhow::Result<()> {
     options.validate()?;
     let api: Api<Lease> = Api::namespaced(client, &options.namespace);
+    let (store, changed, watch) = watch_leases(&api);
+    wait_ready(&store).await;
+    info!(replica = %options.replica, shards = options.shards, lease = ?options.lease_duration, deadline = ?options.renew_deadline, "shard manager started");
+
+    let mut manager = Manager::new(shards, api, options);
+    tokio::pin!(shutdown);
+    loop {
+        let wake = manager.round(&store).await;
+        // Sleep until the next renewal, the next moment a lease of someone else could expire, or a
+        // lease changes (watch).
+        tokio::select! {
+            _ = &mut shutdown => break,
+            _ = tokio::time::sleep_until(wake.max(Instant::now() + Duration::from_millis(20))) => {}
+            _ = changed.notified() => {}
+        }
+    }
+
+    manager.hand_over().await;
+    watch.abort();
+    Ok(())
+}
+
+/// The cache of the labelled Leases (shards and memberships), and a notification on every change it
+/// sees: a round runs on each one.
+fn watch_leases(api: &Api<Lease>) -> (Store<Lease>, Arc<Notify>, tokio::task::JoinHandle<()>) {
     let (store, writer) = reflector::store::<Lease>();
     let changed = Arc::new(Notify::new());
     let watch = {
@@ -317,42 +342,52 @@ pub async fn run(
             async {}
         }))
     };
-    wait_ready(&store).await;
-    info!(replica = %options.replica, shards = options.shards, lease = ?options.lease_duration, deadline = ?options.renew_deadline, "shard manager started");
+    (store, changed, watch)
+}
 
-    let me = options.replica.clone();
-    let membership = lease::replica_lease(&me);
-    let mut my_membership: Option<Lease> = None;
-    let mut observer = Observer::default();
-    let mut last_renew = Instant::now() - options.retry_period * 2;
-    tokio::pin!(shutdown);
-    loop {
+/// What the manager carries from one round to the next.
+struct Manager {
+    shards: Arc<Shards>,
+    api: Api<Lease>,
+    options: ShardOptions,
+    me: String,
+    /// The name of our membership Lease.
+    membership: String,
+    /// Our copy from the last successful renewal (or none: read from the cache next time).
+    my_membership: Option<Lease>,
+    observer: Observer,
+    last_renew: Instant,
+}
+
+impl Manager {
+    fn new(shards: Arc<Shards>, api: Api<Lease>, options: ShardOptions) -> Manager {
+        let me = options.replica.clone();
+        let membership = lease::replica_lease(&me);
+        let last_renew = Instant::now() - options.retry_period * 2;
+        Manager {
+            shards,
+            api,
+            options,
+            me,
+            membership,
+            my_membership: None,
+            observer: Observer::default(),
+            last_renew,
+        }
+    }
+
+    /// One round: renews when due, then drains, releases and acquires shards by the plan. Returns
+    /// when the next round is due at the latest.
+    async fn round(&mut self, store: &Store<Lease>) -> Instant {
         let now = Instant::now();
         let leases = store.state();
         for l in &leases {
-            observer.observe(l, now);
+            self.observer.observe(l, now);
         }
         // Renewals (membership and held shards) when due, not on every wake-up.
-        if now.duration_since(last_renew) >= jittered(options.retry_period, unit_random()) {
-            last_renew = now;
-            let sent = Instant::now();
-            let current = my_membership.take().or_else(|| {
-                leases
-                    .iter()
-                    .find(|l| l.name_any() == membership)
-                    .map(|l| l.as_ref().clone())
-            });
-            my_membership = match renew_membership(&api, current.as_ref(), &membership, &me, &options).await {
-                Renewal::Renewed(l) => {
-                    shards.renewed(sent, options.renew_deadline);
-                    Some(*l)
-                }
-                Renewal::Lost => {
-                    shards.membership_lost();
-                    None // re-read from the cache next round, and renewed from there
-                }
-                Renewal::Failed => current,
-            };
+        if now.duration_since(self.last_renew) >= jittered(self.options.retry_period, unit_random()) {
+            self.last_renew = now;
+            self.renew(&leases).await;
         }
         let by_name = |name: &str| {
             leases
@@ -360,6 +395,56 @@ pub async fn run(
                 .find(|l| l.metadata.name.as_deref() == Some(name))
                 .map(|l| l.as_ref().clone())
         };
+        let live = self.live_replicas(&leases, now);
+        let mine_in_memory = self.shards.held();
+        let holders = self.holders(&by_name, &mine_in_memory, now);
+        let moves = plan_moves(&self.me, &live, &holders, self.options.shards);
+        self.start_drains(moves.release);
+        self.release_orphans(&by_name, &mine_in_memory, &moves.acquire).await;
+        // Shards of replicas gone silent are taken only once their membership is ended (conditional:
+        // a replica that renewed after all keeps them), one write per such replica.
+        let takeable = end_memberships(&self.api, &self.me, &moves.acquire, &by_name, &self.options).await;
+        // Concurrently: a joining replica's whole share in one round trip.
+        let acquisitions = moves.acquire.into_iter().filter(|s| takeable.contains(s)).map(|s| {
+            acquire(
+                &self.shards,
+                &self.api,
+                by_name(&lease::shard_lease(s)),
+                s,
+                &self.options,
+            )
+        });
+        futures::future::join_all(acquisitions).await;
+        self.shards.metrics.shards_held.set(self.shards.lock().len() as i64);
+        self.next_wake(&leases, now)
+    }
+
+    /// Renews our membership (the one from the cache if we have no copy): the validity of every
+    /// held shard follows it.
+    async fn renew(&mut self, leases: &[Arc<Lease>]) {
+        let sent = Instant::now();
+        let current = self.my_membership.take().or_else(|| {
+            leases
+                .iter()
+                .find(|l| l.name_any() == self.membership)
+                .map(|l| l.as_ref().clone())
+        });
+        self.my_membership =
+            match renew_membership(&self.api, current.as_ref(), &self.membership, &self.me, &self.options).await {
+                Renewal::Renewed(l) => {
+                    self.shards.renewed(sent, self.options.renew_deadline);
+                    Some(*l)
+                }
+                Renewal::Lost => {
+                    self.shards.membership_lost();
+                    None // re-read from the cache next round, and renewed from there
+                }
+                Renewal::Failed => current,
+            };
+    }
+
+    /// The replicas the shards are shared among: those with a live membership, and this one.
+    fn live_replicas(&self, leases: &[Arc<Lease>], now: Instant) -> Vec<String> {
         let mut live: Vec<String> = leases
             .iter()
             .filter(|l| {
@@ -368,56 +453,85 @@ pub async fn run(
                     .as_deref()
                     .is_some_and(|n| n.starts_with("kubedirector-replica-"))
             })
-            .filter_map(|l| observer.live_holder(l, options.lease_duration, now).map(str::to_string))
+            .filter_map(|l| {
+                self.observer
+                    .live_holder(l, self.options.lease_duration, now)
+                    .map(str::to_string)
+            })
             .collect();
-        if !live.contains(&me) {
-            live.push(me.clone());
+        if !live.contains(&self.me) {
+            live.push(self.me.clone());
         }
         live.sort();
         live.dedup();
+        live
+    }
+
+    /// The holder of every held shard, by its Lease and its holder's membership, and ours by memory.
+    fn holders(
+        &self,
+        by_name: &impl Fn(&str) -> Option<Lease>,
+        mine_in_memory: &[u32],
+        now: Instant,
+    ) -> BTreeMap<u32, String> {
         let mut holders = BTreeMap::new();
-        let mine_in_memory = shards.held();
-        for s in 0..options.shards {
+        for s in 0..self.options.shards {
             let Some(l) = by_name(&lease::shard_lease(s)) else {
                 continue;
             };
             let member = lease::holder(&l).and_then(|h| by_name(&lease::replica_lease(h)));
-            if let Some(h) = lease::shard_holder(&l, member.as_ref(), &observer, options.lease_duration, now) {
+            if let Some(h) = lease::shard_holder(&l, member.as_ref(), &self.observer, self.options.lease_duration, now)
+            {
                 // Held under our id by a previous run of this replica (same pod name after a
                 // restart): free for us to adopt, conditionally, like any other acquisition.
-                if h == me && !mine_in_memory.contains(&s) {
+                if h == self.me && !mine_in_memory.contains(&s) {
                     continue;
                 }
                 holders.insert(s, h.to_string());
             }
         }
-        for s in shards.held() {
-            holders.insert(s, me.clone());
+        for s in self.shards.held() {
+            holders.insert(s, self.me.clone());
         }
-        let moves = plan_moves(&me, &live, &holders, options.shards);
-        for s in moves.release {
-            let start_drain = shards
+        holders
+    }
+
+    /// Marks each shard of `release` draining and hands it over in the background; one already
+    /// draining has its handover running.
+    fn start_drains(&self, release: Vec<u32>) {
+        for s in release {
+            let start_drain = self
+                .shards
                 .lock()
                 .get_mut(&s)
                 .map(|h| !std::mem::replace(&mut h.draining, true))
                 .unwrap_or(false);
             if start_drain {
-                let (shards, api, options) = (shards.clone(), api.clone(), options.clone());
-                tokio::spawn(async move { drain_and_release(&shards, &api, s, &options).await });
+                self.spawn_drain_and_release(s);
             }
         }
+    }
+
+    /// Hands shard `s` over (drain, release) in a task of its own.
+    fn spawn_drain_and_release(&self, s: u32) -> tokio::task::JoinHandle<()> {
+        let (shards, api, options) = (self.shards.clone(), self.api.clone(), self.options.clone());
+        tokio::spawn(async move { drain_and_release(&shards, &api, s, &options).await })
+    }
+
+    /// Releases the shard Leases in our name that this process neither holds nor acquires now.
+    async fn release_orphans(&self, by_name: &impl Fn(&str) -> Option<Lease>, mine_in_memory: &[u32], acquire: &[u32]) {
         // Leases in our name that this process does not hold and does not take now: a release that
         // failed, or what a previous run (or a lost membership) left. Nobody else takes a shard of a
         // live replica, and shard Leases never expire by themselves: released here, or stranded.
-        let orphans: Vec<Lease> = (0..options.shards)
-            .filter(|s| !mine_in_memory.contains(s) && !moves.acquire.contains(s))
+        let orphans: Vec<Lease> = (0..self.options.shards)
+            .filter(|s| !mine_in_memory.contains(s) && !acquire.contains(s))
             .filter_map(|s| by_name(&lease::shard_lease(s)))
-            .filter(|l| lease::holder(l) == Some(me.as_str()))
+            .filter(|l| lease::holder(l) == Some(self.me.as_str()))
             .collect();
         for l in orphans {
             match bounded(
-                options.renew_deadline,
-                lease::replace(&api, &l, None, options.lease_duration, true),
+                self.options.renew_deadline,
+                lease::replace(&self.api, &l, None, self.options.lease_duration, true),
             )
             .await
             {
@@ -426,55 +540,40 @@ pub async fn run(
                 Err(e) => warn!(lease = %l.name_any(), error = %e, "releasing a shard Lease left in our name failed"),
             }
         }
-        // Shards of replicas gone silent are taken only once their membership is ended (conditional:
-        // a replica that renewed after all keeps them), one write per such replica.
-        let takeable = end_memberships(&api, &me, &moves.acquire, &by_name, &options).await;
-        // Concurrently: a joining replica's whole share in one round trip.
-        let acquisitions = moves
-            .acquire
-            .into_iter()
-            .filter(|s| takeable.contains(s))
-            .map(|s| acquire(&shards, &api, by_name(&lease::shard_lease(s)), s, &options));
-        futures::future::join_all(acquisitions).await;
-        shards.metrics.shards_held.set(shards.lock().len() as i64);
+    }
 
-        // Sleep until the next renewal, the next moment a lease of someone else could expire, or a
-        // lease changes (watch).
+    /// The next renewal, or just after the next moment a lease of someone else could expire.
+    fn next_wake(&self, leases: &[Arc<Lease>], now: Instant) -> Instant {
         let next_expiry = leases
             .iter()
-            .filter_map(|l| observer.expires_at(l, options.lease_duration))
+            .filter_map(|l| self.observer.expires_at(l, self.options.lease_duration))
             .filter(|at| *at > now)
             .min();
-        let mut wake = last_renew + options.retry_period;
+        let mut wake = self.last_renew + self.options.retry_period;
         if let Some(at) = next_expiry {
             wake = wake.min(at + Duration::from_millis(10));
         }
-        tokio::select! {
-            _ = &mut shutdown => break,
-            _ = tokio::time::sleep_until(wake.max(Instant::now() + Duration::from_millis(20))) => {}
-            _ = changed.notified() => {}
-        }
+        wake
     }
 
-    info!(replica = %me, "handing over every shard");
-    let mut handovers = Vec::new();
-    for s in shards.held() {
-        if let Some(h) = shards.lock().get_mut(&s) {
-            h.draining = true;
+    /// After shutdown: every held shard drained and released (concurrently), then the membership
+    /// left.
+    async fn hand_over(self) {
+        info!(replica = %self.me, "handing over every shard");
+        let mut handovers = Vec::new();
+        for s in self.shards.held() {
+            if let Some(h) = self.shards.lock().get_mut(&s) {
+                h.draining = true;
+            }
+            handovers.push(self.spawn_drain_and_release(s));
         }
-        let (shards, api, options) = (shards.clone(), api.clone(), options.clone());
-        handovers.push(tokio::spawn(async move {
-            drain_and_release(&shards, &api, s, &options).await
-        }));
+        for h in handovers {
+            let _ = h.await;
+        }
+        if let Some(m) = self.my_membership {
+            let _ = lease::replace(&self.api, &m, None, self.options.lease_duration, true).await;
+        }
     }
-    for h in handovers {
-        let _ = h.await;
-    }
-    if let Some(m) = my_membership {
-        let _ = lease::replace(&api, &m, None, options.lease_duration, true).await;
-    }
-    watch.abort();
-    Ok(())
 }
 
 async fn wait_ready(store: &Store<Lease>) {
