@@ -216,7 +216,8 @@ impl Division {
         S: Stream<Item = Result<watcher::Event<K>, watcher::Error>> + Send + 'static,
     {
         let started = Arc::new(AtomicU64::new(0));
-        let events = restarting(make, self.restart.subscribe(), started.clone());
+        let ends_list = |r: &Result<watcher::Event<K>, watcher::Error>| matches!(r, Ok(watcher::Event::InitDone));
+        let events = restarting(make, ends_list, self.restart.subscribe(), started.clone());
         let me = self.clone();
         let events = events
             .filter(move |r| {
@@ -253,9 +254,13 @@ impl Division {
 
 /// The items of `make()`, a new one made (and the old one dropped) whenever `restarts` changes;
 /// `started` holds the generation the current one was made at. Changes that come within `SETTLE`
-/// of each other make one restart.
+/// of each other make one restart, and a stream still in its first list (until an item
+/// `ends_list`) finishes it first: under a round of handovers, a list abandoned at every change
+/// was made again and again by the API server (every child of the member, each time), and the
+/// lists that finished came later, not sooner.
 pub(crate) fn restarting<T, S>(
     make: impl Fn() -> S + Send + 'static,
+    ends_list: impl Fn(&T) -> bool + Send + 'static,
     restarts: watch::Receiver<u64>,
     started: Arc<AtomicU64>,
 ) -> BoxStream<'static, T>
@@ -263,42 +268,60 @@ where
     T: Send + 'static,
     S: Stream<Item = T> + Send + 'static,
 {
-    struct State<T, F> {
+    struct State<T, F, E> {
         current: Option<BoxStream<'static, T>>,
         restarts: Option<watch::Receiver<u64>>,
         make: F,
+        ends_list: E,
         started: Arc<AtomicU64>,
+        /// The current stream has not finished its first list.
+        listing: bool,
+        /// A change came: restart once the list is done.
+        pending: bool,
     }
     let state = State {
         current: None,
         restarts: Some(restarts),
         make,
+        ends_list,
         started,
+        listing: false,
+        pending: false,
     };
     futures::stream::unfold(state, |mut st| async move {
         loop {
+            if st.pending && !st.listing {
+                tokio::time::sleep(SETTLE).await;
+                st.current = None;
+            }
             if st.current.is_none() {
                 let g = st.restarts.as_mut().map(|r| *r.borrow_and_update()).unwrap_or(0);
                 st.started.store(g, Ordering::SeqCst);
                 st.current = Some((st.make)().boxed());
+                (st.listing, st.pending) = (true, false);
             }
+            let pending = st.pending;
             let current = st.current.as_mut()?;
-            let Some(restarts) = st.restarts.as_mut() else {
+            let item = match st.restarts.as_mut() {
                 // Nobody can restart it any more: the current stream to its end.
-                let item = current.next().await?;
-                return Some((item, st));
-            };
-            tokio::select! {
-                biased;
-                changed = restarts.changed() => match changed {
-                    Ok(()) => {
-                        tokio::time::sleep(SETTLE).await;
-                        st.current = None;
+                None => current.next().await,
+                Some(restarts) => tokio::select! {
+                    biased;
+                    changed = restarts.changed(), if !pending => {
+                        match changed {
+                            Ok(()) => st.pending = true,
+                            Err(_) => st.restarts = None,
+                        }
+                        continue;
                     }
-                    Err(_) => st.restarts = None,
+                    item = current.next() => item,
                 },
-                item = current.next() => return item.map(|i| (i, st)),
+            };
+            let item = item?;
+            if (st.ends_list)(&item) {
+                st.listing = false;
             }
+            return Some((item, st));
         }
     })
     .boxed()
@@ -398,6 +421,7 @@ mod tests {
                     Some((n, ()))
                 })
             },
+            |_| true,
             rx,
             started.clone(),
         );
@@ -412,5 +436,34 @@ mod tests {
         assert_eq!(made.load(Ordering::SeqCst), 2, "made once per restart");
         drop(tx);
         assert_eq!(s.next().await, Some(1), "no sender: the current stream continues");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_list_in_progress_finishes_before_the_restart() {
+        let (tx, rx) = watch::channel(0u64);
+        let made = Arc::new(AtomicU64::new(0));
+        let m = made.clone();
+        // Each stream: three list items (10 ms apart), the list's end (0), then nothing for long.
+        let mut s = restarting(
+            move || {
+                let n = m.fetch_add(1, Ordering::SeqCst) + 1;
+                futures::stream::iter([n, n, n, 0]).then(|i| async move {
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                    i
+                })
+            },
+            |i| *i == 0,
+            rx,
+            Arc::new(AtomicU64::new(0)),
+        );
+        assert_eq!(s.next().await, Some(1));
+        tx.send_replace(1);
+        // The change came mid-list: the list goes on to its end, then the new stream starts.
+        assert_eq!(s.next().await, Some(1));
+        tx.send_replace(2);
+        assert_eq!(s.next().await, Some(1));
+        assert_eq!(s.next().await, Some(0), "the list's end");
+        assert_eq!(s.next().await, Some(2), "one restart for both changes");
+        assert_eq!(made.load(Ordering::SeqCst), 2);
     }
 }
