@@ -161,14 +161,7 @@ pub async fn run(
         tokio::spawn(crate::reconcile::config::keep(ctx.clone())),
     ];
     if let (Some(sh), Some(division)) = (&shards, &division) {
-        tasks.push(tokio::spawn(division.clone().follow()));
-        tasks.push(tokio::spawn(triggers::acquired(
-            sh.clone(),
-            division.clone(),
-            queue.clone(),
-            clusters.clone(),
-            context.clone(),
-        )));
+        tasks.extend(sharded(sh, division, &queue, &clusters, &context));
     }
     info!(%context, watch = ?options.watch_namespace, workers = options.concurrency, qps = options.write_qps, burst = options.write_burst, "member cluster started");
     let worker = worker::Worker {
@@ -196,6 +189,27 @@ pub async fn run(
     hub.deregister(&context);
     info!(%context, "member cluster stopped");
     Ok(())
+}
+
+/// Sharded: the division follows the held shards, and a shard's keys are queued when it is
+/// acquired (once its children are listed).
+fn sharded(
+    shards: &Arc<Shards>,
+    division: &Arc<division::Division>,
+    queue: &WorkQueue<ClusterKey>,
+    clusters: &Store<DynamicObject>,
+    context: &str,
+) -> [JoinHandle<()>; 2] {
+    [
+        tokio::spawn(division.clone().follow()),
+        tokio::spawn(triggers::acquired(
+            shards.clone(),
+            division.clone(),
+            queue.clone(),
+            clusters.clone(),
+            context.to_string(),
+        )),
+    ]
 }
 
 /// Registers this member's caches for admission decisions (the same stores, see

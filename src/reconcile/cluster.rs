@@ -332,18 +332,8 @@ async fn attempt(obj: Arc<DynamicObject>, ctx: &Ctx, turn: Turn) -> Result<Step,
     let version = obj.resource_version().unwrap_or_default();
     // Before anything is observed: what touches the key from here on voids a note (`Settled`).
     let epoch = ctx.settled.epoch(&key);
-    if ctx.settled.take(&key, &version) {
-        // Queued by our own write's event, which came before the write's answer (`Settled`).
-        debug!(context = %ctx.context, cluster = %name, namespace = %ns, "the version we wrote leaves nothing to do");
-        ctx.metrics
-            .reconciles_settled
-            .get_or_create(&ctx.metrics.cluster(&ctx.context))
-            .inc();
-        return Ok(Step::Done(Outcome::RequeueAfter(RESYNC)));
-    }
-    if ctx.superseded.is_stale(&key, &version, tokio::time::Instant::now()) {
-        debug!(context = %ctx.context, cluster = %name, namespace = %ns, "cache still holds the version we wrote over; waiting for the watch");
-        return Ok(Step::Done(Outcome::Throttled(Duration::from_millis(50))));
+    if let Some(outcome) = own_version(ctx, &key, &version) {
+        return Ok(Step::Done(outcome));
     }
     if obj.meta().deletion_timestamp.is_some() {
         return deleted(ctx, &obj, &key).await.map(Step::Done);
@@ -443,6 +433,26 @@ async fn attempt(obj: Arc<DynamicObject>, ctx: &Ctx, turn: Turn) -> Result<Step,
         epoch,
     };
     write_plan(ctx, done, plan).await.map(Step::Done)
+}
+
+/// The cached version is one this replica wrote: with nothing left to do (`Settled`), or already
+/// written over (the cache is behind: wait for the watch).
+fn own_version(ctx: &Ctx, key: &ClusterKey, version: &str) -> Option<Outcome> {
+    let (ns, name) = (&key.namespace, &key.name);
+    if ctx.settled.take(key, version) {
+        // Queued by our own write's event, which came before the write's answer (`Settled`).
+        debug!(context = %ctx.context, cluster = %name, namespace = %ns, "the version we wrote leaves nothing to do");
+        ctx.metrics
+            .reconciles_settled
+            .get_or_create(&ctx.metrics.cluster(&ctx.context))
+            .inc();
+        return Some(Outcome::RequeueAfter(RESYNC));
+    }
+    if ctx.superseded.is_stale(key, version, tokio::time::Instant::now()) {
+        debug!(context = %ctx.context, cluster = %name, namespace = %ns, "cache still holds the version we wrote over; waiting for the watch");
+        return Some(Outcome::Throttled(Duration::from_millis(50)));
+    }
+    None
 }
 
 /// What `attempt` read and decided, for the writes.
