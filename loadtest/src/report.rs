@@ -46,6 +46,9 @@ pub struct CachedPods {
     pub members: u32,
     pub per_replica: Vec<(String, f64)>,
     pub sum: f64,
+    /// How long after every CR was configured the figure was read (at most 60 s: the sum was
+    /// short of the members until then).
+    pub waited_seconds: f64,
 }
 
 /// `apiserver_flowcontrol_request_wait_duration_seconds` of one priority level in a window.
@@ -241,10 +244,11 @@ impl Report {
             Ok(c) => {
                 let each: Vec<String> = c.per_replica.iter().map(|(id, n)| format!("{id} {n:.0}")).collect();
                 md.push_str(&format!(
-                    "\nPods cached when every CR was configured: {:.0} over the replicas for {} members ({})\n",
+                    "\nPods cached when every CR was configured: {:.0} over the replicas for {} members ({}), read {:.0} s later\n",
                     c.sum,
                     c.members,
-                    each.join(", ")
+                    each.join(", "),
+                    c.waited_seconds
                 ));
             }
             Err(why) => md.push_str(&format!("\nPods cached when every CR was configured: {why}\n")),

@@ -533,6 +533,38 @@ pub async fn wait_admission(b: &Bench<'_>) -> anyhow::Result<()> {
     crate::admission::wait_serving(&b.clients[0], &b.ns, &probe, Duration::from_secs(90)).await
 }
 
+/// The pods the live replicas cache, read once their sum equals the members (the caches are
+/// divided by shard, and a handover in progress leaves a taken-over shard's pods uncounted until
+/// its lists end) or after 60 s, whichever is first. The gauges are refreshed every 5 s. A replica
+/// the chaos just killed may not answer: then the figure is missing, and says why.
+async fn settled_cached_pods(
+    replicas: &tokio::sync::Mutex<Replicas>,
+    members: u32,
+) -> Result<report::CachedPods, String> {
+    let start = Instant::now();
+    let limit = Duration::from_secs(60);
+    loop {
+        let read = replicas.lock().await.cached(Some("Pod")).await;
+        let waited = start.elapsed();
+        match read {
+            Ok(per_replica) => {
+                let sum: f64 = per_replica.iter().map(|(_, n)| n).sum();
+                if sum == f64::from(members) || waited >= limit {
+                    return Ok(report::CachedPods {
+                        members,
+                        sum,
+                        per_replica,
+                        waited_seconds: waited.as_secs_f64(),
+                    });
+                }
+            }
+            Err(e) if waited >= limit => return Err(format!("not read: {e:#}")),
+            Err(_) => {}
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+}
+
 async fn measure(b: &Bench<'_>) -> anyhow::Result<Report> {
     let (o, bed, clients) = (b.o, b.bed, &b.clients);
     let (ns, floor_ns, system, placement) = (&b.ns, &b.floor_ns, &b.system, b.placement);
@@ -595,17 +627,7 @@ async fn measure(b: &Bench<'_>) -> anyhow::Result<Report> {
     let create_done = tracker.take_done();
     phase_secs.insert("create".to_string(), t0.elapsed().as_secs_f64());
     let create_to = now_us();
-    // The replicas refresh the cache gauges every 5 s.
-    tokio::time::sleep(Duration::from_secs(6)).await;
-    // A replica just killed by the chaos may not answer: then the figure is missing, and says so.
-    let cached_pods = match replicas.lock().await.cached(Some("Pod")).await {
-        Ok(per_replica) => Ok(report::CachedPods {
-            members: w.members,
-            sum: per_replica.iter().map(|(_, n)| n).sum(),
-            per_replica,
-        }),
-        Err(e) => Err(format!("not read: {e:#}")),
-    };
+    let cached_pods = settled_cached_pods(&replicas, w.members).await;
     let apf_create = apf_window(&apf_histograms(clients).await?, &apf_create_before);
 
     // Churn.

@@ -2,11 +2,13 @@
 //! concerns, and the pump puts those keys on the queue. Nothing polls the API; a slow resync is only
 //! a safety net.
 
+use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use futures::StreamExt;
 use futures::stream::BoxStream;
+use futures::stream::FuturesUnordered;
+use futures::{FutureExt, StreamExt};
 use kube::ResourceExt;
 use kube::api::DynamicObject;
 use kube::runtime::reflector::Store;
@@ -237,19 +239,45 @@ pub(crate) async fn acquired(
     context: String,
 ) {
     let mut rx = shards.subscribe();
+    // Each acquired shard waits for its lists on its own: one still listing holds back no other.
+    let mut waiting = FuturesUnordered::new();
+    let mut pending = BTreeSet::new();
     loop {
-        let acquired = match rx.recv().await {
-            Ok(shard) => vec![shard],
-            Err(broadcast::error::RecvError::Lagged(_)) => shards.held(),
-            Err(broadcast::error::RecvError::Closed) => return,
-        };
-        for shard in acquired {
-            if !division.wait_ready(shard).await {
-                continue; // released meanwhile
+        tokio::select! {
+            got = rx.recv() => {
+                let acquired = match got {
+                    Ok(shard) => vec![shard],
+                    Err(broadcast::error::RecvError::Lagged(_)) => shards.held(),
+                    Err(broadcast::error::RecvError::Closed) => return,
+                };
+                for shard in acquired {
+                    if pending.insert(shard) {
+                        let division = division.clone();
+                        waiting.push(async move { (shard, division.wait_ready(shard).await) });
+                    }
+                }
             }
-            for key in all_keys(&clusters) {
-                if shards.shard_of(&context, &key.namespace, &key.name) == shard {
-                    queue.add_urgent(key);
+            Some(first) = waiting.next(), if !waiting.is_empty() => {
+                // Shards acquired together list together: queue every one that is ready now in
+                // one pass over the keys.
+                let mut ready = BTreeSet::new();
+                let mut done = vec![first];
+                while let Some(Some(next)) = waiting.next().now_or_never() {
+                    done.push(next);
+                }
+                for (shard, held) in done {
+                    pending.remove(&shard);
+                    if held {
+                        ready.insert(shard); // not released meanwhile
+                    }
+                }
+                if ready.is_empty() {
+                    continue;
+                }
+                for key in all_keys(&clusters) {
+                    if ready.contains(&shards.shard_of(&context, &key.namespace, &key.name)) {
+                        queue.add_urgent(key);
+                    }
                 }
             }
         }

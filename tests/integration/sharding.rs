@@ -188,39 +188,32 @@ async fn three_replicas_split_the_shards_and_reconcile_only_their_own() {
     }
 }
 
+/// How many objects of kind `K` in `ns` match `lp` (a metadata-only list).
+async fn count<K>(client: &Client, ns: &str, lp: &ListParams) -> usize
+where
+    K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope>
+        + Clone
+        + serde::de::DeserializeOwned
+        + std::fmt::Debug,
+    K::DynamicType: Default,
+{
+    Api::<K>::namespaced(client.clone(), ns)
+        .list_metadata(lp)
+        .await
+        .unwrap_or_else(|e| panic!("list {}: {e}", K::kind(&K::DynamicType::default())))
+        .items
+        .len()
+}
+
 /// The replicas' child caches are divided by shard: per member and kind, the objects cached over the
 /// three replicas add up to the member's objects exactly once, and no replica holds them all.
 async fn caches_hold_the_children_once(clients: &[Client], ns: &str, replicas: &Replicas) {
     let lp = ListParams::default().labels("kubedirector.hpe.com/kdcluster");
     for (context, client) in CONTEXTS.iter().zip(clients) {
         let want = [
-            (
-                "Pod",
-                Api::<Pod>::namespaced(client.clone(), ns)
-                    .list_metadata(&lp)
-                    .await
-                    .expect("pods")
-                    .items
-                    .len(),
-            ),
-            (
-                "Service",
-                Api::<Service>::namespaced(client.clone(), ns)
-                    .list_metadata(&lp)
-                    .await
-                    .expect("services")
-                    .items
-                    .len(),
-            ),
-            (
-                "StatefulSet",
-                Api::<StatefulSet>::namespaced(client.clone(), ns)
-                    .list_metadata(&lp)
-                    .await
-                    .expect("sts")
-                    .items
-                    .len(),
-            ),
+            ("Pod", count::<Pod>(client, ns, &lp).await),
+            ("Service", count::<Service>(client, ns, &lp).await),
+            ("StatefulSet", count::<StatefulSet>(client, ns, &lp).await),
         ];
         for (kind, total) in want {
             assert!(total >= 100, "{context}: only {total} {kind}s");
