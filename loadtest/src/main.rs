@@ -106,6 +106,12 @@ struct Cli {
     start_rate: Option<f64>,
     #[arg(long)]
     step_seconds: Option<u64>,
+    /// Capacity: each step's rate is the previous one's times this (above 1; default 1.5).
+    #[arg(long)]
+    rate_factor: Option<f64>,
+    /// Capacity: the most steps a search takes.
+    #[arg(long)]
+    max_steps: Option<u32>,
     /// Scale-out: the CPU share of one core each replica gets (cgroup), e.g. 0.2.
     #[arg(long)]
     replica_cpu: Option<f64>,
@@ -194,6 +200,12 @@ fn workload(cli: &Cli) -> anyhow::Result<Workload> {
     }
     if let Some(v) = cli.step_seconds {
         w.capacity.step_seconds = v;
+    }
+    if let Some(v) = cli.rate_factor {
+        w.capacity.factor = v;
+    }
+    if let Some(v) = cli.max_steps {
+        w.capacity.max_steps = v;
     }
     if let Some(v) = cli.replica_cpu {
         w.scaleout.replica_cpu = v;
