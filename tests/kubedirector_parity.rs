@@ -93,6 +93,18 @@ fn remove(v: &mut Value, keys: &[&str]) {
     }
 }
 
+/// Our one deliberate addition to KubeDirector's labels (docs/architecture.md, "Differences from
+/// KubeDirector"): the cluster's bucket, on `labels` (an object's, a template's, a claim
+/// template's). Taken out so the rest compares with KubeDirector's; it must be there, with the
+/// cluster's value.
+fn without_bucket(labels: &mut Value, namespace: &str, cluster: &str, what: &str) {
+    let want = kubedirector::model::labels::shard_bucket(namespace, cluster).to_string();
+    let got = labels
+        .as_object_mut()
+        .and_then(|l| l.remove(kubedirector::model::labels::SHARD_BUCKET));
+    assert_eq!(got, Some(Value::String(want)), "{what}: the bucket label");
+}
+
 /// A pod template without what the API server fills in, and with the two scripts replaced by what
 /// they must contain.
 fn normalized_template(t: &Value, headless: &str) -> Value {
@@ -213,6 +225,10 @@ fn pod_templates_and_services_are_built_as_kubedirector_built_them() {
             .as_str()
             .expect("clusterService")
             .to_string();
+        let cr = of(&items, "KubeDirectorCluster")[0]["metadata"]["name"]
+            .as_str()
+            .expect("cluster name")
+            .to_string();
         for theirs in of(&items, "StatefulSet") {
             let sts_name = theirs["metadata"]["name"].as_str().expect("name");
             let ours: &StatefulSet = plan
@@ -220,7 +236,21 @@ fn pod_templates_and_services_are_built_as_kubedirector_built_them() {
                 .iter()
                 .find(|s| s.metadata.name.as_deref() == Some(sts_name))
                 .unwrap_or_else(|| panic!("{name}: no planned StatefulSet {sts_name}"));
-            let ours = serde_json::to_value(ours).expect("ours");
+            let mut ours = serde_json::to_value(ours).expect("ours");
+            let ns = theirs["metadata"]["namespace"].as_str().unwrap_or_default();
+            without_bucket(&mut ours["metadata"]["labels"], ns, &cr, sts_name);
+            without_bucket(&mut ours["spec"]["template"]["metadata"]["labels"], ns, &cr, sts_name);
+            for c in ours["spec"]["volumeClaimTemplates"]
+                .as_array_mut()
+                .into_iter()
+                .flatten()
+            {
+                without_bucket(&mut c["metadata"]["labels"], ns, &cr, sts_name);
+                // KubeDirector's claim templates carry no labels at all.
+                if c["metadata"]["labels"].as_object().is_some_and(|l| l.is_empty()) {
+                    remove(&mut c["metadata"], &["labels"]);
+                }
+            }
             assert_eq!(
                 normalized_template(&ours["spec"]["template"], &headless),
                 normalized_template(&theirs["spec"]["template"], &headless),
@@ -237,6 +267,8 @@ fn pod_templates_and_services_are_built_as_kubedirector_built_them() {
                 .find(|s| s.metadata.name.as_deref() == Some(svc_name))
                 .unwrap_or_else(|| panic!("{name}: no planned Service {svc_name}"));
             let mut ours = serde_json::to_value(ours).expect("ours");
+            let ns = theirs["metadata"]["namespace"].as_str().unwrap_or_default();
+            without_bucket(&mut ours["metadata"]["labels"], ns, &cr, svc_name);
             // The API server fills in a missing targetPort and type; ours are explicit.
             for p in ours["spec"]["ports"].as_array_mut().into_iter().flatten() {
                 if p.get("targetPort").is_none() {

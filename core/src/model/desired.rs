@@ -59,6 +59,12 @@ impl ClusterFacts<'_> {
         }
     }
 
+    /// `labels` with the cluster's bucket: on everything but a StatefulSet's selector, which is
+    /// KubeDirector's (immutable, and StatefulSets made by it or before the label have none).
+    fn bucketed(&self, labels: BTreeMap<String, String>) -> BTreeMap<String, String> {
+        labels::with_bucket(labels, self.namespace, self.name)
+    }
+
     fn meta(&self, name: &str, labels: BTreeMap<String, String>, annotations: BTreeMap<String, String>) -> ObjectMeta {
         ObjectMeta {
             name: Some(name.to_string()),
@@ -86,7 +92,7 @@ fn stamp(meta: &mut ObjectMeta, hash: String) {
 /// The cluster's headless Service: DNS for every member, ready or not.
 pub fn headless_service(c: &ClusterFacts) -> Service {
     let labels = merged(
-        &labels::service_labels(c.name, c.app, None),
+        &c.bucketed(labels::service_labels(c.name, c.app, None)),
         &[&c.settings.service_labels],
     );
     let annotations = merged(&labels::app_annotations(c.app), &[&c.settings.service_annotations]);
@@ -147,7 +153,7 @@ pub fn member_service(
     }
     let empty = BTreeMap::new();
     let labels = merged(
-        &labels::service_labels(c.name, c.app, Some(&role.id)),
+        &c.bucketed(labels::service_labels(c.name, c.app, Some(&role.id))),
         &[
             &c.settings.service_labels,
             role_spec.service_labels.as_ref().unwrap_or(&empty),
@@ -231,11 +237,19 @@ fn mount(name: &str, path: &str, sub_path: Option<String>, read_only: bool) -> V
     }
 }
 
-fn claim_template(name: &str, class: Option<String>, size: &Quantity, block: bool) -> PersistentVolumeClaim {
+fn claim_template(
+    c: &ClusterFacts,
+    name: &str,
+    class: Option<String>,
+    size: &Quantity,
+    block: bool,
+) -> PersistentVolumeClaim {
     PersistentVolumeClaim {
-        // Only a name, as KubeDirector's: the StatefulSet controller gives PVCs the selector's labels.
+        // A name, as KubeDirector's (the StatefulSet controller adds the selector's labels), and
+        // the bucket, which the selector does not have.
         metadata: ObjectMeta {
             name: Some(name.to_string()),
+            labels: Some(c.bucketed(BTreeMap::new())),
             ..Default::default()
         },
         spec: Some(PersistentVolumeClaimSpec {
@@ -259,7 +273,7 @@ pub fn statefulset(c: &ClusterFacts, r: &RoleInput) -> StatefulSet {
     let empty = BTreeMap::new();
     let role_labels = cluster_labels(c.name, c.app, Some(&role.id));
     let pod_labels = merged(
-        &role_labels,
+        &c.bucketed(role_labels.clone()),
         &[&c.settings.pod_labels, spec.pod_labels.as_ref().unwrap_or(&empty)],
     );
     let pod_annotations = merged(
@@ -299,6 +313,7 @@ pub fn statefulset(c: &ClusterFacts, r: &RoleInput) -> StatefulSet {
     let mut mounts = Vec::new();
     if let Some(storage) = &spec.storage {
         claims.push(claim_template(
+            c,
             names::STORAGE_CLAIM,
             r.storage_class.clone(),
             &storage.size,
@@ -365,7 +380,7 @@ pub fn statefulset(c: &ClusterFacts, r: &RoleInput) -> StatefulSet {
             .unwrap_or_else(|| Quantity(DEFAULT_BLOCK_SIZE.to_string()));
         for (i, path) in block_device_paths(spec).into_iter().enumerate() {
             let claim = names::block_claim(i);
-            claims.push(claim_template(&claim, r.block_storage_class.clone(), &size, true));
+            claims.push(claim_template(c, &claim, r.block_storage_class.clone(), &size, true));
             devices.push(VolumeDevice {
                 name: claim,
                 device_path: path,
@@ -407,7 +422,11 @@ pub fn statefulset(c: &ClusterFacts, r: &RoleInput) -> StatefulSet {
     // selector is immutable and never sent again).
     let selector = role_labels.clone();
     let mut sts = StatefulSet {
-        metadata: c.meta(r.statefulset_name, role_labels, labels::app_annotations(c.app)),
+        metadata: c.meta(
+            r.statefulset_name,
+            c.bucketed(role_labels),
+            labels::app_annotations(c.app),
+        ),
         spec: Some(StatefulSetSpec {
             replicas: Some(r.replicas),
             selector: LabelSelector {

@@ -1028,3 +1028,62 @@ fn a_new_clusters_first_status_is_held_until_configured_only_while_nothing_must_
     tokened.status.roles[0].members[0].auth_token = Some("t".to_string());
     assert_eq!(hold_first_status(None, &tokened, young, grace), None);
 }
+
+#[test]
+fn every_child_carries_the_clusters_bucket_but_no_selector_does() {
+    let p = plan(&spark_cluster(), &spark_app(), None, &Observed::default());
+    assert!(p.errors.is_empty(), "{:?}", p.errors);
+    let bucket = labels::shard_bucket("ns", "spark-one").to_string();
+    assert!(labels::shard_bucket("ns", "spark-one") < labels::BUCKETS);
+    assert_ne!(
+        labels::shard_bucket("ns", "spark-one"),
+        labels::shard_bucket("other", "spark-one"),
+        "the namespace is part of the key"
+    );
+    let has = |l: Option<&BTreeMap<String, String>>| l.and_then(|l| l.get(labels::SHARD_BUCKET)) == Some(&bucket);
+    let headless = p.headless.as_ref().expect("headless");
+    assert!(has(headless.metadata.labels.as_ref()), "headless Service");
+    assert!(!p.member_services.is_empty());
+    for svc in &p.member_services {
+        assert!(has(svc.metadata.labels.as_ref()), "{:?}", svc.metadata.name);
+        let selector = svc.spec.as_ref().and_then(|s| s.selector.as_ref());
+        assert!(!selector.is_some_and(|s| s.contains_key(labels::SHARD_BUCKET)));
+    }
+    let mut claims = 0;
+    for s in &p.statefulsets {
+        let spec = s.spec.as_ref().expect("spec");
+        assert!(has(s.metadata.labels.as_ref()), "StatefulSet {:?}", s.metadata.name);
+        assert!(
+            has(spec.template.metadata.as_ref().and_then(|m| m.labels.as_ref())),
+            "pod template"
+        );
+        assert!(
+            !spec
+                .selector
+                .match_labels
+                .as_ref()
+                .is_some_and(|m| m.contains_key(labels::SHARD_BUCKET)),
+            "the selector stays KubeDirector's: StatefulSets made without the label keep theirs"
+        );
+        for c in spec.volume_claim_templates.iter().flatten() {
+            assert!(has(c.metadata.labels.as_ref()), "claim template {:?}", c.metadata.name);
+            claims += 1;
+        }
+    }
+    assert!(claims >= 3, "storage and block claims were checked: {claims}");
+    // A user's label of the same key does not move a child to another bucket.
+    let mut c = spark_cluster();
+    for r in &mut c.spec.roles {
+        r.pod_labels = Some(BTreeMap::from([(labels::SHARD_BUCKET.to_string(), "7".to_string())]));
+        r.service_labels = r.pod_labels.clone();
+    }
+    let p = plan(&c, &spark_app(), None, &Observed::default());
+    assert!(p.statefulsets.iter().all(|s| {
+        has(s
+            .spec
+            .as_ref()
+            .and_then(|s| s.template.metadata.as_ref())
+            .and_then(|m| m.labels.as_ref()))
+    }));
+    assert!(p.member_services.iter().all(|s| has(s.metadata.labels.as_ref())));
+}
