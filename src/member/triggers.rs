@@ -238,48 +238,219 @@ pub(crate) async fn acquired(
     clusters: Store<DynamicObject>,
     context: String,
 ) {
-    let mut rx = shards.subscribe();
-    // Each acquired shard waits for its lists on its own: one still listing holds back no other.
+    let lagged = shards.clone();
+    let acquisitions = futures::stream::unfold(shards.subscribe(), move |mut rx| {
+        let lagged = lagged.clone();
+        async move {
+            match rx.recv().await {
+                Ok(shard) => Some((vec![shard], rx)),
+                // Missed some: every held shard is (re)considered.
+                Err(broadcast::error::RecvError::Lagged(_)) => Some((lagged.held(), rx)),
+                Err(broadcast::error::RecvError::Closed) => None,
+            }
+        }
+    });
+    let held = shards.clone();
+    when_ready(
+        acquisitions,
+        move |shard| {
+            let division = division.clone();
+            async move { division.wait_ready(shard).await }
+        },
+        move |shard| held.held().contains(&shard),
+        |ready| {
+            for key in all_keys(&clusters) {
+                if ready.contains(&shards.shard_of(&context, &key.namespace, &key.name)) {
+                    queue.add_urgent(key);
+                }
+            }
+        },
+    )
+    .await;
+}
+
+/// Each acquired shard waits (`wait`: true once its lists are in, false if it was released first)
+/// on its own, so one still listing holds back no other; `on_ready` gets the shards that became
+/// ready together, at once. A shard released and taken again while its wait was pending waits
+/// again: its second acquisition arrived while the first was still counted as pending.
+async fn when_ready<W, F>(
+    acquisitions: impl futures::Stream<Item = Vec<u32>>,
+    wait: W,
+    held: impl Fn(u32) -> bool,
+    mut on_ready: impl FnMut(&BTreeSet<u32>),
+) where
+    W: Fn(u32) -> F,
+    F: std::future::Future<Output = bool>,
+{
+    let mut acquisitions = std::pin::pin!(acquisitions.fuse());
     let mut waiting = FuturesUnordered::new();
     let mut pending = BTreeSet::new();
+    let start = |shard: u32| {
+        let f = wait(shard);
+        async move { (shard, f.await) }
+    };
     loop {
         tokio::select! {
-            got = rx.recv() => {
-                let acquired = match got {
-                    Ok(shard) => vec![shard],
-                    Err(broadcast::error::RecvError::Lagged(_)) => shards.held(),
-                    Err(broadcast::error::RecvError::Closed) => return,
-                };
-                for shard in acquired {
+            // Acquisitions first: rare, and then a shard's order of events is the same every run.
+            biased;
+            got = acquisitions.next() => {
+                let Some(got) = got else { return };
+                for shard in got {
                     if pending.insert(shard) {
-                        let division = division.clone();
-                        waiting.push(async move { (shard, division.wait_ready(shard).await) });
+                        waiting.push(start(shard));
                     }
                 }
             }
             Some(first) = waiting.next(), if !waiting.is_empty() => {
-                // Shards acquired together list together: queue every one that is ready now in
-                // one pass over the keys.
-                let mut ready = BTreeSet::new();
+                // Shards acquired together list together: take every one that is ready now.
                 let mut done = vec![first];
                 while let Some(Some(next)) = waiting.next().now_or_never() {
                     done.push(next);
                 }
-                for (shard, held) in done {
-                    pending.remove(&shard);
-                    if held {
-                        ready.insert(shard); // not released meanwhile
+                let mut ready = BTreeSet::new();
+                for (shard, listed) in done {
+                    if listed {
+                        pending.remove(&shard);
+                        ready.insert(shard);
+                    } else if held(shard) {
+                        waiting.push(start(shard)); // released and taken again meanwhile
+                    } else {
+                        pending.remove(&shard);
                     }
                 }
-                if ready.is_empty() {
-                    continue;
-                }
-                for key in all_keys(&clusters) {
-                    if ready.contains(&shards.shard_of(&context, &key.namespace, &key.name)) {
-                        queue.add_urgent(key);
-                    }
+                if !ready.is_empty() {
+                    on_ready(&ready);
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+    use std::sync::Mutex;
+    use std::time::Duration;
+
+    use tokio::sync::mpsc::{UnboundedSender, unbounded_channel};
+
+    use super::*;
+
+    /// A scripted bed: each shard's waits end with the outcomes the test sends, in order.
+    struct Bed {
+        acquire: UnboundedSender<Vec<u32>>,
+        outcome: HashMap<u32, UnboundedSender<bool>>,
+        held: Arc<Mutex<BTreeSet<u32>>>,
+        ready: mpsc::UnboundedReceiver<BTreeSet<u32>>,
+    }
+
+    fn bed(shards: &[u32]) -> Bed {
+        let (acquire, acquisitions) = unbounded_channel::<Vec<u32>>();
+        let mut outcome = HashMap::new();
+        let mut script = HashMap::new();
+        for &s in shards {
+            let (tx, rx) = unbounded_channel::<bool>();
+            outcome.insert(s, tx);
+            script.insert(s, Arc::new(tokio::sync::Mutex::new(rx)));
+        }
+        let held = Arc::new(Mutex::new(BTreeSet::new()));
+        let (report, ready) = unbounded_channel();
+        let h = held.clone();
+        tokio::spawn(async move {
+            let acquisitions =
+                futures::stream::unfold(acquisitions, |mut rx| async move { rx.recv().await.map(|v| (v, rx)) });
+            when_ready(
+                acquisitions,
+                |shard| {
+                    let rx = script.get(&shard).cloned();
+                    async move {
+                        match rx {
+                            Some(rx) => rx.lock().await.recv().await.unwrap_or(false),
+                            None => false,
+                        }
+                    }
+                },
+                move |shard| h.lock().map(|h| h.contains(&shard)).unwrap_or(false),
+                |ready| {
+                    let _ = report.send(ready.clone());
+                },
+            )
+            .await;
+        });
+        Bed {
+            acquire,
+            outcome,
+            held,
+            ready,
+        }
+    }
+
+    impl Bed {
+        fn acquire(&self, shards: &[u32]) {
+            let mut held = self.held.lock().expect("held");
+            held.extend(shards);
+            self.acquire.send(shards.to_vec()).expect("loop runs");
+        }
+        fn release(&self, shard: u32) {
+            self.held.lock().expect("held").remove(&shard);
+        }
+        fn end_wait(&self, shard: u32, listed: bool) {
+            self.outcome[&shard].send(listed).expect("scripted shard");
+        }
+        async fn next_ready(&mut self) -> Option<BTreeSet<u32>> {
+            tokio::time::timeout(Duration::from_secs(5), self.ready.recv())
+                .await
+                .ok()
+                .flatten()
+        }
+    }
+
+    fn set(s: &[u32]) -> BTreeSet<u32> {
+        s.iter().copied().collect()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn shards_that_list_together_are_queued_together_and_a_slow_one_on_its_own() {
+        let mut b = bed(&[1, 2, 3]);
+        b.acquire(&[1, 2, 3]);
+        tokio::task::yield_now().await;
+        b.end_wait(1, true);
+        b.end_wait(2, true);
+        assert_eq!(b.next_ready().await, Some(set(&[1, 2])));
+        b.end_wait(3, true);
+        assert_eq!(b.next_ready().await, Some(set(&[3])), "3 did not hold 1 and 2 back");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_shard_taken_again_while_its_wait_saw_the_release_waits_again() {
+        let mut b = bed(&[4]);
+        b.acquire(&[4]);
+        tokio::task::yield_now().await;
+        // Released and taken again before the wait reports: the second acquisition finds the
+        // shard pending, and the wait (which saw the release) ends with false.
+        b.release(4);
+        b.acquire(&[4]);
+        b.end_wait(4, false);
+        tokio::task::yield_now().await;
+        b.end_wait(4, true);
+        assert_eq!(
+            b.next_ready().await,
+            Some(set(&[4])),
+            "the re-acquired shard's keys are queued once its lists are in"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_shard_released_while_it_waits_is_not_queued_and_starts_over_when_taken() {
+        let mut b = bed(&[5]);
+        b.acquire(&[5]);
+        tokio::task::yield_now().await;
+        b.release(5);
+        b.end_wait(5, false);
+        assert_eq!(b.next_ready().await, None, "released: nothing to queue");
+        b.acquire(&[5]);
+        tokio::task::yield_now().await;
+        b.end_wait(5, true);
+        assert_eq!(b.next_ready().await, Some(set(&[5])), "a fresh wait after the release");
     }
 }
