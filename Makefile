@@ -30,10 +30,11 @@ demo: tools ## the main job: local cluster, operator, example app and cluster up
 demo-down: ## stop what KEEP=1 make demo left running
 	@testbed/demo-down.sh
 
-bench: ## in-process benchmarks (admission review latency vs. a parse-only baseline; observe cost vs. cached members; cache bytes per member, full vs. slim)
+bench: ## in-process benchmarks (admission review latency vs. a parse-only baseline; observe cost vs. cached members; cache bytes per member, full vs. slim; child event parse cost, whole vs. lean)
 	$(CARGO) test --release --test admission -- --ignored --nocapture validation_latency_benchmark
 	$(CARGO) test --release --lib -- --ignored --nocapture observe_cost_does_not_grow_with_other_members
 	$(CARGO) test --release --test cache_memory -- --ignored --nocapture
+	$(CARGO) test --release --test decode_cost -- --ignored --nocapture
 
 image: ## build the operator image (needs Docker; cannot run on the test machines): IMAGE=kubedirector-rs:dev
 	docker build -f deploy/Dockerfile -t $(IMAGE) .

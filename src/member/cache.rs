@@ -4,8 +4,8 @@
 
 use std::sync::Arc;
 
-use futures::StreamExt;
 use futures::stream::BoxStream;
+use futures::{StreamExt, TryStreamExt};
 use k8s_openapi::NamespaceResourceScope;
 use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::core::v1::{ConfigMap, PersistentVolumeClaim, Secret, Service};
@@ -23,6 +23,7 @@ use crate::reconcile::connections::{CM_TYPE, SECRET_TYPE};
 use crate::reconcile::context::{ChildIndexes, Ctx, Stores};
 use crate::reconcile::index::ClusterIndex;
 use crate::reconcile::slim::{CachedPod, Slim};
+use crate::reconcile::wire::{self, LeanStatefulSet};
 use crate::telemetry::metrics::{KindLabels, Metrics};
 
 use super::division::Division;
@@ -77,18 +78,13 @@ pub(crate) fn start(client: &Client, ns: &Option<String>, division: Option<&Arc<
     let (configs, config_events) = ours(Api::all_with(client.clone(), &config_ar), config_ar);
     let by_cluster = ChildIndexes::default();
     let part = |kind: usize| division.map(|d| (d, kind));
-    let (statefulsets, sts_events) = children(scoped::<StatefulSet>(client, ns), &by_cluster.statefulsets, part(0));
-    let (services, svc_events) = children(
-        scoped::<PartialObjectMeta<Service>>(client, ns),
-        &by_cluster.services,
-        part(1),
-    );
-    let (pods, pod_events) = children(scoped::<CachedPod>(client, ns), &by_cluster.pods, part(2));
-    let (pvcs, pvc_events) = children(
-        scoped::<PartialObjectMeta<PersistentVolumeClaim>>(client, ns),
-        &by_cluster.pvcs,
-        part(3),
-    );
+    let (statefulsets, sts_events) =
+        children::<LeanStatefulSet, StatefulSet>(scoped(client, ns), &by_cluster.statefulsets, part(0));
+    let (services, svc_events) =
+        children::<PartialObjectMeta<Service>, _>(scoped(client, ns), &by_cluster.services, part(1));
+    let (pods, pod_events) = children::<CachedPod, _>(scoped(client, ns), &by_cluster.pods, part(2));
+    let (pvcs, pvc_events) =
+        children::<PartialObjectMeta<PersistentVolumeClaim>, _>(scoped(client, ns), &by_cluster.pvcs, part(3));
     let (configmaps, cm_events) = typed(scoped::<ConfigMap>(client, ns), CM_TYPE);
     let (secrets, secret_events) = typed(scoped::<Secret>(client, ns), SECRET_TYPE);
     let (storage_classes, sc_writer) = reflector::store::<StorageClass>();
@@ -154,18 +150,20 @@ impl<K> Cached for K where
 /// A cache of a child kind (only objects carrying our cluster label), `index` fed with it, and its
 /// events, mapped to the cluster named by the label. Divided (`division`, kind number): only the
 /// held shards' objects.
-fn children<K: Cached>(
-    api: Api<K>,
-    index: &ClusterIndex,
-    division: Option<(&Arc<Division>, usize)>,
-) -> (Store<K>, Events) {
+/// Parsed as `W` (`reconcile::wire`: a lean parse), cached as `K`.
+fn children<W, K>(api: Api<W>, index: &ClusterIndex, division: Option<(&Arc<Division>, usize)>) -> (Store<K>, Events)
+where
+    W: Resource<DynamicType = ()> + Clone + std::fmt::Debug + DeserializeOwned + Send + 'static,
+    K: Cached + From<W>,
+{
     let (store, writer) = reflector::store();
     let config = watcher::Config::default().any_semantic().labels(labels::CLUSTER);
     let index = index.clone();
+    let parse = move || watcher(api.clone(), config.clone()).map_ok(wire::event_into::<W, K>);
     let (raw, tag) = match division {
-        None => (watcher(api, config).boxed(), None),
+        None => (parse().boxed(), None),
         Some((d, kind)) => {
-            let (events, tag) = d.divide(kind, move || watcher(api.clone(), config.clone()));
+            let (events, tag) = d.divide(kind, parse);
             (events, Some((d.clone(), tag)))
         }
     };

@@ -15,3 +15,4 @@ pub mod observe;
 pub mod restore;
 pub mod slim;
 pub mod slots;
+pub mod wire;

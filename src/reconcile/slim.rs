@@ -12,9 +12,7 @@
 //! A field added to `observe` must be kept here too, or it reads as absent.
 
 use k8s_openapi::api::apps::v1::{StatefulSet, StatefulSetSpec};
-use std::borrow::Cow;
 
-use k8s_openapi::NamespaceResourceScope;
 use k8s_openapi::api::core::v1::{ConfigMap, PersistentVolumeClaim, Pod, Secret, Service};
 use k8s_openapi::api::storage::v1::StorageClass;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
@@ -90,38 +88,7 @@ impl From<Pod> for CachedPod {
     }
 }
 
-/// Parsed as a whole `Pod` (the watch sends whole pods) and projected at once, so the full object
-/// lives only while its event is parsed.
-impl<'de> serde::Deserialize<'de> for CachedPod {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<CachedPod, D::Error> {
-        Pod::deserialize(d).map(CachedPod::from)
-    }
-}
-
-/// The same API resource as `Pod`: an `Api<CachedPod>` lists and watches pods.
-impl kube::Resource for CachedPod {
-    type DynamicType = ();
-    type Scope = NamespaceResourceScope;
-
-    fn kind(_: &()) -> Cow<'_, str> {
-        <Pod as kube::Resource>::kind(&())
-    }
-    fn group(_: &()) -> Cow<'_, str> {
-        <Pod as kube::Resource>::group(&())
-    }
-    fn version(_: &()) -> Cow<'_, str> {
-        <Pod as kube::Resource>::version(&())
-    }
-    fn plural(_: &()) -> Cow<'_, str> {
-        <Pod as kube::Resource>::plural(&())
-    }
-    fn meta(&self) -> &ObjectMeta {
-        &self.metadata
-    }
-    fn meta_mut(&mut self) -> &mut ObjectMeta {
-        &mut self.metadata
-    }
-}
+// Parsed off the watch without the pod's spec and managedFields (`wire`), then projected here.
 
 /// Already projected when parsed.
 impl Slim for CachedPod {
