@@ -10,7 +10,6 @@
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::hint::black_box;
-use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
@@ -18,7 +17,8 @@ use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::core::v1::Pod;
 use kubedirector::reconcile::slim::{CachedPod, Slim};
 use kubedirector::reconcile::wire::LeanStatefulSet;
-use serde_json::Value;
+
+mod common;
 
 /// The system allocator, counting.
 struct Counting;
@@ -43,24 +43,11 @@ unsafe impl GlobalAlloc for Counting {
 static GLOBAL: Counting = Counting;
 
 fn events(kind: &str) -> Vec<String> {
-    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/kubedirector/takeover");
-    let mut out = Vec::new();
-    let mut paths: Vec<PathBuf> = std::fs::read_dir(&dir)
-        .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
-        .map(|e| e.expect("a directory entry").path())
-        .filter(|p| p.extension().is_some_and(|e| e == "json"))
+    let out: Vec<String> = common::takeover_items(kind)
+        .iter()
+        .map(|o| serde_json::to_string(o).expect("serializes"))
         .collect();
-    paths.sort();
-    for path in paths {
-        let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-        let list: Value = serde_json::from_str(&text).expect("capture is JSON");
-        for item in list["items"].as_array().into_iter().flatten() {
-            if item["kind"] == kind {
-                out.push(serde_json::to_string(item).expect("serializes"));
-            }
-        }
-    }
-    assert!(!out.is_empty(), "no {kind} in {}", dir.display());
+    assert!(!out.is_empty(), "no {kind} in the takeover captures");
     out
 }
 

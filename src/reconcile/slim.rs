@@ -75,6 +75,8 @@ pub struct CachedPod {
     pub facts: PodFacts,
 }
 
+/// The projection; the watch parses pods without their spec and managedFields (`wire`) and
+/// projects them here.
 impl From<Pod> for CachedPod {
     fn from(mut pod: Pod) -> CachedPod {
         let facts = pod_facts(&pod);
@@ -87,8 +89,6 @@ impl From<Pod> for CachedPod {
         }
     }
 }
-
-// Parsed off the watch without the pod's spec and managedFields (`wire`), then projected here.
 
 /// Already projected when parsed.
 impl Slim for CachedPod {
@@ -145,14 +145,14 @@ macro_rules! without_managed_fields {
 without_managed_fields!(DynamicObject, StorageClass, ConfigMap, Secret);
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::reconcile::observe;
     use serde_json::Value;
 
     /// The items of a takeover capture: objects KubeDirector wrote on the test bed, as the API
     /// server returned them (managedFields included).
-    fn captured(name: &str, kind: &str) -> Vec<Value> {
+    pub(crate) fn captured(name: &str, kind: &str) -> Vec<Value> {
         let path = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"))
             .join(format!("../shared/kubedirector/takeover/{name}.json"));
         let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
@@ -173,7 +173,7 @@ mod tests {
         (full, slim)
     }
 
-    const CAPTURES: [&str; 7] = [
+    pub(crate) const CAPTURES: [&str; 7] = [
         "connected",
         "mid-expand",
         "shrunk",

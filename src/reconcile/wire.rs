@@ -176,22 +176,12 @@ pub fn event_into<W, K: From<W>>(event: watcher::Event<W>) -> watcher::Event<K> 
 mod tests {
     use super::*;
     use crate::reconcile::slim::Slim;
+    use crate::reconcile::slim::tests::{CAPTURES, captured as slim_captured};
     use serde_json::Value;
 
+    /// Every object of `kind` in the takeover captures.
     fn captured(kind: &str) -> Vec<Value> {
-        let dir = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/kubedirector/takeover");
-        let mut out = Vec::new();
-        for entry in std::fs::read_dir(&dir).unwrap_or_else(|e| panic!("{}: {e}", dir.display())) {
-            let path = entry.expect("a directory entry").path();
-            if path.extension().is_none_or(|e| e != "json") {
-                continue;
-            }
-            let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-            let list: Value = serde_json::from_str(&text).expect("capture is JSON");
-            let items = list["items"].as_array().into_iter().flatten();
-            out.extend(items.filter(|o| o["kind"] == kind).cloned());
-        }
-        out
+        CAPTURES.iter().flat_map(|name| slim_captured(name, kind)).collect()
     }
 
     #[test]

@@ -17,6 +17,18 @@ pub const TAKEOVER_CLUSTERS: [&str; 7] = [
     "ubuntu18.04",
 ];
 
+/// Every object of `kind` in the takeover captures (`TAKEOVER_CLUSTERS`), as the API server sent it.
+pub fn takeover_items(kind: &str) -> Vec<Value> {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/kubedirector/takeover");
+    let mut out = Vec::new();
+    for name in TAKEOVER_CLUSTERS {
+        let list = load_fixture(&dir.join(format!("{name}.json")));
+        let items = list["items"].as_array().into_iter().flatten();
+        out.extend(items.filter(|o| o["kind"] == kind).cloned());
+    }
+    out
+}
+
 pub fn fixtures_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
 }
