@@ -157,11 +157,13 @@ where
     K: Cached + From<W>,
 {
     let (store, writer) = reflector::store();
-    let config = watcher::Config::default().any_semantic().labels(labels::CLUSTER);
     let index = index.clone();
-    let parse = move || watcher(api.clone(), config.clone()).map_ok(wire::event_into::<W, K>);
+    let parse = move |selector: String| {
+        let config = watcher::Config::default().any_semantic().labels(&selector);
+        watcher(api.clone(), config).map_ok(wire::event_into::<W, K>)
+    };
     let (raw, tag) = match division {
-        None => (parse().boxed(), None),
+        None => (parse(labels::CLUSTER.to_string()).boxed(), None),
         Some((d, kind)) => {
             let (events, tag) = d.divide(kind, parse);
             (events, Some((d.clone(), tag)))

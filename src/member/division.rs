@@ -14,11 +14,15 @@
 //! shard's keys (`triggers::acquired`). A reconcile is never planned from a cache that is missing a
 //! shard's children (it would take them for absent and create them again).
 //!
-//! Filtered here, not by the API server: a label selector would need a shard label on every child,
-//! and on a StatefulSet made before the label existed (or by KubeDirector) that means a pod template
-//! change, which rolls every pod. So every replica still receives every child event of the member
-//! (and decodes it), but keeps only its share. The KubeDirectorClusters stay watched in full: they
-//! are few and small, and every replica needs them to map keys to shards and hand shards over.
+//! Selected by the API server: every child written here carries its cluster's bucket
+//! (`kubedirector.hpe.com/shard-bucket`), and a shard is a set of buckets (`shard::assign`), so each
+//! child watch asks only for the held shards' buckets. Children without the label (pods and PVCs of
+//! a StatefulSet made by KubeDirector or before the label, whose template is never changed: that
+//! would roll every pod) come from a second watch of the unlabelled ones, filtered here; both feed
+//! one store (`union`). The filter still runs on both: between a release and the restart that drops
+//! it from the selector, the old selection's events are dropped here. The KubeDirectorClusters stay
+//! watched in full: they are few and small, and every replica needs them to map keys to shards and
+//! hand shards over.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -31,10 +35,17 @@ use kube::runtime::watcher;
 use tokio::sync::watch;
 
 use crate::model::labels;
+use crate::shard::assign::Buckets;
 use crate::shard::manager::Shards;
+use crate::telemetry::metrics::KindLabels;
+
+use super::union::union;
 
 /// The child kinds whose caches are divided (each reports its lists by index).
 pub(crate) const KINDS: usize = 4;
+
+/// The kinds by index, as metrics name them.
+const KIND_NAMES: [&str; KINDS] = ["StatefulSet", "Service", "Pod", "PersistentVolumeClaim"];
 
 /// How often the held set is compared (a change restarts the child watches).
 const POLL: Duration = Duration::from_millis(100);
@@ -168,6 +179,21 @@ impl Division {
         }
     }
 
+    /// The buckets of the admitted shards (what the child watches ask the API server for).
+    fn buckets(&self) -> Buckets {
+        let admitted: BTreeSet<u32> = self.ledger().since.keys().copied().collect();
+        Buckets::of(&self.context, &admitted, self.shards.count)
+    }
+
+    /// Counts an event of kind `kind` dropped by `keeps`.
+    fn dropped(&self, kind: usize) {
+        let labels = KindLabels {
+            context: self.context.clone(),
+            kind: KIND_NAMES.get(kind).copied().unwrap_or("unknown").to_string(),
+        };
+        self.shards.metrics().child_events_dropped.get_or_create(&labels).inc();
+    }
+
     /// Whether a key of `shard` may be reconciled from these caches.
     pub fn ready(&self, shard: u32) -> bool {
         self.ledger().ready(shard)
@@ -204,12 +230,13 @@ impl Division {
         }
     }
 
-    /// The watch events of child kind `kind`, restarted at every change of the held shards and
-    /// filtered to them, and the tag its list ends are entered with (`listed`).
+    /// The watch events of child kind `kind`, restarted at every change of the held shards: the union
+    /// of `watch(selector)` for the held shards' buckets and for the children without a bucket,
+    /// filtered to the held shards; and the tag its list ends are entered with (`listed`).
     pub fn divide<K, S>(
         self: &Arc<Self>,
         kind: usize,
-        make: impl Fn() -> S + Send + 'static,
+        watch: impl Fn(String) -> S + Clone + Send + Sync + 'static,
     ) -> (BoxStream<'static, Result<watcher::Event<K>, watcher::Error>>, Tag)
     where
         K: ResourceExt + Send + 'static,
@@ -217,6 +244,21 @@ impl Division {
     {
         let started = Arc::new(AtomicU64::new(0));
         let ends_list = |r: &Result<watcher::Event<K>, watcher::Error>| matches!(r, Ok(watcher::Event::InitDone));
+        let me = self.clone();
+        // The buckets are read at each restart, after its generation (`restarting`): a list tagged
+        // with generation g selects every shard admitted by g that is still held.
+        let make = move || {
+            let selected = me.buckets().selector();
+            let watch = watch.clone();
+            union(move || {
+                let labelled = match &selected {
+                    Some(buckets) => watch(format!("{},{buckets}", labels::CLUSTER)).boxed(),
+                    None => nothing_listed(),
+                };
+                let unlabelled = watch(format!("{},!{}", labels::CLUSTER, labels::SHARD_BUCKET)).boxed();
+                (labelled, unlabelled)
+            })
+        };
         let events = restarting(make, ends_list, self.restart.subscribe(), started.clone());
         let me = self.clone();
         let events = events
@@ -225,6 +267,9 @@ impl Division {
                     Ok(watcher::Event::Apply(o) | watcher::Event::InitApply(o)) => me.keeps(o),
                     _ => true,
                 };
+                if !keep {
+                    me.dropped(kind);
+                }
                 futures::future::ready(keep)
             })
             .boxed();
@@ -250,6 +295,13 @@ impl Division {
         }
         self.progress.send_modify(|p| *p += 1);
     }
+}
+
+/// A watch of no objects: a list that ends at once, and no events after it.
+fn nothing_listed<K: Send + 'static>() -> BoxStream<'static, Result<watcher::Event<K>, watcher::Error>> {
+    futures::stream::iter([Ok(watcher::Event::Init), Ok(watcher::Event::InitDone)])
+        .chain(futures::stream::pending())
+        .boxed()
 }
 
 /// The items of `make()`, a new one made (and the old one dropped) whenever `restarts` changes;

@@ -5,7 +5,9 @@
 
 pub(crate) mod cache;
 pub(crate) mod division;
+
 pub(crate) mod triggers;
+mod union;
 pub(crate) mod worker;
 
 use std::sync::Arc;

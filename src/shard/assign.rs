@@ -1,15 +1,80 @@
 //! Pure shard logic: which shard a key belongs to, each replica's fair share, and what one replica
 //! should acquire or release given who holds what.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
+use crate::model::labels::{self, BUCKETS, SHARD_BUCKET};
 use crate::model::names::fnv1a64;
 
-/// The shard of a KubeDirectorCluster. FNV-1a (64 bit) of `<context>/<namespace>/<name>`, modulo the
-/// shard count. Fixed forever: changing it would move every cluster at the next rolling upgrade.
+/// The version of the shard function and Lease protocol below. Replicas of different versions put a
+/// cluster in different shards, so they must never act at once (`shard::manager`): every Lease we
+/// write carries it, and a replica holds no shard while a live replica of another version exists.
+/// Version 1 (no annotation) was `FNV-1a-64("<context>/<namespace>/<name>") mod shards`.
+pub const PROTOCOL: &str = "2";
+
+/// The shard of a KubeDirectorCluster: its bucket (`labels::shard_bucket`, which every child
+/// written here carries as a label), turned by the member's rotation, modulo the shard count. So a
+/// replica's share of a member is a set of buckets, which a label selector can ask the API server
+/// for. The rotation (FNV-1a-64 of the context) spreads clusters of the same name in different
+/// members over different shards.
 pub fn shard_of(context: &str, namespace: &str, name: &str, shards: u32) -> u32 {
-    let key = format!("{context}/{namespace}/{name}");
-    (fnv1a64(key.as_bytes()) % u64::from(shards.max(1))) as u32
+    shard_of_bucket(context, labels::shard_bucket(namespace, name), shards)
+}
+
+fn shard_of_bucket(context: &str, bucket: u32, shards: u32) -> u32 {
+    let shards = u64::from(shards.max(1));
+    ((u64::from(bucket) + fnv1a64(context.as_bytes()) % shards) % shards) as u32
+}
+
+/// The buckets of `held` shards in member `context`, as a label selector asks for them.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Buckets {
+    /// No shard held: nothing to watch.
+    None,
+    /// Every shard held: every labelled child.
+    All,
+    /// These buckets (when they are at most half of them).
+    In(Vec<u32>),
+    /// Every bucket but these (the shorter selector when more than half are held).
+    NotIn(Vec<u32>),
+}
+
+impl Buckets {
+    pub fn of(context: &str, held: &BTreeSet<u32>, shards: u32) -> Buckets {
+        let (inside, outside): (Vec<u32>, Vec<u32>) =
+            (0..BUCKETS).partition(|b| held.contains(&shard_of_bucket(context, *b, shards)));
+        if inside.is_empty() {
+            Buckets::None
+        } else if outside.is_empty() {
+            Buckets::All
+        } else if inside.len() <= outside.len() {
+            Buckets::In(inside)
+        } else {
+            Buckets::NotIn(outside)
+        }
+    }
+
+    /// Whether a child labelled with `bucket` is selected.
+    pub fn contains(&self, bucket: u32) -> bool {
+        match self {
+            Buckets::None => false,
+            Buckets::All => true,
+            Buckets::In(b) => b.binary_search(&bucket).is_ok(),
+            Buckets::NotIn(b) => b.binary_search(&bucket).is_err(),
+        }
+    }
+
+    /// The label selector requirements (comma-joined, ANDed with others); `None` selects nothing.
+    pub fn selector(&self) -> Option<String> {
+        let list = |b: &[u32]| b.iter().map(u32::to_string).collect::<Vec<_>>().join(",");
+        match self {
+            Buckets::None => None,
+            Buckets::All => Some(SHARD_BUCKET.to_string()),
+            Buckets::In(b) => Some(format!("{SHARD_BUCKET} in ({})", list(b))),
+            // `notin` alone also matches children without the label: those are watched apart.
+            Buckets::NotIn(b) => Some(format!("{SHARD_BUCKET},{SHARD_BUCKET} notin ({})", list(b))),
+        }
+    }
 }
 
 /// Most shards one replica may hold: ceil(shards / live replicas).
@@ -114,17 +179,60 @@ mod tests {
 
     #[test]
     fn shard_function_is_fixed() {
-        // Pinned values: a change here moves every cluster to another shard on upgrade.
+        // Pinned values: a change here moves every cluster to another shard on upgrade, and needs a
+        // new PROTOCOL.
+        let rotation = fnv1a64(b"kwok-kd-1") % 32;
+        let bucket = fnv1a64(b"default/spark") % u64::from(BUCKETS);
         assert_eq!(
-            shard_of("kwok-kd-1", "default", "spark", 32),
-            shard_of("kwok-kd-1", "default", "spark", 32)
+            u64::from(shard_of("kwok-kd-1", "default", "spark", 32)),
+            (bucket + rotation) % 32
         );
-        assert_eq!(
-            fnv1a64(b"kwok-kd-1/default/spark") % 32,
-            u64::from(shard_of("kwok-kd-1", "default", "spark", 32))
-        );
+        assert_eq!(shard_of("kwok-kd-1", "default", "spark", 32), 25);
+        assert_eq!(shard_of("kwok-kd-2", "default", "spark", 32), 0);
+        assert_eq!(shard_of("kwok-kd-1", "default", "spark", 1), 0);
         assert_eq!(fnv1a64(b""), 0xcbf2_9ce4_8422_2325);
         assert_eq!(fnv1a64(b"a"), 0xaf63_dc4c_8601_ec8c);
+    }
+
+    #[test]
+    fn bucket_selectors_take_the_shorter_form() {
+        let held = |s: &[u32]| s.iter().copied().collect::<BTreeSet<u32>>();
+        assert_eq!(Buckets::of("c", &held(&[]), 32), Buckets::None);
+        assert_eq!(Buckets::None.selector(), None);
+        let all = Buckets::of("c", &held(&(0..32).collect::<Vec<_>>()), 32);
+        assert_eq!(all, Buckets::All);
+        assert_eq!(all.selector().as_deref(), Some(SHARD_BUCKET));
+        let few = Buckets::of("c", &held(&[0, 1]), 32);
+        assert!(matches!(&few, Buckets::In(b) if b.len() == 256));
+        assert!(
+            few.selector()
+                .is_some_and(|s| s.starts_with(&format!("{SHARD_BUCKET} in (")))
+        );
+        let most = Buckets::of("c", &held(&(0..20).collect::<Vec<_>>()), 32);
+        assert!(matches!(&most, Buckets::NotIn(b) if b.len() == 12 * 128));
+        assert!(
+            most.selector()
+                .is_some_and(|s| s.starts_with(&format!("{SHARD_BUCKET},{SHARD_BUCKET} notin (")))
+        );
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(300))]
+
+        /// A cluster's children are selected by a replica's buckets exactly when the replica holds
+        /// the cluster's shard: what the API server sends is what the shard gate lets through.
+        #[test]
+        fn buckets_select_exactly_the_held_shards(shards in 1u32..70, held in proptest::collection::btree_set(0u32..70, 0..70), context in "[a-z0-9-]{1,12}", names in proptest::collection::vec("[a-z0-9-]{1,20}", 1..40)) {
+            let held: BTreeSet<u32> = held.into_iter().filter(|s| *s < shards).collect();
+            let buckets = Buckets::of(&context, &held, shards);
+            for name in &names {
+                let bucket = labels::shard_bucket("ns", name);
+                prop_assert_eq!(
+                    buckets.contains(bucket),
+                    held.contains(&shard_of(&context, "ns", name, shards))
+                );
+            }
+        }
     }
 
     proptest! {

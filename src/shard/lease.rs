@@ -22,6 +22,11 @@ use tokio::time::Instant;
 
 pub const LABEL: &str = "kubedirector.hpe.com/lease";
 pub const RELEASED_AT: &str = "kubedirector.hpe.com/released-at";
+/// On every Lease we write: the shard protocol of the writer (`assign::PROTOCOL`). On a membership
+/// Lease, written by its holder alone, it is the holder's.
+pub const PROTOCOL: &str = "kubedirector.hpe.com/shard-protocol";
+
+const REPLICA_PREFIX: &str = "kubedirector-replica-";
 
 const SHARD_PREFIX: &str = "kubedirector-shard-";
 
@@ -44,7 +49,39 @@ pub fn holders(leases: &[Lease]) -> BTreeMap<u32, String> {
 }
 
 pub fn replica_lease(replica: &str) -> String {
-    format!("kubedirector-replica-{replica}")
+    format!("{REPLICA_PREFIX}{replica}")
+}
+
+/// Live replicas (other than `me`) that speak another shard protocol (none written: version 1).
+/// They put clusters in other shards, so while one lives this replica must hold no shard.
+pub fn foreign_replicas<'a>(
+    leases: impl IntoIterator<Item = &'a Lease>,
+    me: &str,
+    observer: &Observer,
+    duration: Duration,
+    now: Instant,
+) -> Vec<String> {
+    leases
+        .into_iter()
+        .filter(|l| {
+            l.metadata
+                .name
+                .as_deref()
+                .is_some_and(|n| n.starts_with(REPLICA_PREFIX))
+        })
+        .filter(|l| protocol(l) != Some(crate::shard::assign::PROTOCOL))
+        .filter_map(|l| observer.live_holder(l, duration, now))
+        .filter(|h| *h != me)
+        .map(str::to_string)
+        .collect()
+}
+
+fn protocol(lease: &Lease) -> Option<&str> {
+    lease.metadata.annotations.as_ref()?.get(PROTOCOL).map(String::as_str)
+}
+
+fn ours() -> BTreeMap<String, String> {
+    BTreeMap::from([(PROTOCOL.to_string(), crate::shard::assign::PROTOCOL.to_string())])
 }
 
 pub fn holder(lease: &Lease) -> Option<&str> {
@@ -158,6 +195,7 @@ pub async fn create(
         metadata: ObjectMeta {
             name: Some(name.to_string()),
             labels: Some(BTreeMap::from([(LABEL.to_string(), "true".to_string())])),
+            annotations: Some(ours()),
             ..Default::default()
         },
         spec: Some(spec(holder, duration, 0, holder.is_some(), None)),
@@ -183,6 +221,7 @@ pub async fn replace(
     let mut next = current.clone();
     next.spec = Some(spec(holder, duration, transitions, !same_holder, prev));
     let annotations = next.metadata.annotations.get_or_insert_with(BTreeMap::new);
+    annotations.extend(ours());
     if released {
         annotations.insert(RELEASED_AT.to_string(), jiff::Timestamp::now().to_string());
     } else if !same_holder {
@@ -249,6 +288,41 @@ mod tests {
         // A released shard has no holder, whatever the membership.
         let released = versioned(lease(&shard_lease(1), Some("")), "12");
         assert_eq!(shard_holder(&released, Some(&renewed), &o, d, at(9)), None);
+    }
+
+    #[test]
+    fn replicas_of_another_protocol_are_found_while_live() {
+        let d = Duration::from_secs(10);
+        let t0 = Instant::now();
+        let with = |mut l: Lease, p: Option<&str>| {
+            l.metadata.annotations = p.map(|p| BTreeMap::from([(PROTOCOL.to_string(), p.to_string())]));
+            l
+        };
+        let leases = [
+            with(versioned(lease(&replica_lease("v1"), Some("v1")), "1"), None),
+            with(versioned(lease(&replica_lease("v3"), Some("v3")), "2"), Some("3")),
+            with(
+                versioned(lease(&replica_lease("same"), Some("same")), "3"),
+                Some(crate::shard::assign::PROTOCOL),
+            ),
+            with(versioned(lease(&replica_lease("gone"), None), "4"), None),
+            with(versioned(lease(&shard_lease(0), Some("v1")), "5"), None),
+            with(versioned(lease(&replica_lease("me"), Some("me")), "6"), None),
+        ];
+        let mut o = Observer::default();
+        leases.iter().for_each(|l| o.observe(l, t0));
+        assert_eq!(
+            foreign_replicas(&leases, "me", &o, d, t0),
+            vec!["v1".to_string(), "v3".to_string()]
+        );
+        assert!(
+            foreign_replicas(&leases, "me", &o, d, t0 + d).is_empty(),
+            "silent for a lease duration: not live"
+        );
+        assert_eq!(
+            ours().get(PROTOCOL).map(String::as_str),
+            Some(crate::shard::assign::PROTOCOL)
+        );
     }
 
     #[test]

@@ -178,6 +178,10 @@ impl Shards {
         self.metrics.shards_held.set(0);
     }
 
+    pub(crate) fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
     pub fn shard_of(&self, context: &str, namespace: &str, name: &str) -> u32 {
         shard_of(context, namespace, name, self.count)
     }
@@ -356,6 +360,8 @@ struct Manager {
     /// Our copy from the last successful renewal (or none: read from the cache next time).
     my_membership: Option<Lease>,
     observer: Observer,
+    /// Live replicas of another shard protocol seen last round (logged when it changes).
+    foreign: Vec<String>,
     last_renew: Instant,
 }
 
@@ -372,6 +378,7 @@ impl Manager {
             membership,
             my_membership: None,
             observer: Observer::default(),
+            foreign: Vec::new(),
             last_renew,
         }
     }
@@ -395,6 +402,24 @@ impl Manager {
                 .find(|l| l.metadata.name.as_deref() == Some(name))
                 .map(|l| l.as_ref().clone())
         };
+        // A live replica of another shard protocol puts clusters in other shards: hold nothing
+        // (hand every shard over) until it is gone.
+        let foreign = lease::foreign_replicas(
+            leases.iter().map(|l| l.as_ref()),
+            &self.me,
+            &self.observer,
+            self.options.lease_duration,
+            now,
+        );
+        if !foreign.is_empty() {
+            if foreign != self.foreign {
+                warn!(replicas = ?foreign, protocol = super::assign::PROTOCOL, "replicas of another shard protocol are live: this one holds no shard until they are gone");
+            }
+            self.foreign = foreign;
+            self.start_drains(self.shards.held());
+            return self.next_wake(&leases, now);
+        }
+        self.foreign.clear();
         let live = self.live_replicas(&leases, now);
         let mine_in_memory = self.shards.held();
         let holders = self.holders(&by_name, &mine_in_memory, now);

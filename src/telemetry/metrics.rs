@@ -66,6 +66,9 @@ pub struct Metrics {
     /// Objects in this replica's caches, by member cluster and kind (the loadtest's scale-out
     /// figure: what each replica holds).
     pub cached_objects: Family<KindLabels, Gauge>,
+    /// Child watch events received for shards this replica does not hold (dropped before the
+    /// caches). The API server selects children by bucket, so this stays near 0 outside handovers.
+    pub child_events_dropped: Family<KindLabels, Counter>,
     pub shards_held: Gauge,
     pub shard_acquisitions: Counter,
     pub shard_releases: Counter,
@@ -99,6 +102,7 @@ impl Metrics {
             write_limit: Family::default(),
             cluster_healthy: Family::default(),
             cached_objects: Family::default(),
+            child_events_dropped: Family::default(),
             shards_held: Gauge::default(),
             shard_acquisitions: Counter::default(),
             shard_releases: Counter::default(),
@@ -163,6 +167,11 @@ impl Metrics {
             "cached_objects",
             "Objects held in this replica's caches, by member cluster and kind",
             m.cached_objects.clone(),
+        );
+        registry.register(
+            "child_events_dropped",
+            "Child watch events received for shards this replica does not hold, by member cluster and kind",
+            m.child_events_dropped.clone(),
         );
         registry.register("shards_held", "Shards this replica holds", m.shards_held.clone());
         registry.register(

@@ -171,6 +171,18 @@ async fn three_replicas_split_the_shards_and_reconcile_only_their_own() {
     );
     assert!(overlaps(&all).is_empty());
     caches_hold_the_children_once(&clients, &ns, &replicas).await;
+    // Selected by the API server: the children were all made after the shards settled, so no replica
+    // received an event of a child of a shard it does not hold (the client-side filter dropped none).
+    let dropped: Vec<f64> = replicas
+        .ops
+        .iter()
+        .map(|o| sum_metric(&o.metrics(), "kubedirector_child_events_dropped_total", &[]))
+        .collect();
+    eprintln!("child events dropped by each replica's own filter: {dropped:?}");
+    assert!(
+        dropped.iter().all(|d| *d == 0.0),
+        "events of other shards reached a replica: {dropped:?}"
+    );
     // What the loadtest reads from pods it cannot reach by file: the record over HTTP, and each
     // process's own CPU and memory figures.
     for (op, path) in replicas.ops.iter().zip(&replicas.records) {
@@ -550,6 +562,67 @@ async fn idle_replicas_write_one_lease_each_per_retry_period() {
         "replicas stopped renewing: {per_period:.2}"
     );
     drop(replicas);
+}
+
+/// A membership Lease as a replica of shard protocol 1 wrote it (no protocol annotation).
+fn old_membership(id: &str) -> Lease {
+    serde_json::from_value(json!({
+        "metadata": {"name": lease::replica_lease(id), "labels": {lease::LABEL: "true"}},
+        "spec": {"holderIdentity": id, "leaseDurationSeconds": 4}
+    }))
+    .expect("a Lease")
+}
+
+async fn shards_held(op: &Operator) -> f64 {
+    sum_metric(&op.metrics(), "kubedirector_shards_held", &[])
+}
+
+#[tokio::test]
+#[ignore = "needs the test bed: make integration"]
+async fn a_replica_holds_no_shard_while_one_of_another_protocol_lives() {
+    let (ns, sys) = (testbed::unique("proto"), testbed::unique("proto-sys"));
+    let clients = prepare(&CONTEXTS, &ns, &sys).await;
+    let (r0, _record) = start_replica(0, &ns, &sys);
+    wait_balanced(&clients[0], &sys, &["r0"], Duration::from_secs(20)).await;
+    // A replica of protocol 1 joins (it puts clusters in other shards): r0 hands every shard over.
+    let api: Api<Lease> = Api::namespaced(clients[0].clone(), &sys);
+    api.create(&Default::default(), &old_membership("old"))
+        .await
+        .expect("old membership");
+    let renewing = {
+        let api = api.clone();
+        tokio::spawn(async move {
+            // Any change renews (others judge liveness by the resourceVersion).
+            for i in 1.. {
+                tokio::time::sleep(Duration::from_millis(800)).await;
+                let renew = json!({"spec": {"leaseTransitions": i}});
+                let lease = lease::replica_lease("old");
+                api.patch(&lease, &PatchParams::default(), &Patch::Merge(&renew))
+                    .await
+                    .expect("renewal of the old membership");
+            }
+        })
+    };
+    let started = Instant::now();
+    while shards_held(&r0).await > 0.0 || holders(&clients[0], &sys).await.values().any(|h| h == "r0") {
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "r0 still holds shards beside a replica of another protocol"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    eprintln!(
+        "r0 handed every shard over {:?} after the old replica joined",
+        started.elapsed()
+    );
+    // It stays that way while the old replica lives.
+    tokio::time::sleep(LEASE).await;
+    assert_eq!(shards_held(&r0).await, 0.0);
+    assert!(!holders(&clients[0], &sys).await.values().any(|h| h == "r0"));
+    // The old replica stops (its membership goes silent): r0 takes everything again.
+    renewing.abort();
+    wait_balanced(&clients[0], &sys, &["r0"], LEASE + Duration::from_secs(10)).await;
+    drop(r0);
 }
 
 /// Arguments of a sharded replica `id` with one member, `kwok-kd-1` (which is also home).
