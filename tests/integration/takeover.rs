@@ -561,7 +561,10 @@ async fn clusters_built_by_kubedirector_are_taken_over_without_restarting_a_pod(
     for name in CLUSTERS {
         recorded.push(replay(&client, name, &ns, &system_ns).await);
     }
-    let operator = Operator::start("kwok-kd-1", &ns, &system_ns);
+    // Sharded, as the chart runs it: KubeDirector's pods and claims carry no shard bucket, so they
+    // come from the watch of unlabelled children, and the new role's from the selected one.
+    let selection = ["--context", "kwok-kd-1", "--watch-namespace", &ns, "--shards", "4"];
+    let operator = Operator::start_with(&selection, &ns, &system_ns);
     let log = operator.log.clone();
     for before in &recorded {
         let members: usize = before.status.roles.iter().map(|r| r.members.len()).sum();
