@@ -149,7 +149,7 @@ impl<K> Cached for K where
 
 /// A cache of a child kind (only objects carrying our cluster label), `index` fed with it, and its
 /// events, mapped to the cluster named by the label. Divided (`division`, kind number): only the
-/// held shards' objects.
+/// held shards' objects, selected by bucket on the API server (`parse` is given the selector).
 /// Parsed as `W` (`reconcile::wire`: a lean parse), cached as `K`.
 fn children<W, K>(api: Api<W>, index: &ClusterIndex, division: Option<(&Arc<Division>, usize)>) -> (Store<K>, Events)
 where
