@@ -248,6 +248,16 @@ fn graver(kept: Option<Error>, new: Error) -> Error {
     }
 }
 
+/// Both results, or the graver error of the two: the finalizer patch refused with a Retry-After
+/// while the children ran out of budget must come back after the Retry-After, not in milliseconds.
+fn both<A, B>(a: Result<A, Error>, b: Result<B, Error>) -> Result<(A, B), Error> {
+    match (a, b) {
+        (Ok(a), Ok(b)) => Ok((a, b)),
+        (Err(a), Err(b)) => Err(graver(Some(a), b)),
+        (Err(e), Ok(_)) | (Ok(_), Err(e)) => Err(e),
+    }
+}
+
 /// Patches our finalizer in unless the cluster has it, and returns the object to go on from (the
 /// patch's answer: later writes need its resourceVersion, without waiting for the watch).
 async fn add_finalizer(
@@ -558,8 +568,7 @@ async fn write_plan(ctx: &Ctx, done: Planned, mut plan: plan::ClusterPlan) -> Re
         apply_children(ctx, &ns, &plan, &children, &key, &uid),
         add_finalizer(ctx, &key, obj, &version, has_finalizer),
     );
-    let mut writes = applied?;
-    let (obj, version) = finalized?;
+    let (mut writes, (obj, version)) = both(applied, finalized)?;
     for sts in &plan.delete_statefulsets {
         if children.statefulsets.contains_key(sts) {
             apply::delete_statefulset(ctx, &ns, sts, &mut writes).await?;
@@ -698,5 +707,19 @@ mod tests {
         assert_eq!(e.code(), Some(429), "the first failure stays");
         let e = graver(Some(Error::Throttled(ms(30))), Error::Throttled(ms(80)));
         assert!(matches!(e, Error::Throttled(d) if d == ms(80)));
+    }
+
+    #[test]
+    fn a_refused_finalizer_patch_decides_over_children_out_of_budget() {
+        // The children ran out of budget (the 429 emptied the bucket) while the finalizer patch was
+        // refused: the key must wait for the refusal's Retry-After, not the budget's few ms.
+        let ms = Duration::from_millis;
+        let r = both::<(), ()>(Err(Error::Throttled(ms(30))), Err(Error::status(429)));
+        assert_eq!(r.err().and_then(|e| e.code()), Some(429));
+        let r = both::<(), ()>(Err(Error::status(429)), Ok(()));
+        assert_eq!(r.err().and_then(|e| e.code()), Some(429));
+        let r = both::<(), ()>(Ok(()), Err(Error::Throttled(ms(30))));
+        assert!(matches!(r, Err(Error::Throttled(_))));
+        assert!(both::<u8, u8>(Ok(1), Ok(2)).is_ok_and(|p| p == (1, 2)));
     }
 }
