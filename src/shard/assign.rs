@@ -22,8 +22,27 @@ pub fn shard_of(context: &str, namespace: &str, name: &str, shards: u32) -> u32 
 }
 
 fn shard_of_bucket(context: &str, bucket: u32, shards: u32) -> u32 {
-    let shards = u64::from(shards.max(1));
-    ((u64::from(bucket) + fnv1a64(context.as_bytes()) % shards) % shards) as u32
+    Rotation::of(context, shards).shard(bucket)
+}
+
+/// A member's rotation for a shard count: hashed once, applied to any number of buckets.
+struct Rotation {
+    by: u64,
+    shards: u64,
+}
+
+impl Rotation {
+    fn of(context: &str, shards: u32) -> Self {
+        let shards = u64::from(shards.max(1));
+        Self {
+            by: fnv1a64(context.as_bytes()) % shards,
+            shards,
+        }
+    }
+
+    fn shard(&self, bucket: u32) -> u32 {
+        ((u64::from(bucket) + self.by) % self.shards) as u32
+    }
 }
 
 /// The buckets of `held` shards in member `context`, as a label selector asks for them.
@@ -41,8 +60,8 @@ pub enum Buckets {
 
 impl Buckets {
     pub fn of(context: &str, held: &BTreeSet<u32>, shards: u32) -> Buckets {
-        let (inside, outside): (Vec<u32>, Vec<u32>) =
-            (0..BUCKETS).partition(|b| held.contains(&shard_of_bucket(context, *b, shards)));
+        let rotation = Rotation::of(context, shards);
+        let (inside, outside): (Vec<u32>, Vec<u32>) = (0..BUCKETS).partition(|b| held.contains(&rotation.shard(*b)));
         if inside.is_empty() {
             Buckets::None
         } else if outside.is_empty() {

@@ -52,6 +52,15 @@ pub fn replica_lease(replica: &str) -> String {
     format!("{REPLICA_PREFIX}{replica}")
 }
 
+/// Whether a Lease is a replica's membership Lease (written by that replica alone).
+pub fn is_membership(lease: &Lease) -> bool {
+    lease
+        .metadata
+        .name
+        .as_deref()
+        .is_some_and(|n| n.starts_with(REPLICA_PREFIX))
+}
+
 /// Live replicas (other than `me`) that speak another shard protocol (none written: version 1).
 /// They put clusters in other shards, so while one lives this replica must hold no shard.
 pub fn foreign_replicas<'a>(
@@ -63,12 +72,7 @@ pub fn foreign_replicas<'a>(
 ) -> Vec<String> {
     leases
         .into_iter()
-        .filter(|l| {
-            l.metadata
-                .name
-                .as_deref()
-                .is_some_and(|n| n.starts_with(REPLICA_PREFIX))
-        })
+        .filter(|l| is_membership(l))
         .filter(|l| protocol(l) != Some(crate::shard::assign::PROTOCOL))
         .filter_map(|l| observer.live_holder(l, duration, now))
         .filter(|h| *h != me)

@@ -472,12 +472,7 @@ impl Manager {
     fn live_replicas(&self, leases: &[Arc<Lease>], now: Instant) -> Vec<String> {
         let mut live: Vec<String> = leases
             .iter()
-            .filter(|l| {
-                l.metadata
-                    .name
-                    .as_deref()
-                    .is_some_and(|n| n.starts_with("kubedirector-replica-"))
-            })
+            .filter(|l| lease::is_membership(l))
             .filter_map(|l| {
                 self.observer
                     .live_holder(l, self.options.lease_duration, now)
