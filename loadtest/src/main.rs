@@ -112,6 +112,10 @@ struct Cli {
     /// Capacity: the most steps a search takes.
     #[arg(long)]
     max_steps: Option<u32>,
+    /// Capacity: steps spent after the first miss, halving the gap between the highest passing
+    /// and the lowest missing rate (geometric middle); default 0.
+    #[arg(long)]
+    refine_steps: Option<u32>,
     /// Scale-out: the CPU share of one core each replica gets (cgroup), e.g. 0.2.
     #[arg(long)]
     replica_cpu: Option<f64>,
@@ -206,6 +210,9 @@ fn workload(cli: &Cli) -> anyhow::Result<Workload> {
     }
     if let Some(v) = cli.max_steps {
         w.capacity.max_steps = v;
+    }
+    if let Some(v) = cli.refine_steps {
+        w.capacity.refine_steps = v;
     }
     if let Some(v) = cli.replica_cpu {
         w.scaleout.replica_cpu = v;

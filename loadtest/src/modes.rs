@@ -103,8 +103,7 @@ pub struct RateRatio {
 pub fn rate_ratios(floor: &[Step], operator: &[Step]) -> Vec<RateRatio> {
     floor
         .iter()
-        .zip(operator)
-        .filter(|(f, o)| (f.per_second - o.per_second).abs() < 1e-9)
+        .filter_map(|f| Some((f, operator.iter().find(|o| (f.per_second - o.per_second).abs() < 1e-9)?)))
         .filter_map(|(f, o)| {
             Some(RateRatio {
                 per_second: f.per_second,
@@ -475,28 +474,66 @@ async fn apply_dynamic(client: &Client, d: &DynamicObject) -> anyhow::Result<()>
 struct Search {
     side: Side,
     what: String,
-    rate: f64,
+    walk: RateWalk,
     k: u32,
     steps: Vec<Step>,
+}
+
+/// The rates a capacity search tries: ×`factor` while every step passes; after the first miss,
+/// `refine` steps at the geometric middle of the highest pass and the lowest miss; then over.
+#[derive(Clone, Debug, PartialEq)]
+struct RateWalk {
+    rate: f64,
+    factor: f64,
+    refine: u32,
     best: Option<f64>,
+    ceiling: Option<f64>,
     over: bool,
 }
 
-impl Search {
-    fn new(side: Side, what: &str, start_per_second: f64) -> Self {
+impl RateWalk {
+    fn new(start: f64, factor: f64, refine: u32) -> Self {
         Self {
-            side,
-            what: what.to_string(),
-            rate: start_per_second,
-            k: 0,
-            steps: Vec::new(),
+            rate: start,
+            factor,
+            refine,
             best: None,
+            ceiling: None,
             over: false,
         }
     }
 
+    /// Records how the step at the current rate went, and picks the next rate.
+    fn record(&mut self, passed: bool) {
+        if passed {
+            self.best = Some(self.rate);
+        } else {
+            self.ceiling = Some(self.rate);
+        }
+        match (self.best, self.ceiling) {
+            (_, None) => self.rate *= self.factor,
+            (Some(lo), Some(hi)) if self.refine > 0 => {
+                self.refine -= 1;
+                self.rate = (lo * hi).sqrt();
+            }
+            _ => self.over = true,
+        }
+    }
+}
+
+impl Search {
+    fn new(side: Side, what: &str, c: &crate::workload::Capacity) -> Self {
+        Self {
+            side,
+            what: what.to_string(),
+            walk: RateWalk::new(c.start_per_second, c.factor, c.refine_steps),
+            k: 0,
+            steps: Vec::new(),
+        }
+    }
+
     fn done(&self, max_steps: u32) -> bool {
-        self.over || self.k >= max_steps
+        self.walk.over || self.k >= max_steps
     }
 
     /// Runs the step at the current rate and moves on to the next.
@@ -508,7 +545,7 @@ impl Search {
         passes: &mut Vec<Pass>,
     ) -> anyhow::Result<()> {
         let w = &b.o.workload;
-        let rate = self.rate;
+        let rate = self.walk.rate;
         let arrival = Arrival {
             kind: Kind::Rate,
             per_second: rate,
@@ -539,12 +576,7 @@ impl Search {
         });
         passes.push(p);
         self.k += 1;
-        if passed {
-            self.best = Some(rate);
-            self.rate *= w.capacity.factor;
-        } else {
-            self.over = true;
-        }
+        self.walk.record(passed);
         Ok(())
     }
 
@@ -552,7 +584,7 @@ impl Search {
     fn finish(self, b: &Bench<'_>) -> anyhow::Result<CapacityOf> {
         let (w, c) = (&b.o.workload, &b.o.workload.capacity);
         let what = &self.what;
-        let Some(best) = self.best else {
+        let Some(best) = self.walk.best else {
             bail!(
                 "{what}: the first step ({:.2} CRs/s per cluster) already missed the {} s SLO; lower --start-rate",
                 c.start_per_second,
@@ -565,10 +597,13 @@ impl Search {
                 c.max_steps
             );
         }
+        // In rate order, refinement steps among the others (tables and plots read along the rate).
+        let mut steps = self.steps;
+        steps.sort_by(|a, b| a.per_second.total_cmp(&b.per_second));
         Ok(CapacityOf {
             per_second: best,
             members_per_second: best * b.clients.len() as f64 * f64::from(w.members_per_cr()),
-            steps: self.steps,
+            steps,
         })
     }
 }
@@ -590,7 +625,7 @@ async fn search(
     passes: &mut Vec<Pass>,
 ) -> anyhow::Result<CapacityOf> {
     let c = &b.o.workload.capacity;
-    let mut s = Search::new(side, what, c.start_per_second);
+    let mut s = Search::new(side, what, c);
     while !s.done(c.max_steps) {
         s.step(b, replicas, base, passes).await?;
     }
@@ -607,8 +642,8 @@ async fn search_both(
     passes: &mut Vec<Pass>,
 ) -> anyhow::Result<(CapacityOf, CapacityOf)> {
     let c = &b.o.workload.capacity;
-    let mut floor = Search::new(Side::Floor, "floor", c.start_per_second);
-    let mut op = Search::new(Side::Operator, "operator", c.start_per_second);
+    let mut floor = Search::new(Side::Floor, "floor", c);
+    let mut op = Search::new(Side::Operator, "operator", c);
     for k in 0.. {
         if floor.done(c.max_steps) && op.done(c.max_steps) {
             break;
@@ -1023,6 +1058,36 @@ mod tests {
             p99: Some(p99),
             passed: true,
         }
+    }
+
+    #[test]
+    fn the_rate_walk_climbs_then_halves_the_gap_after_the_first_miss() {
+        let mut w = RateWalk::new(1.0, 1.25, 2);
+        let mut tried = Vec::new();
+        for passed in [true, true, false, true, false] {
+            tried.push(w.rate);
+            w.record(passed);
+        }
+        // 1.5625 misses: the next rates halve the gap (geometrically) to 1.25, the last pass.
+        let mid1 = (1.25f64 * 1.5625).sqrt();
+        let mid2 = (mid1 * 1.5625).sqrt();
+        let expect = [1.0, 1.25, 1.5625, mid1, mid2];
+        for (t, e) in tried.iter().zip(expect) {
+            assert!((t - e).abs() < 1e-9, "tried {tried:?}");
+        }
+        assert_eq!(w.best, Some(mid1));
+        assert!((w.ceiling.unwrap_or_default() - mid2).abs() < 1e-9);
+        assert!(w.over, "two refinement steps, then over");
+        let mut none = RateWalk::new(1.0, 1.5, 0);
+        none.record(true);
+        none.record(false);
+        assert!(
+            none.over && none.best == Some(1.0),
+            "without refinement the first miss ends it"
+        );
+        let mut first = RateWalk::new(1.0, 1.5, 3);
+        first.record(false);
+        assert!(first.over && first.best.is_none(), "no pass: nothing to refine between");
     }
 
     #[test]

@@ -75,6 +75,10 @@ pub struct Capacity {
     /// Quiet time before the first step: a bed that has just started (4 clusters on 2 cores) is
     /// still busy bootstrapping, and its first step would measure that.
     pub warmup_seconds: u64,
+    /// Steps spent after the first miss, each at the geometric middle of the highest passing and
+    /// the lowest missing rate: with ×1.25 steps, 2 of them read the capacity to ×1.06. 0 = none.
+    #[serde(default)]
+    pub refine_steps: u32,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
@@ -148,6 +152,7 @@ impl Workload {
                 step_seconds: 60,
                 max_steps: 12,
                 warmup_seconds: 60,
+                refine_steps: 0,
             },
             scaleout: Scaleout {
                 replicas: vec![1, 2, 4],
