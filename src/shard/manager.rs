@@ -16,7 +16,7 @@ use k8s_openapi::api::coordination::v1::Lease;
 use kube::runtime::reflector::{self, Store};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client, ResourceExt};
-use tokio::sync::{Notify, broadcast};
+use tokio::sync::{Notify, broadcast, watch};
 use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
@@ -98,6 +98,8 @@ pub struct Shards {
     in_flight: Vec<AtomicUsize>,
     idle: Notify,
     acquired: broadcast::Sender<u32>,
+    /// Bumped at every acquisition and release: what the child watches follow (`member::division`).
+    changed: watch::Sender<u64>,
     record: Option<Mutex<File>>,
     metrics: Arc<Metrics>,
 }
@@ -141,6 +143,7 @@ impl Shards {
             in_flight: (0..options.shards).map(|_| AtomicUsize::new(0)).collect(),
             idle: Notify::new(),
             acquired: broadcast::channel(1024).0,
+            changed: watch::channel(0).0,
             record,
             metrics,
         }))
@@ -221,6 +224,15 @@ impl Shards {
         self.acquired.subscribe()
     }
 
+    /// Changes of the held set (acquisitions and releases), without what changed: read `held`.
+    pub fn changes(&self) -> watch::Receiver<u64> {
+        self.changed.subscribe()
+    }
+
+    fn note_change(&self) {
+        self.changed.send_modify(|v| *v += 1);
+    }
+
     pub fn held(&self) -> Vec<u32> {
         self.lock().keys().copied().collect()
     }
@@ -290,6 +302,7 @@ async fn drain_and_release(shards: &Arc<Shards>, api: &Api<Lease>, shard: u32, o
         }
     }
     shards.lock().remove(&shard);
+    shards.note_change();
     shards.metrics.shard_releases.inc();
     shards.metrics.shards_held.set(shards.lock().len() as i64);
     shards.record(&record::Entry::Release(record::Release {
@@ -396,12 +409,7 @@ impl Manager {
             self.last_renew = now;
             self.renew(&leases).await;
         }
-        let by_name = |name: &str| {
-            leases
-                .iter()
-                .find(|l| l.metadata.name.as_deref() == Some(name))
-                .map(|l| l.as_ref().clone())
-        };
+        let by_name = ByName::of(&leases);
         // A live replica of another shard protocol puts clusters in other shards: hold nothing
         // (hand every shard over) until it is gone.
         let foreign = lease::foreign_replicas(
@@ -434,7 +442,7 @@ impl Manager {
             acquire(
                 &self.shards,
                 &self.api,
-                by_name(&lease::shard_lease(s)),
+                by_name.get(&lease::shard_lease(s)).cloned(),
                 s,
                 &self.options,
             )
@@ -488,20 +496,14 @@ impl Manager {
     }
 
     /// The holder of every held shard, by its Lease and its holder's membership, and ours by memory.
-    fn holders(
-        &self,
-        by_name: &impl Fn(&str) -> Option<Lease>,
-        mine_in_memory: &[u32],
-        now: Instant,
-    ) -> BTreeMap<u32, String> {
+    fn holders(&self, by_name: &ByName<'_>, mine_in_memory: &[u32], now: Instant) -> BTreeMap<u32, String> {
         let mut holders = BTreeMap::new();
         for s in 0..self.options.shards {
-            let Some(l) = by_name(&lease::shard_lease(s)) else {
+            let Some(l) = by_name.get(&lease::shard_lease(s)) else {
                 continue;
             };
-            let member = lease::holder(&l).and_then(|h| by_name(&lease::replica_lease(h)));
-            if let Some(h) = lease::shard_holder(&l, member.as_ref(), &self.observer, self.options.lease_duration, now)
-            {
+            let member = lease::holder(l).and_then(|h| by_name.get(&lease::replica_lease(h)));
+            if let Some(h) = lease::shard_holder(l, member, &self.observer, self.options.lease_duration, now) {
                 // Held under our id by a previous run of this replica (same pod name after a
                 // restart): free for us to adopt, conditionally, like any other acquisition.
                 if h == self.me && !mine_in_memory.contains(&s) {
@@ -539,19 +541,19 @@ impl Manager {
     }
 
     /// Releases the shard Leases in our name that this process neither holds nor acquires now.
-    async fn release_orphans(&self, by_name: &impl Fn(&str) -> Option<Lease>, mine_in_memory: &[u32], acquire: &[u32]) {
+    async fn release_orphans(&self, by_name: &ByName<'_>, mine_in_memory: &[u32], acquire: &[u32]) {
         // Leases in our name that this process does not hold and does not take now: a release that
         // failed, or what a previous run (or a lost membership) left. Nobody else takes a shard of a
         // live replica, and shard Leases never expire by themselves: released here, or stranded.
-        let orphans: Vec<Lease> = (0..self.options.shards)
+        let orphans: Vec<&Lease> = (0..self.options.shards)
             .filter(|s| !mine_in_memory.contains(s) && !acquire.contains(s))
-            .filter_map(|s| by_name(&lease::shard_lease(s)))
+            .filter_map(|s| by_name.get(&lease::shard_lease(s)))
             .filter(|l| lease::holder(l) == Some(self.me.as_str()))
             .collect();
         for l in orphans {
             match bounded(
                 self.options.renew_deadline,
-                lease::replace(&self.api, &l, None, self.options.lease_duration, true),
+                lease::replace(&self.api, l, None, self.options.lease_duration, true),
             )
             .await
             {
@@ -639,17 +641,36 @@ async fn renew_membership(
 
 /// Of the shards to acquire, those that may be taken now: free ones, and those of holders whose
 /// membership this call ended. A holder that renewed meanwhile keeps its shards.
+/// The Leases of one round by name: a round looks each shard's Lease and its holder's membership
+/// up, 2 × shards lookups (a linear search with a copy each cost an idle replica most of its CPU).
+struct ByName<'a>(std::collections::HashMap<&'a str, &'a Lease>);
+
+impl<'a> ByName<'a> {
+    fn of(leases: &'a [Arc<Lease>]) -> Self {
+        Self(
+            leases
+                .iter()
+                .filter_map(|l| Some((l.metadata.name.as_deref()?, l.as_ref())))
+                .collect(),
+        )
+    }
+
+    fn get(&self, name: &str) -> Option<&'a Lease> {
+        self.0.get(name).copied()
+    }
+}
+
 async fn end_memberships(
     api: &Api<Lease>,
     me: &str,
     wanted: &[u32],
-    by_name: &impl Fn(&str) -> Option<Lease>,
+    by_name: &ByName<'_>,
     options: &ShardOptions,
 ) -> std::collections::BTreeSet<u32> {
     let mut silent: BTreeMap<String, Vec<u32>> = BTreeMap::new();
     let mut takeable = std::collections::BTreeSet::new();
     for &s in wanted {
-        match by_name(&lease::shard_lease(s)).as_ref().and_then(lease::holder) {
+        match by_name.get(&lease::shard_lease(s)).and_then(lease::holder) {
             // Ours from a previous run of this replica: our own membership is being renewed.
             Some(h) if h != me => silent.entry(h.to_string()).or_default().push(s),
             _ => {
@@ -658,8 +679,8 @@ async fn end_memberships(
         }
     }
     for (holder, held) in silent {
-        let seen = by_name(&lease::replica_lease(&holder));
-        let ended = lease::end_membership(api, seen.as_ref(), &holder, options.lease_duration);
+        let seen = by_name.get(&lease::replica_lease(&holder));
+        let ended = lease::end_membership(api, seen, &holder, options.lease_duration);
         match bounded(options.renew_deadline, ended).await {
             Ok(true) => {
                 info!(replica = %holder, shards = ?held, "membership of a silent replica ended");
@@ -725,6 +746,7 @@ async fn acquire(shards: &Arc<Shards>, api: &Api<Lease>, current: Option<Lease>,
             );
             shards.metrics.shard_acquisitions.inc();
             info!(shard = s, "shard acquired");
+            shards.note_change();
             let _ = shards.acquired.send(s);
         }
         Ok(None) => debug!(shard = s, "lost the race for a shard"),
