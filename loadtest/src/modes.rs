@@ -615,18 +615,55 @@ async fn warm_up(b: &Bench<'_>) {
     tokio::time::sleep(Duration::from_secs(secs)).await;
 }
 
-/// One side's whole capacity search.
+/// How long a settle watches the replicas' CPU, and how long it waits at most.
+const SETTLE_WINDOW: Duration = Duration::from_secs(5);
+const SETTLE_LIMIT: Duration = Duration::from_secs(180);
+
+/// Whether replicas that used `used` CPU seconds over `window`, `n` of them held to `share` of a
+/// core each, are idle: under half their quota. A replica held to a small share digests its start
+/// (lists, 32 Lease writes) and the previous step's deletions for seconds; a step started then
+/// measures that backlog, not the rate.
+fn idle(used: f64, n: usize, share: f64, window: Duration) -> bool {
+    used <= 0.5 * share * n as f64 * window.as_secs_f64()
+}
+
+/// Waits until the replicas are idle (`idle`), at most `SETTLE_LIMIT`.
+async fn settle(r: &Replicas, share: f64) -> anyhow::Result<()> {
+    let started = Instant::now();
+    let mut before = r.cpu_seconds().await?;
+    loop {
+        tokio::time::sleep(SETTLE_WINDOW).await;
+        let now = r.cpu_seconds().await?;
+        if idle(now - before, r.live().count(), share, SETTLE_WINDOW) {
+            return Ok(());
+        }
+        if started.elapsed() > SETTLE_LIMIT {
+            eprintln!(
+                "[loadtest] the replicas were still busy after {} s; the step goes ahead",
+                SETTLE_LIMIT.as_secs()
+            );
+            return Ok(());
+        }
+        before = now;
+    }
+}
+
+/// One side's whole capacity search; with `share` (scale-out), each step waits for idle replicas.
 async fn search(
     b: &Bench<'_>,
     side: Side,
     what: &str,
     replicas: Option<&Replicas>,
+    share: Option<f64>,
     base: &mut u32,
     passes: &mut Vec<Pass>,
 ) -> anyhow::Result<CapacityOf> {
     let c = &b.o.workload.capacity;
     let mut s = Search::new(side, what, c);
     while !s.done(c.max_steps) {
+        if let (Some(r), Some(share)) = (replicas, share.filter(|s| *s > 0.0)) {
+            settle(r, share).await?;
+        }
         s.step(b, replicas, base, passes).await?;
     }
     s.finish(b)
@@ -751,7 +788,7 @@ pub async fn run(b: &Bench<'_>) -> anyhow::Result<ModeReport> {
                 let r = replicas(b, n, Some(share), &format!("replicas-scaleout-{n}")).await?;
                 let what = format!("operator ×{n}");
                 let from = passes.len();
-                let cap = search(b, Side::Operator, &what, Some(&r), &mut base, &mut passes).await;
+                let cap = search(b, Side::Operator, &what, Some(&r), Some(share), &mut base, &mut passes).await;
                 let (recs, mut per_replica) = stop(r).await?;
                 records.extend(recs);
                 let cap = cap?;
@@ -1058,6 +1095,16 @@ mod tests {
             p99: Some(p99),
             passed: true,
         }
+    }
+
+    #[test]
+    fn replicas_are_idle_under_half_their_quota() {
+        let w = Duration::from_secs(5);
+        // 4 replicas at 0.008 of a core: 0.16 CPU-s per 5 s at most; idle up to 0.08.
+        assert!(idle(0.08, 4, 0.008, w));
+        assert!(!idle(0.0801, 4, 0.008, w));
+        assert!(idle(0.0, 1, 0.008, w));
+        assert!(!idle(0.03, 1, 0.008, w));
     }
 
     #[test]
