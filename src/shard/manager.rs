@@ -639,8 +639,6 @@ async fn renew_membership(
     }
 }
 
-/// Of the shards to acquire, those that may be taken now: free ones, and those of holders whose
-/// membership this call ended. A holder that renewed meanwhile keeps its shards.
 /// The Leases of one round by name: a round looks each shard's Lease and its holder's membership
 /// up, 2 × shards lookups (a linear search with a copy each cost an idle replica most of its CPU).
 struct ByName<'a>(std::collections::HashMap<&'a str, &'a Lease>);
@@ -660,6 +658,8 @@ impl<'a> ByName<'a> {
     }
 }
 
+/// Of the shards to acquire, those that may be taken now: free ones, and those of holders whose
+/// membership this call ended. A holder that renewed meanwhile keeps its shards.
 async fn end_memberships(
     api: &Api<Lease>,
     me: &str,
