@@ -1,7 +1,7 @@
 //! Failover times from the replicas' reconcile records (format and overlap check: the operator's
 //! `shard::record`).
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 
 use kubedirector::shard::record::Reconcile;
 
@@ -33,6 +33,32 @@ pub fn failovers(kills: &[Kill], all: &[Reconcile], shards_with_keys: &BTreeSet<
         }
     }
     (times, missing)
+}
+
+/// When each shard had no live owner: from a kill to the first reconcile of that shard by another
+/// replica (or, if none came, to the end of time). Keyed by shard; one window per kill that named it.
+pub fn orphaned(kills: &[Kill], all: &[Reconcile]) -> BTreeMap<u32, Vec<(u64, u64)>> {
+    let mut out: BTreeMap<u32, Vec<(u64, u64)>> = BTreeMap::new();
+    for k in kills {
+        for shard in &k.shards {
+            let end = all
+                .iter()
+                .filter(|r| r.shard == *shard && r.replica != k.replica && r.start >= k.at)
+                .map(|r| r.start)
+                .min()
+                .unwrap_or(u64::MAX);
+            out.entry(*shard).or_default().push((k.at, end));
+        }
+    }
+    out
+}
+
+/// Whether a CR of `shard` that waited from `start` to `end` (unix µs) waited through part of a
+/// window in which its shard had no owner: its latency then includes a failover, which no floor has.
+pub fn waited_for_failover(windows: &BTreeMap<u32, Vec<(u64, u64)>>, shard: u32, start: u64, end: u64) -> bool {
+    windows
+        .get(&shard)
+        .is_some_and(|w| w.iter().any(|(from, to)| *from < end && *to > start))
 }
 
 #[cfg(test)]
@@ -70,5 +96,25 @@ mod tests {
         assert!(missing[0].starts_with("shard 3"));
         let (t, missing) = failovers(&kills, &all, &[1, 2].into());
         assert_eq!((t.len(), missing.len()), (2, 0));
+    }
+
+    #[test]
+    fn a_cr_waited_for_a_failover_when_its_wait_meets_its_shards_orphaned_window() {
+        let kills = vec![Kill {
+            replica: "a".into(),
+            at: 10,
+            shards: vec![1, 2],
+        }];
+        // Shard 1 is taken at 20; shard 2 never is.
+        let all = vec![rec("x", "b", 1, 20, 21), rec("y", "a", 2, 30, 31)];
+        let w = orphaned(&kills, &all);
+        assert_eq!(w[&1], vec![(10, 20)]);
+        assert_eq!(w[&2], vec![(10, u64::MAX)]);
+        assert!(waited_for_failover(&w, 1, 5, 15)); // killed while it waited
+        assert!(waited_for_failover(&w, 1, 12, 25)); // arrived while its shard had no owner
+        assert!(!waited_for_failover(&w, 1, 0, 10)); // done at the kill
+        assert!(!waited_for_failover(&w, 1, 20, 30)); // arrived once the shard was taken
+        assert!(!waited_for_failover(&w, 3, 0, 100)); // another shard
+        assert!(waited_for_failover(&w, 2, 1_000, 2_000));
     }
 }

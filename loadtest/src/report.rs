@@ -29,6 +29,8 @@ pub struct Report {
     /// shard: together they should hold each member's pods once, ± a handover in progress).
     pub cached_pods: Result<CachedPods, String>,
     pub failover: Option<Failover>,
+    /// With chaos: the create latency split by whether a CR waited through a failover of its shard.
+    pub by_failover: Option<FailoverSplit>,
     pub overlaps: usize,
     pub overlap_examples: Vec<String>,
     pub lost: Lost,
@@ -96,6 +98,20 @@ pub struct Latency {
     pub create: Summary,
     pub change: Option<Summary>,
     pub floor: Summary,
+}
+
+/// A SIGKILL leaves a shard without an owner for about a lease; the CRs that wait through that
+/// window carry a delay no floor has. The others, against the floor's groups of the same names, are
+/// what the operator costs when no replica dies.
+#[derive(Debug, Serialize)]
+pub struct FailoverSplit {
+    /// CRs that waited through a failover of their shard.
+    pub waited: Option<Summary>,
+    /// The other CRs.
+    pub others: Summary,
+    /// The floor's groups of the same names as `others`.
+    pub floor_others: Summary,
+    pub ratio_others: Ratio,
 }
 
 #[derive(Debug, Serialize)]
@@ -208,6 +224,18 @@ impl Report {
             "\nOverhead ratio (operator / floor): p50 {:.2}, p99 {:.2}\n\n",
             self.overhead_ratio.p50, self.overhead_ratio.p99
         ));
+        if let Some(f) = &self.by_failover {
+            let waited = f.waited.as_ref().map_or("none".to_string(), |w| {
+                format!(
+                    "{} CRs, p50 {:.2} s, p99 {:.2} s, max {:.2} s",
+                    w.count, w.p50, w.p99, w.max
+                )
+            });
+            md.push_str(&format!(
+                "Split by failover: CRs that waited through a failover of their shard: {waited}. The other {} CRs: p50 {:.2} s, p99 {:.2} s, against the floor's same groups p50 {:.2} s, p99 {:.2} s: ratio p50 {:.2}, p99 {:.2}\n\n",
+                f.others.count, f.others.p50, f.others.p99, f.floor_others.p50, f.floor_others.p99, f.ratio_others.p50, f.ratio_others.p99
+            ));
+        }
         let x = &self.writes;
         md.push_str(&format!(
             "## API writes (source: {})\n\n- create phase: {} writes, {:.2} per member\n- churn phase: {} writes for {} members changed{}\n- delete phase: {}; total {} plus {} shard Lease writes (operators' own counters: {})\n- queue wait p99: {:.3} s\n\n",

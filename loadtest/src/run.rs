@@ -321,6 +321,42 @@ fn shards_with_keys(w: &Workload, contexts: &[String], ns: &str) -> BTreeSet<u32
         .collect()
 }
 
+/// The create latency split by whether each CR waited through a failover of its shard, the others
+/// against the floor's groups of the same names. `None` when no CR or no floor group is left to compare.
+fn split_by_failover(
+    windows: &BTreeMap<u32, Vec<(u64, u64)>>,
+    create_done: &[(track::Key, Instant, Instant)],
+    floor_done: &[(track::Key, Instant, Instant)],
+    at: impl Fn(Instant) -> u64,
+    shard: impl Fn(&track::Key) -> u32,
+) -> Option<report::FailoverSplit> {
+    let (mut waited, mut others) = (Vec::new(), BTreeMap::new());
+    for (key, start, end) in create_done {
+        let secs = (*end - *start).as_secs_f64();
+        if records::waited_for_failover(windows, shard(key), at(*start), at(*end)) {
+            waited.push(secs);
+        } else {
+            others.insert(key, secs);
+        }
+    }
+    let floor: Vec<f64> = floor_done
+        .iter()
+        .filter(|(k, _, _)| others.contains_key(k))
+        .map(|(_, s, e)| (*e - *s).as_secs_f64())
+        .collect();
+    let others = stats::summary(&others.into_values().collect::<Vec<_>>())?;
+    let floor_others = stats::summary(&floor)?;
+    Some(report::FailoverSplit {
+        waited: stats::summary(&waited),
+        ratio_others: report::Ratio {
+            p50: others.p50 / floor_others.p50,
+            p99: others.p99 / floor_others.p99,
+        },
+        others,
+        floor_others,
+    })
+}
+
 /// Waits until every shard of `kill` (with CRs) has been reconciled by another replica, as the
 /// records show, or `limit` passes (the figures then report it as lost).
 async fn wait_failed_over(
@@ -869,6 +905,13 @@ async fn measure(b: &Bench<'_>) -> anyhow::Result<Report> {
         );
     }
     let bad = record::overlaps(&all);
+    let by_failover = if kills.is_empty() {
+        None
+    } else {
+        let at = |i: Instant| create_from + i.saturating_duration_since(t0).as_micros() as u64;
+        let shard = |k: &track::Key| shard_of(&bed.contexts[k.0], ns, &k.1, w.shards);
+        split_by_failover(&records::orphaned(&kills, &all), &create_done, &floor_done, at, shard)
+    };
     let failover = if kills.is_empty() {
         if w.chaos.every_seconds > 0 {
             bail!(
@@ -923,6 +966,7 @@ async fn measure(b: &Bench<'_>) -> anyhow::Result<Report> {
         queue_wait_p99_seconds: queue_wait_p99,
         replicas: per_slot.into_values().collect(),
         cached_pods,
+        by_failover,
         failover,
         overlaps: bad.len(),
         overlap_examples: bad.into_iter().take(10).collect(),
