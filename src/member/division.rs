@@ -55,6 +55,11 @@ const POLL: Duration = Duration::from_secs(5);
 /// one list for a round of acquisitions, not one per shard.
 const SETTLE: Duration = Duration::from_millis(50);
 
+/// A list younger than this is cut short by a change, once (`restarting`); an older one finishes
+/// first. Lists of a busy member take 0.5–2.5 s: a cut within the first second costs the shards
+/// already waiting at most that second, and saves the new ones a whole list.
+const CUT_WITHIN: Duration = Duration::from_secs(1);
+
 /// Which kind a divided stream is, and the generation its current watch was started at.
 pub(crate) struct Tag {
     kind: usize,
@@ -322,6 +327,12 @@ fn nothing_listed<K: Send + 'static>() -> BoxStream<'static, Result<watcher::Eve
 /// `ends_list`) finishes it first: under a round of handovers, a list abandoned at every change
 /// was made again and again by the API server (every child of the member, each time), and the
 /// lists that finished came later, not sooner.
+///
+/// One exception: a list less than `CUT_WITHIN` old, that does not itself replace a list cut
+/// short, is cut at once. A failover takes a dead replica's shards in a round or two a few hundred
+/// ms apart; finishing the first round's list before starting the second's kept the second round
+/// waiting two lists (std12: 2.8 s from acquisition to first reconcile under load). Cut once, both
+/// wait one list; the replacement always finishes, so changes that keep coming cannot starve it.
 pub(crate) fn restarting<T, S>(
     make: impl Fn() -> S + Send + 'static,
     ends_list: impl Fn(&T) -> bool + Send + 'static,
@@ -340,8 +351,17 @@ where
         started: Arc<AtomicU64>,
         /// The current stream has not finished its first list.
         listing: bool,
-        /// A change came: restart once the list is done.
+        /// A change came: restart once the list is done (or now, if it may be cut).
         pending: bool,
+        /// The current stream's list may be cut short: it does not replace a list cut short.
+        may_cut: bool,
+        /// When the current stream was made.
+        since: tokio::time::Instant,
+    }
+    impl<T, F, E> State<T, F, E> {
+        fn cuttable(&self) -> bool {
+            self.listing && self.may_cut && self.since.elapsed() < CUT_WITHIN
+        }
     }
     let state = State {
         current: None,
@@ -351,10 +371,12 @@ where
         started,
         listing: false,
         pending: false,
+        may_cut: true,
+        since: tokio::time::Instant::now(),
     };
     futures::stream::unfold(state, |mut st| async move {
         loop {
-            if st.pending && !st.listing {
+            if st.pending && (!st.listing || st.cuttable()) {
                 tokio::time::sleep(SETTLE).await;
                 st.current = None;
             }
@@ -362,6 +384,9 @@ where
                 let g = st.restarts.as_mut().map(|r| *r.borrow_and_update()).unwrap_or(0);
                 st.started.store(g, Ordering::SeqCst);
                 st.current = Some((st.make)().boxed());
+                // Replacing a list cut short: this one lists to its end.
+                st.may_cut = !st.listing;
+                st.since = tokio::time::Instant::now();
                 (st.listing, st.pending) = (true, false);
             }
             let pending = st.pending;
@@ -502,32 +527,59 @@ mod tests {
         assert_eq!(s.next().await, Some(1), "no sender: the current stream continues");
     }
 
-    #[tokio::test(start_paused = true)]
-    async fn a_list_in_progress_finishes_before_the_restart() {
-        let (tx, rx) = watch::channel(0u64);
-        let made = Arc::new(AtomicU64::new(0));
-        let m = made.clone();
-        // Each stream: three list items (10 ms apart), the list's end (0), then nothing for long.
-        let mut s = restarting(
+    /// Streams of three list items `step` apart, the list's end (0), then nothing for long; each
+    /// stream's items are its number (from 1).
+    fn lists(step: Duration, rx: watch::Receiver<u64>, made: Arc<AtomicU64>) -> BoxStream<'static, u64> {
+        restarting(
             move || {
-                let n = m.fetch_add(1, Ordering::SeqCst) + 1;
-                futures::stream::iter([n, n, n, 0]).then(|i| async move {
-                    tokio::time::sleep(Duration::from_millis(10)).await;
-                    i
-                })
+                let n = made.fetch_add(1, Ordering::SeqCst) + 1;
+                futures::stream::iter([n, n, n, 0])
+                    .then(move |i| async move {
+                        tokio::time::sleep(step).await;
+                        i
+                    })
+                    .chain(futures::stream::pending())
             },
             |i| *i == 0,
             rx,
             Arc::new(AtomicU64::new(0)),
-        );
-        assert_eq!(s.next().await, Some(1));
+        )
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_list_in_progress_finishes_before_the_restart() {
+        let (tx, rx) = watch::channel(0u64);
+        let made = Arc::new(AtomicU64::new(0));
+        // Items 400 ms apart: the change comes 1.2 s into the list, too late to cut it.
+        let mut s = lists(Duration::from_millis(400), rx, made.clone());
+        for _ in 0..3 {
+            assert_eq!(s.next().await, Some(1));
+        }
         tx.send_replace(1);
-        // The change came mid-list: the list goes on to its end, then the new stream starts.
-        assert_eq!(s.next().await, Some(1));
         tx.send_replace(2);
-        assert_eq!(s.next().await, Some(1));
         assert_eq!(s.next().await, Some(0), "the list's end");
-        assert_eq!(s.next().await, Some(2), "one restart for both changes");
+        assert_eq!(s.next().await, Some(2), "then one restart for both changes");
         assert_eq!(made.load(Ordering::SeqCst), 2);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_young_list_is_cut_once_and_its_replacement_finishes() {
+        let (tx, rx) = watch::channel(0u64);
+        let made = Arc::new(AtomicU64::new(0));
+        let mut s = lists(Duration::from_millis(10), rx, made.clone());
+        assert_eq!(s.next().await, Some(1));
+        // 10 ms into the first list: cut, the new stream lists at once.
+        tx.send_replace(1);
+        assert_eq!(s.next().await, Some(2), "cut short");
+        // The replacement is not cut, however young: it lists to its end, then restarts.
+        tx.send_replace(2);
+        assert_eq!(s.next().await, Some(2));
+        assert_eq!(s.next().await, Some(2));
+        assert_eq!(s.next().await, Some(0), "the replacement's list ends");
+        assert_eq!(s.next().await, Some(3));
+        // A list made after a finished one may be cut again.
+        tx.send_replace(3);
+        assert_eq!(s.next().await, Some(4));
+        assert_eq!(made.load(Ordering::SeqCst), 4);
     }
 }
