@@ -357,6 +357,31 @@ fn split_by_failover(
     })
 }
 
+/// Every CR's and floor group's latency, one line each, for a look at the tail after the run:
+/// `side,context,name,arrival_s,seconds,waited_for_failover` (arrival from its side's start).
+fn write_latencies(
+    path: &std::path::Path,
+    contexts: &[String],
+    (operator, t0): (&[(track::Key, Instant, Instant)], Instant),
+    (floor, t3): (&[(track::Key, Instant, Instant)], Instant),
+    waited: impl Fn(&track::Key, Instant, Instant) -> bool,
+) -> anyhow::Result<()> {
+    let mut out = String::from("side,context,name,arrival_s,seconds,waited_for_failover\n");
+    for (side, done, from) in [("operator", operator, t0), ("floor", floor, t3)] {
+        for (k, s, e) in done {
+            out.push_str(&format!(
+                "{side},{},{},{:.3},{:.3},{}\n",
+                contexts.get(k.0).map_or("?", String::as_str),
+                k.1,
+                s.saturating_duration_since(from).as_secs_f64(),
+                (*e - *s).as_secs_f64(),
+                side == "operator" && waited(k, *s, *e),
+            ));
+        }
+    }
+    std::fs::write(path, out).with_context(|| format!("writing {}", path.display()))
+}
+
 /// Waits until every shard of `kill` (with CRs) has been reconciled by another replica, as the
 /// records show, or `limit` passes (the figures then report it as lost).
 async fn wait_failed_over(
@@ -905,12 +930,20 @@ async fn measure(b: &Bench<'_>) -> anyhow::Result<Report> {
         );
     }
     let bad = record::overlaps(&all);
+    let windows = records::orphaned(&kills, &all);
+    let at = |i: Instant| create_from + i.saturating_duration_since(t0).as_micros() as u64;
+    let shard = |k: &track::Key| shard_of(&bed.contexts[k.0], ns, &k.1, w.shards);
+    write_latencies(
+        &o.run_dir.join("latencies.csv"),
+        &bed.contexts,
+        (&create_done, t0),
+        (&floor_done, t3),
+        |k, s, e| records::waited_for_failover(&windows, shard(k), at(s), at(e)),
+    )?;
     let by_failover = if kills.is_empty() {
         None
     } else {
-        let at = |i: Instant| create_from + i.saturating_duration_since(t0).as_micros() as u64;
-        let shard = |k: &track::Key| shard_of(&bed.contexts[k.0], ns, &k.1, w.shards);
-        split_by_failover(&records::orphaned(&kills, &all), &create_done, &floor_done, at, shard)
+        split_by_failover(&windows, &create_done, &floor_done, at, shard)
     };
     let failover = if kills.is_empty() {
         if w.chaos.every_seconds > 0 {
