@@ -135,6 +135,10 @@ struct Cli {
     /// with it if --flow-schema is given.
     #[arg(long)]
     burst_once: bool,
+    /// Burst: SIGKILL the last replica this many seconds into each operator pass and measure its
+    /// shards' failover while the burst is in flight (needs --replicas 2 or more).
+    #[arg(long)]
+    burst_kill_after: Option<u64>,
     /// The operator serves its admission webhook and the API server calls it (one cluster only).
     #[arg(long)]
     admission: bool,
@@ -232,6 +236,9 @@ fn workload(cli: &Cli) -> anyhow::Result<Workload> {
     }
     if cli.burst_once {
         w.burst_both = false;
+    }
+    if let Some(v) = cli.burst_kill_after {
+        w.burst_kill_after_seconds = v;
     }
     if cli.admission {
         w.admission = true;

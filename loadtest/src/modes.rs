@@ -15,6 +15,7 @@ use kubedirector::shard::record;
 
 use crate::arrival::{Arrival, Kind};
 use crate::phases::{self, Arrivals};
+use crate::records::{self, Kill};
 use crate::replicas::{LEASE_MS, Replicas};
 use crate::report::SlowCall;
 use crate::report::{ApfWait, apf_lines};
@@ -99,11 +100,27 @@ pub struct RateRatio {
     pub p99: f64,
 }
 
+/// Two steps ran the same rate: both searches compute it alike from the same start, so only
+/// rounding can tell them apart.
+fn same_rate(a: f64, b: f64) -> bool {
+    (a - b).abs() < 1e-9
+}
+
+/// One row per rate that either search ran, in rate order, with each side's step there. The
+/// refinements after a miss differ between the sides, so a rate may have only one side.
+pub fn capacity_rows<'a>(floor: &'a [Step], operator: &'a [Step]) -> Vec<(f64, Option<&'a Step>, Option<&'a Step>)> {
+    let mut rates: Vec<f64> = floor.iter().chain(operator).map(|s| s.per_second).collect();
+    rates.sort_by(f64::total_cmp);
+    rates.dedup_by(|a, b| same_rate(*a, *b));
+    let at = |steps: &'a [Step], rate: f64| steps.iter().find(|s| same_rate(s.per_second, rate));
+    rates.into_iter().map(|r| (r, at(floor, r), at(operator, r))).collect()
+}
+
 /// The rates both searches ran (they step alike from the same start), with the latency ratios.
 pub fn rate_ratios(floor: &[Step], operator: &[Step]) -> Vec<RateRatio> {
     floor
         .iter()
-        .filter_map(|f| Some((f, operator.iter().find(|o| (f.per_second - o.per_second).abs() < 1e-9)?)))
+        .filter_map(|f| Some((f, operator.iter().find(|o| same_rate(f.per_second, o.per_second))?)))
         .filter_map(|(f, o)| {
             Some(RateRatio {
                 per_second: f.per_second,
@@ -127,6 +144,13 @@ pub struct BurstPair {
     pub operator_peak_rss_mib: Option<f64>,
     /// The operator's CPU seconds in the pass, summed over its replicas.
     pub operator_cpu_seconds: f64,
+}
+
+#[derive(Debug, Serialize)]
+pub struct BurstFailover {
+    pub kills: Vec<Kill>,
+    /// Every killed shard that held a CR: SIGKILL → first reconcile of it by another replica.
+    pub seconds: Summary,
 }
 
 #[derive(Debug, Serialize)]
@@ -161,6 +185,9 @@ pub struct ModeReport {
     pub duration_seconds: f64,
     pub passes: Vec<Pass>,
     pub burst: Vec<BurstPair>,
+    /// Burst with `burstKillAfterSeconds`: the kills in the operator passes and their shards'
+    /// failover (SIGKILL → first reconcile of the shard by another replica).
+    pub burst_failover: Option<BurstFailover>,
     /// (floor, operator, operator/floor capacity ratio)
     pub capacity: Option<(CapacityOf, CapacityOf, f64)>,
     /// Operator / floor latency at each rate both capacity searches ran.
@@ -709,62 +736,11 @@ pub async fn run(b: &Bench<'_>) -> anyhow::Result<ModeReport> {
     let started = Instant::now();
     let mut passes = Vec::new();
     let (mut burst, mut capacity, mut scaleout, mut rate_ratios) = (Vec::new(), None, Vec::new(), Vec::new());
-    let mut records = Vec::new();
+    let (mut records, mut kills) = (Vec::new(), Vec::new());
     let mut base = 0u32;
     match w.mode {
         Mode::Standard => bail!("the standard mode is run::measure"),
-        Mode::Burst => {
-            let per_cluster = phases::names_of(w, 0).len();
-            if w.crs() as usize != per_cluster * b.clients.len() {
-                bail!(
-                    "burst: members must split evenly over the clusters ({} CRs, {} clusters)",
-                    w.crs(),
-                    b.clients.len()
-                );
-            }
-            let arrival = Arrival::burst();
-            let variants = if w.burst_both {
-                vec![false, true]
-            } else {
-                vec![w.flow_schema]
-            };
-            for fs in variants {
-                if fs {
-                    apply_flow_schema(b).await?;
-                }
-                let tag = if fs { "with FlowSchema" } else { "without FlowSchema" };
-                let floor = pass(
-                    b,
-                    Side::Floor,
-                    &format!("floor burst, {tag}"),
-                    &arrival,
-                    per_cluster,
-                    base,
-                    None,
-                )
-                .await?;
-                let r = replicas(b, w.replicas, None, &format!("replicas-burst-{}", u8::from(fs))).await?;
-                let op = pass(
-                    b,
-                    Side::Operator,
-                    &format!("operator burst, {tag}"),
-                    &arrival,
-                    per_cluster,
-                    base,
-                    Some(&r),
-                )
-                .await;
-                let (recs, uses) = stop(r).await?;
-                records.extend(recs);
-                let op = op?;
-                let (Some(f), Some(o)) = (floor.all_done_seconds, op.all_done_seconds) else {
-                    bail!("burst {tag}: a side finished no CR");
-                };
-                burst.push((fs, f, o, uses));
-                passes.push(floor);
-                passes.push(op);
-            }
-        }
+        Mode::Burst => burst = bursts(b, &mut passes, &mut records, &mut kills).await?,
         Mode::Capacity => {
             if w.flow_schema {
                 apply_flow_schema(b).await?;
@@ -845,7 +821,19 @@ pub async fn run(b: &Bench<'_>) -> anyhow::Result<ModeReport> {
         bail!("no reconcile records: the replicas did not write any");
     }
     let bad = record::overlaps(&all);
-    let lost = lost_of(&passes);
+    let mut lost = lost_of(&passes);
+    let burst_failover = if kills.is_empty() {
+        None
+    } else {
+        let with_keys = crate::run::shards_with_keys(w, &b.bed.contexts, &b.ns);
+        let (times, missing) = records::failovers(&kills, &all, &with_keys);
+        lost.not_configured
+            .extend(missing.into_iter().map(|m| format!("failover never happened: {m}")));
+        lost.total = lost.not_configured.len() + lost.children_left.len();
+        let seconds =
+            stats::summary(&times).context("burst failover: no shard of a killed replica was reconciled elsewhere")?;
+        Some(BurstFailover { kills, seconds })
+    };
     let report = ModeReport {
         run: b.o.run.clone(),
         command: b.o.command.clone(),
@@ -857,6 +845,7 @@ pub async fn run(b: &Bench<'_>) -> anyhow::Result<ModeReport> {
         duration_seconds: started.elapsed().as_secs_f64(),
         passes,
         burst,
+        burst_failover,
         capacity,
         rate_ratios,
         scaleout,
@@ -866,6 +855,90 @@ pub async fn run(b: &Bench<'_>) -> anyhow::Result<ModeReport> {
     };
     report.plot(&b.o.run_dir.join("plot.png"))?;
     Ok(report)
+}
+
+/// A burst's pair of passes: (FlowSchema, floor all Ready, operator all configured, what the
+/// operator's replicas used).
+type BurstRun = (bool, f64, f64, Vec<ReplicaUse>);
+
+/// Burst mode's pairs of passes, without and with the FlowSchema (or one pair). With
+/// `burstKillAfterSeconds`, each operator pass loses its last replica while it is in flight.
+async fn bursts(
+    b: &Bench<'_>,
+    passes: &mut Vec<Pass>,
+    records: &mut Vec<std::path::PathBuf>,
+    kills: &mut Vec<Kill>,
+) -> anyhow::Result<Vec<BurstRun>> {
+    let w = &b.o.workload;
+    let per_cluster = phases::names_of(w, 0).len();
+    if w.crs() as usize != per_cluster * b.clients.len() {
+        bail!(
+            "burst: members must split evenly over the clusters ({} CRs, {} clusters)",
+            w.crs(),
+            b.clients.len()
+        );
+    }
+    let arrival = Arrival::burst();
+    let variants = if w.burst_both {
+        vec![false, true]
+    } else {
+        vec![w.flow_schema]
+    };
+    let mut out = Vec::new();
+    for fs in variants {
+        if fs {
+            apply_flow_schema(b).await?;
+        }
+        let tag = if fs { "with FlowSchema" } else { "without FlowSchema" };
+        let floor = pass(
+            b,
+            Side::Floor,
+            &format!("floor burst, {tag}"),
+            &arrival,
+            per_cluster,
+            0,
+            None,
+        )
+        .await?;
+        let mut r = replicas(b, w.replicas, None, &format!("replicas-burst-{}", u8::from(fs))).await?;
+        let label = format!("operator burst, {tag}");
+        let op = if w.burst_kill_after_seconds == 0 {
+            pass(b, Side::Operator, &label, &arrival, per_cluster, 0, Some(&r)).await
+        } else {
+            // The replicas' CPU is not sampled (a killed process's is gone): the pass gets none.
+            let after = LEAD + Duration::from_secs(w.burst_kill_after_seconds);
+            let killed = kill_last_after(b, &mut r, after);
+            let (op, kill) = tokio::join!(pass(b, Side::Operator, &label, &arrival, per_cluster, 0, None), killed);
+            op.and_then(|p| {
+                let k = kill?;
+                if k.at >= p.window.1 {
+                    bail!(
+                        "{label}: every CR was configured before the kill ({} s in): lower --burst-kill-after",
+                        w.burst_kill_after_seconds
+                    );
+                }
+                kills.push(k);
+                Ok(p)
+            })
+        };
+        let (recs, uses) = stop(r).await?;
+        records.extend(recs);
+        let op = op?;
+        let (Some(f), Some(o)) = (floor.all_done_seconds, op.all_done_seconds) else {
+            bail!("burst {tag}: a side finished no CR");
+        };
+        out.push((fs, f, o, uses));
+        passes.push(floor);
+        passes.push(op);
+    }
+    Ok(out)
+}
+
+/// Waits `after`, then SIGKILLs the replica of the last slot (slot 0 serves the webhook when the
+/// run has one) and starts its replacement.
+async fn kill_last_after(b: &Bench<'_>, r: &mut Replicas, after: Duration) -> anyhow::Result<Kill> {
+    tokio::time::sleep(after).await;
+    crate::run::kill_slot(r, &b.clients[0], &b.system, b.o.workload.replicas - 1).await
 }
 
 /// Stops the replicas; their records, and what each used.
@@ -948,23 +1021,32 @@ impl ModeReport {
             }
             md.push('\n');
         }
+        if let Some(f) = &self.burst_failover {
+            let shards: usize = f.kills.iter().map(|k| k.shards.len()).sum();
+            md.push_str(&format!(
+                "## Failover during the burst (lease {:.0} s)\n\n{} kills ({} s into each operator pass, the last replica), {shards} shards: ",
+                self.lease_seconds,
+                f.kills.len(),
+                w.burst_kill_after_seconds
+            ));
+            let s = &f.seconds;
+            md.push_str(&format!(
+                "{} shard failovers, p50 {:.2} s, p99 {:.2} s, max {:.2} s (SIGKILL → first reconcile of the shard by another replica)\n\n",
+                s.count, s.p50, s.p99, s.max
+            ));
+        }
         if let Some((floor, op, ratio)) = &self.capacity {
             md.push_str(&format!(
                 "## Capacity (p99 ≤ {} s)\n\n- floor: {:.2} CRs/s per cluster ({:.1} members/s)\n- operator: {:.2} CRs/s per cluster ({:.1} members/s)\n- ratio operator/floor: {ratio:.2}\n\n",
                 w.slo_seconds, floor.per_second, floor.members_per_second, op.per_second, op.members_per_second
             ));
             md.push_str("| CRs/s per cluster | floor p50 | floor p99 | operator p50 | operator p99 | ratio p50 | ratio p99 |\n|---|---|---|---|---|---|---|\n");
-            for (i, f) in floor.steps.iter().enumerate() {
-                let o = op.steps.get(i).filter(|o| (o.per_second - f.per_second).abs() < 1e-9);
-                let r = self
-                    .rate_ratios
-                    .iter()
-                    .find(|r| (r.per_second - f.per_second).abs() < 1e-9);
+            for (rate, f, o) in capacity_rows(&floor.steps, &op.steps) {
+                let r = self.rate_ratios.iter().find(|r| same_rate(r.per_second, rate));
                 md.push_str(&format!(
-                    "| {:.2} | {} | {} | {} | {} | {} | {} |\n",
-                    f.per_second,
-                    opt(f.p50),
-                    opt(f.p99),
+                    "| {rate:.2} | {} | {} | {} | {} | {} | {} |\n",
+                    opt(f.and_then(|f| f.p50)),
+                    opt(f.and_then(|f| f.p99)),
                     opt(o.and_then(|o| o.p50)),
                     opt(o.and_then(|o| o.p99)),
                     opt(r.map(|r| r.p50)),
@@ -1157,6 +1239,20 @@ mod tests {
                 }
             ]
         );
+    }
+
+    #[test]
+    fn capacity_rows_have_every_rate_of_either_side_and_each_sides_own_step() {
+        // cap4d: the floor refined to 1.04, the operator to 0.85; 0.94 both ran.
+        let floor = [step(0.77, 0.4, 2.0), step(0.94, 0.5, 3.3), step(1.04, 1.3, 4.6)];
+        let op = [step(0.77, 0.4, 1.6), step(0.85, 0.8, 4.2), step(0.94, 2.0, 11.7)];
+        let rows = capacity_rows(&floor, &op);
+        let rates: Vec<f64> = rows.iter().map(|r| r.0).collect();
+        assert_eq!(rates, [0.77, 0.85, 0.94, 1.04]);
+        let p99 = |s: Option<&Step>| s.and_then(|s| s.p99);
+        assert_eq!((p99(rows[1].1), p99(rows[1].2)), (None, Some(4.2)));
+        assert_eq!((p99(rows[2].1), p99(rows[2].2)), (Some(3.3), Some(11.7)));
+        assert_eq!((p99(rows[3].1), p99(rows[3].2)), (Some(4.6), None));
     }
 
     #[test]

@@ -13,6 +13,15 @@ pub struct Kill {
     pub shards: Vec<u32>,
 }
 
+/// When another replica first reconciled `shard` after the kill `k` (unix µs). The dead replica's
+/// own records can end after the kill (written late), so they do not count.
+fn taken_over(k: &Kill, shard: u32, all: &[Reconcile]) -> Option<u64> {
+    all.iter()
+        .filter(|r| r.shard == shard && r.replica != k.replica && r.start >= k.at)
+        .map(|r| r.start)
+        .min()
+}
+
 /// Failover times in seconds: for each shard of each kill, from the kill to the first reconcile of
 /// that shard by another replica. Shards with no CR (nothing to reconcile) are left out; a shard
 /// with CRs that nobody else reconciled afterwards is returned in the second list.
@@ -21,12 +30,7 @@ pub fn failovers(kills: &[Kill], all: &[Reconcile], shards_with_keys: &BTreeSet<
     let mut missing = Vec::new();
     for k in kills {
         for shard in k.shards.iter().filter(|s| shards_with_keys.contains(s)) {
-            let first = all
-                .iter()
-                .filter(|r| r.shard == *shard && r.replica != k.replica && r.start >= k.at)
-                .map(|r| r.start)
-                .min();
-            match first {
+            match taken_over(k, *shard, all) {
                 Some(t) => times.push((t - k.at) as f64 / 1e6),
                 None => missing.push(format!("shard {shard} of {} killed at {}", k.replica, k.at)),
             }
@@ -41,12 +45,7 @@ pub fn orphaned(kills: &[Kill], all: &[Reconcile]) -> BTreeMap<u32, Vec<(u64, u6
     let mut out: BTreeMap<u32, Vec<(u64, u64)>> = BTreeMap::new();
     for k in kills {
         for shard in &k.shards {
-            let end = all
-                .iter()
-                .filter(|r| r.shard == *shard && r.replica != k.replica && r.start >= k.at)
-                .map(|r| r.start)
-                .min()
-                .unwrap_or(u64::MAX);
+            let end = taken_over(k, *shard, all).unwrap_or(u64::MAX);
             out.entry(*shard).or_default().push((k.at, end));
         }
     }

@@ -315,7 +315,7 @@ async fn holders(home: &Client, ns: &str) -> anyhow::Result<BTreeMap<u32, String
 }
 
 /// The shards that hold at least one of the run's CRs.
-fn shards_with_keys(w: &Workload, contexts: &[String], ns: &str) -> BTreeSet<u32> {
+pub fn shards_with_keys(w: &Workload, contexts: &[String], ns: &str) -> BTreeSet<u32> {
     (0..w.crs())
         .map(|g| shard_of(&contexts[(g % w.clusters) as usize], ns, &objects::cr_name(g), w.shards))
         .collect()
@@ -401,6 +401,26 @@ async fn wait_failed_over(
     }
 }
 
+/// SIGKILLs the live replica of `slot` and starts its replacement; the kill names the shards the
+/// Leases in `system` gave the victim just before.
+pub async fn kill_slot(r: &mut Replicas, home: &Client, system: &str, slot: u32) -> anyhow::Result<Kill> {
+    let held = holders(home, system).await?;
+    let victim = r
+        .live()
+        .nth(slot as usize)
+        .map(|i| i.id.clone())
+        .with_context(|| format!("no live replica in slot {slot}"))?;
+    let shards: Vec<u32> = held.iter().filter(|(_, h)| **h == victim).map(|(s, _)| *s).collect();
+    let at = now_us();
+    r.kill_and_replace(slot).await?;
+    eprintln!("[loadtest] chaos: SIGKILL {victim} (holding {} shards)", shards.len());
+    Ok(Kill {
+        replica: victim,
+        at,
+        shards,
+    })
+}
+
 /// Kills a replica every `every`, round robin, until `stop` is set; records each kill.
 fn chaos(
     replicas: Arc<tokio::sync::Mutex<Replicas>>,
@@ -418,22 +438,8 @@ fn chaos(
                 _ = stop.notified() => return Ok(kills),
                 _ = tokio::time::sleep(every) => {}
             }
-            let held = holders(&home, &system).await?;
             let mut r = replicas.lock().await;
-            let victim = r
-                .live()
-                .nth(slot as usize)
-                .map(|i| i.id.clone())
-                .context("no live replica")?;
-            let shards: Vec<u32> = held.iter().filter(|(_, h)| **h == victim).map(|(s, _)| *s).collect();
-            let at = now_us();
-            r.kill_and_replace(slot).await?;
-            eprintln!("[loadtest] chaos: SIGKILL {victim} (holding {} shards)", shards.len());
-            kills.push(Kill {
-                replica: victim,
-                at,
-                shards,
-            });
+            kills.push(kill_slot(&mut r, &home, &system, slot).await?);
             slot = (slot + 1) % n;
         }
     })
@@ -626,10 +632,19 @@ async fn settled_cached_pods(
     }
 }
 
+/// CRs or floor groups done: key, clock start (scheduled arrival), done.
+type Done = Vec<(track::Key, Instant, Instant)>;
+
+/// Unix-µs bounds of the phases, to window the audit logs by.
+struct Spans {
+    create: (u64, u64),
+    churn: (u64, u64),
+    delete: (u64, u64),
+    floor: (u64, u64),
+}
+
 async fn measure(b: &Bench<'_>) -> anyhow::Result<Report> {
-    let (o, bed, clients) = (b.o, b.bed, &b.clients);
-    let (ns, floor_ns, system, placement) = (&b.ns, &b.floor_ns, &b.system, b.placement);
-    let launch = b.launch.clone();
+    let (o, bed, clients, ns) = (b.o, b.bed, &b.clients, &b.ns);
     let w = &o.workload;
     let started = Instant::now();
     let mut phase_secs = BTreeMap::new();
@@ -638,101 +653,31 @@ async fn measure(b: &Bench<'_>) -> anyhow::Result<Report> {
     }
     let api_before = apiserver_histograms(clients).await?;
 
-    // Replicas and watches.
-    let mut reps = match o.provider {
-        Provider::Kind => deploy_to_kind(o, bed, &launch, &clients[0]).await?,
-        _ => Replicas::start(launch, w.replicas)?,
-    };
-    reps.wait_ready(Duration::from_secs(120)).await?;
-    wait_admission(b).await?;
-    let replicas = Arc::new(tokio::sync::Mutex::new(reps));
-    let tracker = Arc::new(Tracker::default());
-    let watches: Vec<_> = clients
-        .iter()
-        .enumerate()
-        .map(|(i, c)| track::watch_clusters(c.clone(), ns, i, tracker.clone()))
-        .collect();
-    let stop_chaos = Arc::new(tokio::sync::Notify::new());
-    let chaos_task = (w.chaos.every_seconds > 0).then(|| {
-        chaos(
-            replicas.clone(),
-            clients[0].clone(),
-            system.clone(),
-            w.replicas,
-            Duration::from_secs(w.chaos.every_seconds),
-            stop_chaos.clone(),
-        )
-    });
+    let op = start_operating(b).await?;
+    let (replicas, tracker) = (&op.replicas, &op.tracker);
     let timeout = Duration::from_secs(w.phase_timeout_seconds);
     let mut lost = report::Lost::default();
 
-    // Create.
-    // Every clock starts at its scheduled arrival; the floor replays the same schedule later.
     let apf_create_before = apf_histograms(clients).await?;
-    let (t0, create_from) = (Instant::now() + LEAD, now_us() + LEAD.as_micros() as u64);
-    let schedules: Vec<phases::Arrivals> = (0..clients.len()).map(|c| phases::Arrivals::of(w, c, t0)).collect();
-    let creates = clients
-        .iter()
-        .zip(&schedules)
-        .map(|(client, a)| phases::create_crs(client, ns, a, w, placement, &tracker));
-    for refused in futures::future::join_all(creates).await {
-        lost.not_configured.extend(refused);
-    }
-    phases::wait(&tracker, "create → configured", w.crs() as usize, timeout).await;
-    lost.not_configured.extend(
-        tracker
-            .pending_keys()
-            .into_iter()
-            .map(|(c, n)| format!("{}/{n} (create)", bed.contexts[c])),
-    );
+    let (schedules, t0, create_from) = create_phase(b, tracker, timeout, &mut lost).await;
     let create_done = tracker.take_done();
     phase_secs.insert("create".to_string(), t0.elapsed().as_secs_f64());
     let create_to = now_us();
-    let cached_pods = settled_cached_pods(&replicas, w.members).await;
+    let cached_pods = settled_cached_pods(replicas, w.members).await;
     let apf_create = apf_window(&apf_histograms(clients).await?, &apf_create_before);
 
-    // Churn.
     let t1 = Instant::now();
-    let churn_members = phases::churn_plan(w).len() as u32 * w.churn.delta;
-    lost.not_configured
-        .extend(phases::churn(clients, ns, w, &tracker).await);
-    phases::wait(&tracker, "change → configured", w.churned() as usize, timeout).await;
-    lost.not_configured.extend(
-        tracker
-            .pending_keys()
-            .into_iter()
-            .map(|(c, n)| format!("{}/{n} (change)", bed.contexts[c])),
-    );
-    let change_done = tracker.take_done();
+    let (change_done, churn_members) = churn_phase(b, tracker, timeout, &mut lost).await;
     phase_secs.insert("churn".to_string(), t1.elapsed().as_secs_f64());
     let churn_to = now_us();
 
-    // Soak: replicas keep dying; afterwards every CR must still be configured at its generation.
     let t_soak = Instant::now();
-    tokio::time::sleep(Duration::from_secs(w.soak_seconds)).await;
-    for (c, client) in clients.iter().enumerate() {
-        let crs = Api::<kubedirector::api::KubeDirectorCluster>::namespaced(client.clone(), ns)
-            .list(&ListParams::default())
-            .await?;
-        for cr in crs.items {
-            let key = (c, cr.metadata.name.clone().unwrap_or_default());
-            tracker.start(key.clone());
-            tracker.written(&key, cr.metadata.generation.unwrap_or(0));
-        }
-    }
-    phases::wait(&tracker, "still configured after soak", w.crs() as usize, timeout).await;
-    lost.not_configured.extend(
-        tracker
-            .pending_keys()
-            .into_iter()
-            .map(|(c, n)| format!("{}/{n} (soak)", bed.contexts[c])),
-    );
-    tracker.take_done();
+    soak(b, tracker, timeout, &mut lost).await?;
     phase_secs.insert("soak".to_string(), t_soak.elapsed().as_secs_f64());
 
     // Chaos ends; the last victim's shards must have moved before the CRs go away.
-    stop_chaos.notify_one();
-    let kills = match chaos_task {
+    op.stop_chaos.notify_one();
+    let kills = match op.chaos {
         Some(t) => t.await??,
         None => Vec::new(),
     };
@@ -744,71 +689,24 @@ async fn measure(b: &Bench<'_>) -> anyhow::Result<Report> {
 
     // Delete.
     let (t2, delete_from) = (Instant::now(), now_us());
-    // All clusters at once: each one's garbage collector works in parallel.
-    let deletes = bed.contexts.iter().map(|context| {
-        let (fresh, ns) = (|| prepare::client(&bed.kubeconfig, context), ns.as_str());
-        async move { phases::delete_all(fresh, ns, timeout).await }
-    });
-    for (c, left) in futures::future::join_all(deletes).await.into_iter().enumerate() {
-        for left in left? {
-            lost.children_left.push(format!("{}: {left}", bed.contexts[c]));
-        }
-    }
+    delete_everything(bed, ns, timeout, &mut lost).await?;
     phase_secs.insert("delete".to_string(), t2.elapsed().as_secs_f64());
     let delete_to = now_us();
-    for h in watches {
+    for h in op.watches {
         h.abort();
     }
-    let mut reps = Arc::try_unwrap(replicas)
+    let mut reps = Arc::try_unwrap(op.replicas)
         .map_err(|_| anyhow::anyhow!("replicas still shared after chaos ended"))?
         .into_inner();
     reps.stop(Duration::from_secs(30)).await?;
 
-    // Floor: the same objects without an operator.
-    let apf_floor_before = apf_histograms(clients).await?;
-    let (t3, floor_from) = (Instant::now() + LEAD, now_us() + LEAD.as_micros() as u64);
-    let floor = Arc::new(Tracker::default());
-    let floor_watches: Vec<_> = clients
-        .iter()
-        .enumerate()
-        .map(|(i, c)| track::watch_floor(c.clone(), floor_ns, i, w.members_per_cr() as usize, floor.clone()))
-        .collect();
-    let floor_schedules: Vec<phases::Arrivals> = schedules
-        .iter()
-        .map(|a| phases::Arrivals { t0: t3, ..a.clone() })
-        .collect();
-    let creates = b
-        .writers
-        .iter()
-        .zip(&floor_schedules)
-        .map(|(client, a)| phases::create_floor(client, floor_ns, a, w, placement, &floor));
-    let mut floor_refused = Vec::new();
-    for refused in futures::future::join_all(creates).await {
-        floor_refused.extend(refused);
-    }
-    phases::wait(&floor, "floor → pods Ready", w.crs() as usize, timeout).await;
-    let floor_done = floor.take_done();
-    for h in floor_watches {
-        h.abort();
-    }
-    phase_secs.insert("floor".to_string(), t3.elapsed().as_secs_f64());
-    let floor_to = now_us();
-    let apf_floor = apf_window(&apf_histograms(clients).await?, &apf_floor_before);
-    if !floor_refused.is_empty() || floor.pending() > 0 {
-        bail!(
-            "the floor did not complete ({} refused, {} groups not ready): the test bed cannot carry this workload; first: {:?}",
-            floor_refused.len(),
-            floor.pending(),
-            floor_refused.first()
-        );
-    }
+    let floor = floor_phase(b, &schedules, timeout).await?;
+    phase_secs.insert("floor".to_string(), floor.seconds);
     let api_after = apiserver_histograms(clients).await?;
 
     // Figures.
-    let secs = |d: &[(track::Key, Instant, Instant)]| -> Vec<f64> {
-        d.iter().map(|(_, s, f)| (*f - *s).as_secs_f64()).collect()
-    };
-    let (create_lat, change_lat, floor_lat) = (secs(&create_done), secs(&change_done), secs(&floor_done));
+    let secs = |d: &Done| -> Vec<f64> { d.iter().map(|(_, s, f)| (*f - *s).as_secs_f64()).collect() };
+    let (create_lat, change_lat, floor_lat) = (secs(&create_done), secs(&change_done), secs(&floor.done));
     let create = stats::summary(&create_lat).context("create latency: no CR reached configured")?;
     let floor_s = stats::summary(&floor_lat).context("floor latency: no group became ready")?;
     let change = stats::summary(&change_lat);
@@ -819,11 +717,331 @@ async fn measure(b: &Bench<'_>) -> anyhow::Result<Report> {
         p50: create.p50 / floor_s.p50,
         p99: create.p99 / floor_s.p99,
     };
+    let testbed = testbed_figures(bed, w, &api_after, &api_before)?;
+    let (operator_counted, queue_wait_p99, replica_figures) = replica_figures(&reps)?;
+    let spans = Spans {
+        create: (create_from, create_to),
+        churn: (create_to, churn_to),
+        delete: (delete_from, delete_to),
+        floor: (floor.from, floor.to),
+    };
+    let writes = count_writes(bed, w, &b.floor_ns, &spans, churn_members, operator_counted)?;
 
+    let (bad, by_failover, failover) = from_records(
+        b,
+        &reps,
+        kills,
+        &spans,
+        (&create_done, t0),
+        (&floor.done, floor.t0),
+        &mut lost,
+    )?;
+    lost.total = lost.not_configured.len() + lost.children_left.len();
+
+    let report = Report {
+        run: o.run.clone(),
+        command: o.command.clone(),
+        provider: o.provider,
+        contexts: bed.contexts.clone(),
+        operator_binary: o.operator_bin.display().to_string(),
+        workload: w.clone(),
+        crs: w.crs(),
+        duration_seconds: started.elapsed().as_secs_f64(),
+        testbed,
+        latency: report::Latency {
+            create,
+            change,
+            floor: floor_s,
+        },
+        overhead_ratio: ratio,
+        writes,
+        queue_wait_p99_seconds: queue_wait_p99,
+        replicas: replica_figures,
+        cached_pods,
+        by_failover,
+        failover,
+        overlaps: bad.len(),
+        overlap_examples: bad.into_iter().take(10).collect(),
+        lost,
+        phases: phase_secs,
+        floor_credentials: b.floor_credentials.to_string(),
+        apf_wait: BTreeMap::from([("create".to_string(), apf_create), ("floor".to_string(), floor.apf)]),
+    };
+    draw(o, (&create_done, t0, &create_lat), (&floor.done, floor.t0, &floor_lat))?;
+    Ok(report)
+}
+
+/// The operator's side running: its replicas (ready, admission served), the harness's watches
+/// of the CRs, and chaos.
+struct Operating {
+    replicas: Arc<tokio::sync::Mutex<Replicas>>,
+    tracker: Arc<Tracker>,
+    watches: Vec<tokio::task::JoinHandle<()>>,
+    stop_chaos: Arc<tokio::sync::Notify>,
+    chaos: Option<tokio::task::JoinHandle<anyhow::Result<Vec<Kill>>>>,
+}
+
+async fn start_operating(b: &Bench<'_>) -> anyhow::Result<Operating> {
+    let (o, clients, w) = (b.o, &b.clients, &b.o.workload);
+    let mut reps = match o.provider {
+        Provider::Kind => deploy_to_kind(o, b.bed, &b.launch, &clients[0]).await?,
+        _ => Replicas::start(b.launch.clone(), w.replicas)?,
+    };
+    reps.wait_ready(Duration::from_secs(120)).await?;
+    wait_admission(b).await?;
+    let replicas = Arc::new(tokio::sync::Mutex::new(reps));
+    let tracker = Arc::new(Tracker::default());
+    let watches = clients
+        .iter()
+        .enumerate()
+        .map(|(i, c)| track::watch_clusters(c.clone(), &b.ns, i, tracker.clone()))
+        .collect();
+    let stop_chaos = Arc::new(tokio::sync::Notify::new());
+    let chaos = (w.chaos.every_seconds > 0).then(|| {
+        let every = Duration::from_secs(w.chaos.every_seconds);
+        let home = clients[0].clone();
+        chaos(
+            replicas.clone(),
+            home,
+            b.system.clone(),
+            w.replicas,
+            every,
+            stop_chaos.clone(),
+        )
+    });
+    Ok(Operating {
+        replicas,
+        tracker,
+        watches,
+        stop_chaos,
+        chaos,
+    })
+}
+
+/// Every CR created at its scheduled arrival and waited for until configured (or lost). Every
+/// clock starts at its scheduled arrival; the floor replays the same schedules later. Returns
+/// them, and the start as an instant and in unix µs.
+async fn create_phase(
+    b: &Bench<'_>,
+    tracker: &Arc<Tracker>,
+    limit: Duration,
+    lost: &mut report::Lost,
+) -> (Vec<phases::Arrivals>, Instant, u64) {
+    let (clients, w) = (&b.clients, &b.o.workload);
+    let (t0, from) = (Instant::now() + LEAD, now_us() + LEAD.as_micros() as u64);
+    let schedules: Vec<phases::Arrivals> = (0..clients.len()).map(|c| phases::Arrivals::of(w, c, t0)).collect();
+    let creates = clients
+        .iter()
+        .zip(&schedules)
+        .map(|(client, a)| phases::create_crs(client, &b.ns, a, w, b.placement, tracker));
+    for refused in futures::future::join_all(creates).await {
+        lost.not_configured.extend(refused);
+    }
+    let n = w.crs() as usize;
+    wait_or_lose(
+        tracker,
+        "create → configured",
+        n,
+        limit,
+        &b.bed.contexts,
+        "create",
+        lost,
+    )
+    .await;
+    (schedules, t0, from)
+}
+
+/// Churn: a fraction of the CRs resized, waited for until configured again (or lost). Returns
+/// them done, and the members changed.
+async fn churn_phase(b: &Bench<'_>, tracker: &Arc<Tracker>, limit: Duration, lost: &mut report::Lost) -> (Done, u32) {
+    let w = &b.o.workload;
+    let members = phases::churn_plan(w).len() as u32 * w.churn.delta;
+    lost.not_configured
+        .extend(phases::churn(&b.clients, &b.ns, w, tracker).await);
+    let n = w.churned() as usize;
+    wait_or_lose(
+        tracker,
+        "change → configured",
+        n,
+        limit,
+        &b.bed.contexts,
+        "change",
+        lost,
+    )
+    .await;
+    (tracker.take_done(), members)
+}
+
+/// What the replicas' reconcile records tell: overlaps, latencies.csv, the create latency split
+/// by failover, and the failover figures (a shard nobody took over is lost).
+fn from_records(
+    b: &Bench<'_>,
+    reps: &Replicas,
+    kills: Vec<Kill>,
+    spans: &Spans,
+    (create_done, t0): (&Done, Instant),
+    (floor_done, floor_t0): (&Done, Instant),
+    lost: &mut report::Lost,
+) -> anyhow::Result<(Vec<String>, Option<report::FailoverSplit>, Option<report::Failover>)> {
+    let (o, bed, ns, w) = (b.o, b.bed, &b.ns, &b.o.workload);
+    let create_from = spans.create.0;
+    let with_keys = shards_with_keys(w, &bed.contexts, ns);
+    let all = record::reconciles(&record::read(&reps.records())?);
+    if all.is_empty() {
+        bail!(
+            "no reconcile records: the replicas did not write {}",
+            o.run_dir.join("replicas/records").display()
+        );
+    }
+    let bad = record::overlaps(&all);
+    let windows = records::orphaned(&kills, &all);
+    let at = |i: Instant| create_from + i.saturating_duration_since(t0).as_micros() as u64;
+    let shard = |k: &track::Key| shard_of(&bed.contexts[k.0], ns, &k.1, w.shards);
+    write_latencies(
+        &o.run_dir.join("latencies.csv"),
+        &bed.contexts,
+        (create_done, t0),
+        (floor_done, floor_t0),
+        |k, s, e| records::waited_for_failover(&windows, shard(k), at(s), at(e)),
+    )?;
+    let by_failover = if kills.is_empty() {
+        None
+    } else {
+        split_by_failover(&windows, create_done, floor_done, at, shard)
+    };
+    let failover = failover_figures(kills, &all, &with_keys, w, spans.create, lost)?;
+    Ok((bad, by_failover, failover))
+}
+
+/// Waits for `what`; whatever is still pending afterwards is lost, tagged with `phase`.
+async fn wait_or_lose(
+    tracker: &Tracker,
+    what: &str,
+    total: usize,
+    limit: Duration,
+    contexts: &[String],
+    phase: &str,
+    lost: &mut report::Lost,
+) {
+    phases::wait(tracker, what, total, limit).await;
+    lost.not_configured.extend(
+        tracker
+            .pending_keys()
+            .into_iter()
+            .map(|(c, n)| format!("{}/{n} ({phase})", contexts[c])),
+    );
+}
+
+/// Soak: replicas keep dying; afterwards every CR must still be configured at its generation.
+async fn soak(b: &Bench<'_>, tracker: &Tracker, limit: Duration, lost: &mut report::Lost) -> anyhow::Result<()> {
+    let w = &b.o.workload;
+    tokio::time::sleep(Duration::from_secs(w.soak_seconds)).await;
+    for (c, client) in b.clients.iter().enumerate() {
+        let crs = Api::<kubedirector::api::KubeDirectorCluster>::namespaced(client.clone(), &b.ns)
+            .list(&ListParams::default())
+            .await?;
+        for cr in crs.items {
+            let key = (c, cr.metadata.name.clone().unwrap_or_default());
+            tracker.start(key.clone());
+            tracker.written(&key, cr.metadata.generation.unwrap_or(0));
+        }
+    }
+    let n = w.crs() as usize;
+    wait_or_lose(
+        tracker,
+        "still configured after soak",
+        n,
+        limit,
+        &b.bed.contexts,
+        "soak",
+        lost,
+    )
+    .await;
+    tracker.take_done();
+    Ok(())
+}
+
+/// Deletes the run's CRs on every cluster at once (each one's garbage collector works in
+/// parallel); children left afterwards are lost.
+async fn delete_everything(bed: &Bed, ns: &str, limit: Duration, lost: &mut report::Lost) -> anyhow::Result<()> {
+    let deletes = bed.contexts.iter().map(|context| {
+        let fresh = || prepare::client(&bed.kubeconfig, context);
+        async move { phases::delete_all(fresh, ns, limit).await }
+    });
+    for (c, left) in futures::future::join_all(deletes).await.into_iter().enumerate() {
+        for left in left? {
+            lost.children_left.push(format!("{}: {left}", bed.contexts[c]));
+        }
+    }
+    Ok(())
+}
+
+/// The floor's pass: the same objects at the same arrival times, without an operator.
+struct FloorRun {
+    done: Done,
+    t0: Instant,
+    from: u64,
+    to: u64,
+    seconds: f64,
+    apf: BTreeMap<String, report::ApfWait>,
+}
+
+async fn floor_phase(b: &Bench<'_>, schedules: &[phases::Arrivals], limit: Duration) -> anyhow::Result<FloorRun> {
+    let (w, clients) = (&b.o.workload, &b.clients);
+    let apf_before = apf_histograms(clients).await?;
+    let (t0, from) = (Instant::now() + LEAD, now_us() + LEAD.as_micros() as u64);
+    let floor = Arc::new(Tracker::default());
+    let watches: Vec<_> = clients
+        .iter()
+        .enumerate()
+        .map(|(i, c)| track::watch_floor(c.clone(), &b.floor_ns, i, w.members_per_cr() as usize, floor.clone()))
+        .collect();
+    let schedules: Vec<phases::Arrivals> = schedules.iter().map(|a| phases::Arrivals { t0, ..a.clone() }).collect();
+    let creates = b
+        .writers
+        .iter()
+        .zip(&schedules)
+        .map(|(client, a)| phases::create_floor(client, &b.floor_ns, a, w, b.placement, &floor));
+    let mut refused = Vec::new();
+    for r in futures::future::join_all(creates).await {
+        refused.extend(r);
+    }
+    phases::wait(&floor, "floor → pods Ready", w.crs() as usize, limit).await;
+    let done = floor.take_done();
+    for h in watches {
+        h.abort();
+    }
+    let (seconds, to) = (t0.elapsed().as_secs_f64(), now_us());
+    let apf = apf_window(&apf_histograms(clients).await?, &apf_before);
+    if !refused.is_empty() || floor.pending() > 0 {
+        bail!(
+            "the floor did not complete ({} refused, {} groups not ready): the test bed cannot carry this workload; first: {:?}",
+            refused.len(),
+            floor.pending(),
+            refused.first()
+        );
+    }
+    Ok(FloorRun {
+        done,
+        t0,
+        from,
+        to,
+        seconds,
+        apf,
+    })
+}
+
+/// The API servers' mutating-call p99 over the whole run, and whether the bed kept up.
+fn testbed_figures(
+    bed: &Bed,
+    w: &Workload,
+    after: &[Histograms],
+    before: &[Histograms],
+) -> anyhow::Result<report::Testbed> {
     let mut mutating = BTreeMap::new();
     let mut slowest = BTreeMap::new();
     for (i, c) in bed.contexts.iter().enumerate() {
-        let (d, slow) = mutating_window(&api_after[i], &api_before[i]);
+        let (d, slow) = mutating_window(&after[i], &before[i]);
         let p99 = stats::quantile(0.99, &d)
             .with_context(|| format!("{c}: no mutating API calls in the API server's metrics"))?;
         mutating.insert(c.clone(), p99);
@@ -835,13 +1053,20 @@ async fn measure(b: &Bench<'_>) -> anyhow::Result<Report> {
             "[loadtest] WARNING: the test bed was overloaded (API mutating p99 {mutating:?}); the figures are not trustworthy"
         );
     }
+    Ok(report::Testbed {
+        mutating_p99_seconds: mutating,
+        slowest_calls: slowest,
+        healthy,
+    })
+}
 
-    let members = f64::from(w.members);
-    let mut operator_counted = 0.0;
+/// From every incarnation's metrics: writes it counted, the queue wait p99, CPU and peak RSS per slot.
+fn replica_figures(reps: &Replicas) -> anyhow::Result<(f64, f64, Vec<report::ReplicaFigures>)> {
+    let mut counted = 0.0;
     let mut queue_wait = BTreeMap::new();
     let mut per_slot: BTreeMap<u32, report::ReplicaFigures> = BTreeMap::new();
     for inc in &reps.all {
-        operator_counted += stats::sum(&inc.metrics, "kubedirector_api_writes_total", |_| true);
+        counted += stats::sum(&inc.metrics, "kubedirector_api_writes_total", |_| true);
         stats::add(
             &mut queue_wait,
             &stats::buckets(&inc.metrics, "kubedirector_queue_wait_seconds", |_| true),
@@ -859,170 +1084,135 @@ async fn measure(b: &Bench<'_>) -> anyhow::Result<Report> {
             bail!("peak RSS of {} was not measured", inc.id);
         }
     }
-    let queue_wait_p99 =
-        stats::quantile(0.99, &queue_wait).context("queue wait: the operators' histograms are empty")?;
-    let writes = match &bed.audit_logs {
-        Some(logs) => {
-            let mut all = Vec::new();
-            for l in logs {
-                all.extend(audit::read(l).with_context(|| format!("audit log {}", l.display()))?);
-            }
-            if all.is_empty() {
-                bail!("the audit logs hold no write of the operator: the API servers did not audit it");
-            }
-            // Lease writes coordinate shards whatever the members do: counted apart. The floor's
-            // writes (same identity, when it writes as the operator) are told apart by namespace.
-            let (lease_writes, all): (Vec<_>, Vec<_>) = all.into_iter().partition(|w| w.resource == "leases");
-            let (floor_writes, all): (Vec<_>, Vec<_>) = all.into_iter().partition(|w| &w.namespace == floor_ns);
-            let floor_n = audit::window(&floor_writes, floor_from, floor_to).0;
-            if w.floor_as_operator && floor_n == 0 {
-                bail!("the audit logs hold no write of the floor although it wrote as the operator");
-            }
-            let (create_n, mut by) = audit::window(&all, create_from, create_to);
-            let (churn_n, by_churn) = audit::window(&all, create_to, churn_to);
-            let (delete_n, by_delete) = audit::window(&all, delete_from, delete_to);
-            for (k, v) in by_churn.into_iter().chain(by_delete) {
-                *by.entry(k).or_insert(0) += v;
-            }
-            report::Writes {
-                source: "audit".into(),
-                create_phase: create_n,
-                per_member_create: create_n as f64 / members,
-                churn_phase: churn_n,
-                churn_members,
-                per_member_churn: (churn_members > 0).then(|| churn_n as f64 / f64::from(churn_members)),
-                delete_phase: delete_n,
-                total: all.len() as u64,
-                lease_writes: lease_writes.len() as u64,
-                by_request: by,
-                operator_counted,
-                floor_phase: w.floor_as_operator.then_some(floor_n),
-                floor_per_member: w.floor_as_operator.then(|| floor_n as f64 / members),
-            }
-        }
-        None => {
-            if operator_counted <= 0.0 {
-                bail!("writes: the operators' counters are empty");
-            }
-            report::Writes {
-                source: "operator-counters".into(),
-                create_phase: 0,
-                per_member_create: operator_counted / members,
-                churn_phase: 0,
-                churn_members,
-                per_member_churn: None,
-                delete_phase: 0,
-                total: operator_counted as u64,
-                lease_writes: 0,
-                by_request: BTreeMap::new(),
-                operator_counted,
-                floor_phase: None,
-                floor_per_member: None,
-            }
-        }
-    };
+    let p99 = stats::quantile(0.99, &queue_wait).context("queue wait: the operators' histograms are empty")?;
+    Ok((counted, p99, per_slot.into_values().collect()))
+}
 
-    let all = record::reconciles(&record::read(&reps.records())?);
-    if all.is_empty() {
-        bail!(
-            "no reconcile records: the replicas did not write {}",
-            o.run_dir.join("replicas/records").display()
-        );
-    }
-    let bad = record::overlaps(&all);
-    let windows = records::orphaned(&kills, &all);
-    let at = |i: Instant| create_from + i.saturating_duration_since(t0).as_micros() as u64;
-    let shard = |k: &track::Key| shard_of(&bed.contexts[k.0], ns, &k.1, w.shards);
-    write_latencies(
-        &o.run_dir.join("latencies.csv"),
-        &bed.contexts,
-        (&create_done, t0),
-        (&floor_done, t3),
-        |k, s, e| records::waited_for_failover(&windows, shard(k), at(s), at(e)),
-    )?;
-    let by_failover = if kills.is_empty() {
-        None
-    } else {
-        split_by_failover(&windows, &create_done, &floor_done, at, shard)
+/// The run's writes: from the audit logs where the bed keeps them (by phase, Leases and the
+/// floor's apart), else the operators' own counters.
+fn count_writes(
+    bed: &Bed,
+    w: &Workload,
+    floor_ns: &str,
+    spans: &Spans,
+    churn_members: u32,
+    operator_counted: f64,
+) -> anyhow::Result<report::Writes> {
+    let members = f64::from(w.members);
+    let Some(logs) = &bed.audit_logs else {
+        if operator_counted <= 0.0 {
+            bail!("writes: the operators' counters are empty");
+        }
+        return Ok(report::Writes {
+            source: "operator-counters".into(),
+            create_phase: 0,
+            per_member_create: operator_counted / members,
+            churn_phase: 0,
+            churn_members,
+            per_member_churn: None,
+            delete_phase: 0,
+            total: operator_counted as u64,
+            lease_writes: 0,
+            by_request: BTreeMap::new(),
+            operator_counted,
+            floor_phase: None,
+            floor_per_member: None,
+        });
     };
-    let failover = if kills.is_empty() {
+    let mut all = Vec::new();
+    for l in logs {
+        all.extend(audit::read(l).with_context(|| format!("audit log {}", l.display()))?);
+    }
+    if all.is_empty() {
+        bail!("the audit logs hold no write of the operator: the API servers did not audit it");
+    }
+    // Lease writes coordinate shards whatever the members do: counted apart. The floor's
+    // writes (same identity, when it writes as the operator) are told apart by namespace.
+    let (lease_writes, all): (Vec<_>, Vec<_>) = all.into_iter().partition(|w| w.resource == "leases");
+    let (floor_writes, all): (Vec<_>, Vec<_>) = all.into_iter().partition(|w| w.namespace == floor_ns);
+    let floor_n = audit::window(&floor_writes, spans.floor.0, spans.floor.1).0;
+    if w.floor_as_operator && floor_n == 0 {
+        bail!("the audit logs hold no write of the floor although it wrote as the operator");
+    }
+    let (create_n, mut by) = audit::window(&all, spans.create.0, spans.create.1);
+    let (churn_n, by_churn) = audit::window(&all, spans.churn.0, spans.churn.1);
+    let (delete_n, by_delete) = audit::window(&all, spans.delete.0, spans.delete.1);
+    for (k, v) in by_churn.into_iter().chain(by_delete) {
+        *by.entry(k).or_insert(0) += v;
+    }
+    Ok(report::Writes {
+        source: "audit".into(),
+        create_phase: create_n,
+        per_member_create: create_n as f64 / members,
+        churn_phase: churn_n,
+        churn_members,
+        per_member_churn: (churn_members > 0).then(|| churn_n as f64 / f64::from(churn_members)),
+        delete_phase: delete_n,
+        total: all.len() as u64,
+        lease_writes: lease_writes.len() as u64,
+        by_request: by,
+        operator_counted,
+        floor_phase: w.floor_as_operator.then_some(floor_n),
+        floor_per_member: w.floor_as_operator.then(|| floor_n as f64 / members),
+    })
+}
+
+/// Failover times (every kill, and under load / idle apart); a killed replica's shard that nobody
+/// took over is lost. `None` without kills, an error if chaos was on and nothing was killed.
+fn failover_figures(
+    kills: Vec<Kill>,
+    all: &[record::Reconcile],
+    with_keys: &BTreeSet<u32>,
+    w: &Workload,
+    (create_from, create_to): (u64, u64),
+    lost: &mut report::Lost,
+) -> anyhow::Result<Option<report::Failover>> {
+    if kills.is_empty() {
         if w.chaos.every_seconds > 0 {
             bail!(
                 "failover: chaos was on but no replica was killed (the run ended before the first kill after {} s)",
                 w.chaos.every_seconds
             );
         }
-        None
-    } else {
-        let (times, missing) = records::failovers(&kills, &all, &with_keys);
-        lost.not_configured
-            .extend(missing.into_iter().map(|m| format!("failover never happened: {m}")));
-        let seconds =
-            stats::summary(&times).context("failover: no shard of a killed replica was reconciled elsewhere")?;
-        // Kills while CRs were still arriving or being configured, apart from the idle ones.
-        let (busy, idle): (Vec<Kill>, Vec<Kill>) = kills
-            .iter()
-            .cloned()
-            .partition(|k| k.at >= create_from && k.at < create_to);
-        let of = |k: &[Kill]| stats::summary(&records::failovers(k, &all, &with_keys).0);
-        Some(report::Failover {
-            under_load: of(&busy),
-            idle: of(&idle),
-            lease_seconds: crate::replicas::LEASE_MS as f64 / 1000.0,
-            kills,
-            seconds,
-        })
-    };
-    lost.total = lost.not_configured.len() + lost.children_left.len();
+        return Ok(None);
+    }
+    let (times, missing) = records::failovers(&kills, all, with_keys);
+    lost.not_configured
+        .extend(missing.into_iter().map(|m| format!("failover never happened: {m}")));
+    let seconds = stats::summary(&times).context("failover: no shard of a killed replica was reconciled elsewhere")?;
+    // Kills while CRs were still arriving or being configured, apart from the idle ones.
+    let (busy, idle): (Vec<Kill>, Vec<Kill>) = kills
+        .iter()
+        .cloned()
+        .partition(|k| k.at >= create_from && k.at < create_to);
+    let of = |k: &[Kill]| stats::summary(&records::failovers(k, all, with_keys).0);
+    Ok(Some(report::Failover {
+        under_load: of(&busy),
+        idle: of(&idle),
+        lease_seconds: crate::replicas::LEASE_MS as f64 / 1000.0,
+        kills,
+        seconds,
+    }))
+}
 
-    let report = Report {
-        run: o.run.clone(),
-        command: o.command.clone(),
-        provider: o.provider,
-        contexts: bed.contexts.clone(),
-        operator_binary: o.operator_bin.display().to_string(),
-        workload: w.clone(),
-        crs: w.crs(),
-        duration_seconds: started.elapsed().as_secs_f64(),
-        testbed: report::Testbed {
-            mutating_p99_seconds: mutating,
-            slowest_calls: slowest,
-            healthy,
-        },
-        latency: report::Latency {
-            create,
-            change,
-            floor: floor_s,
-        },
-        overhead_ratio: ratio,
-        writes,
-        queue_wait_p99_seconds: queue_wait_p99,
-        replicas: per_slot.into_values().collect(),
-        cached_pods,
-        by_failover,
-        failover,
-        overlaps: bad.len(),
-        overlap_examples: bad.into_iter().take(10).collect(),
-        lost,
-        phases: phase_secs,
-        floor_credentials: b.floor_credentials.to_string(),
-        apf_wait: BTreeMap::from([("create".to_string(), apf_create), ("floor".to_string(), apf_floor)]),
-    };
-
-    let ready = |d: &[(track::Key, Instant, Instant)], from: Instant, m: u32| -> Vec<(f64, u32)> {
-        d.iter().map(|(_, _, f)| ((*f - from).as_secs_f64(), m)).collect()
+/// plot.png: latency and members Ready over time, operator against floor.
+fn draw(o: &Options, operator: (&Done, Instant, &[f64]), floor: (&Done, Instant, &[f64])) -> anyhow::Result<()> {
+    let w = &o.workload;
+    let ready = |d: &Done, from: Instant| -> Vec<(f64, u32)> {
+        d.iter()
+            .map(|(_, _, f)| ((*f - from).as_secs_f64(), w.members_per_cr()))
+            .collect()
     };
     plot::draw(
         &o.run_dir.join("plot.png"),
         &format!("{} members, {} clusters", w.members, w.clusters),
         &plot::Series {
-            operator_latency: &create_lat,
-            floor_latency: &floor_lat,
-            operator_ready: &ready(&create_done, t0, w.members_per_cr()),
-            floor_ready: &ready(&floor_done, t3, w.members_per_cr()),
+            operator_latency: operator.2,
+            floor_latency: floor.2,
+            operator_ready: &ready(operator.0, operator.1),
+            floor_ready: &ready(floor.0, floor.1),
         },
-    )?;
-    Ok(report)
+    )
 }
 
 #[cfg(test)]

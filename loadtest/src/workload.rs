@@ -108,6 +108,11 @@ pub struct Workload {
     pub flow_schema: bool,
     /// Burst: measure both without and with the FlowSchema; false = only as `flowSchema` says.
     pub burst_both: bool,
+    /// Burst: this long after the first arrival of each operator pass, SIGKILL the replica of the
+    /// last slot (never slot 0, which serves the webhook) and start a replacement; its shards'
+    /// failover is measured while the burst is in flight. 0 = no kill.
+    #[serde(default)]
+    pub burst_kill_after_seconds: u64,
     /// The operator serves its admission webhook (as the chart deploys it) and the API server calls
     /// it for every KubeDirector object of the run: the mutating webhook puts the finalizer in at
     /// create, so no finalizer patch. Local replicas on one cluster only (the webhook listens on
@@ -161,6 +166,7 @@ impl Workload {
             floor_as_operator: true,
             flow_schema: false,
             burst_both: true,
+            burst_kill_after_seconds: 0,
             admission: false,
             clusters: 4,
             members: 5000,
@@ -333,6 +339,17 @@ impl Workload {
         if standard && self.chaos.every_seconds > 0 && self.shards == 0 {
             return Err(invalid("chaos.everySeconds", "chaos needs shards > 0"));
         }
+        if self.burst_kill_after_seconds > 0 {
+            if self.mode != Mode::Burst {
+                return Err(invalid("burstKillAfterSeconds", "belongs to mode: burst"));
+            }
+            if self.replicas < 2 || self.shards == 0 {
+                return Err(invalid(
+                    "burstKillAfterSeconds",
+                    "needs replicas >= 2 and shards > 0 (someone must take the shards over)",
+                ));
+            }
+        }
         for (field, v) in [
             ("createConcurrency", self.create_concurrency),
             ("writeQps", self.write_qps),
@@ -464,6 +481,23 @@ mod tests {
         assert!(e.contains("`chaos.everySeconds`"), "{e}");
         w.mode = Mode::Capacity;
         w.validate().expect("other modes ignore chaos");
+        w.burst_kill_after_seconds = 10;
+        let e = w.validate().expect_err("a kill outside burst").to_string();
+        assert!(
+            e.contains("`burstKillAfterSeconds`") && e.contains("mode: burst"),
+            "{e}"
+        );
+        w.mode = Mode::Burst;
+        let e = w.validate().expect_err("a kill with one replica").to_string();
+        assert!(
+            e.contains("`burstKillAfterSeconds`") && e.contains("replicas >= 2"),
+            "{e}"
+        );
+        w.replicas = 3;
+        w.validate().expect("a kill with three replicas");
+        w.burst_kill_after_seconds = 0;
+        w.replicas = 1;
+        w.mode = Mode::Capacity;
         w.admission = true;
         let e = w.validate().expect_err("admission on 4 clusters").to_string();
         assert!(e.contains("`admission`") && e.contains("clusters: 1"), "{e}");
