@@ -6,8 +6,7 @@
 //! same function the shard gate uses); objects of shards not held are dropped before the store and
 //! the index. When the set of held shards changes, every child watch is restarted: its new list
 //! holds exactly the shards held then (the reflector swaps the store at the list's end), and the
-//! objects of released shards are gone from it. Until that list ends, the previous watch's changes
-//! go on (`restarting`): the shards held all along do not wait for the list.
+//! objects of released shards are gone from it.
 //!
 //! Handover safety: a key of a shard acquired at generation `g` may be reconciled only once every
 //! child kind has finished a list started at generation `g` or later (`Ledger::ready`); until then
@@ -261,11 +260,7 @@ impl Division {
         S: Stream<Item = Result<watcher::Event<K>, watcher::Error>> + Send + 'static,
     {
         let started = Arc::new(AtomicU64::new(0));
-        let item_of = |r: &Result<watcher::Event<K>, watcher::Error>| match r {
-            Ok(watcher::Event::InitDone) => Item::ListEnd,
-            Ok(watcher::Event::Apply(_) | watcher::Event::Delete(_)) => Item::Change,
-            _ => Item::Other,
-        };
+        let ends_list = |r: &Result<watcher::Event<K>, watcher::Error>| matches!(r, Ok(watcher::Event::InitDone));
         let me = self.clone();
         // The buckets are read at each restart, after its generation (`restarting`): a list tagged
         // with generation g selects every shard admitted by g that is still held.
@@ -281,7 +276,7 @@ impl Division {
                 (labelled, unlabelled)
             })
         };
-        let events = restarting(make, item_of, self.restart.subscribe(), started.clone());
+        let events = restarting(make, ends_list, self.restart.subscribe(), started.clone());
         let me = self.clone();
         let events = events
             .filter(move |r| {
@@ -326,46 +321,21 @@ fn nothing_listed<K: Send + 'static>() -> BoxStream<'static, Result<watcher::Eve
         .boxed()
 }
 
-/// What an item of a restarted stream is, for `restarting`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum Item {
-    /// The end of the stream's list (`InitDone`).
-    ListEnd,
-    /// A change after the list (`Apply`, `Delete`): passed on from the previous stream while its
-    /// successor lists.
-    Change,
-    /// Anything else (a list's start or objects, an error).
-    Other,
-}
-
-/// The items of `make()`, a new one made whenever `restarts` changes; `started` holds the
-/// generation the current one was made at. Changes that come within `SETTLE` of each other make
-/// one restart, and a stream still in its first list (until an item of kind `Item::ListEnd`)
-/// finishes it first: under a round of handovers, a list abandoned at every change was made again
-/// and again by the API server (every child of the member, each time), and the lists that
-/// finished came later, not sooner.
+/// The items of `make()`, a new one made (and the old one dropped) whenever `restarts` changes;
+/// `started` holds the generation the current one was made at. Changes that come within `SETTLE`
+/// of each other make one restart, and a stream still in its first list (until an item
+/// `ends_list`) finishes it first: under a round of handovers, a list abandoned at every change
+/// was made again and again by the API server (every child of the member, each time), and the
+/// lists that finished came later, not sooner.
 ///
 /// One exception: a list less than `CUT_WITHIN` old, that does not itself replace a list cut
 /// short, is cut at once. A failover takes a dead replica's shards in a round or two a few hundred
 /// ms apart; finishing the first round's list before starting the second's kept the second round
 /// waiting two lists (std12: 2.8 s from acquisition to first reconcile under load). Cut once, both
 /// wait one list; the replacement always finishes, so changes that keep coming cannot starve it.
-///
-/// The previous stream (the last one whose list ended) is not dropped at a restart but when its
-/// successor's list ends: until then its changes go on (`Item::Change` only; anything else from
-/// it, such as a list of its own after an error, ends it). Dropped at once, every child event of
-/// the member waited for the new list (std14: lists of 1.4 s at the median, up to 4.9 s, while a
-/// dead replica's shards were taken), and a cluster whose pods became Ready meanwhile was
-/// configured only after it. The store applies those changes to its live contents, and the new
-/// list replaces them at its end; the new stream's watch then sends what came after its list. A
-/// change passed on after the new list was taken is undone by that swap until the new watch sends
-/// it again (at once, from the list's version): the caches may step back for that moment, as they
-/// may at any relist from an API server's watch cache (several API servers answer from caches at
-/// different versions). Nothing acts on a child it merely misses for a moment: creates are applies
-/// of fixed names, and children created are remembered (`reconcile::cluster`).
 pub(crate) fn restarting<T, S>(
     make: impl Fn() -> S + Send + 'static,
-    item_of: impl Fn(&T) -> Item + Send + 'static,
+    ends_list: impl Fn(&T) -> bool + Send + 'static,
     restarts: watch::Receiver<u64>,
     started: Arc<AtomicU64>,
 ) -> BoxStream<'static, T>
@@ -375,11 +345,9 @@ where
 {
     struct State<T, F, E> {
         current: Option<BoxStream<'static, T>>,
-        /// The last stream whose list ended, while the current one lists.
-        previous: Option<BoxStream<'static, T>>,
         restarts: Option<watch::Receiver<u64>>,
         make: F,
-        item_of: E,
+        ends_list: E,
         started: Arc<AtomicU64>,
         /// The current stream has not finished its first list.
         listing: bool,
@@ -395,24 +363,11 @@ where
             self.listing && self.may_cut && self.since.elapsed() < CUT_WITHIN
         }
     }
-    /// What woke the stream.
-    enum Woke<T> {
-        Restart(Result<(), watch::error::RecvError>),
-        Current(Option<T>),
-        Previous(Option<T>),
-    }
-    async fn next_of<T>(s: &mut Option<BoxStream<'static, T>>) -> Option<T> {
-        match s {
-            Some(s) => s.next().await,
-            None => std::future::pending().await,
-        }
-    }
     let state = State {
         current: None,
-        previous: None,
         restarts: Some(restarts),
         make,
-        item_of,
+        ends_list,
         started,
         listing: false,
         pending: false,
@@ -423,11 +378,7 @@ where
         loop {
             if st.pending && (!st.listing || st.cuttable()) {
                 tokio::time::sleep(SETTLE).await;
-                if st.listing {
-                    st.current = None; // cut short: the previous stream, if any, goes on
-                } else {
-                    st.previous = st.current.take();
-                }
+                st.current = None;
             }
             if st.current.is_none() {
                 let g = st.restarts.as_mut().map(|r| *r.borrow_and_update()).unwrap_or(0);
@@ -440,30 +391,26 @@ where
             }
             let pending = st.pending;
             let current = st.current.as_mut()?;
-            let woke = match st.restarts.as_mut() {
+            let item = match st.restarts.as_mut() {
                 // Nobody can restart it any more: the current stream to its end.
-                None => Woke::Current(current.next().await),
+                None => current.next().await,
                 Some(restarts) => tokio::select! {
                     biased;
-                    changed = restarts.changed(), if !pending => Woke::Restart(changed),
-                    item = current.next() => Woke::Current(item),
-                    item = next_of(&mut st.previous) => Woke::Previous(item),
+                    changed = restarts.changed(), if !pending => {
+                        match changed {
+                            Ok(()) => st.pending = true,
+                            Err(_) => st.restarts = None,
+                        }
+                        continue;
+                    }
+                    item = current.next() => item,
                 },
             };
-            match woke {
-                Woke::Restart(Ok(())) => st.pending = true,
-                Woke::Restart(Err(_)) => st.restarts = None,
-                Woke::Previous(Some(item)) if (st.item_of)(&item) == Item::Change => return Some((item, st)),
-                Woke::Previous(_) => st.previous = None,
-                Woke::Current(item) => {
-                    let item = item?;
-                    if (st.item_of)(&item) == Item::ListEnd {
-                        st.listing = false;
-                        st.previous = None;
-                    }
-                    return Some((item, st));
-                }
+            let item = item?;
+            if (st.ends_list)(&item) {
+                st.listing = false;
             }
+            return Some((item, st));
         }
     })
     .boxed()
@@ -563,7 +510,7 @@ mod tests {
                     Some((n, ()))
                 })
             },
-            |_| Item::ListEnd,
+            |_| true,
             rx,
             started.clone(),
         );
@@ -593,64 +540,10 @@ mod tests {
                     })
                     .chain(futures::stream::pending())
             },
-            |i| if *i == 0 { Item::ListEnd } else { Item::Other },
+            |i| *i == 0,
             rx,
             Arc::new(AtomicU64::new(0)),
         )
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn the_previous_streams_changes_go_on_until_the_new_list_ends() {
-        let (tx, rx) = watch::channel(0u64);
-        let made = Arc::new(AtomicU64::new(0));
-        // Stream n: a list of two items (n) 300 ms apart and its end (0), then a change (100 + n)
-        // every 100 ms.
-        let mut s = restarting(
-            move || {
-                let n = made.fetch_add(1, Ordering::SeqCst) + 1;
-                let list = futures::stream::iter([n, n, 0]).then(|i| async move {
-                    tokio::time::sleep(Duration::from_millis(300)).await;
-                    i
-                });
-                let changes = futures::stream::unfold((), move |()| async move {
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                    Some((100 + n, ()))
-                });
-                list.chain(changes)
-            },
-            |i| match *i {
-                0 => Item::ListEnd,
-                i if i >= 100 => Item::Change,
-                _ => Item::Other,
-            },
-            rx,
-            Arc::new(AtomicU64::new(0)),
-        );
-        assert_eq!(s.next().await, Some(1));
-        assert_eq!(s.next().await, Some(1));
-        assert_eq!(s.next().await, Some(0));
-        assert_eq!(s.next().await, Some(101));
-        tx.send_replace(1);
-        let mut seen = Vec::new();
-        loop {
-            let i = s.next().await.expect("the stream goes on");
-            seen.push(i);
-            if i == 0 {
-                break;
-            }
-        }
-        assert_eq!(seen.iter().filter(|i| **i == 2).count(), 2, "the new list: {seen:?}");
-        assert!(
-            seen.iter().filter(|i| **i == 101).count() >= 5,
-            "the old stream's changes went on while the new one listed (900 ms): {seen:?}"
-        );
-        for _ in 0..3 {
-            assert_eq!(
-                s.next().await,
-                Some(102),
-                "after the new list's end, only its own changes"
-            );
-        }
     }
 
     #[tokio::test(start_paused = true)]
