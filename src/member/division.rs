@@ -55,11 +55,6 @@ const POLL: Duration = Duration::from_secs(5);
 /// one list for a round of acquisitions, not one per shard.
 const SETTLE: Duration = Duration::from_millis(50);
 
-/// A list younger than this is cut short by a change, once (`restarting`); an older one finishes
-/// first. Lists of a busy member take 0.5–2.5 s: a cut within the first second costs the shards
-/// already waiting at most that second, and saves the new ones a whole list.
-const CUT_WITHIN: Duration = Duration::from_secs(1);
-
 /// Which kind a divided stream is, and the generation its current watch was started at.
 pub(crate) struct Tag {
     kind: usize,
@@ -328,11 +323,16 @@ fn nothing_listed<K: Send + 'static>() -> BoxStream<'static, Result<watcher::Eve
 /// was made again and again by the API server (every child of the member, each time), and the
 /// lists that finished came later, not sooner.
 ///
-/// One exception: a list less than `CUT_WITHIN` old, that does not itself replace a list cut
-/// short, is cut at once. A failover takes a dead replica's shards in a round or two a few hundred
-/// ms apart; finishing the first round's list before starting the second's kept the second round
-/// waiting two lists (std12: 2.8 s from acquisition to first reconcile under load). Cut once, both
-/// wait one list; the replacement always finishes, so changes that keep coming cannot starve it.
+/// One exception: a first list (one that does not itself replace a list cut short) is cut at once.
+/// A failover takes a dead replica's shards in a round or two, a few hundred ms to a second or more
+/// apart, while lists of a busy member take 0.5–4 s. Say the first round's list starts at t1 and the
+/// second round comes at t2, before that list ends (t2 < t1 + L). Finished first, the second round's
+/// shards are served at t1 + 2L; cut, every shard is served at t2 + L, which is always sooner. Only
+/// the first round's shards wait longer (t2 − t1 more). std12 measured 2.8 s from acquisition to
+/// first reconcile without any cut; std14's failover under load had its maximum (13.19 s) in a
+/// second round that came 1.08 s after the first, just past the 1 s a list could be cut within
+/// before. The replacement always finishes, so changes that keep coming cannot starve it, and the
+/// API server makes at most two lists for a round of changes.
 pub(crate) fn restarting<T, S>(
     make: impl Fn() -> S + Send + 'static,
     ends_list: impl Fn(&T) -> bool + Send + 'static,
@@ -355,12 +355,10 @@ where
         pending: bool,
         /// The current stream's list may be cut short: it does not replace a list cut short.
         may_cut: bool,
-        /// When the current stream was made.
-        since: tokio::time::Instant,
     }
     impl<T, F, E> State<T, F, E> {
         fn cuttable(&self) -> bool {
-            self.listing && self.may_cut && self.since.elapsed() < CUT_WITHIN
+            self.listing && self.may_cut
         }
     }
     let state = State {
@@ -372,7 +370,6 @@ where
         listing: false,
         pending: false,
         may_cut: true,
-        since: tokio::time::Instant::now(),
     };
     futures::stream::unfold(state, |mut st| async move {
         loop {
@@ -386,7 +383,6 @@ where
                 st.current = Some((st.make)().boxed());
                 // Replacing a list cut short: this one lists to its end.
                 st.may_cut = !st.listing;
-                st.since = tokio::time::Instant::now();
                 (st.listing, st.pending) = (true, false);
             }
             let pending = st.pending;
@@ -547,23 +543,45 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
-    async fn a_list_in_progress_finishes_before_the_restart() {
+    async fn a_first_list_is_cut_however_old() {
         let (tx, rx) = watch::channel(0u64);
         let made = Arc::new(AtomicU64::new(0));
-        // Items 400 ms apart: the change comes 1.2 s into the list, too late to cut it.
+        // Items 400 ms apart: the changes come 1.2 s into the list, which is cut all the same
+        // (finished first, the second round would be served a whole list later).
         let mut s = lists(Duration::from_millis(400), rx, made.clone());
         for _ in 0..3 {
             assert_eq!(s.next().await, Some(1));
         }
         tx.send_replace(1);
         tx.send_replace(2);
-        assert_eq!(s.next().await, Some(0), "the list's end");
-        assert_eq!(s.next().await, Some(2), "then one restart for both changes");
+        assert_eq!(
+            s.next().await,
+            Some(2),
+            "one restart for both changes, before the list's end"
+        );
         assert_eq!(made.load(Ordering::SeqCst), 2);
     }
 
     #[tokio::test(start_paused = true)]
-    async fn a_young_list_is_cut_once_and_its_replacement_finishes() {
+    async fn a_list_that_replaces_a_cut_one_finishes_before_the_restart() {
+        let (tx, rx) = watch::channel(0u64);
+        let made = Arc::new(AtomicU64::new(0));
+        let mut s = lists(Duration::from_millis(400), rx, made.clone());
+        assert_eq!(s.next().await, Some(1));
+        tx.send_replace(1);
+        assert_eq!(s.next().await, Some(2), "the first list is cut");
+        assert_eq!(s.next().await, Some(2));
+        assert_eq!(s.next().await, Some(2));
+        // 1.2 s into the replacement: it lists to its end, then one restart for both changes.
+        tx.send_replace(2);
+        tx.send_replace(3);
+        assert_eq!(s.next().await, Some(0), "the replacement's list ends");
+        assert_eq!(s.next().await, Some(3));
+        assert_eq!(made.load(Ordering::SeqCst), 3);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_list_is_cut_once_and_its_replacement_finishes() {
         let (tx, rx) = watch::channel(0u64);
         let made = Arc::new(AtomicU64::new(0));
         let mut s = lists(Duration::from_millis(10), rx, made.clone());
