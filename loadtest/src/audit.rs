@@ -60,6 +60,16 @@ pub fn read(path: &std::path::Path) -> std::io::Result<Vec<Write>> {
         .collect())
 }
 
+/// The operator's writes in every log (one per API server).
+pub fn read_all(logs: &[std::path::PathBuf]) -> anyhow::Result<Vec<Write>> {
+    use anyhow::Context as _;
+    let mut all = Vec::new();
+    for l in logs {
+        all.extend(read(l).with_context(|| format!("audit log {}", l.display()))?);
+    }
+    Ok(all)
+}
+
 /// Writes within [from, to) (unix µs), and their split by `verb resource`.
 pub fn window(writes: &[Write], from: u64, to: u64) -> (u64, BTreeMap<String, u64>) {
     let mut by = BTreeMap::new();

@@ -10,6 +10,7 @@ mod modes;
 mod objects;
 mod phases;
 mod plot;
+mod pprof;
 mod prepare;
 mod provider;
 mod records;

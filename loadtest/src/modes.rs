@@ -15,7 +15,7 @@ use kubedirector::shard::record;
 
 use crate::arrival::{Arrival, Kind};
 use crate::phases::{self, Arrivals};
-use crate::records::{self, Kill};
+use crate::records::Kill;
 use crate::replicas::{LEASE_MS, Replicas};
 use crate::report::SlowCall;
 use crate::report::{ApfWait, apf_lines};
@@ -287,6 +287,7 @@ async fn pass(
     let api_before = apiserver_histograms(&b.clients).await?;
     let cpu_before = cpu_sample(b, replicas).await?;
     let requests_before = crate::run::request_counts(&b.clients).await?;
+    let profiles = crate::pprof::start(&b.clients, &b.o.run_dir, label);
     let (t0, from) = (Instant::now() + LEAD, now_us() + LEAD.as_micros() as u64);
     let plan = schedules(arrival, n, per_cluster, base, t0);
     let sends = plan.iter().map(|a| {
@@ -315,6 +316,11 @@ async fn pass(
     slowest_calls.truncate(5);
     for h in watches {
         h.abort();
+    }
+    // The next pass starts after this one's profiles (a profile that outlasts its pass then
+    // covers the pause, not the next pass).
+    for p in profiles {
+        let _ = p.await;
     }
     not_done.extend(
         tracker
@@ -826,12 +832,8 @@ pub async fn run(b: &Bench<'_>) -> anyhow::Result<ModeReport> {
         None
     } else {
         let with_keys = crate::run::shards_with_keys(w, &b.bed.contexts, &b.ns);
-        let (times, missing) = records::failovers(&kills, &all, &with_keys);
-        lost.not_configured
-            .extend(missing.into_iter().map(|m| format!("failover never happened: {m}")));
+        let seconds = crate::run::failover_seconds(&kills, &all, &with_keys, &mut lost).context("burst failover")?;
         lost.total = lost.not_configured.len() + lost.children_left.len();
-        let seconds =
-            stats::summary(&times).context("burst failover: no shard of a killed replica was reconciled elsewhere")?;
         Some(BurstFailover { kills, seconds })
     };
     let report = ModeReport {
@@ -962,10 +964,7 @@ async fn stop(mut r: Replicas) -> anyhow::Result<(Vec<std::path::PathBuf>, Vec<R
 /// namespace, the floor's in its own, within the pass's window.
 fn count_writes(b: &Bench<'_>, passes: &mut [Pass]) -> anyhow::Result<()> {
     let Some(logs) = &b.bed.audit_logs else { return Ok(()) };
-    let mut all = Vec::new();
-    for l in logs {
-        all.extend(audit::read(l).with_context(|| format!("audit log {}", l.display()))?);
-    }
+    let all = audit::read_all(logs)?;
     for p in passes.iter_mut() {
         if p.side == Side::Floor && !b.o.workload.floor_as_operator {
             continue;

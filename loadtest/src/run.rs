@@ -1119,10 +1119,7 @@ fn count_writes(
             floor_per_member: None,
         });
     };
-    let mut all = Vec::new();
-    for l in logs {
-        all.extend(audit::read(l).with_context(|| format!("audit log {}", l.display()))?);
-    }
+    let all = audit::read_all(logs)?;
     if all.is_empty() {
         bail!("the audit logs hold no write of the operator: the API servers did not audit it");
     }
@@ -1157,6 +1154,20 @@ fn count_writes(
     })
 }
 
+/// The failover times of `kills` (`records::failovers`); a killed replica's shard with CRs that
+/// nobody took over is lost.
+pub(crate) fn failover_seconds(
+    kills: &[Kill],
+    all: &[record::Reconcile],
+    with_keys: &BTreeSet<u32>,
+    lost: &mut report::Lost,
+) -> anyhow::Result<stats::Summary> {
+    let (times, missing) = records::failovers(kills, all, with_keys);
+    lost.not_configured
+        .extend(missing.into_iter().map(|m| format!("failover never happened: {m}")));
+    stats::summary(&times).context("no shard of a killed replica was reconciled elsewhere")
+}
+
 /// Failover times (every kill, and under load / idle apart); a killed replica's shard that nobody
 /// took over is lost. `None` without kills, an error if chaos was on and nothing was killed.
 fn failover_figures(
@@ -1176,10 +1187,7 @@ fn failover_figures(
         }
         return Ok(None);
     }
-    let (times, missing) = records::failovers(&kills, all, with_keys);
-    lost.not_configured
-        .extend(missing.into_iter().map(|m| format!("failover never happened: {m}")));
-    let seconds = stats::summary(&times).context("failover: no shard of a killed replica was reconciled elsewhere")?;
+    let seconds = failover_seconds(&kills, all, with_keys, lost).context("failover")?;
     // Kills while CRs were still arriving or being configured, apart from the idle ones.
     let (busy, idle): (Vec<Kill>, Vec<Kill>) = kills
         .iter()
