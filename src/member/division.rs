@@ -318,21 +318,20 @@ fn nothing_listed<K: Send + 'static>() -> BoxStream<'static, Result<watcher::Eve
 
 /// The items of `make()`, a new one made (and the old one dropped) whenever `restarts` changes;
 /// `started` holds the generation the current one was made at. Changes that come within `SETTLE`
-/// of each other make one restart, and a stream still in its first list (until an item
-/// `ends_list`) finishes it first: under a round of handovers, a list abandoned at every change
-/// was made again and again by the API server (every child of the member, each time), and the
-/// lists that finished came later, not sooner.
+/// of each other make one restart. A stream still listing (until an item `ends_list`) is cut by a
+/// change once: the stream that replaces a cut one lists to its end before the next restart. Under
+/// a round of handovers, a list abandoned at every change was made again and again by the API
+/// server (every child of the member, each time), and the lists that finished came later, not
+/// sooner; cut once, a round of changes costs the API server at most two lists.
 ///
-/// One exception: a first list (one that does not itself replace a list cut short) is cut at once.
-/// A failover takes a dead replica's shards in a round or two, a few hundred ms to a second or more
-/// apart, while lists of a busy member take 0.5–4 s. Say the first round's list starts at t1 and the
-/// second round comes at t2, before that list ends (t2 < t1 + L). Finished first, the second round's
-/// shards are served at t1 + 2L; cut, every shard is served at t2 + L, which is always sooner. Only
-/// the first round's shards wait longer (t2 − t1 more). std12 measured 2.8 s from acquisition to
-/// first reconcile without any cut; std14's failover under load had its maximum (13.19 s) in a
-/// second round that came 1.08 s after the first, just past the 1 s a list could be cut within
-/// before. The replacement always finishes, so changes that keep coming cannot starve it, and the
-/// API server makes at most two lists for a round of changes.
+/// Why cut at all, at any age: a failover takes a dead replica's shards in a round or two, a few
+/// hundred ms to a second or more apart, while lists of a busy member take 0.5–4 s. Say the first
+/// round's list starts at t1 and the second round comes at t2, before that list ends (t2 < t1 + L).
+/// Finished first, the second round's shards are served at t1 + 2L; cut, every shard is served at
+/// t2 + L, which is always sooner. Only the first round's shards wait longer (t2 − t1 more). std12
+/// measured 2.8 s from acquisition to first reconcile without any cut; std14's failover under load
+/// had its maximum (13.19 s) in a second round 1.08 s after the first, just past the first second
+/// of a list, within which alone a list could be cut before.
 pub(crate) fn restarting<T, S>(
     make: impl Fn() -> S + Send + 'static,
     ends_list: impl Fn(&T) -> bool + Send + 'static,
