@@ -287,7 +287,7 @@ async fn pass(
     let api_before = apiserver_histograms(&b.clients).await?;
     let cpu_before = cpu_sample(b, replicas).await?;
     let requests_before = crate::run::request_counts(&b.clients).await?;
-    let profiles = crate::pprof::start(&b.clients, &b.o.run_dir, label);
+    let profiles = crate::pprof::start(&b.clients, &b.o.run_dir, label)?;
     let (t0, from) = (Instant::now() + LEAD, now_us() + LEAD.as_micros() as u64);
     let plan = schedules(arrival, n, per_cluster, base, t0);
     let sends = plan.iter().map(|a| {

@@ -4,20 +4,27 @@
 //! operator pass costs the API server beyond the floor (docs/loadtest.md). Off by default: the
 //! profiler itself costs the API server a little CPU.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use anyhow::Context as _;
 use http_body_util::BodyExt as _;
 use kube::Client;
 use tokio::task::JoinHandle;
 
-/// The profile length asked for, if any (a positive number of seconds).
-fn seconds() -> Option<u64> {
-    std::env::var("KD_LOADTEST_PPROF_SECONDS")
-        .ok()?
-        .parse()
-        .ok()
-        .filter(|s| *s > 0)
+/// The profile length asked for, if any: unset or 0 means none; anything but a whole number of
+/// seconds is refused, naming the variable (a typo must not silently measure nothing).
+fn seconds() -> anyhow::Result<Option<u64>> {
+    parse(std::env::var("KD_LOADTEST_PPROF_SECONDS").ok().as_deref())
+}
+
+fn parse(value: Option<&str>) -> anyhow::Result<Option<u64>> {
+    let Some(v) = value.map(str::trim).filter(|v| !v.is_empty()) else {
+        return Ok(None);
+    };
+    let secs: u64 = v.parse().map_err(|_| {
+        anyhow::anyhow!("KD_LOADTEST_PPROF_SECONDS={v:?}: expected a whole number of seconds (0 = no profile)")
+    })?;
+    Ok((secs > 0).then_some(secs))
 }
 
 /// A file name from a pass's label: letters and digits kept, the rest made dashes.
@@ -36,9 +43,9 @@ fn slug(label: &str) -> String {
 
 /// Starts one profile per API server; each lands in `<dir>/pprof/<pass>-<cluster>.pb.gz`. Await
 /// the handles before the next pass (a profile that fails says so and is skipped).
-pub fn start(clients: &[Client], dir: &Path, label: &str) -> Vec<JoinHandle<()>> {
-    let Some(secs) = seconds() else { return Vec::new() };
-    clients
+pub fn start(clients: &[Client], dir: &Path, label: &str) -> anyhow::Result<Vec<JoinHandle<()>>> {
+    let Some(secs) = seconds()? else { return Ok(Vec::new()) };
+    Ok(clients
         .iter()
         .enumerate()
         .map(|(i, c)| {
@@ -52,10 +59,10 @@ pub fn start(clients: &[Client], dir: &Path, label: &str) -> Vec<JoinHandle<()>>
                 }
             })
         })
-        .collect()
+        .collect())
 }
 
-async fn fetch(c: &Client, secs: u64, path: &PathBuf) -> anyhow::Result<()> {
+async fn fetch(c: &Client, secs: u64, path: &Path) -> anyhow::Result<()> {
     let req = http::Request::get(format!("/debug/pprof/profile?seconds={secs}")).body(kube::client::Body::empty())?;
     let res = c.send(req).await.context("GET /debug/pprof/profile")?;
     anyhow::ensure!(res.status().is_success(), "the API server answered {}", res.status());
@@ -74,6 +81,15 @@ async fn fetch(c: &Client, secs: u64, path: &PathBuf) -> anyhow::Result<()> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn the_length_is_whole_seconds_or_none() {
+        assert_eq!(super::parse(None).ok(), Some(None));
+        assert_eq!(super::parse(Some("0")).ok(), Some(None));
+        assert_eq!(super::parse(Some(" 40 ")).ok(), Some(Some(40)));
+        let e = super::parse(Some("40s")).expect_err("a unit is refused");
+        assert!(e.to_string().contains("KD_LOADTEST_PPROF_SECONDS"), "{e}");
+    }
+
     #[test]
     fn a_label_makes_a_file_name() {
         assert_eq!(
