@@ -104,6 +104,11 @@ pub struct MemberArgs {
     /// per second, and the token bucket's depth (requests allowed at once).
     #[arg(long, env = "KD_WRITE_BURST", default_value_t = 200, value_parser = clap::value_parser!(u32).range(1..))]
     pub write_burst: u32,
+    /// API writes in flight at once to each member cluster. Past this, writes wait in the operator,
+    /// where it chooses the order (a new StatefulSet after the Services and statuses of clusters
+    /// already started), rather than in the API server's queue, where they would go in arrival order.
+    #[arg(long, env = "KD_WRITES_IN_FLIGHT", default_value_t = 32, value_parser = clap::value_parser!(u16).range(1..))]
+    pub writes_in_flight: u16,
     /// Status changes of one cluster within this many milliseconds of its last status write are merged
     /// into one write.
     #[arg(long, env = "KD_STATUS_WINDOW_MS", default_value_t = 100)]
@@ -267,6 +272,7 @@ impl MemberArgs {
             field_manager: self.field_manager,
             write_qps: self.write_qps,
             write_burst: self.write_burst,
+            writes_in_flight: self.writes_in_flight,
             status_window: Duration::from_millis(self.status_window_ms),
             events: self.events,
             status_grace: Duration::from_secs(self.status_grace_seconds),

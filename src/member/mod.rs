@@ -25,6 +25,7 @@ use crate::admission::caches::{Caches, MemberStores, Worlds};
 use crate::queue::WorkQueue;
 use crate::queue::backoff::Backoff;
 use crate::queue::coalesce::StatusCoalescer;
+use crate::queue::gate::WriteGate;
 use crate::queue::limiter::WriteBudget;
 use crate::reconcile::connections::{Hub, MemberView};
 use crate::reconcile::context::{ClusterKey, Ctx, EventLevel};
@@ -44,6 +45,8 @@ pub struct Options {
     pub field_manager: String,
     pub write_qps: u32,
     pub write_burst: u32,
+    /// Writes in flight at once (`queue::gate`).
+    pub writes_in_flight: u16,
     pub status_window: Duration,
     /// Which Events are published.
     pub events: EventLevel,
@@ -135,6 +138,7 @@ pub async fn run(
         recorder: recorder(&client),
         client,
         budget,
+        gate: WriteGate::new(usize::from(options.writes_in_flight)),
         coalescer: StatusCoalescer::new(options.status_window),
         superseded: Superseded::new(Duration::from_secs(10)),
         awaited: Awaited::new(Duration::from_secs(5)),

@@ -7,6 +7,7 @@
 
 pub mod backoff;
 pub mod coalesce;
+pub mod gate;
 pub mod limiter;
 
 use std::collections::{BTreeMap, VecDeque};

@@ -15,6 +15,7 @@ use serde_json::json;
 use tracing::Instrument;
 
 use crate::model::{labels, rollout};
+use crate::queue::gate::Lane;
 use crate::queue::limiter::Answer;
 
 use super::context::Ctx;
@@ -58,8 +59,13 @@ pub(super) async fn write<T>(
         outcome = tracing::field::Empty, http.response.status_code = tracing::field::Empty,
         otel.status_code = tracing::field::Empty,
     );
+    let in_flight = match lane_of(verb, kind) {
+        Some(lane) => Some(ctx.gate.enter(lane).instrument(span.clone()).await),
+        None => None,
+    };
     let started = std::time::Instant::now();
     let result = call.instrument(span.clone()).await;
+    drop(in_flight);
     observe_answer(ctx, started.elapsed(), &result);
     let outcome = match &result {
         Ok(_) => "ok",
@@ -82,6 +88,22 @@ pub(super) async fn write<T>(
         crashpoint::after_write();
     }
     result.map_err(Error::from)
+}
+
+/// Where a write waits for a slot in flight (`queue::gate`), if it waits at all.
+/// - A StatefulSet create starts new work (its pods, then its cluster's Services): it waits behind
+///   every other write of the member. Only creates are applies of a StatefulSet; its updates are
+///   JSON patches.
+/// - A cluster's status write is not gated: it is what the user waits for, and one of the cheapest
+///   requests the server serves. Behind 32 Service creates it waited p99 0.65 s (g32a), against
+///   0.19 s with nothing gated (g1024a).
+/// - Every other write finishes work already started.
+fn lane_of(verb: &str, kind: &str) -> Option<Lane> {
+    match (verb, kind) {
+        ("apply", "StatefulSet") => Some(Lane::Start),
+        ("update_status" | "patch_status", CLUSTER_KIND) => None,
+        _ => Some(Lane::Finish),
+    }
 }
 
 /// Feeds one answer to the member's adaptive write budget, and its new rate (if the answer closed a
@@ -438,5 +460,16 @@ mod tests {
         assert_eq!(gone(Error::status(409)).code(), Some(409));
         assert_eq!(gone(Error::status(429)).code(), Some(429));
         assert!(matches!(gone(Error::MissingNamespace), Error::MissingNamespace));
+    }
+
+    #[test]
+    fn only_statefulset_creates_start_and_only_statuses_skip_the_gate() {
+        assert_eq!(lane_of("apply", "StatefulSet"), Some(Lane::Start));
+        assert_eq!(lane_of("patch", "StatefulSet"), Some(Lane::Finish));
+        assert_eq!(lane_of("apply", "Service"), Some(Lane::Finish));
+        assert_eq!(lane_of("delete", "StatefulSet"), Some(Lane::Finish));
+        assert_eq!(lane_of("patch", CLUSTER_KIND), Some(Lane::Finish));
+        assert_eq!(lane_of("update_status", CLUSTER_KIND), None);
+        assert_eq!(lane_of("patch_status", CLUSTER_KIND), None);
     }
 }
