@@ -65,6 +65,9 @@ struct Cli {
     chaos_every: Option<u64>,
     #[arg(long)]
     write_qps: Option<u32>,
+    /// The operator's API writes in flight per member cluster (workload `writesInFlight`).
+    #[arg(long)]
+    writes_in_flight: Option<u16>,
     /// Contexts of the `contexts` provider (repeatable).
     #[arg(long = "context")]
     contexts: Vec<String>,
@@ -183,6 +186,9 @@ fn workload(cli: &Cli) -> anyhow::Result<Workload> {
         w.write_qps = v;
         w.write_burst = w.write_burst.max(v);
     }
+    if let Some(v) = cli.writes_in_flight {
+        w.writes_in_flight = v;
+    }
     if let Some(v) = cli.mode {
         w.mode = v;
     }
@@ -288,6 +294,7 @@ fn dry_run(cli: &Cli, w: &Workload, run_dir: &std::path::Path) {
                 shards: w.shards,
                 write_qps: w.write_qps,
                 write_burst: w.write_burst,
+                writes_in_flight: w.writes_in_flight,
                 watch_namespace: "kd-loadtest".to_string(),
                 namespace: audit::OPERATOR_NAMESPACE.to_string(),
                 log_level: cli.operator_log.clone(),

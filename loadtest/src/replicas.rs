@@ -32,6 +32,7 @@ pub struct Launch {
     pub shards: u32,
     pub write_qps: u32,
     pub write_burst: u32,
+    pub writes_in_flight: u16,
     pub dir: PathBuf,
     pub log_level: String,
     /// Share of one core each process may use (a cgroup of its own); None = unlimited.
@@ -177,6 +178,8 @@ impl Replicas {
                 &l.write_qps.to_string(),
                 "--write-burst",
                 &l.write_burst.to_string(),
+                "--writes-in-flight",
+                &l.writes_in_flight.to_string(),
             ])
             .args(["--metrics-addr", &format!("127.0.0.1:{port}")])
             .arg("--reconcile-record")

@@ -89,6 +89,11 @@ pub struct Scaleout {
     pub replica_cpu: f64,
 }
 
+/// The operator's own default (`--writes-in-flight`).
+fn default_writes_in_flight() -> u16 {
+    32
+}
+
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct Workload {
@@ -136,6 +141,9 @@ pub struct Workload {
     /// The operator's write limit per member cluster.
     pub write_qps: u32,
     pub write_burst: u32,
+    /// The operator's API writes in flight at once per member cluster (`--writes-in-flight`).
+    #[serde(default = "default_writes_in_flight")]
+    pub writes_in_flight: u16,
     /// Fake nodes per cluster (kwok, kind).
     pub nodes: u32,
     /// Longest wait for one phase (create, churn, delete, floor) before its stragglers count as lost.
@@ -192,6 +200,7 @@ impl Workload {
             create_concurrency: 16,
             write_qps: 100,
             write_burst: 200,
+            writes_in_flight: default_writes_in_flight(),
             nodes: 10,
             phase_timeout_seconds: 600,
             healthy_mutating_p99_seconds: 1.0,
@@ -354,6 +363,7 @@ impl Workload {
             ("createConcurrency", self.create_concurrency),
             ("writeQps", self.write_qps),
             ("writeBurst", self.write_burst),
+            ("writesInFlight", u32::from(self.writes_in_flight)),
             ("nodes", self.nodes),
         ] {
             if v == 0 {

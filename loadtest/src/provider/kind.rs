@@ -235,6 +235,7 @@ pub struct Deploy {
     pub shards: u32,
     pub write_qps: u32,
     pub write_burst: u32,
+    pub writes_in_flight: u16,
     pub watch_namespace: String,
     /// The operator's namespace: Leases, system catalog (and the release).
     pub namespace: String,
@@ -277,6 +278,7 @@ pub fn deploy_steps(repo: &Path, run_dir: &Path, home: &str, d: &Deploy) -> Vec<
         format!("shards={}", d.shards),
         format!("writeQps={}", d.write_qps),
         format!("writeBurst={}", d.write_burst),
+        format!("writesInFlight={}", d.writes_in_flight),
         format!("watchNamespace={}", d.watch_namespace),
         format!("logLevel={}", d.log_level.replace(',', "\\,")),
         "multiCluster.enabled=true".to_string(),
@@ -433,6 +435,7 @@ mod tests {
             shards: 32,
             write_qps: 100,
             write_burst: 200,
+            writes_in_flight: 32,
             watch_namespace: "kd-loadtest".into(),
             namespace: "kubedirector".into(),
             log_level: "info,kube=warn".into(),
