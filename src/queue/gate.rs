@@ -1,16 +1,17 @@
 //! Writes in flight to one member cluster, with a new StatefulSet behind every other write.
 //!
-//! Why: a busy API server answers in the order it was asked. In a burst, 16 reconciles writing at
-//! once, each with up to 8 requests out, put ~128 writes in front of every new one, and a Service
-//! create waited 2–4 s. kwok (and a fast kubelet) makes a StatefulSet's pods Ready within a second
-//! of its create, so a cluster's Services, written after its StatefulSets, landed seconds after its
-//! pods were Ready, and `configured` with them (the lag after pods, p99 ~3 s).
+//! Why: a busy API server serves what is in flight side by side. In a burst, 16 reconciles writing
+//! at once, each with up to 8 requests out, shared the server ~128 ways, and a Service create took
+//! p99 4–4.8 s. kwok (and a fast kubelet) makes a StatefulSet's pods Ready within a second of its
+//! create, so a cluster's Services, written after its StatefulSets, landed seconds after its pods
+//! were Ready, and `configured` with them (the lag after pods, p99 3.5–4.2 s).
 //!
-//! With the requests out bounded, the server's queue is short, and the order is ours to choose: a
-//! write that finishes work already started (a cluster's Services after its StatefulSets, a status,
-//! a finalizer, a delete) goes before one that starts new work (a StatefulSet create, whose pods
-//! and Services follow). The server stays as busy as before (it is the bottleneck either way); what
-//! changes is which writes wait.
+//! With the requests out bounded, each is served sooner, and the order of the rest is ours to
+//! choose: a write that finishes work already started (a cluster's Services after its
+//! StatefulSets, a finalizer, a delete) goes before one that starts new work (a StatefulSet
+//! create, whose pods and Services follow). At 32 the burst took as long as with nothing held and
+//! the lag after pods halved; fewer in flight cost time, as each request also waits on etcd
+//! (docs/loadtest.md, "The write gate").
 //!
 //! How: one fair semaphore for the slots. A `Finish` write queues at it directly; `Start` writes
 //! queue one at a time behind a lane lock, so at most one of them is ever among the semaphore's
