@@ -138,7 +138,7 @@ pub async fn run(
         recorder: recorder(&client),
         client,
         budget,
-        gate: WriteGate::new(usize::from(options.writes_in_flight)),
+        gate: WriteGate::with_gauges(usize::from(options.writes_in_flight), metrics.gate(&context)),
         coalescer: StatusCoalescer::new(options.status_window),
         superseded: Superseded::new(Duration::from_secs(10)),
         awaited: Awaited::new(Duration::from_secs(5)),

@@ -24,7 +24,7 @@ use crate::queue::Outcome;
 use super::context::{ClusterKey, Ctx, EventLevel};
 use super::error::Error;
 use super::observe;
-use super::slots::Slot;
+use super::slots::{self, Slot};
 
 /// Safety-net resync: every change of a cluster or its children triggers a reconcile by watch; this
 /// only catches what a watch could have missed.
@@ -151,7 +151,8 @@ async fn block(ctx: &Ctx, obj: &DynamicObject, reason: &str, message: String) ->
 const APPLY_CONCURRENCY: usize = 8;
 
 /// The StatefulSets, the headless Service and the member Services, written concurrently,
-/// StatefulSets first while one is still to be created. Measured both ways (docs/loadtest.md,
+/// StatefulSets first while one is still to be created (and then the writing turn ends: the
+/// Services wait behind every StatefulSet at the write gate, `queue::gate`). Measured both ways (docs/loadtest.md,
 /// burst17/burst18): with the Services first, every Service existed before its pod had an address,
 /// so the endpoints controllers rewrote each Endpoints and EndpointSlice as the pod came up (3,000
 /// more writes at the API server for 1,000 members, 20 more CPU-seconds on the bed, all done 10 s
@@ -168,6 +169,7 @@ async fn apply_children(
     children: &observe::Children,
     key: &ClusterKey,
     uid: &str,
+    turn: &Turn,
 ) -> Result<Writes, Error> {
     use futures::{FutureExt, StreamExt, future::BoxFuture};
     type Call<'a> = BoxFuture<'a, (Option<String>, Result<Writes, Error>)>;
@@ -211,6 +213,11 @@ async fn apply_children(
     // (Creates run in a writing turn: `reconcile` took one before planning them.)
     let results: Done = if new_statefulset {
         let mut done = all_at_once(statefulsets).await;
+        // The next cluster's StatefulSets need not wait for these Services: they go out behind
+        // every StatefulSet anyway (`queue::gate`).
+        if let Turn::Held(t) = turn {
+            t.end();
+        }
         // A StatefulSet refused (a 429 among them) holds the Services back: the server asked us
         // to wait.
         if done.iter().all(|(_, r)| r.is_ok()) {
@@ -288,7 +295,7 @@ async fn add_finalizer(
 pub async fn reconcile(obj: Arc<DynamicObject>, ctx: &Ctx, slot: &Slot) -> Result<Outcome, Error> {
     match attempt(obj.clone(), ctx, Turn::Wait).await? {
         Step::Done(outcome) => Ok(outcome),
-        Step::NeedsTurn => match slot.writing(attempt(obj, ctx, Turn::Held)).await? {
+        Step::NeedsTurn => match slot.writing(|turn| attempt(obj, ctx, Turn::Held(turn))).await? {
             Step::Done(outcome) => Ok(outcome),
             // Not returned with the turn held; should it ever be, the key comes back soon.
             Step::NeedsTurn => Ok(Outcome::Throttled(Duration::from_millis(50))),
@@ -297,11 +304,10 @@ pub async fn reconcile(obj: Arc<DynamicObject>, ctx: &Ctx, slot: &Slot) -> Resul
 }
 
 /// Whether this attempt holds a writing turn.
-#[derive(Clone, Copy, PartialEq, Eq)]
 enum Turn {
     /// Not yet: an attempt that would create children stops before planning writes, asking for one.
     Wait,
-    Held,
+    Held(Arc<slots::Turn>),
 }
 
 enum Step {
@@ -419,7 +425,7 @@ async fn attempt(obj: Arc<DynamicObject>, ctx: &Ctx, turn: Turn) -> Result<Step,
             .map(Step::Done);
     }
 
-    if turn == Turn::Wait && creates(&plan, &children) {
+    if matches!(turn, Turn::Wait) && creates(&plan, &children) {
         return Ok(Step::NeedsTurn);
     }
     // Judged only for a status that will be written (planning twice costs a plan).
@@ -442,7 +448,7 @@ async fn attempt(obj: Arc<DynamicObject>, ctx: &Ctx, turn: Turn) -> Result<Step,
         settles,
         epoch,
     };
-    write_plan(ctx, done, plan).await.map(Step::Done)
+    write_plan(ctx, done, plan, &turn).await.map(Step::Done)
 }
 
 /// The cached version is one this replica wrote: with nothing left to do (`Settled`), or already
@@ -548,7 +554,7 @@ fn creates(plan: &plan::ClusterPlan, children: &observe::Children) -> bool {
 }
 
 /// The plan's writes: children (with the finalizer), deletions, claims, the status, then guest work.
-async fn write_plan(ctx: &Ctx, done: Planned, mut plan: plan::ClusterPlan) -> Result<Outcome, Error> {
+async fn write_plan(ctx: &Ctx, done: Planned, mut plan: plan::ClusterPlan, turn: &Turn) -> Result<Outcome, Error> {
     let Planned {
         obj,
         key,
@@ -565,7 +571,7 @@ async fn write_plan(ctx: &Ctx, done: Planned, mut plan: plan::ClusterPlan) -> Re
     } = done;
     // The finalizer goes out together with the first children, not a round trip ahead of them.
     let (applied, finalized) = futures::join!(
-        apply_children(ctx, &ns, &plan, &children, &key, &uid),
+        apply_children(ctx, &ns, &plan, &children, &key, &uid, turn),
         add_finalizer(ctx, &key, obj, &version, has_finalizer),
     );
     let (mut writes, (obj, version)) = both(applied, finalized)?;

@@ -7,12 +7,19 @@
 //! Ready waited behind every first reconcile still queued: all 200 clusters of a 1,000-member burst
 //! were `configured` in the last 2 s, 25 s (median) after their pods were Ready.
 //!
-//! The creates themselves stay bounded: at most `--concurrency` reconciles write at once (each
-//! with up to 8 writes in flight, as before), in the order they asked (tokio's semaphore is fair),
-//! and at most `PARKED` reconciles wait for a turn without a slot; past that, a reconcile keeps its
-//! slot while it waits, as before. A reconcile that gave its slot back takes one again before it
-//! goes on. At most `--concurrency` reconciles hold a slot and as many a writing turn, so no more
-//! than twice `--concurrency` are planning at once.
+//! The creates themselves stay bounded: at most `--concurrency` reconciles hold a writing turn at
+//! once, in the order they asked (tokio's semaphore is fair), and at most `PARKED` reconciles wait
+//! for a turn without a slot; past that, a reconcile keeps its slot while it waits, as before. A
+//! reconcile that gave its slot back takes one again before it goes on. At most `--concurrency`
+//! reconciles hold a slot and as many a writing turn, so no more than twice `--concurrency` are
+//! planning at once.
+//!
+//! A reconcile that creates StatefulSets ends its turn once they are written (`Turn::end`) and
+//! writes its Services without one: they wait behind every StatefulSet at the write gate anyway
+//! (`queue::gate`), and held through them, the turn let only ~6 new clusters a second start their
+//! pods (docs/loadtest.md, "StatefulSets first"). Those reconciles hold their plan while their
+//! Services wait (at most one per new cluster: 200 in a 1,000-member burst, ~5 MiB more at the
+//! peak); the requests they send stay bounded by the gate.
 //!
 //! A reconcile asks for its turn before it plans its creates (`cluster::reconcile`): one that waits
 //! holds its key and the cluster object (shared with the cache), not a plan. Planned first, the
@@ -34,6 +41,19 @@ pub struct Slots {
     workers: Arc<Semaphore>,
     writing: Arc<Semaphore>,
     parked: Arc<Semaphore>,
+}
+
+/// A writing turn, held by the reconcile it was given to until it ends it or returns.
+pub struct Turn {
+    permit: Mutex<Option<OwnedSemaphorePermit>>,
+}
+
+impl Turn {
+    /// Gives the turn to the next reconcile while this one goes on writing (`cluster`: once its
+    /// StatefulSets are written, its Services go out without a turn).
+    pub fn end(&self) {
+        drop(self.permit.lock().unwrap_or_else(|p| p.into_inner()).take());
+    }
 }
 
 /// The slot a reconcile runs in (or, while it waits for the API server, gave back).
@@ -101,15 +121,17 @@ impl Slot {
 
     /// Runs `writes` (a reconcile that creates children: its plan and writes) in a writing turn,
     /// with this slot given back while it waits for the turn and for the answers; takes a slot
-    /// again before returning.
-    pub async fn writing<T>(&self, writes: impl Future<Output = T>) -> T {
+    /// again before returning. `writes` may end its turn early (`Turn::end`).
+    pub async fn writing<T, W: Future<Output = T>>(&self, writes: impl FnOnce(Arc<Turn>) -> W) -> T {
         let parked = self.slots.parked.clone().try_acquire_owned().ok();
         if parked.is_some() {
             drop(self.held().take());
         }
-        let turn = acquire(&self.slots.writing).await;
-        let out = writes.await;
-        drop(turn);
+        let turn = Arc::new(Turn {
+            permit: Mutex::new(acquire(&self.slots.writing).await),
+        });
+        let out = writes(turn.clone()).await;
+        turn.end();
         if parked.is_some() {
             let permit = acquire(&self.slots.workers).await;
             *self.held() = permit;
@@ -131,7 +153,7 @@ mod tests {
         assert_eq!(slots.free(), 0);
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
         let writer = tokio::spawn(async move {
-            first.writing(async { rx.await.ok() }).await;
+            first.writing(|_| async { rx.await.ok() }).await;
             first
         });
         // The only slot is free while the first reconcile waits for the API server...
@@ -158,7 +180,7 @@ mod tests {
             let slot = slots.take().await;
             let (now, most) = (now.clone(), most.clone());
             tasks.push(tokio::spawn(async move {
-                slot.writing(async {
+                slot.writing(|_| async {
                     let n = now.fetch_add(1, Ordering::SeqCst) + 1;
                     most.fetch_max(n, Ordering::SeqCst);
                     tokio::time::sleep(Duration::from_secs(1)).await;
@@ -172,6 +194,37 @@ mod tests {
         }
         assert_eq!(most.load(Ordering::SeqCst), 2);
         assert_eq!(slots.free(), 2);
+    }
+
+    /// A reconcile that ends its turn early (its StatefulSets written, its Services still going
+    /// out) lets the next one start while it goes on.
+    #[tokio::test(start_paused = true)]
+    async fn an_ended_turn_goes_to_the_next_reconcile_at_once() {
+        let slots = Slots::new(1);
+        let first = slots.take().await;
+        let (ended_tx, ended_rx) = tokio::sync::oneshot::channel::<()>();
+        let (release_tx, release_rx) = tokio::sync::oneshot::channel::<()>();
+        let writer = tokio::spawn(async move {
+            first
+                .writing(|turn| async move {
+                    turn.end();
+                    let _ = ended_tx.send(());
+                    let _ = release_rx.await;
+                })
+                .await;
+        });
+        ended_rx.await.expect("the first reconcile ended its turn");
+        // The first gave its slot back while writing, so the second gets one.
+        let second = slots.take().await;
+        let got_turn = tokio::time::timeout(Duration::from_secs(1), second.writing(|_| async {})).await;
+        assert!(
+            got_turn.is_ok(),
+            "the second reconcile waited for a turn the first had ended"
+        );
+        // The first takes a slot again before it returns: the second's.
+        drop(second);
+        let _ = release_tx.send(());
+        writer.await.expect("writer");
     }
 
     #[tokio::test(start_paused = true)]
@@ -190,7 +243,7 @@ mod tests {
                 let finished = finished.clone();
                 async move {
                     // Writes that take a second, then the rest of the reconcile in a slot.
-                    slot.writing(tokio::time::sleep(Duration::from_secs(1))).await;
+                    slot.writing(|_| tokio::time::sleep(Duration::from_secs(1))).await;
                     let _ = finished.send(item);
                 }
             },
@@ -209,7 +262,7 @@ mod tests {
         let slots = Slots::with_parked(1, 0);
         let first = slots.take().await;
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-        let writer = tokio::spawn(async move { first.writing(async { rx.await.ok() }).await });
+        let writer = tokio::spawn(async move { first.writing(|_| async { rx.await.ok() }).await });
         tokio::time::sleep(Duration::from_millis(10)).await;
         assert_eq!(slots.free(), 0, "kept");
         tx.send(()).expect("writer waiting");

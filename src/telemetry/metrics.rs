@@ -32,6 +32,12 @@ pub struct WriteLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct LaneLabels {
+    pub context: String,
+    pub lane: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct KindLabels {
     pub context: String,
     pub kind: String,
@@ -62,6 +68,9 @@ pub struct Metrics {
     pub api_errors: Family<ErrorLabels, Counter>,
     /// The adaptive write budget's current rate, by member cluster.
     pub write_limit: Family<ClusterLabels, Gauge<f64, AtomicU64>>,
+    /// API writes out at once per member cluster, and writes waiting for a slot (`queue::gate`).
+    pub writes_in_flight: Family<ClusterLabels, Gauge>,
+    pub writes_waiting: Family<LaneLabels, Gauge>,
     pub cluster_healthy: Family<ClusterLabels, Gauge>,
     /// Objects in this replica's caches, by member cluster and kind (the loadtest's scale-out
     /// figure: what each replica holds).
@@ -100,6 +109,8 @@ impl Metrics {
             reconciles_settled: Family::default(),
             api_errors: Family::default(),
             write_limit: Family::default(),
+            writes_in_flight: Family::default(),
+            writes_waiting: Family::default(),
             cluster_healthy: Family::default(),
             cached_objects: Family::default(),
             child_events_dropped: Family::default(),
@@ -157,6 +168,16 @@ impl Metrics {
             "write_limit_qps",
             "Writes per second the member cluster's adaptive budget allows now (between --write-qps and --write-burst)",
             m.write_limit.clone(),
+        );
+        registry.register(
+            "writes_in_flight",
+            "API writes out at once to the member cluster (at most --writes-in-flight)",
+            m.writes_in_flight.clone(),
+        );
+        registry.register(
+            "writes_waiting",
+            "API writes waiting for a slot in flight, by lane (behind: Services, after every other write)",
+            m.writes_waiting.clone(),
         );
         registry.register(
             "cluster_healthy",
@@ -233,6 +254,23 @@ impl Metrics {
 
     pub fn write_limit(&self, context: &str, rate: f64) {
         self.write_limit.get_or_create(&self.cluster(context)).set(rate);
+    }
+
+    /// The gauges a member's write gate counts into.
+    pub fn gate(&self, context: &str) -> crate::queue::gate::Gauges {
+        let lane = |lane: &str| {
+            self.writes_waiting
+                .get_or_create(&LaneLabels {
+                    context: context.to_string(),
+                    lane: lane.to_string(),
+                })
+                .clone()
+        };
+        crate::queue::gate::Gauges {
+            in_flight: self.writes_in_flight.get_or_create(&self.cluster(context)).clone(),
+            ahead: lane("ahead"),
+            behind: lane("behind"),
+        }
     }
 
     pub fn api_error(&self, context: &str, code: u16) {
