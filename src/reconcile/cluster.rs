@@ -152,13 +152,13 @@ const APPLY_CONCURRENCY: usize = 8;
 
 /// The StatefulSets, the headless Service and the member Services, written concurrently,
 /// StatefulSets first while one is still to be created (and then the writing turn ends: the
-/// Services wait behind every StatefulSet at the write gate, `queue::gate`). Measured both ways (docs/loadtest.md,
-/// burst17/burst18): with the Services first, every Service existed before its pod had an address,
-/// so the endpoints controllers rewrote each Endpoints and EndpointSlice as the pod came up (3,000
-/// more writes at the API server for 1,000 members, 20 more CPU-seconds on the bed, all done 10 s
-/// later); created after the StatefulSets, they are written once, with the pod already in them.
-/// The cost: a cluster whose pods are Ready waits for its Service creates (seconds on a busy
-/// server) before it is `configured`. Every write is tried; the first error is
+/// Services wait behind every StatefulSet at the write gate, `queue::gate`). Measured both ways
+/// (docs/loadtest.md, burst17/burst18): with the Services first, every Service existed before its
+/// pod had an address, so the endpoints controllers rewrote each Endpoints and EndpointSlice as the
+/// pod came up (3,000 more writes at the API server for 1,000 members, 20 more CPU-seconds on the
+/// bed, all done 10 s later); created after the StatefulSets, they are written once, with the pod
+/// already in them. The cost: a cluster whose pods are Ready waits for its Service creates
+/// (seconds on a busy server) before it is `configured`. Every write is tried; the first error is
 /// returned once all have finished (the others' writes stand, and the retry skips them by digest).
 /// The children created (`Kind/name`) are remembered in `awaited` either way: a retry must wait for
 /// them to reach the caches, not create them again.

@@ -18,7 +18,7 @@
 //! writes its Services without one: they wait behind every StatefulSet at the write gate anyway
 //! (`queue::gate`), and held through them, the turn let only ~6 new clusters a second start their
 //! pods (docs/loadtest.md, "StatefulSets first"). Those reconciles hold their plan while their
-//! Services wait (at most one per new cluster: 200 in a 1,000-member burst, ~5 MiB more at the
+//! Services wait (at most one per new cluster: 200 in a 1,000-member burst, 2–4 MiB more at the
 //! peak); the requests they send stay bounded by the gate.
 //!
 //! A reconcile asks for its turn before it plans its creates (`cluster::reconcile`): one that waits
