@@ -11,8 +11,9 @@
 //! controller-manager creates their pods one by one), and a Service created once its pods are Ready
 //! gets its Endpoints and EndpointSlice written once; created before, they are rewritten as each
 //! pod comes up. Measured on the 1,000-member burst (docs/loadtest.md, "StatefulSets first"): all
-//! configured in 28–32 s instead of 36–40 s, with 14 fewer CPU-seconds on the bed. The price: in a
-//! burst, a cluster's Services (and so its `configured`) can come seconds after its pods are Ready.
+//! configured in 26–28.5 s instead of 35–40 s, with 15–25 fewer CPU-seconds on the bed. The price:
+//! in a burst, a cluster's Services (and so its `configured`) can come seconds after its pods are
+//! Ready (p99 20–22 s there).
 //! A cluster created alone finds the gate empty and is not held at all.
 //!
 //! How: one fair semaphore for the slots. An `Ahead` write queues at it directly; `Behind` writes
