@@ -93,7 +93,8 @@ pub struct MemberArgs {
     pub watch_namespace: Option<String>,
     /// Worker slots per member cluster: KubeDirectorClusters reconciled at the same time (one waiting
     /// for the answers to its children's creates gives its slot back meanwhile), and at most this
-    /// many creating children at once.
+    /// many holding a turn to create children (a new cluster's turn ends once its StatefulSets are
+    /// written; its Services are then bounded by --writes-in-flight).
     #[arg(long, env = "KD_CONCURRENCY", default_value_t = 16, value_parser = clap::value_parser!(u16).range(1..))]
     pub concurrency: u16,
     /// Mutating API requests per second to each member cluster: where the adaptive write budget

@@ -13,7 +13,9 @@
 //! pod comes up. Measured on the 1,000-member burst (docs/loadtest.md, "StatefulSets first"): all
 //! configured in 26–28.5 s instead of 35–40 s, with 15–25 fewer CPU-seconds on the bed. The price:
 //! in a burst, a cluster's Services (and so its `configured`) can come seconds after its pods are
-//! Ready (p99 20–22 s there).
+//! Ready (p99 20–22 s there). Five other orders, measured against it (docs/loadtest.md, "Six
+//! orders"): only those with a cluster's Services in place before its pods are Ready kept its
+//! status within 0.5 s of them, and they cost the burst 1.3–1.7× the floor's time in those rewrites.
 //! A cluster created alone finds the gate empty and is not held at all.
 //!
 //! How: one fair semaphore for the slots. An `Ahead` write queues at it directly; `Behind` writes
