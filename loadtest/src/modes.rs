@@ -65,7 +65,8 @@ pub struct Pass {
     /// CPU seconds each process spent within the pass: the bed's components (summed over its
     /// clusters; local beds only) and, in operator passes, `operator` (every live replica).
     pub cpu_seconds: BTreeMap<String, f64>,
-    /// The twelve most frequent API server calls and watch events within the pass (every client's).
+    /// Every API server call and watch event counted within the pass (every client's), most
+    /// frequent first.
     pub requests: Vec<(String, f64)>,
     #[serde(skip)]
     window: (u64, u64),
@@ -306,7 +307,7 @@ async fn pass(
     let apf_wait = apf_window(&apf_histograms(&b.clients).await?, &apf_before);
     let api_after = apiserver_histograms(&b.clients).await?;
     let cpu_seconds = crate::cpu::window(&cpu_sample(b, replicas).await?, &cpu_before);
-    let requests = crate::run::top_counts(&crate::run::request_counts(&b.clients).await?, &requests_before, 12);
+    let requests = crate::run::window_counts(&crate::run::request_counts(&b.clients).await?, &requests_before);
     let mut slowest_calls: Vec<SlowCall> = api_after
         .iter()
         .zip(&api_before)
@@ -385,6 +386,41 @@ fn cpu_table(passes: &[Pass]) -> String {
             .collect();
         let total: f64 = p.cpu_seconds.values().sum();
         md.push_str(&format!("| {} | {} | {total:.1} |\n", p.label, cells.join(" | ")));
+    }
+    md
+}
+
+/// The endpoint calls a pass's table shows: a Service that exists before its pods have addresses
+/// has its Endpoints and EndpointSlice written again as each pod comes up, so these tell the orders
+/// of a new cluster's writes apart (docs/loadtest.md, "Six orders of a burst's writes").
+const ENDPOINT_CALLS: [&str; 5] = [
+    "POST endpoints",
+    "PUT endpoints",
+    "POST endpointslices",
+    "PUT endpointslices",
+    "watch events endpointslices",
+];
+
+/// "Endpoint writes per pass" in markdown: one row per pass (label, its window's counts), the
+/// calls of `ENDPOINT_CALLS` (0 where the window had none). Empty without passes.
+fn endpoint_table(passes: &[(&str, &[(String, f64)])]) -> String {
+    if passes.is_empty() {
+        return String::new();
+    }
+    let mut md = format!(
+        "\n## Endpoint writes per pass\n\n| pass | {} |\n|---|{}\n",
+        ENDPOINT_CALLS.join(" | "),
+        "---|".repeat(ENDPOINT_CALLS.len())
+    );
+    for (label, counts) in passes {
+        let cells: Vec<String> = ENDPOINT_CALLS
+            .iter()
+            .map(|call| {
+                let n = counts.iter().find(|(c, _)| c == call).map_or(0.0, |(_, n)| *n);
+                format!("{n:.0}")
+            })
+            .collect();
+        md.push_str(&format!("| {label} | {} |\n", cells.join(" | ")));
     }
     md
 }
@@ -1110,9 +1146,20 @@ impl ModeReport {
             md.push_str(&format!("- {}: {}\n", p.label, calls.join("; ")));
         }
         md.push_str(&cpu_table(&self.passes));
+        let endpoint_rows: Vec<(&str, &[(String, f64)])> = self
+            .passes
+            .iter()
+            .map(|p| (p.label.as_str(), p.requests.as_slice()))
+            .collect();
+        md.push_str(&endpoint_table(&endpoint_rows));
         md.push_str("\n## Most frequent API server calls and watch events per pass\n\n");
         for p in &self.passes {
-            let calls: Vec<String> = p.requests.iter().map(|(c, n)| format!("{c} ×{n:.0}")).collect();
+            let calls: Vec<String> = p
+                .requests
+                .iter()
+                .take(12)
+                .map(|(c, n)| format!("{c} ×{n:.0}"))
+                .collect();
             md.push_str(&format!("- {}: {}\n", p.label, calls.join("; ")));
         }
         md.push_str(&format!(
@@ -1176,6 +1223,23 @@ mod tests {
             p99: Some(p99),
             passed: true,
         }
+    }
+
+    #[test]
+    fn the_endpoint_table_has_a_row_per_pass_and_zero_for_calls_the_window_lacks() {
+        let floor = vec![
+            ("watch events pods".to_string(), 14000.0),
+            ("POST endpointslices".to_string(), 1163.0),
+            ("PUT endpointslices".to_string(), 900.0),
+        ];
+        let operator = vec![("POST endpoints".to_string(), 1202.0)];
+        let md = endpoint_table(&[("floor burst", &floor), ("operator burst", &operator)]);
+        let rows: Vec<&str> = md.lines().filter(|l| l.starts_with("| ")).collect();
+        assert_eq!(rows.len(), 3, "{md}");
+        assert!(rows[0].starts_with("| pass | POST endpoints | PUT endpoints |"), "{md}");
+        assert_eq!(rows[1], "| floor burst | 0 | 0 | 1163 | 900 | 0 |");
+        assert_eq!(rows[2], "| operator burst | 1202 | 0 | 0 | 0 | 0 |");
+        assert_eq!(endpoint_table(&[]), "");
     }
 
     #[test]

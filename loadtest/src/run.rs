@@ -273,15 +273,14 @@ fn request_counts_of(samples: &[stats::Sample]) -> BTreeMap<String, f64> {
     out
 }
 
-/// The `n` largest counts of a window (after − before), largest first.
-pub fn top_counts(after: &BTreeMap<String, f64>, before: &BTreeMap<String, f64>, n: usize) -> Vec<(String, f64)> {
+/// Every count of a window (after − before) that grew, largest first.
+pub fn window_counts(after: &BTreeMap<String, f64>, before: &BTreeMap<String, f64>) -> Vec<(String, f64)> {
     let mut d: Vec<(String, f64)> = after
         .iter()
         .map(|(k, a)| (k.clone(), a - before.get(k).copied().unwrap_or(0.0)))
         .filter(|(_, v)| *v > 0.0)
         .collect();
     d.sort_by(|a, b| b.1.total_cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
-    d.truncate(n);
     d
 }
 
@@ -1243,12 +1242,13 @@ mod tests {
         assert_eq!(after["watch events pods"], 40.0);
         assert_eq!(after.len(), 4, "{after:?}");
         let before = BTreeMap::from([("watch events pods".to_string(), 35.0), ("WATCH pods".to_string(), 3.0)]);
-        let top = top_counts(&after, &before, 2);
+        let window = window_counts(&after, &before);
         assert_eq!(
-            top,
+            window,
             vec![
                 ("POST services".to_string(), 12.0),
-                ("PATCH pods/status".to_string(), 7.0)
+                ("PATCH pods/status".to_string(), 7.0),
+                ("watch events pods".to_string(), 5.0)
             ]
         );
     }

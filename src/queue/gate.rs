@@ -15,7 +15,8 @@
 //! in a burst, a cluster's Services (and so its `configured`) can come seconds after its pods are
 //! Ready (p99 20–22 s there). Five other orders, measured against it (docs/loadtest.md, "Six
 //! orders"): only those with a cluster's Services in place before its pods are Ready kept its
-//! status within 0.5 s of them, and they cost the burst 1.3–1.7× the floor's time in those rewrites.
+//! status within 0.5 s of them, and their bursts took 1.3–1.7× the floor's time (with 1,700–3,100
+//! more endpoint events, the likely cost; not separated from the bed's speed by a profile).
 //! A cluster created alone finds the gate empty and is not held at all.
 //!
 //! How: one fair semaphore for the slots. An `Ahead` write queues at it directly; `Behind` writes
