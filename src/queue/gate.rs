@@ -1,4 +1,5 @@
-//! Writes in flight to one member cluster, with Service writes behind every other write.
+//! Writes in flight to one member cluster, in three lanes: every other write, then the Services of
+//! clusters whose pods are Ready, then the other Services.
 //!
 //! Why a bound: a busy API server serves what is in flight side by side. In a burst, 16
 //! reconciles writing at once, each with up to 8 requests out, shared the server ~128 ways, and a
@@ -11,19 +12,28 @@
 //! controller-manager creates their pods one by one), and a Service created once its pods are Ready
 //! gets its Endpoints and EndpointSlice written once; created before, they are rewritten as each
 //! pod comes up. Measured on the 1,000-member burst (docs/loadtest.md, "StatefulSets first"): all
-//! configured in 26–28.5 s instead of 35–40 s, with 15–25 fewer CPU-seconds on the bed. The price:
-//! in a burst, a cluster's Services (and so its `configured`) can come seconds after its pods are
-//! Ready (p99 20–22 s there). Five other orders, measured against it (docs/loadtest.md, "Six
-//! orders"): only those with a cluster's Services in place before its pods are Ready kept its
-//! status within 0.5 s of them, and their bursts took 1.3–1.7× the floor's time (with 1,700–3,100
-//! more endpoint events, the likely cost; not separated from the bed's speed by a profile).
-//! A cluster created alone finds the gate empty and is not held at all.
+//! configured in 26–28.5 s instead of 35–40 s, with 15–25 fewer CPU-seconds on the bed. Five other
+//! orders, measured against it (docs/loadtest.md, "Six orders"): only those with a cluster's
+//! Services in place before its pods are Ready kept its status within 0.5 s of them, and their
+//! bursts took 1.3–1.7× the floor's time (with 1,700–3,100 more endpoint events, the likely cost;
+//! not separated from the bed's speed by a profile). A cluster created alone finds the gate empty
+//! and is not held at all.
 //!
-//! How: one fair semaphore for the slots. An `Ahead` write queues at it directly; `Behind` writes
-//! queue one at a time behind a lane lock, so at most one of them is ever among the semaphore's
-//! waiters and every `Ahead` write that arrives meanwhile is served at most one `Behind` later.
-//! `Behind` writes are not starved: each gets its turn once the one queued before it has its slot.
-//! Both waits are cancel-safe (a reconcile cut at its shard's deadline drops them).
+//! Why a `Ready` lane: with the Services in one line, a cluster whose pods were Ready waited for
+//! the Services of every cluster queued before it, Ready or not (the lag after pods p99 17–22 s).
+//! A new cluster's Services move to the `Ready` lane once its pods are (`enter_service`), so they
+//! go out before the Services of clusters still starting, and still after every StatefulSet.
+//! Their write-budget token is taken here, once a write is the next of its lane (`admit`): taken
+//! before, the waiting Services held the tokens that the next clusters' StatefulSets needed
+//! (docs/loadtest.md, "Services of Ready clusters first").
+//!
+//! How: one fair semaphore for the slots. An `Ahead` write queues at it directly. `Ready` writes
+//! queue one at a time behind the `Ready` lane's lock; `Behind` writes one at a time behind the
+//! `Behind` lane's lock and then the `Ready` one, so at most one `Ready` or `Behind` write is ever
+//! among the semaphore's waiters, and every `Ahead` write that arrives meanwhile is served at most
+//! one write later. Neither lane is starved: each write gets its turn once the one queued before it
+//! at its lock has its slot. Every wait is cancel-safe (a reconcile cut at its shard's deadline
+//! drops them).
 
 use prometheus_client::metrics::gauge::Gauge;
 use tokio::sync::{Mutex, Semaphore, SemaphorePermit};
@@ -31,14 +41,18 @@ use tokio::sync::{Mutex, Semaphore, SemaphorePermit};
 /// Where a write queues for its slot.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Lane {
-    /// Served before every `Behind` write but one.
+    /// Served before every `Ready` and `Behind` write but one of each.
     Ahead,
-    /// Waits behind `Ahead` writes (a Service write: `reconcile::apply::lane_of`).
+    /// Waits behind `Ahead` writes (a new cluster's Service whose pods are Ready:
+    /// `enter_service`).
+    Ready,
+    /// Waits behind `Ahead` and `Ready` writes (a Service write: `reconcile::apply::lane_of`).
     Behind,
 }
 
 pub struct WriteGate {
     slots: Semaphore,
+    ready_lane: Mutex<()>,
     behind_lane: Mutex<()>,
     gauges: Gauges,
 }
@@ -49,6 +63,7 @@ pub struct WriteGate {
 pub struct Gauges {
     pub in_flight: Gauge,
     pub ahead: Gauge,
+    pub ready: Gauge,
     pub behind: Gauge,
 }
 
@@ -84,6 +99,7 @@ impl WriteGate {
     pub fn with_gauges(in_flight: usize, gauges: Gauges) -> Self {
         WriteGate {
             slots: Semaphore::new(in_flight.max(1)),
+            ready_lane: Mutex::new(()),
             behind_lane: Mutex::new(()),
             gauges,
         }
@@ -91,17 +107,62 @@ impl WriteGate {
 
     /// Waits for a slot for one write of `lane`.
     pub async fn enter(&self, lane: Lane) -> InFlight<'_> {
-        let waiting = Counted::new(match lane {
-            Lane::Ahead => &self.gauges.ahead,
-            Lane::Behind => &self.gauges.behind,
-        });
-        let permit = match lane {
-            Lane::Ahead => self.slots.acquire().await,
+        self.enter_admitted(lane, || async {}).await
+    }
+
+    /// As `enter`; `admit` runs once this write is the next of its lane (`Ready`, `Behind`) and
+    /// before it waits for its slot (the write budget's token: so the tokens, too, go out in the
+    /// lanes' order, and a waiting Service holds none of them).
+    pub async fn enter_admitted<A: Future<Output = ()>>(&self, lane: Lane, admit: impl FnOnce() -> A) -> InFlight<'_> {
+        let waiting = Counted::new(self.gauge(lane));
+        let _next = match lane {
+            Lane::Ahead => None,
+            Lane::Ready => Some((None, self.ready_lane.lock().await)),
             Lane::Behind => {
-                let _one_at_a_time = self.behind_lane.lock().await;
-                self.slots.acquire().await
+                let behind = self.behind_lane.lock().await;
+                Some((Some(behind), self.ready_lane.lock().await))
             }
         };
+        admit().await;
+        self.slot(waiting).await
+    }
+
+    /// A new cluster's Service: a `Behind` write until `promoted` completes (its pods are Ready),
+    /// then a `Ready` write. Once it is the next of the `Behind` lane it stays there: it is then
+    /// served at most one write later either way. `admit` as in `enter_admitted`.
+    pub async fn enter_service<A: Future<Output = ()>>(
+        &self,
+        promoted: impl Future<Output = ()>,
+        admit: impl FnOnce() -> A,
+    ) -> InFlight<'_> {
+        let behind = async {
+            let behind = self.behind_lane.lock().await;
+            (Some(behind), self.ready_lane.lock().await)
+        };
+        let mut waiting = Counted::new(&self.gauges.behind);
+        let _next = tokio::select! {
+            biased;
+            next = behind => next,
+            () = promoted => {
+                waiting = Counted::new(&self.gauges.ready);
+                (None, self.ready_lane.lock().await)
+            }
+        };
+        admit().await;
+        self.slot(waiting).await
+    }
+
+    fn gauge(&self, lane: Lane) -> &Gauge {
+        match lane {
+            Lane::Ahead => &self.gauges.ahead,
+            Lane::Ready => &self.gauges.ready,
+            Lane::Behind => &self.gauges.behind,
+        }
+    }
+
+    /// The slot itself, for a write no longer `waiting` in its lane once it has it.
+    async fn slot(&self, waiting: Counted) -> InFlight<'_> {
+        let permit = self.slots.acquire().await;
         drop(waiting);
         // The semaphore is never closed; were it, the write would go out unbounded rather than not at all.
         InFlight {
@@ -184,6 +245,88 @@ mod tests {
         }
         let order = order.lock().expect("order").clone();
         assert_eq!(order, ["b1", "a1", "a2", "b2", "b3"]);
+    }
+
+    /// A Service promoted while it waits in the `Behind` lane is served as a `Ready` write: before
+    /// the `Behind` writes queued with it, after the `Ahead` writes.
+    #[tokio::test]
+    async fn a_promoted_service_goes_before_the_behind_lane_and_after_the_ahead_writes() {
+        let gate = Arc::new(WriteGate::new(1));
+        let held = gate.enter(Lane::Ahead).await;
+        let order = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let (promote, promoted) = tokio::sync::oneshot::channel::<()>();
+        let mut tasks = Vec::new();
+        let record = |name: &'static str, order: Arc<std::sync::Mutex<Vec<&'static str>>>| {
+            order.lock().expect("order").push(name);
+        };
+        for name in ["b1", "b2"] {
+            let (gate, order) = (gate.clone(), order.clone());
+            tasks.push(tokio::spawn(async move {
+                let _in = gate.enter(Lane::Behind).await;
+                record(name, order);
+                tokio::task::yield_now().await;
+            }));
+            settle().await;
+        }
+        {
+            let (gate, order) = (gate.clone(), order.clone());
+            tasks.push(tokio::spawn(async move {
+                let promoted = async {
+                    let _ = promoted.await;
+                };
+                let _in = gate.enter_service(promoted, || async {}).await;
+                record("p", order);
+                tokio::task::yield_now().await;
+            }));
+            settle().await;
+        }
+        {
+            let (gate, order) = (gate.clone(), order.clone());
+            tasks.push(tokio::spawn(async move {
+                let _in = gate.enter(Lane::Ahead).await;
+                record("a1", order);
+                tokio::task::yield_now().await;
+            }));
+            settle().await;
+        }
+        assert_eq!(gate.gauges.behind.get(), 3, "p waits in the Behind lane until promoted");
+        promote.send(()).expect("promote");
+        settle().await;
+        assert_eq!(gate.gauges.behind.get(), 2, "promoted: p left the Behind lane");
+        assert_eq!((gate.gauges.ready.get(), gate.gauges.ahead.get()), (1, 1));
+        drop(held);
+        for t in tasks {
+            t.await.expect("task");
+        }
+        let order = order.lock().expect("order").clone();
+        assert_eq!(order, ["b1", "a1", "p", "b2"]);
+    }
+
+    /// A lane admits (takes the token of) only its next write: the others wait without one.
+    #[tokio::test]
+    async fn only_the_next_write_of_a_lane_is_admitted() {
+        let gate = Arc::new(WriteGate::new(1));
+        let held = gate.enter(Lane::Ahead).await;
+        let admitted = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let mut tasks = Vec::new();
+        for lane in [Lane::Behind, Lane::Behind, Lane::Ready, Lane::Ready] {
+            let (gate, admitted) = (gate.clone(), admitted.clone());
+            tasks.push(tokio::spawn(async move {
+                let admit = || async {
+                    admitted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                };
+                let _in = gate.enter_admitted(lane, admit).await;
+                tokio::task::yield_now().await;
+            }));
+            settle().await;
+        }
+        // The first Behind write holds both lane locks while it waits for the slot: nobody else.
+        assert_eq!(admitted.load(std::sync::atomic::Ordering::SeqCst), 1);
+        drop(held);
+        for t in tasks {
+            t.await.expect("task");
+        }
+        assert_eq!(admitted.load(std::sync::atomic::Ordering::SeqCst), 4);
     }
 
     /// The lane orders the waits only: `Behind` writes in flight are bounded by the slots alone.

@@ -3,6 +3,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use kube::api::DynamicObject;
 use kube::runtime::events::{Event, EventType};
@@ -158,8 +159,10 @@ const APPLY_CONCURRENCY: usize = 8;
 /// pod came up (3,000 more writes at the API server for 1,000 members, 20 more CPU-seconds on the
 /// bed, all done 10 s later); created after the StatefulSets, they are written once, with the pod
 /// already in them. The cost: a cluster whose pods are Ready waits for its Service creates
-/// (seconds on a busy server) before it is `configured`. Every write is tried; the first error is
-/// returned once all have finished (the others' writes stand, and the retry skips them by digest).
+/// (seconds on a busy server) before it is `configured`; once they are Ready, its Services go out
+/// before those of the clusters still starting (the gate's `Ready` lane). Every write is tried;
+/// the first error is returned once all have finished (the others' writes stand, and the retry
+/// skips them by digest).
 /// The children created (`Kind/name`) are remembered in `awaited` either way: a retry must wait for
 /// them to reach the caches, not create them again.
 async fn apply_children(
@@ -173,6 +176,14 @@ async fn apply_children(
 ) -> Result<Writes, Error> {
     use futures::{FutureExt, StreamExt, future::BoxFuture};
     type Call<'a> = BoxFuture<'a, (Option<String>, Result<Writes, Error>)>;
+    let new_statefulset = plan
+        .statefulsets
+        .iter()
+        .any(|s| !children.statefulsets.contains_key(&s.name_any()));
+    let (pods_ready, promotion) = tokio::sync::watch::channel(false);
+    let promotion = apply::Promotion(promotion);
+    // A new cluster's Services go out after its StatefulSets, without a writing turn.
+    let after_statefulsets = new_statefulset.then_some(&promotion);
     let mut services: Vec<Call<'_>> = Vec::new();
     for svc in plan.headless.iter().chain(&plan.member_services) {
         let current = children.services.get(&svc.name_any());
@@ -180,7 +191,7 @@ async fn apply_children(
         services.push(
             async move {
                 let mut w = Writes::default();
-                let r = apply::ensure(ctx, ns, svc, current, uid, &mut w).await;
+                let r = apply::ensure(ctx, ns, svc, current, uid, after_statefulsets, &mut w).await;
                 (created, r.map(|()| w))
             }
             .boxed(),
@@ -206,11 +217,21 @@ async fn apply_children(
             .collect()
             .await
     }
-    let new_statefulset = plan
-        .statefulsets
-        .iter()
-        .any(|s| !children.statefulsets.contains_key(&s.name_any()));
     // (Creates run in a writing turn: `reconcile` took one before planning them.)
+    // A new cluster's Services wait in the gate's `Behind` lane until its pods are Ready, then
+    // move to its `Ready` lane (still after every StatefulSet): created then, their endpoints are
+    // written once, and the cluster need not wait for the Services of clusters still starting.
+    let ready = |name: &str| {
+        let pod = kube::runtime::reflector::ObjectRef::new(name).within(ns);
+        ctx.stores.pods.get(&pod).is_some_and(|p| p.facts.ready)
+    };
+    let promote_when_ready = async {
+        while !all_pods_ready(&plan.statefulsets, ready) {
+            tokio::time::sleep(PODS_READY_POLL).await;
+        }
+        let _ = pods_ready.send(true);
+        std::future::pending::<Done>().await
+    };
     let results: Done = if new_statefulset {
         let mut done = all_at_once(statefulsets).await;
         // The next cluster's StatefulSets need not wait for these Services: they go out behind
@@ -221,7 +242,10 @@ async fn apply_children(
         // A StatefulSet refused (a 429 among them) holds the Services back: the server asked us
         // to wait.
         if done.iter().all(|(_, r)| r.is_ok()) {
-            done.extend(all_at_once(services).await);
+            done.extend(tokio::select! {
+                done = all_at_once(services) => done,
+                never = promote_when_ready => never,
+            });
         }
         done
     } else {
@@ -240,6 +264,18 @@ async fn apply_children(
     }
     ctx.awaited.created(key, made, tokio::time::Instant::now());
     error.map_or(Ok(total), Err)
+}
+
+/// How often a new cluster's waiting Services look for its pods being Ready (a store lookup per
+/// pod; the most this adds to the lag after the last pod is Ready).
+const PODS_READY_POLL: Duration = Duration::from_millis(100);
+
+/// Whether every pod the StatefulSets will have (`<name>-<ordinal>`, by their replicas) is `ready`.
+fn all_pods_ready(statefulsets: &[StatefulSet], ready: impl Fn(&str) -> bool) -> bool {
+    statefulsets.iter().all(|sts| {
+        let replicas = sts.spec.as_ref().and_then(|s| s.replicas).unwrap_or(0);
+        (0..replicas).all(|i| ready(&format!("{}-{i}", sts.name_any())))
+    })
 }
 
 /// Of two errors of one reconcile's writes, the one that decides when it runs again: a failure
@@ -701,6 +737,36 @@ pub fn outcome_of_error(key: &ClusterKey, error: &Error, ctx: &Ctx) -> Outcome {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn pods_are_ready_when_every_ordinal_of_every_statefulset_is() {
+        let sts = |name: &str, replicas: i32| StatefulSet {
+            metadata: kube::api::ObjectMeta {
+                name: Some(name.to_string()),
+                ..Default::default()
+            },
+            spec: Some(k8s_openapi::api::apps::v1::StatefulSetSpec {
+                replicas: Some(replicas),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let plan = [sts("kdss-a", 2), sts("kdss-b", 1), sts("kdss-empty", 0)];
+        let ready = |names: &'static [&'static str]| move |n: &str| names.contains(&n);
+        assert!(all_pods_ready(&plan, ready(&["kdss-a-0", "kdss-a-1", "kdss-b-0"])));
+        assert!(
+            !all_pods_ready(&plan, ready(&["kdss-a-0", "kdss-b-0"])),
+            "kdss-a-1 is not Ready"
+        );
+        assert!(
+            !all_pods_ready(&plan, ready(&["kdss-a-0", "kdss-a-1"])),
+            "kdss-b-0 is not Ready"
+        );
+        assert!(
+            all_pods_ready(&[sts("kdss-empty", 0)], ready(&[])),
+            "no pods: nothing to wait for"
+        );
+    }
 
     #[test]
     fn a_refusal_decides_over_a_spent_budget_whichever_came_first() {

@@ -98,7 +98,7 @@ pub struct Ctx {
     pub client: Client,
     /// API writes to this member cluster: one token per write.
     pub budget: WriteBudget,
-    /// API writes to this member cluster in flight at once, new StatefulSets behind the rest.
+    /// API writes to this member cluster in flight at once, Services behind the rest.
     pub gate: crate::queue::gate::WriteGate,
     /// At most one status write per cluster per window.
     pub coalescer: StatusCoalescer<ClusterKey>,

@@ -269,6 +269,7 @@ impl Metrics {
         crate::queue::gate::Gauges {
             in_flight: self.writes_in_flight.get_or_create(&self.cluster(context)).clone(),
             ahead: lane("ahead"),
+            ready: lane("ready"),
             behind: lane("behind"),
         }
     }
