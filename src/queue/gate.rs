@@ -128,26 +128,26 @@ impl WriteGate {
     }
 
     /// A new cluster's Service: a `Behind` write until `promoted` completes (its pods are Ready),
-    /// then a `Ready` write. Once it is the next of the `Behind` lane it stays there: it is then
-    /// served at most one write later either way. `admit` as in `enter_admitted`.
+    /// then a `Ready` write. Once it is the next of the `Behind` lane it is not moved: it then
+    /// waits at the `Ready` lane's lock in its arrival order either way. `admit` as in
+    /// `enter_admitted`.
     pub async fn enter_service<A: Future<Output = ()>>(
         &self,
         promoted: impl Future<Output = ()>,
         admit: impl FnOnce() -> A,
     ) -> InFlight<'_> {
-        let behind = async {
-            let behind = self.behind_lane.lock().await;
-            (Some(behind), self.ready_lane.lock().await)
-        };
+        // Promotion counts only until the write is the next of the `Behind` lane: from then on it
+        // queues at the `Ready` lane's lock in the order it came, as a `Ready` write would.
         let mut waiting = Counted::new(&self.gauges.behind);
-        let _next = tokio::select! {
+        let behind = tokio::select! {
             biased;
-            next = behind => next,
+            next = self.behind_lane.lock() => Some(next),
             () = promoted => {
                 waiting = Counted::new(&self.gauges.ready);
-                (None, self.ready_lane.lock().await)
+                None
             }
         };
+        let _next = (behind, self.ready_lane.lock().await);
         admit().await;
         self.slot(waiting).await
     }

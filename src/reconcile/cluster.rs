@@ -274,7 +274,8 @@ const PODS_READY_POLL: Duration = Duration::from_millis(100);
 fn all_pods_ready(statefulsets: &[StatefulSet], ready: impl Fn(&str) -> bool) -> bool {
     statefulsets.iter().all(|sts| {
         let replicas = sts.spec.as_ref().and_then(|s| s.replicas).unwrap_or(0);
-        (0..replicas).all(|i| ready(&format!("{}-{i}", sts.name_any())))
+        let replicas = usize::try_from(replicas).unwrap_or(0);
+        (0..replicas).all(|i| ready(&names::pod(&sts.name_any(), i)))
     })
 }
 
