@@ -162,21 +162,15 @@ where
         let config = watcher::Config::default().any_semantic().labels(&selector);
         watcher(api.clone(), config).map_ok(wire::event_into::<W, K>)
     };
-    let (raw, tag) = match division {
-        None => (parse(labels::CLUSTER.to_string()).boxed(), None),
-        Some((d, kind)) => {
-            let (events, tag) = d.divide(kind, parse);
-            (events, Some((d.clone(), tag)))
-        }
+    let raw = match division {
+        None => parse(labels::CLUSTER.to_string()).boxed(),
+        Some((d, kind)) => d.divide(kind, parse, store.clone()),
     };
     let events = reflector::reflector(writer, raw.modify(K::slim))
-        // After the store, before the triggers (see `index`); a list's end after both (`division`).
+        // After the store, before the triggers (see `index`).
         .map(move |r| {
             if let Ok(event) = &r {
                 index.apply(event, labels::CLUSTER);
-                if let (watcher::Event::InitDone, Some((d, tag))) = (event, &tag) {
-                    d.listed(tag);
-                }
             }
             r
         })

@@ -6,6 +6,7 @@
 pub(crate) mod cache;
 pub(crate) mod division;
 
+mod segments;
 pub(crate) mod triggers;
 mod union;
 pub(crate) mod worker;

@@ -47,8 +47,13 @@ def read(run):
     return recs, kills, rows
 
 
-def lists_of(run):
-    """(replica, context) → [(start, end)] of every child relist, from the replicas' logs."""
+def lists_of(run, start_text="child caches list again"):
+    """(replica, context) → [(start, end)] of every child relist, from the replicas' logs.
+
+    A relist pauses the member's child events until it ends ("child caches list again": before
+    the segments, every change of the held shards; with them, only a gathering of every held
+    shard). With `start_text="child caches list the acquired shards"`: the lists of acquired shards
+    only, during which the shards held before keep their events (segments)."""
     out = collections.defaultdict(list)
     for f in glob.glob(f"{run}/replicas/logs/*.log"):
         replica = f.rsplit("/", 1)[-1][: -len(".log")]
@@ -59,7 +64,7 @@ def lists_of(run):
             if not m:
                 continue
             ctx, gen = m.group(1), int(m.group(2))
-            if "child caches list again" in line:
+            if start_text in line:
                 started.setdefault((ctx, gen), micros(line))
             elif "child caches listed" in line:
                 for (c, g), t0 in list(started.items()):
@@ -119,7 +124,16 @@ def main(run):
     for spans in lists.values():
         for t0, t1 in spans:
             by_phase[phase(since_kill(kills, t0))].append((t1 - t0) / 1e6)
-    print("child relists (one member, every kind) | n | p50 s | max s")
+    table("child relists, pausing the member's child events (one member, every kind)", by_phase)
+    acquired = collections.defaultdict(list)
+    for spans in lists_of(run, "child caches list the acquired shards").values():
+        for t0, t1 in spans:
+            acquired[phase(since_kill(kills, t0))].append((t1 - t0) / 1e6)
+    table("lists of acquired shards only, no pause (one member, every kind)", acquired)
+
+
+def table(title, by_phase):
+    print(f"{title} | n | p50 s | max s")
     for p in ["start", "kill+0-5", "kill+5-15", "later"]:
         v = sorted(by_phase.get(p, []))
         if v:
