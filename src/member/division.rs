@@ -23,7 +23,7 @@
 //! segment's list (`union`). The KubeDirectorClusters stay watched in full: they are few and small,
 //! and every replica needs them to map keys to shards and hand shards over.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -118,6 +118,8 @@ pub(crate) struct Division {
     changes: watch::Sender<u64>,
     /// Bumped at every list's merge, so that waiters look again.
     progress: watch::Sender<u64>,
+    /// Kinds that merged each segment's list, by (generation, shards) (logging only).
+    merges: Mutex<HashMap<(u64, usize), usize>>,
 }
 
 impl Division {
@@ -128,6 +130,7 @@ impl Division {
             ledger: Mutex::new(Ledger::default()),
             changes: watch::channel(0).0,
             progress: watch::channel(0).0,
+            merges: Mutex::default(),
         })
     }
 
@@ -266,6 +269,7 @@ impl Division {
     /// A list of kind `kind` was merged, and is in the store and the index (`segments` calls this
     /// once the merge's events are taken, so a key found ready never meets the old store).
     fn listed(&self, kind: usize, owned: &Owned) {
+        self.merged(owned);
         let done = {
             let mut ledger = self.ledger();
             let before = ledger.all_ready();
@@ -277,6 +281,31 @@ impl Division {
             tracing::info!(context = %self.context, generation, "child caches listed for the held shards");
         }
         self.progress.send_modify(|p| *p += 1);
+    }
+}
+
+impl Division {
+    /// Logs a segment's list once every kind has merged it (its end, for `std_tail.py`: the
+    /// start line has the same generation and shard count).
+    fn merged(&self, owned: &Owned) {
+        let key = (owned.values().copied().max().unwrap_or(0), owned.len());
+        let all = {
+            let mut counts = self.merges.lock().unwrap_or_else(|p| p.into_inner());
+            if counts.len() > 256 {
+                // Lists of segments replaced before they ended never complete: forget them.
+                counts.clear();
+            }
+            let n = counts.entry(key).or_insert(0);
+            *n += 1;
+            let all = *n >= KINDS;
+            if all {
+                counts.remove(&key);
+            }
+            all
+        };
+        if all {
+            tracing::info!(context = %self.context, generation = key.0, shards = key.1, "child caches merged a segment's list");
+        }
     }
 }
 

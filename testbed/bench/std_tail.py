@@ -57,20 +57,26 @@ def lists_of(run, start_text="child caches list again"):
     out = collections.defaultdict(list)
     for f in glob.glob(f"{run}/replicas/logs/*.log"):
         replica = f.rsplit("/", 1)[-1][: -len(".log")]
+        lines = [ANSI.sub("", line) for line in open(f)]
+        # With segments, each list's end is its own line, keyed like its start.
+        segmented = any("child caches merged" in line for line in lines)
         started = {}
-        for line in open(f):
-            line = ANSI.sub("", line)
-            m = re.search(r"context=(\S+) generation=(\d+)", line)
+        for line in lines:
+            m = re.search(r"context=(\S+) generation=(\d+)(?: shards=(\d+))?", line)
             if not m:
                 continue
-            ctx, gen = m.group(1), int(m.group(2))
+            ctx, gen, shards = m.group(1), int(m.group(2)), m.group(3)
             if start_text in line:
-                started.setdefault((ctx, gen), micros(line))
-            elif "child caches listed" in line:
-                for (c, g), t0 in list(started.items()):
+                started.setdefault((ctx, gen, shards if segmented else None), micros(line))
+            elif segmented and "child caches merged" in line:
+                t0 = started.pop((ctx, gen, shards), None)
+                if t0 is not None:
+                    out[(replica, ctx)].append((t0, micros(line)))
+            elif not segmented and "child caches listed" in line:
+                for (c, g, s), t0 in list(started.items()):
                     if c == ctx and g <= gen:
                         out[(replica, ctx)].append((t0, micros(line)))
-                        del started[(c, g)]
+                        del started[(c, g, s)]
     return out
 
 
