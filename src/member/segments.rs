@@ -406,6 +406,15 @@ mod tests {
             self.made.next().await.expect("a segment")
         }
 
+        /// Every event until none comes for 1 s.
+        async fn drain(&mut self) -> Vec<String> {
+            let mut got = Vec::new();
+            while let Some(e) = self.next().await {
+                got.push(e);
+            }
+            got
+        }
+
         fn names(&self) -> Vec<String> {
             let mut v: Vec<String> = self
                 .store
@@ -420,6 +429,13 @@ mod tests {
         fn listed(&self) -> Vec<Owned> {
             std::mem::take(&mut *self.listed.lock().expect("lock"))
         }
+    }
+
+    /// A whole list of `pods` from one watch.
+    fn list(tx: &Tx, pods: Vec<Pod>) {
+        send(tx, vec![Event::Init]);
+        send(tx, pods.into_iter().map(Event::InitApply).collect());
+        send(tx, vec![Event::InitDone]);
     }
 
     fn send(tx: &Tx, events: Vec<Event<Pod>>) {
@@ -439,10 +455,7 @@ mod tests {
         assert_eq!(b.next().await.as_deref(), Some("listed"), "ready, holding no shard");
         let (shards, one) = b.admit(&[(1, 1)]).await;
         assert_eq!(shards, [1].into());
-        send(
-            &one,
-            vec![Event::Init, Event::InitApply(pod("a", 1, 5)), Event::InitDone],
-        );
+        list(&one, vec![pod("a", 1, 5)]);
         assert_eq!(
             b.next().await.as_deref(),
             Some("apply a"),
@@ -474,43 +487,22 @@ mod tests {
         b.next().await;
         b.next().await;
         let (_, one) = b.admit(&[(1, 1), (2, 1)]).await;
-        let listed = vec![pod("a", 1, 5), pod("b", 2, 5), pod("c", 2, 5), pod("x", 3, 5)];
-        send(&one, vec![Event::Init]);
-        send(&one, listed.into_iter().map(Event::InitApply).collect());
-        send(&one, vec![Event::InitDone]);
+        list(
+            &one,
+            vec![pod("a", 1, 5), pod("b", 2, 5), pod("c", 2, 5), pod("x", 3, 5)],
+        );
         for want in ["apply a", "apply b", "apply c"] {
             assert_eq!(b.next().await.as_deref(), Some(want), "shard 3 is not this segment's");
         }
         assert_eq!(b.next().await, None);
         // The watch was too old to resume: it lists again. a is unchanged (no event), b changed,
         // c is gone, d is new.
-        send(
-            &one,
-            vec![
-                Event::Init,
-                Event::InitApply(pod("a", 1, 5)),
-                Event::InitApply(pod("b", 2, 9)),
-                Event::InitApply(pod("d", 1, 9)),
-                Event::InitDone,
-            ],
-        );
-        let mut got = Vec::new();
-        while let Some(e) = b.next().await {
-            got.push(e);
-        }
-        assert_eq!(got, ["apply b", "apply d", "delete c"]);
+        let again = || vec![pod("a", 1, 5), pod("b", 2, 9), pod("d", 1, 9)];
+        list(&one, again());
+        assert_eq!(b.drain().await, ["apply b", "apply d", "delete c"]);
         assert_eq!(b.names(), ["a", "b", "d"]);
         assert_eq!(b.listed().len(), 2);
-        send(
-            &one,
-            vec![
-                Event::Init,
-                Event::InitApply(pod("a", 1, 5)),
-                Event::InitApply(pod("b", 2, 9)),
-                Event::InitApply(pod("d", 1, 9)),
-                Event::InitDone,
-            ],
-        );
+        list(&one, again());
         assert_eq!(b.next().await, None, "a list with nothing changed passes no event");
         assert_eq!(b.listed().len(), 1, "but is reported");
     }
@@ -521,15 +513,7 @@ mod tests {
         b.next().await;
         b.next().await;
         let (_, one) = b.admit(&[(1, 1), (2, 1)]).await;
-        send(
-            &one,
-            vec![
-                Event::Init,
-                Event::InitApply(pod("a", 1, 5)),
-                Event::InitApply(pod("b", 2, 5)),
-                Event::InitDone,
-            ],
-        );
+        list(&one, vec![pod("a", 1, 5), pod("b", 2, 5)]);
         b.next().await;
         b.next().await;
         assert_eq!(b.next().await, None);
@@ -539,16 +523,7 @@ mod tests {
         assert_eq!(b.next().await, None);
         let (shards, one) = b.made.next().await.expect("the segment narrowed");
         assert_eq!(shards, [2].into(), "it lists only the shard it keeps");
-        send(
-            &one,
-            vec![
-                Event::Init,
-                Event::InitApply(pod("b", 2, 5)),
-                Event::InitApply(pod("e", 2, 6)),
-                Event::InitApply(pod("a", 1, 6)),
-                Event::InitDone,
-            ],
-        );
+        list(&one, vec![pod("b", 2, 5), pod("e", 2, 6), pod("a", 1, 6)]);
         assert_eq!(
             b.next().await.as_deref(),
             Some("apply e"),
@@ -562,20 +537,14 @@ mod tests {
         assert_eq!(shards, [1].into());
         send(&one, vec![Event::Apply(pod("a", 1, 7))]);
         assert_eq!(b.next().await, None);
-        send(
-            &again,
-            vec![Event::Init, Event::InitApply(pod("a", 1, 7)), Event::InitDone],
-        );
+        list(&again, vec![pod("a", 1, 7)]);
         assert_eq!(b.next().await.as_deref(), Some("apply a"));
         assert_eq!(b.next().await, None);
         assert_eq!(b.listed().last(), Some(&owned(&[(1, 3)])));
         // Every shard released: the segments are dropped (their watches end).
         *b.admitted.lock().expect("lock") = owned(&[(5, 4)]);
         b.changes.send_modify(|g| *g += 1);
-        let mut got = Vec::new();
-        while let Some(e) = b.next().await {
-            got.push(e);
-        }
+        let mut got = b.drain().await;
         got.sort();
         assert_eq!(got, ["delete a", "delete b", "delete e"]);
         assert!(one.is_closed() && again.is_closed());
