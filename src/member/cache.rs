@@ -162,8 +162,10 @@ where
         let config = watcher::Config::default().any_semantic().labels(&selector);
         watcher(api.clone(), config).map_ok(wire::event_into::<W, K>)
     };
+    // The backoff goes on each watch: divided, every segment has its own (`segments::open`), so an
+    // error in one holds back no other shard's events.
     let raw = match division {
-        None => parse(labels::CLUSTER.to_string()).boxed(),
+        None => parse(labels::CLUSTER.to_string()).default_backoff().boxed(),
         Some((d, kind)) => d.divide(kind, parse, store.clone()),
     };
     let events = reflector::reflector(writer, raw.modify(K::slim))
@@ -174,7 +176,6 @@ where
             }
             r
         })
-        .default_backoff()
         .touched_objects()
         .map(|r| {
             r.map(|child: K| {

@@ -22,7 +22,8 @@
 //! A released shard's objects are deleted from the store at once; a segment left without shards is
 //! dropped, and one that keeps some lists them again with a narrower selector (so that the API
 //! server stops sending it the released shards' events; only its own shards' events pause). Segments are capped (`MAX_SEGMENTS`): past it, one segment takes every held
-//! shard (its list pauses their events, as every acquisition did before).
+//! shard (its list pauses their events, as every acquisition did before). Each segment's watch has
+//! its own backoff (`open`): an error holds back that segment only.
 
 use std::collections::{BTreeMap, BTreeSet, HashSet, VecDeque};
 use std::task::Poll;
@@ -30,6 +31,7 @@ use std::time::Duration;
 
 use futures::stream::{BoxStream, StreamExt};
 use kube::Resource;
+use kube::runtime::WatchStreamExt;
 use kube::runtime::reflector::{ObjectRef, Store};
 use kube::runtime::watcher::{self, Event};
 use tokio::sync::watch;
@@ -160,6 +162,16 @@ where
     .boxed()
 }
 
+/// A segment's watch, with a backoff of its own: after an error only this segment waits before it
+/// watches again. One backoff around all of them (as a plain reflector has) would hold back every
+/// held shard's events for one segment's error.
+fn open<K>(watch: &WatchFn<K>, shards: &BTreeSet<u32>) -> BoxStream<'static, Item<K>>
+where
+    K: Send + 'static,
+{
+    watch(shards).default_backoff().boxed()
+}
+
 /// The next item of any segment (each in turn first); pending forever without segments.
 async fn next_of<K>(segments: &mut [Segment<K>], turn: &mut usize) -> (usize, Option<Item<K>>) {
     futures::future::poll_fn(|cx| {
@@ -199,7 +211,8 @@ where
                 }
             }
             Ok(e @ (Event::Apply(_) | Event::Delete(_))) => self.pass(i, e),
-            // The backoff is outside; the watch resumes or lists again, merged as any list.
+            // Passed on to be logged. This segment's own backoff (`open`) holds its watch back; the
+            // watch then resumes or lists again, merged as any list.
             Err(e) => self.out.push_back(Err(e)),
         }
     }
@@ -267,7 +280,7 @@ where
                 // released shards' events (from the API server, only to drop them). Its list
                 // pauses the events of its own shards only, not of the other segments'.
                 started(&seg.owned, Start::Narrowed);
-                seg.stream = watch(&seg.owned.keys().copied().collect());
+                seg.stream = open(watch, &seg.owned.keys().copied().collect());
                 seg.merging = None;
             }
         }
@@ -299,7 +312,7 @@ where
         (self.feed.started)(&owned, start);
         let shards: BTreeSet<u32> = owned.keys().copied().collect();
         self.segments.push(Segment {
-            stream: (self.feed.watch)(&shards),
+            stream: open(&self.feed.watch, &shards),
             owned,
             merging: None,
         });
@@ -431,6 +444,14 @@ mod tests {
         }
     }
 
+    /// A bed past its empty first list: ready, holding no shard.
+    async fn ready() -> Bed {
+        let mut b = bed();
+        assert_eq!(b.next().await.as_deref(), Some("init"));
+        assert_eq!(b.next().await.as_deref(), Some("listed"), "ready, holding no shard");
+        b
+    }
+
     /// A whole list of `pods` from one watch.
     fn list(tx: &Tx, pods: Vec<Pod>) {
         send(tx, vec![Event::Init]);
@@ -450,9 +471,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn an_acquisition_lists_only_its_shards_while_the_others_keep_their_events() {
-        let mut b = bed();
-        assert_eq!(b.next().await.as_deref(), Some("init"));
-        assert_eq!(b.next().await.as_deref(), Some("listed"), "ready, holding no shard");
+        let mut b = ready().await;
         let (shards, one) = b.admit(&[(1, 1)]).await;
         assert_eq!(shards, [1].into());
         list(&one, vec![pod("a", 1, 5)]);
@@ -483,9 +502,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn a_list_again_applies_what_changed_and_deletes_what_is_gone() {
-        let mut b = bed();
-        b.next().await;
-        b.next().await;
+        let mut b = ready().await;
         let (_, one) = b.admit(&[(1, 1), (2, 1)]).await;
         list(
             &one,
@@ -509,9 +526,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn a_release_deletes_its_objects_at_once_and_its_events_are_dropped() {
-        let mut b = bed();
-        b.next().await;
-        b.next().await;
+        let mut b = ready().await;
         let (_, one) = b.admit(&[(1, 1), (2, 1)]).await;
         list(&one, vec![pod("a", 1, 5), pod("b", 2, 5)]);
         b.next().await;
@@ -553,9 +568,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn past_the_cap_one_segment_takes_every_held_shard() {
-        let mut b = bed();
-        b.next().await;
-        b.next().await;
+        let mut b = ready().await;
         let mut held = Vec::new();
         let mut txs = Vec::new();
         for s in 0..MAX_SEGMENTS as u32 {
@@ -568,5 +581,33 @@ mod tests {
         let (shards, _) = b.admit(&held).await;
         assert_eq!(shards.len(), MAX_SEGMENTS + 1, "gathered: every held shard");
         assert!(txs.iter().all(|t| t.is_closed()), "the other segments are dropped");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_error_holds_back_only_its_own_segment() {
+        let mut b = ready().await;
+        let (_, one) = b.admit(&[(1, 1)]).await;
+        list(&one, vec![pod("a", 1, 5)]);
+        assert_eq!(b.drain().await, ["apply a"]);
+        let (_, two) = b.admit(&[(1, 1), (2, 2)]).await;
+        list(&two, vec![pod("b", 2, 5)]);
+        assert_eq!(b.drain().await, ["apply b"]);
+
+        let t0 = tokio::time::Instant::now();
+        one.unbounded_send(Err(watcher::Error::NoResourceVersion))
+            .expect("send");
+        send(&one, vec![Event::Apply(pod("a", 1, 6))]);
+        send(&two, vec![Event::Apply(pod("b", 2, 6))]);
+        let mut at = Vec::new();
+        for _ in 0..3 {
+            let item = tokio::time::timeout(Duration::from_secs(60), b.s.next()).await;
+            let item = item.expect("an event within the backoff").expect("open");
+            at.push((show(&item), t0.elapsed()));
+        }
+        assert!(at[0].0.starts_with("error"), "the error is passed on: {at:?}");
+        assert_eq!(at[1].0, "apply b", "the other segment's event comes at once");
+        assert!(at[1].1 < Duration::from_millis(100), "{at:?}");
+        assert_eq!(at[2].0, "apply a", "after its segment's backoff");
+        assert!(at[2].1 >= Duration::from_millis(400), "{at:?}");
     }
 }
