@@ -21,9 +21,10 @@
 //!
 //! A released shard's objects are deleted from the store at once; a segment left without shards is
 //! dropped, and one that keeps some lists them again with a narrower selector (so that the API
-//! server stops sending it the released shards' events; only its own shards' events pause). Segments are capped (`MAX_SEGMENTS`): past it, one segment takes every held
-//! shard (its list pauses their events, as every acquisition did before). Each segment's watch has
-//! its own backoff (`open`): an error holds back that segment only.
+//! server stops sending it the released shards' events; only its own shards' events pause).
+//! Segments are capped (`MAX_SEGMENTS`): past it, one segment takes every held shard (its list
+//! pauses their events, as every acquisition did before). Each segment's watch has its own backoff
+//! (`open`): an error holds back that segment only.
 
 use std::collections::{BTreeMap, BTreeSet, HashSet, VecDeque};
 use std::task::Poll;
