@@ -26,8 +26,10 @@ impl Kwok {
         run(&mut self.command("down.sh")).map(|_| ())
     }
 
-    /// Copies the components' logs (not the audit logs, which are read already and large) out of
-    /// the clusters' directories, which down.sh removes: a run that fails keeps its evidence.
+    /// Copies the components' logs out of the clusters' directories, which down.sh removes: a run
+    /// that fails keeps its evidence. The audit logs are kept gzipped (`audit.log.gz`, about a
+    /// tenth of their size): each write's server-side latency and its latency annotations are
+    /// what tell the API server's own time from the operator's (`testbed/bench/service_creates.py`).
     fn keep_logs(&self) {
         let Ok(clusters) = std::fs::read_dir(self.dir.join("kwok/clusters")) else {
             return;
@@ -40,11 +42,22 @@ impl Kwok {
             if std::fs::create_dir_all(&to).is_err() {
                 continue;
             }
-            for log in logs.flatten().filter(|l| l.file_name() != "audit.log") {
-                let _ = std::fs::copy(log.path(), to.join(log.file_name()));
+            for log in logs.flatten() {
+                if log.file_name() == "audit.log" {
+                    let _ = gzip(&log.path(), &to.join("audit.log.gz"));
+                } else {
+                    let _ = std::fs::copy(log.path(), to.join(log.file_name()));
+                }
             }
         }
     }
+}
+
+fn gzip(from: &Path, to: &Path) -> std::io::Result<()> {
+    let mut input = std::fs::File::open(from)?;
+    let mut out = flate2::write::GzEncoder::new(std::fs::File::create(to)?, flate2::Compression::fast());
+    std::io::copy(&mut input, &mut out)?;
+    out.finish().map(|_| ())
 }
 
 /// Starts `clusters` clusters with `nodes` fake nodes each under `dir` (contexts kwok-kd-1..N).
@@ -83,4 +96,29 @@ pub fn up(
             .collect(),
         teardown: Some(Teardown::Kwok(k)),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::Read;
+
+    #[test]
+    fn a_kept_audit_log_reads_back_whole() {
+        let dir = std::env::temp_dir().join(format!("kd-gzip-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        let (from, to) = (dir.join("audit.log"), dir.join("audit.log.gz"));
+        let text: String = (0..2000).map(|i| format!("{{\"auditID\":\"{i}\"}}\n")).collect();
+        std::fs::write(&from, &text).expect("write");
+        super::gzip(&from, &to).expect("gzip");
+        let mut back = String::new();
+        flate2::read::GzDecoder::new(std::fs::File::open(&to).expect("open"))
+            .read_to_string(&mut back)
+            .expect("gunzip");
+        assert_eq!(back, text);
+        assert!(
+            std::fs::metadata(&to).expect("size").len() < text.len() as u64 / 4,
+            "compressed"
+        );
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 }
