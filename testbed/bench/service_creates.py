@@ -1,10 +1,10 @@
 #!/usr/bin/env python3
 """Service creates as the API servers timed them, from the audit logs a loadtest run keeps
-(target/loadtest/RUN/testbed/logs/kd-N/audit.log.gz): the operator's (server-side apply, `patch`; a
-`create` outside the floor's namespace is the operator's too) against the floor's (`create` in
-`kd-loadtest-floor`), ClusterIP Services against headless ones (`kdhs-*`, no ClusterIP to allocate). For the slow ones (over 0.5 s, where the API server adds its latency annotations) it
-also gives the share of their time spent in etcd and in APF's queue: what is left is the handler's
-own time, which for a Service create is mostly its ClusterIP allocation.
+(target/loadtest/RUN/testbed/logs/kd-N/audit.log.gz): the floor's (namespace `kd-loadtest-floor`)
+against the operator's (any other namespace), ClusterIP Services against headless ones (`kdhs-*`,
+no ClusterIP to allocate). For the slow ones (over 0.5 s) that the API server annotated with its
+latency breakdown, it also gives the share of their time spent in etcd and in APF's queue: what is
+left is the handler's own time, which for a Service create is mostly its ClusterIP allocation.
 
   python3 testbed/bench/service_creates.py target/loadtest/RUN
 """
@@ -50,7 +50,8 @@ def main(run):
                     continue
                 if e.get('verb') not in ('create', 'patch') or e.get('responseStatus', {}).get('code') != 201:
                     continue
-                side = 'operator (apply)' if e['verb'] == 'patch' else ('floor (POST)' if '-floor' in ref.get('namespace', '') else 'operator (POST)')
+                who = 'floor' if ref.get('namespace') == 'kd-loadtest-floor' else 'operator'
+                side = '%s (%s)' % (who, 'apply' if e['verb'] == 'patch' else 'POST')
                 kind = 'headless' if ref.get('name', '').startswith('kdhs-') else 'ClusterIP'
                 took = seconds(e['stageTimestamp']) - seconds(e['requestReceivedTimestamp'])
                 ann = e.get('annotations', {})
@@ -63,16 +64,16 @@ def main(run):
     for (side, kind), xs in sorted(rows.items()):
         took = [x[0] for x in xs]
         slow = [x for x in xs if x[0] > 0.5]
-        n_slow = len(slow)
+        annotated = [x for x in slow if x[1] is not None]
         share = '—'
-        if any(x[1] is None for x in slow):
-            slow = [x for x in slow if x[1] is not None]
+        if annotated:
+            total = sum(x[0] for x in annotated)
+            share = '%.0f %% / %.0f %% (%d annotated)' % (
+                100 * sum(x[1] for x in annotated) / total, 100 * sum(x[2] for x in annotated) / total, len(annotated))
+        elif slow:
             share = 'not annotated'
-        if slow:
-            total = sum(x[0] for x in slow)
-            share = '%.0f %% / %.0f %%' % (100 * sum(x[1] for x in slow) / total, 100 * sum(x[2] for x in slow) / total)
         print('| %s | %s | %d | %.3f | %.3f | %.3f | %d | %s |' % (
-            side, kind, len(xs), pct(took, 0.5), pct(took, 0.99), max(took), n_slow, share))
+            side, kind, len(xs), pct(took, 0.5), pct(took, 0.99), max(took), len(slow), share))
 
 
 if __name__ == '__main__':
