@@ -108,7 +108,8 @@ pub struct MemberArgs {
     /// API writes in flight at once to each member cluster. Past this, writes wait in the operator,
     /// where it chooses the order (Services after every other write, so that the StatefulSets of
     /// every new cluster go out first); status writes are never held. The API server serves what
-    /// is in flight side by side, so fewer in flight are each answered sooner.
+    /// is in flight side by side, so fewer in flight are each answered sooner. The bound is the
+    /// operator's: with shards, each replica keeps to its share by the shards it holds.
     #[arg(long, env = "KD_WRITES_IN_FLIGHT", default_value_t = 32, value_parser = clap::value_parser!(u16).range(1..))]
     pub writes_in_flight: u16,
     /// Status changes of one cluster within this many milliseconds of its last status write are merged

@@ -50,9 +50,25 @@ pub fn detect(root: &Path) -> Result<Hierarchy, CgroupError> {
     })
 }
 
-/// The quota line or value for `share` of one core.
-pub fn quota_us(share: f64) -> u64 {
-    ((share * PERIOD_US as f64).round() as u64).max(1000)
+/// The kernel's bounds: a quota of at least 1 ms, a period of at most 1 s.
+const MIN_QUOTA_US: u64 = 1000;
+const MAX_PERIOD_US: u64 = 1_000_000;
+
+/// The smallest share a CFS quota can hold exactly: 1 ms in the longest period.
+pub const MIN_SHARE: f64 = MIN_QUOTA_US as f64 / MAX_PERIOD_US as f64;
+
+/// `share` of one core as a CFS quota and its period, both in µs. Below 0.01 of a core the
+/// 100 ms period would need a quota under the kernel's 1 ms minimum, which would silently raise
+/// the share (0.008 became 0.01 that way), so the period grows instead, up to 1 s. Shares under
+/// [`MIN_SHARE`] are refused by the workload's validation.
+pub fn quota_us(share: f64) -> (u64, u64) {
+    let period = if share * PERIOD_US as f64 >= MIN_QUOTA_US as f64 {
+        PERIOD_US
+    } else {
+        ((MIN_QUOTA_US as f64 / share.max(MIN_SHARE)).ceil() as u64).min(MAX_PERIOD_US)
+    };
+    let quota = ((share * period as f64).round() as u64).max(MIN_QUOTA_US);
+    (quota, period)
 }
 
 /// One process's cgroup; removed when dropped (after the process has exited).
@@ -64,26 +80,33 @@ pub struct Limit {
 impl Limit {
     /// Puts `pid` into a new cgroup `name` limited to `share` of a core.
     pub fn apply(h: &Hierarchy, name: &str, pid: u32, share: f64) -> Result<Limit, CgroupError> {
-        let (base, quota_file, quota) = match h {
+        let (quota, period) = quota_us(share);
+        let base = match h {
             Hierarchy::V2(root) => {
                 // The parent must hand the cpu controller down to its children.
                 let parent = root.join(PARENT);
                 std::fs::create_dir_all(&parent).map_err(io(&parent))?;
                 let ctl = parent.join("cgroup.subtree_control");
                 std::fs::write(&ctl, "+cpu").map_err(io(&ctl))?;
-                (parent, "cpu.max", format!("{} {PERIOD_US}", quota_us(share)))
+                parent
             }
-            Hierarchy::V1(cpu) => (cpu.join(PARENT), "cpu.cfs_quota_us", quota_us(share).to_string()),
+            Hierarchy::V1(cpu) => cpu.join(PARENT),
         };
         let dir = base.join(name);
         std::fs::create_dir_all(&dir).map_err(io(&dir))?;
         let limit = Limit { dir };
-        if let Hierarchy::V1(_) = h {
-            let period = limit.dir.join("cpu.cfs_period_us");
-            std::fs::write(&period, PERIOD_US.to_string()).map_err(io(&period))?;
+        let writes = match h {
+            Hierarchy::V2(_) => vec![("cpu.max", format!("{quota} {period}"))],
+            // The period first: the quota is read against it.
+            Hierarchy::V1(_) => vec![
+                ("cpu.cfs_period_us", period.to_string()),
+                ("cpu.cfs_quota_us", quota.to_string()),
+            ],
+        };
+        for (file, value) in writes {
+            let f = limit.dir.join(file);
+            std::fs::write(&f, value).map_err(io(&f))?;
         }
-        let q = limit.dir.join(quota_file);
-        std::fs::write(&q, quota).map_err(io(&q))?;
         let procs = limit.dir.join("cgroup.procs");
         std::fs::write(&procs, pid.to_string()).map_err(io(&procs))?;
         Ok(limit)
@@ -111,9 +134,24 @@ mod tests {
 
     #[test]
     fn quota_is_the_share_of_the_period() {
-        assert_eq!(quota_us(0.2), 20_000);
-        assert_eq!(quota_us(1.5), 150_000);
-        assert_eq!(quota_us(0.0001), 1000, "the kernel's minimum");
+        assert_eq!(quota_us(0.2), (20_000, 100_000));
+        assert_eq!(quota_us(1.5), (150_000, 100_000));
+        assert_eq!(quota_us(0.01), (1000, 100_000));
+    }
+
+    #[test]
+    fn a_share_under_a_hundredth_lengthens_the_period_instead_of_rounding_up() {
+        for share in [0.008, 0.005, 0.004, 0.0025, 0.001] {
+            let (q, p) = quota_us(share);
+            assert!(
+                q >= 1000 && p <= 1_000_000,
+                "{share}: {q}/{p} outside the kernel's bounds"
+            );
+            let held = q as f64 / p as f64;
+            assert!((held - share).abs() / share < 0.01, "{share} held as {held}");
+        }
+        assert_eq!(quota_us(0.008), (1000, 125_000));
+        assert_eq!(quota_us(0.005), (1000, 200_000));
     }
 
     #[test]

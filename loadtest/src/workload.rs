@@ -404,10 +404,11 @@ impl Workload {
         if self.mode == Mode::Scaleout && self.scaleout.replicas.iter().any(|r| *r > 1) && self.shards == 0 {
             return Err(invalid("shards", "scale-out needs shards > 0"));
         }
-        if !(self.scaleout.replica_cpu.is_finite() && self.scaleout.replica_cpu >= 0.0) {
+        let cpu = self.scaleout.replica_cpu;
+        if !(cpu.is_finite() && (cpu == 0.0 || cpu >= crate::cgroup::MIN_SHARE)) {
             return Err(invalid(
                 "scaleout.replicaCpu",
-                "must be 0 (unlimited) or a positive share of a core, e.g. 0.2",
+                "must be 0 (unlimited) or a share of a core of at least 0.001 (1 ms a second, the kernel's smallest quota), e.g. 0.2",
             ));
         }
         if self.phase_timeout_seconds == 0 {
@@ -516,6 +517,15 @@ mod tests {
         (w.mode, w.replicas) = (Mode::Standard, 2);
         let e = w.validate().expect_err("admission with chaos").to_string();
         assert!(e.contains("`admission`") && e.contains("chaos.everySeconds: 0"), "{e}");
+        (w.admission, w.mode) = (false, Mode::Scaleout);
+        w.scaleout.replica_cpu = 0.0005;
+        let e = w.validate().expect_err("under a CFS quota's reach").to_string();
+        assert!(
+            e.contains("`scaleout.replicaCpu`") && e.contains("at least 0.001"),
+            "{e}"
+        );
+        w.scaleout.replica_cpu = 0.001;
+        w.validate().expect("1 ms a second");
     }
 
     #[test]

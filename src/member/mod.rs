@@ -169,6 +169,11 @@ pub async fn run(
     ];
     if let (Some(sh), Some(division)) = (&shards, &division) {
         tasks.extend(sharded(sh, division, &queue, &clusters, &context));
+        tasks.push(tokio::spawn(share_writes(
+            sh.clone(),
+            ctx.clone(),
+            usize::from(options.writes_in_flight),
+        )));
     }
     info!(%context, watch = ?options.watch_namespace, workers = options.concurrency, qps = options.write_qps, burst = options.write_burst, "member cluster started");
     let worker = worker::Worker {
@@ -217,6 +222,20 @@ fn sharded(
             context.to_string(),
         )),
     ]
+}
+
+/// Keeps this replica's bound on writes in flight to the member at its share of the shards it
+/// holds (`queue::gate::share`), so that the replicas together keep to `--writes-in-flight`.
+async fn share_writes(shards: Arc<Shards>, ctx: Arc<Ctx>, in_flight: usize) {
+    let mut changes = shards.changes();
+    loop {
+        let held = shards.held().len();
+        ctx.gate
+            .resize(crate::queue::gate::share(in_flight, held, shards.count as usize));
+        if changes.changed().await.is_err() {
+            return;
+        }
+    }
 }
 
 /// Registers this member's caches for admission decisions (the same stores, see

@@ -52,6 +52,7 @@ pub enum Lane {
 
 pub struct WriteGate {
     slots: Semaphore,
+    size: std::sync::Mutex<Size>,
     ready_lane: Mutex<()>,
     behind_lane: Mutex<()>,
     gauges: Gauges,
@@ -61,16 +62,38 @@ pub struct WriteGate {
 /// `kubedirector_writes_waiting{lane}`): whether `--writes-in-flight` is what holds writes back.
 #[derive(Clone, Default)]
 pub struct Gauges {
+    /// The bound in force (`resize`).
+    pub limit: Gauge,
     pub in_flight: Gauge,
     pub ahead: Gauge,
     pub ready: Gauge,
     pub behind: Gauge,
 }
 
+/// The bound now, and the slots to retire as they come back: a bound lowered while its slots are
+/// out cannot take them back at once (`resize`).
+#[derive(Debug)]
+struct Size {
+    limit: usize,
+    owed: usize,
+}
+
 /// A slot for one write in flight; the slot frees when this is dropped.
 pub struct InFlight<'a> {
-    _permit: Option<SemaphorePermit<'a>>,
+    permit: Option<SemaphorePermit<'a>>,
+    gate: &'a WriteGate,
     _counted: Counted,
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        let Some(permit) = self.permit.take() else { return };
+        let mut size = self.gate.size();
+        if size.owed > 0 {
+            size.owed -= 1;
+            permit.forget();
+        }
+    }
 }
 
 /// One unit of a gauge, given back when dropped (also when a wait is cancelled).
@@ -97,12 +120,46 @@ impl WriteGate {
 
     /// As `new`, counting the writes in flight and waiting into `gauges`.
     pub fn with_gauges(in_flight: usize, gauges: Gauges) -> Self {
+        gauges.limit.set(in_flight.max(1) as i64);
         WriteGate {
             slots: Semaphore::new(in_flight.max(1)),
+            size: std::sync::Mutex::new(Size {
+                limit: in_flight.max(1),
+                owed: 0,
+            }),
             ready_lane: Mutex::new(()),
             behind_lane: Mutex::new(()),
             gauges,
         }
+    }
+
+    fn size(&self) -> std::sync::MutexGuard<'_, Size> {
+        self.size.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Sets the bound to `in_flight` (at least one). Raised: the new slots are free at once.
+    /// Lowered: free slots are retired at once, the rest as their writes are answered; no write in
+    /// flight is cut.
+    pub fn resize(&self, in_flight: usize) {
+        let target = in_flight.max(1);
+        let mut size = self.size();
+        if target >= size.limit {
+            let grow = target - size.limit;
+            let repaid = grow.min(size.owed);
+            size.owed -= repaid;
+            self.slots.add_permits(grow - repaid);
+        } else {
+            let shrink = size.limit - target;
+            let retired = self.slots.forget_permits(shrink);
+            size.owed += shrink - retired;
+        }
+        size.limit = target;
+        self.gauges.limit.set(target as i64);
+    }
+
+    /// The bound now (what `resize` last set).
+    pub fn limit(&self) -> usize {
+        self.size().limit
     }
 
     /// Waits for a slot for one write of `lane`.
@@ -166,7 +223,8 @@ impl WriteGate {
         drop(waiting);
         // The semaphore is never closed; were it, the write would go out unbounded rather than not at all.
         InFlight {
-            _permit: permit.ok(),
+            permit: permit.ok(),
+            gate: self,
             _counted: Counted::new(&self.gauges.in_flight),
         }
     }
@@ -175,6 +233,18 @@ impl WriteGate {
     pub fn free(&self) -> usize {
         self.slots.available_permits()
     }
+}
+
+/// This replica's part of the operator's `--writes-in-flight` to one member cluster: the share of
+/// the shards it holds, rounded up, at least one. The bound is the operator's, not each replica's:
+/// three replicas with 32 each sent up to 96 writes at once, more than the API server's
+/// `workload-low` level held while it lent its seats (docs/loadtest.md, "The standard run's
+/// bunches"). The keys hash evenly over the shards, so the writes do too.
+pub fn share(in_flight: usize, held: usize, shards: usize) -> usize {
+    if shards == 0 {
+        return in_flight.max(1);
+    }
+    (in_flight * held.min(shards)).div_ceil(shards).max(1)
 }
 
 #[cfg(test)]
@@ -369,6 +439,52 @@ mod tests {
             (gauges.in_flight.get(), gauges.ahead.get(), gauges.behind.get()),
             (0, 0, 0)
         );
+    }
+
+    /// A bound lowered while its slots are out retires them as they come back, and a bound raised
+    /// again first cancels what is still owed: the writes in flight never exceed the bound in force.
+    #[tokio::test]
+    async fn a_resized_bound_holds_once_the_writes_out_are_answered() {
+        let gate = WriteGate::new(4);
+        let out: Vec<_> = futures::future::join_all((0..4).map(|_| gate.enter(Lane::Ahead))).await;
+        gate.resize(1);
+        assert_eq!((gate.limit(), gate.free()), (1, 0));
+        let mut out = out.into_iter();
+        drop(out.next());
+        drop(out.next());
+        assert_eq!(gate.free(), 0, "two of the three owed slots retired");
+        gate.resize(2);
+        assert_eq!(
+            gate.free(),
+            0,
+            "raised by one: the one slot still owed is kept, none freed"
+        );
+        drop(out.next());
+        assert_eq!(gate.free(), 1, "two out of a bound of two, then one");
+        drop(out.next());
+        assert_eq!(gate.free(), 2);
+        let held = gate.enter(Lane::Ahead).await;
+        gate.resize(6);
+        assert_eq!(gate.free(), 5);
+        drop(held);
+        assert_eq!((gate.limit(), gate.free()), (6, 6));
+        gate.resize(0);
+        assert_eq!((gate.limit(), gate.free()), (1, 1), "at least one slot");
+    }
+
+    #[test]
+    fn replicas_share_the_bound_by_the_shards_they_hold() {
+        assert_eq!(share(32, 32, 32), 32, "one replica holding every shard");
+        let three: Vec<usize> = [11, 11, 10].iter().map(|h| share(32, *h, 32)).collect();
+        assert_eq!(three, [11, 11, 10]);
+        assert_eq!(share(32, 3, 4), 24);
+        assert_eq!(
+            share(32, 0, 32),
+            1,
+            "holding none: still one, for the writes outside shards"
+        );
+        assert_eq!(share(32, 1, 64), 1, "rounded up, never zero");
+        assert_eq!(share(32, 5, 0), 32, "unsharded");
     }
 
     /// A `Behind` write that gives up waiting (its reconcile was cut) lets the next one queue.

@@ -70,6 +70,8 @@ pub struct Metrics {
     pub write_limit: Family<ClusterLabels, Gauge<f64, AtomicU64>>,
     /// API writes out at once per member cluster, and writes waiting for a slot (`queue::gate`).
     pub writes_in_flight: Family<ClusterLabels, Gauge>,
+    /// This replica's bound on those (its share of `--writes-in-flight` by the shards it holds).
+    pub writes_in_flight_limit: Family<ClusterLabels, Gauge>,
     pub writes_waiting: Family<LaneLabels, Gauge>,
     pub cluster_healthy: Family<ClusterLabels, Gauge>,
     /// Objects in this replica's caches, by member cluster and kind (the loadtest's scale-out
@@ -110,6 +112,7 @@ impl Metrics {
             api_errors: Family::default(),
             write_limit: Family::default(),
             writes_in_flight: Family::default(),
+            writes_in_flight_limit: Family::default(),
             writes_waiting: Family::default(),
             cluster_healthy: Family::default(),
             cached_objects: Family::default(),
@@ -171,8 +174,13 @@ impl Metrics {
         );
         registry.register(
             "writes_in_flight",
-            "API writes out at once to the member cluster (at most --writes-in-flight)",
+            "API writes out at once to the member cluster (at most kubedirector_writes_in_flight_limit)",
             m.writes_in_flight.clone(),
+        );
+        registry.register(
+            "writes_in_flight_limit",
+            "This replica's bound on API writes out at once to the member cluster: its share of --writes-in-flight by the shards it holds",
+            m.writes_in_flight_limit.clone(),
         );
         registry.register(
             "writes_waiting",
@@ -267,6 +275,10 @@ impl Metrics {
                 .clone()
         };
         crate::queue::gate::Gauges {
+            limit: self
+                .writes_in_flight_limit
+                .get_or_create(&self.cluster(context))
+                .clone(),
             in_flight: self.writes_in_flight.get_or_create(&self.cluster(context)).clone(),
             ahead: lane("ahead"),
             ready: lane("ready"),
