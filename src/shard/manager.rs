@@ -177,6 +177,8 @@ impl Shards {
         let lost: Vec<u32> = std::mem::take(&mut *self.lock()).into_keys().collect();
         if !lost.is_empty() {
             warn!(shards = ?lost, "membership ended by another replica: shards given up");
+            // The child caches and the share of writes in flight follow the held set.
+            self.note_change();
         }
         self.metrics.shards_held.set(0);
     }
