@@ -88,10 +88,14 @@ pub struct InFlight<'a> {
 impl Drop for InFlight<'_> {
     fn drop(&mut self) {
         let Some(permit) = self.permit.take() else { return };
+        // Returned or retired under the lock: a `resize` in between would not see this slot and
+        // leave it free past a lowered bound.
         let mut size = self.gate.size();
         if size.owed > 0 {
             size.owed -= 1;
             permit.forget();
+        } else {
+            drop(permit);
         }
     }
 }
