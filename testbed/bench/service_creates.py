@@ -8,12 +8,9 @@ left is the handler's own time, which for a Service create is mostly its Cluster
 
   python3 testbed/bench/service_creates.py target/loadtest/RUN
 """
-import gzip, json, sys, glob, os
-from datetime import datetime
+import sys
 
-
-def seconds(s):
-    return datetime.fromisoformat(s.replace('Z', '+00:00')).timestamp()
+from audit import entries, logs, seconds
 
 
 def duration(v):
@@ -33,32 +30,23 @@ def pct(xs, q):
 
 
 def main(run):
-    logs = sorted(glob.glob(os.path.join(run, 'testbed', 'logs', 'kd-*', 'audit.log*')))
-    if not logs:
-        sys.exit(f'no audit logs under {run}/testbed/logs (runs before 2026-12-07 did not keep them)')
     rows = {}
-    for path in logs:
-        opener = gzip.open if path.endswith('.gz') else open
-        with opener(path, 'rt') as f:
-            for line in f:
-                try:
-                    e = json.loads(line)
-                except ValueError:
-                    continue
-                ref = e.get('objectRef', {})
-                if ref.get('resource') != 'services' or ref.get('subresource'):
-                    continue
-                if e.get('verb') not in ('create', 'patch') or e.get('responseStatus', {}).get('code') != 201:
-                    continue
-                who = 'floor' if ref.get('namespace') == 'kd-loadtest-floor' else 'operator'
-                side = '%s (%s)' % (who, 'apply' if e['verb'] == 'patch' else 'POST')
-                kind = 'headless' if ref.get('name', '').startswith('kdhs-') else 'ClusterIP'
-                took = seconds(e['stageTimestamp']) - seconds(e['requestReceivedTimestamp'])
-                ann = e.get('annotations', {})
-                # (None: not annotated; the API server annotates only some slow requests.)
-                etcd = duration(ann['apiserver.latency.k8s.io/etcd']) if 'apiserver.latency.k8s.io/etcd' in ann else None
-                apf = duration(ann.get('apiserver.latency.k8s.io/apf-queue-wait', '0s'))
-                rows.setdefault((side, kind), []).append((took, etcd, apf))
+    for path in logs(run):
+        for e in entries(path):
+            ref = e.get('objectRef', {})
+            if ref.get('resource') != 'services' or ref.get('subresource'):
+                continue
+            if e.get('verb') not in ('create', 'patch') or e.get('responseStatus', {}).get('code') != 201:
+                continue
+            who = 'floor' if ref.get('namespace') == 'kd-loadtest-floor' else 'operator'
+            side = '%s (%s)' % (who, 'apply' if e['verb'] == 'patch' else 'POST')
+            kind = 'headless' if ref.get('name', '').startswith('kdhs-') else 'ClusterIP'
+            took = seconds(e['stageTimestamp']) - seconds(e['requestReceivedTimestamp'])
+            ann = e.get('annotations', {})
+            # (None: not annotated; the API server annotates only some slow requests.)
+            etcd = duration(ann['apiserver.latency.k8s.io/etcd']) if 'apiserver.latency.k8s.io/etcd' in ann else None
+            apf = duration(ann.get('apiserver.latency.k8s.io/apf-queue-wait', '0s'))
+            rows.setdefault((side, kind), []).append((took, etcd, apf))
     print('| side | Service | creates | p50 s | p99 s | max s | over 0.5 s | of those: etcd / APF share |')
     print('|---|---|---|---|---|---|---|---|')
     for (side, kind), xs in sorted(rows.items()):

@@ -9,15 +9,12 @@ are counted (the operator's replicas, and the floor when it writes as the operat
 
   python3 testbed/bench/writes_in_flight.py target/loadtest/RUN
 """
-import gzip, json, sys, glob, os
-from datetime import datetime
+import os, sys
+
+from audit import entries, logs, seconds
 
 WRITES = {'create', 'patch', 'update', 'delete'}
 UNGATED = {'leases', 'events'}
-
-
-def seconds(s):
-    return datetime.fromisoformat(s.replace('Z', '+00:00')).timestamp()
 
 
 def peak(spans):
@@ -32,28 +29,20 @@ def peak(spans):
 
 
 def main(run):
-    logs = sorted(glob.glob(os.path.join(run, 'testbed', 'logs', 'kd-*', 'audit.log*')))
-    if not logs:
-        sys.exit(f'no audit logs under {run}/testbed/logs (runs before 2026-12-07 did not keep them)')
+    found = logs(run)
     print(f'{"cluster":<8} {"operator: peak":>15} {"writes":>7} {"floor: peak":>12} {"writes":>7}')
-    for path in logs:
+    for path in found:
         sides = {'operator': [], 'floor': []}
-        opener = gzip.open if path.endswith('.gz') else open
-        with opener(path, 'rt') as f:
-            for line in f:
-                try:
-                    e = json.loads(line)
-                except ValueError:
-                    continue
-                if e.get('stage') != 'ResponseComplete' or e.get('verb') not in WRITES:
-                    continue
-                if not e.get('user', {}).get('username', '').startswith('system:serviceaccount:'):
-                    continue
-                ref = e.get('objectRef', {})
-                if ref.get('resource') in UNGATED or ref.get('subresource') == 'status':
-                    continue
-                side = 'floor' if ref.get('namespace') == 'kd-loadtest-floor' else 'operator'
-                sides[side].append((seconds(e['requestReceivedTimestamp']), seconds(e['stageTimestamp'])))
+        for e in entries(path):
+            if e.get('stage') != 'ResponseComplete' or e.get('verb') not in WRITES:
+                continue
+            if not e.get('user', {}).get('username', '').startswith('system:serviceaccount:'):
+                continue
+            ref = e.get('objectRef', {})
+            if ref.get('resource') in UNGATED or ref.get('subresource') == 'status':
+                continue
+            side = 'floor' if ref.get('namespace') == 'kd-loadtest-floor' else 'operator'
+            sides[side].append((seconds(e['requestReceivedTimestamp']), seconds(e['stageTimestamp'])))
         cluster = os.path.basename(os.path.dirname(path))
         op, fl = sides['operator'], sides['floor']
         print(f'{cluster:<8} {peak(op):>15} {len(op):>7} {peak(fl):>12} {len(fl):>7}')
